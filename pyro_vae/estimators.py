@@ -1,0 +1,313 @@
+"""One registry of ELBO estimators, by name; the command line, the benchmarks and the tests
+all take them from here, so a new estimator is one entry.
+
+An :class:`Estimator` is bound to a VAE with :func:`make_objective`; the resulting
+:class:`Objective` returns the **loss = −ELBO** (or −IWAE_K for ``iwae``) summed over the
+minibatch in nats, on the same scale as :meth:`pyro.infer.SVI.step` (times num_data / B when
+``num_data`` is given). Divide by the batch size for nats per datapoint.
+
+=================  ==================================================================
+``trace``          :class:`pyro.infer.Trace_ELBO`: E_q[log p(x,z) − log q(z|x)], MC
+``meanfield``      :class:`pyro.infer.TraceMeanField_ELBO`: E_q[log p(x|z)] − KL, KL exact
+``jit-trace``      :class:`pyro.infer.JitTrace_ELBO`
+``jit-meanfield``  :class:`pyro.infer.JitTraceMeanField_ELBO`
+``iwae``           :class:`pyro.infer.RenyiELBO` (α = 0): IWAE_K bound, K vectorized particles
+``analytic``       hand-written PyTorch, Kingma & Welling (2014) eq. 10, closed-form KL
+``mc``             hand-written PyTorch, −[log p(x,z) − log q(z|x)] on reparameterized samples
+=================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro
+import pyro.infer
+import pyro.optim
+import torch
+
+from pyro_vae import losses
+from pyro_vae.errors import ConfigError
+
+__all__ = [
+    "ESTIMATORS",
+    "Estimator",
+    "Objective",
+    "PyroObjective",
+    "TorchObjective",
+    "get_estimator",
+    "make_objective",
+    "register",
+]
+
+
+class Objective:
+    """An estimator bound to one VAE (see the module docstring for the loss's scale)."""
+
+    name: str
+    num_particles: int
+    uses_pyro: bool
+
+    def differentiable_loss(self, x, context=None, *, num_data=None) -> torch.Tensor:
+        """The loss as a differentiable scalar tensor (nats, summed over the minibatch)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def loss(self, x, context=None, *, num_data=None) -> float:
+        """The loss as a float, without gradients."""
+        with torch.no_grad():
+            return float(self.differentiable_loss(x, context, num_data=num_data))
+
+    def make_trainer(self, lr: float):
+        """An optimizer-carrying stepper: Pyro's SVI for Pyro estimators, torch Adam else."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+class IWAE_ELBO(pyro.infer.RenyiELBO):
+    """:class:`pyro.infer.RenyiELBO` at α = 0 (the IWAE_K bound of Burda et al. 2016, one
+    log-mean-exp per datapoint over K particles), with a ``differentiable_loss`` that Pyro's
+    class lacks. Its gradient is the IWAE gradient Σ_k w̃_k ∇ log w_k for reparameterized
+    guides, the same as the surrogate in ``RenyiELBO.loss_and_grads``."""
+
+    def __init__(self, num_particles: int = 5, max_plate_nesting: int = 1):
+        super().__init__(
+            alpha=0.0,
+            num_particles=num_particles,
+            vectorize_particles=num_particles > 1,
+            max_plate_nesting=max_plate_nesting,
+        )
+
+    def log_weights(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """log p(x, z_k) − log q(z_k|x) per particle and datapoint: ``(K, B)`` nats."""
+        per_particle = []
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            sum_dims = pyro.infer.util.get_dependent_plate_dims(model_trace.nodes.values())
+            log_w = 0.0
+            for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+                for site in trace.nodes.values():
+                    if site["type"] == "sample":
+                        log_w = log_w + sign * pyro.infer.util.torch_sum(
+                            site["log_prob"], sum_dims
+                        )
+            per_particle.append(log_w)
+        if self.vectorize_particles and self.num_particles > 1:
+            return per_particle[0]
+        return torch.stack(per_particle)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        log_w = self.log_weights(model, guide, *args, **kwargs)
+        return -(torch.logsumexp(log_w, 0) - math.log(self.num_particles)).sum()
+
+
+class JitTrace_ELBO(pyro.infer.JitTrace_ELBO):
+    """:class:`pyro.infer.JitTrace_ELBO` with a corrected ``differentiable_loss``.
+
+    .. warning:: In pyro-ppl 1.9.2, ``JitTrace_ELBO.differentiable_loss`` returns
+       ``loss + (surrogate − surrogate.detach())`` without detaching ``loss``, so for
+       reparameterized sites the gradient counts the pathwise term twice (measured here: the
+       encoder's gradient is exactly 2× that of ``Trace_ELBO``). ``loss_and_grads``, which
+       SVI uses, is correct; this class detaches ``loss`` so both agree with ``Trace_ELBO``.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        return loss.detach() + (surrogate_loss - surrogate_loss.detach())
+
+
+class PyroObjective(Objective):
+    """A Pyro ELBO with the VAE's model and guide; trained with :class:`pyro.infer.SVI`.
+
+    For JIT-compiled ELBOs the minibatch size and β travel as a keyword argument, because
+    Pyro caches one compiled trace per distinct keyword arguments: a last minibatch of
+    another size, or a new β from a warm-up schedule, then compiles its own trace.
+    """
+
+    uses_pyro = True
+
+    def __init__(self, name: str, vae, elbo, *, jit: bool = False):
+        self.name, self.vae, self.elbo, self.jit = name, vae, elbo, jit
+        self.num_particles = elbo.num_particles
+        if jit:
+
+            def model(*args, _static=None, **kwargs):
+                return vae.model(*args, **kwargs)
+
+            def guide(*args, _static=None, **kwargs):
+                return vae.guide(*args, **kwargs)
+
+            self.model, self.guide = model, guide
+        else:
+            self.model, self.guide = vae.model, vae.guide
+
+    def arguments(self, x, context=None, num_data=None):
+        """``(args, kwargs)`` for the ELBO's and SVI's calls."""
+        args = (x,) if context is None else (x, context)
+        kwargs = {} if num_data is None else {"num_data": int(num_data)}
+        if self.jit:
+            kwargs["_static"] = (x.shape[0], self.vae.beta)
+        return args, kwargs
+
+    def differentiable_loss(self, x, context=None, *, num_data=None) -> torch.Tensor:
+        args, kwargs = self.arguments(x, context, num_data)
+        return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+
+    def loss(self, x, context=None, *, num_data=None) -> float:
+        args, kwargs = self.arguments(x, context, num_data)
+        with torch.no_grad():
+            return float(self.elbo.loss(self.model, self.guide, *args, **kwargs))
+
+    def make_trainer(self, lr: float):
+        return SVITrainer(self, lr)
+
+
+class TorchObjective(Objective):
+    """A hand-written plain-PyTorch loss from :mod:`pyro_vae.losses`; trained with torch Adam."""
+
+    uses_pyro = False
+
+    def __init__(self, name: str, vae, loss_fn: Callable, num_particles: int = 1):
+        self.name, self.vae, self.loss_fn, self.num_particles = name, vae, loss_fn, num_particles
+
+    def differentiable_loss(self, x, context=None, *, num_data=None) -> torch.Tensor:
+        return self.loss_fn(
+            self.vae, x, context, num_particles=self.num_particles, num_data=num_data
+        )
+
+    def make_trainer(self, lr: float):
+        return TorchTrainer(self, lr)
+
+
+class SVITrainer:
+    """:class:`pyro.infer.SVI` with :class:`pyro.optim.Adam` over the VAE's parameters."""
+
+    def __init__(self, objective: PyroObjective, lr: float):
+        self.objective = objective
+        self.optim = pyro.optim.Adam({"lr": lr})
+        self.svi = pyro.infer.SVI(objective.model, objective.guide, self.optim, objective.elbo)
+
+    def step(self, x, context=None, *, num_data=None) -> float:
+        """One SVI step; returns the loss (−ELBO, nats summed over the minibatch)."""
+        args, kwargs = self.objective.arguments(x, context, num_data)
+        return self.svi.step(*args, **kwargs)
+
+    def set_lr(self, lr: float) -> None:
+        self.optim.pt_optim_args["lr"] = lr
+        for opt in self.optim.optim_objs.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def state_dict(self) -> dict:
+        return self.optim.get_state()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optim.set_state(state)
+
+
+class TorchTrainer:
+    """:class:`torch.optim.Adam` over the VAE's parameters and a hand-written loss."""
+
+    def __init__(self, objective: TorchObjective, lr: float):
+        self.objective = objective
+        self.optim = torch.optim.Adam(objective.vae.parameters(), lr=lr)
+
+    def step(self, x, context=None, *, num_data=None) -> float:
+        self.optim.zero_grad(set_to_none=True)
+        loss = self.objective.differentiable_loss(x, context, num_data=num_data)
+        loss.backward()
+        self.optim.step()
+        return loss.item()
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optim.param_groups:
+            group["lr"] = lr
+
+    def state_dict(self) -> dict:
+        return self.optim.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optim.load_state_dict(state)
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A named estimator: ``build(vae, num_particles)`` returns its :class:`Objective`."""
+
+    name: str
+    summary: str
+    bound: str  # "ELBO" or "IWAE_K": what −loss estimates (a lower bound on log p(x))
+    uses_pyro: bool
+    build: Callable[..., Objective]
+    default_num_particles: int = 1
+
+
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register(estimator: Estimator) -> Estimator:
+    """Add ``estimator`` to :data:`ESTIMATORS` (its name must be new)."""
+    if estimator.name in ESTIMATORS:
+        raise ValueError(f"estimator {estimator.name!r} is already registered")
+    ESTIMATORS[estimator.name] = estimator
+    return estimator
+
+
+def get_estimator(name: str) -> Estimator:
+    """The registered estimator ``name``; a :class:`ConfigError` lists the known ones."""
+    try:
+        return ESTIMATORS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown estimator {name!r}; known estimators: {', '.join(ESTIMATORS)}"
+        ) from None
+
+
+def make_objective(name: str, vae, *, num_particles: int | None = None) -> Objective:
+    """Bind estimator ``name`` to ``vae`` with ``num_particles`` samples per datapoint
+    (default: the estimator's own, 1 for the ELBOs and 5 for ``iwae``)."""
+    estimator = get_estimator(name)
+    k = estimator.default_num_particles if num_particles is None else num_particles
+    if not isinstance(k, int) or k <= 0:
+        raise ConfigError(f"num_particles must be a positive integer, got {k!r}")
+    return estimator.build(vae, k)
+
+
+def _pyro_elbo(name, elbo_class, *, jit=False):
+    def build(vae, k):
+        kwargs = dict(num_particles=k, vectorize_particles=k > 1, max_plate_nesting=1)
+        if jit:
+            kwargs["ignore_jit_warnings"] = True
+        return PyroObjective(name, vae, elbo_class(**kwargs), jit=jit)
+
+    return build
+
+
+register(Estimator(
+    "trace", "Pyro Trace_ELBO: Monte Carlo E_q[log p(x,z) - log q(z|x)]", "ELBO", True,
+    _pyro_elbo("trace", pyro.infer.Trace_ELBO),
+))
+register(Estimator(
+    "meanfield", "Pyro TraceMeanField_ELBO: E_q[log p(x|z)] - KL(q||p(z)), KL in closed form",
+    "ELBO", True, _pyro_elbo("meanfield", pyro.infer.TraceMeanField_ELBO),
+))
+register(Estimator(
+    "jit-trace", "Pyro JitTrace_ELBO (torch.jit-compiled trace)", "ELBO", True,
+    _pyro_elbo("jit-trace", JitTrace_ELBO, jit=True),
+))
+register(Estimator(
+    "jit-meanfield", "Pyro JitTraceMeanField_ELBO (torch.jit-compiled meanfield)", "ELBO", True,
+    _pyro_elbo("jit-meanfield", pyro.infer.JitTraceMeanField_ELBO, jit=True),
+))
+register(Estimator(
+    "iwae", "Pyro RenyiELBO(alpha=0): IWAE_K bound with K vectorized particles", "IWAE_K", True,
+    lambda vae, k: PyroObjective("iwae", vae, IWAE_ELBO(num_particles=k)),
+    default_num_particles=5,
+))
+register(Estimator(
+    "analytic", "hand-written PyTorch: -E_q[log p(x|z)] + closed-form Gaussian KL", "ELBO",
+    False, lambda vae, k: TorchObjective("analytic", vae, losses.analytic_loss, k),
+))
+register(Estimator(
+    "mc", "hand-written PyTorch: -[log p(x,z) - log q(z|x)] on reparameterized samples",
+    "ELBO", False, lambda vae, k: TorchObjective("mc", vae, losses.mc_loss, k),
+))

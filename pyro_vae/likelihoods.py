@@ -1,0 +1,129 @@
+"""Likelihoods p_θ(x|z), chosen once as an object that turns the decoder's output into a
+distribution over one datapoint's features (batch shape ``(..., B, x_dim)``; the model adds
+``.to_event(1)``).
+
+Each likelihood also checks that data lie in its support, so that grey-level pixels given to
+the Bernoulli likelihood fail with a clear message instead of deep inside torch.
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyro_vae.errors import ConfigError, DataError
+
+__all__ = [
+    "LIKELIHOODS",
+    "Bernoulli",
+    "ContinuousBernoulli",
+    "Gaussian",
+    "Likelihood",
+    "make_likelihood",
+]
+
+
+class Likelihood(nn.Module):
+    """Base class: ``forward(params)`` returns a distribution with batch shape ``params.shape``."""
+
+    name = "likelihood"
+    needs_binary_data = False
+
+    def check_data(self, x: torch.Tensor, *, where: str = "data") -> None:
+        """Raise :class:`DataError` if ``x`` holds NaN, infinity, or values outside the support."""
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise DataError(f"{where}: {bad} values are NaN or infinite")
+
+    def output_bias(self, mean: torch.Tensor) -> torch.Tensor:
+        """Decoder output bias that makes p(x|z) match the per-feature data mean ``mean``."""
+        return mean
+
+
+def _logit_of_mean(mean: torch.Tensor) -> torch.Tensor:
+    p = mean.clamp(1e-3, 1 - 1e-3)
+    return torch.log(p) - torch.log1p(-p)
+
+
+class Bernoulli(Likelihood):
+    """Independent Bernoulli pixels with logits from the decoder, for binarized data."""
+
+    name = "bernoulli"
+    needs_binary_data = True
+
+    def forward(self, logits: torch.Tensor) -> dist.Bernoulli:
+        return dist.Bernoulli(logits=logits)
+
+    def check_data(self, x: torch.Tensor, *, where: str = "data") -> None:
+        super().check_data(x, where=where)
+        if not ((x == 0) | (x == 1)).all():
+            bad = x[(x != 0) & (x != 1)]
+            raise DataError(
+                f"{where}: the bernoulli likelihood needs binary values in {{0, 1}}, found "
+                f"{bad.numel()} other values (e.g. {float(bad[0]):.4g}); binarize the data "
+                "or use the continuous-bernoulli likelihood for grey levels in [0, 1]"
+            )
+
+    def output_bias(self, mean: torch.Tensor) -> torch.Tensor:
+        return _logit_of_mean(mean)
+
+
+class ContinuousBernoulli(Likelihood):
+    """The continuous Bernoulli of Loaiza-Ganem & Cunningham (2019), for grey levels in [0, 1]."""
+
+    name = "continuous-bernoulli"
+
+    def forward(self, logits: torch.Tensor) -> dist.ContinuousBernoulli:
+        return dist.ContinuousBernoulli(logits=logits)
+
+    def check_data(self, x: torch.Tensor, *, where: str = "data") -> None:
+        super().check_data(x, where=where)
+        if x.numel() and (x.min() < 0 or x.max() > 1):
+            raise DataError(
+                f"{where}: the continuous-bernoulli likelihood needs values in [0, 1], found "
+                f"values in [{float(x.min()):.4g}, {float(x.max()):.4g}]"
+            )
+
+    def output_bias(self, mean: torch.Tensor) -> torch.Tensor:
+        return _logit_of_mean(mean)
+
+
+class Gaussian(Likelihood):
+    """N(x; decoder(z), scale² I) for real-valued data; ``scale`` fixed, or learned when
+    ``learn_scale=True`` (one scale per feature, stored as its logarithm)."""
+
+    name = "gaussian"
+
+    def __init__(self, scale: float = 1.0, *, learn_scale: bool = False, x_dim: int = 1):
+        super().__init__()
+        if not scale > 0:
+            raise ConfigError(f"gaussian likelihood scale must be positive, got {scale}")
+        log_scale = torch.full((x_dim if learn_scale else 1,), float(scale)).log()
+        if learn_scale:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    def forward(self, loc: torch.Tensor) -> dist.Normal:
+        return dist.Normal(loc, self.log_scale.exp().expand(loc.shape))
+
+
+LIKELIHOODS = {
+    "bernoulli": Bernoulli,
+    "continuous-bernoulli": ContinuousBernoulli,
+    "gaussian": Gaussian,
+}
+
+
+def make_likelihood(name: str, *, x_dim: int, **kwargs) -> Likelihood:
+    """Build the likelihood called ``name`` (one of :data:`LIKELIHOODS`)."""
+    try:
+        cls = LIKELIHOODS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown likelihood {name!r}; known likelihoods: {', '.join(LIKELIHOODS)}"
+        ) from None
+    if cls is Gaussian:
+        return Gaussian(x_dim=x_dim, **kwargs)
+    return cls(**kwargs)

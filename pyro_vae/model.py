@@ -1,0 +1,192 @@
+"""The VAE as a Pyro program: ``model`` is the generative model p(z) p_θ(x|z) and ``guide`` the
+amortized variational posterior q_φ(z|x), ready for :class:`pyro.infer.SVI`.
+
+    log p(x) = ELBO(x) + KL(q(z|x) ‖ p(z|x)),
+    ELBO(x)  = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)) = E_q[log p(x, z) − log q(z|x)].
+
+Site names are ``{prefix}z`` (the latent) and ``{prefix}x`` (the observation), inside the plate
+``{prefix}data``; modules are registered as ``{prefix}encoder``, ``{prefix}decoder`` and
+``{prefix}likelihood``, so that two VAEs can live in one Pyro program.
+
+Example::
+
+    >>> import torch, pyro
+    >>> from pyro.infer import SVI, TraceMeanField_ELBO
+    >>> from pyro_vae import VAE
+    >>> vae = VAE(x_dim=4, latent_dim=2, hidden_sizes=(8,))
+    >>> svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
+    >>> loss = svi.step(torch.ones(3, 4))   # −ELBO summed over the 3 datapoints, in nats
+    >>> loss > 0
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.likelihoods import Likelihood, make_likelihood
+from pyro_vae.networks import GaussianEncoder, MLPDecoder, get_preset
+
+__all__ = ["VAE"]
+
+
+class VAE(nn.Module):
+    """A variational autoencoder with a N(0, I) prior over ``latent_dim`` latent dimensions.
+
+    :param int x_dim: number of features of one datapoint (784 for MNIST; the data decide).
+    :param int latent_dim: size of z.
+    :param hidden_sizes: hidden layer sizes of the encoder; the decoder mirrors them.
+    :param str activation: hidden-layer activation (see :data:`pyro_vae.networks.ACTIVATIONS`).
+    :param likelihood: a :class:`~pyro_vae.likelihoods.Likelihood` or its name
+        (``"bernoulli"``, ``"continuous-bernoulli"``, ``"gaussian"``).
+    :param encoder: optional module mapping ``(x, context)`` to ``(loc, scale)`` of q(z|x).
+    :param decoder: optional module mapping ``(z, context)`` to the likelihood's parameter;
+        any architecture works (see ``examples/custom_decoder.py``).
+    :param int context_dim: size of an optional conditioning input (e.g. a one-hot label)
+        concatenated to the encoder's and decoder's inputs.
+    :param str prefix: prepended to every site, plate and module name.
+    :param float beta: KL weight β applied to the latent site only (β = 1 is the ELBO; other
+        values give the β-VAE objective of Higgins et al. 2017, which is not a bound on log p(x)).
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        *,
+        latent_dim: int = 50,
+        hidden_sizes: tuple[int, ...] = (400,),
+        activation: str = "softplus",
+        likelihood: str | Likelihood = "bernoulli",
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+        context_dim: int = 0,
+        prefix: str = "",
+        beta: float = 1.0,
+    ):
+        super().__init__()
+        for name, value in (("x_dim", x_dim), ("latent_dim", latent_dim)):
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if "$$$" in prefix:
+            raise ConfigError(f"prefix must not contain '$$$' (Pyro's separator): {prefix!r}")
+        self.x_dim, self.latent_dim, self.context_dim = x_dim, latent_dim, context_dim
+        self.prefix = prefix
+        self.beta = float(beta)
+        hidden_sizes = tuple(hidden_sizes)
+        self.encoder = encoder or GaussianEncoder(
+            x_dim, latent_dim, hidden_sizes, activation, context_dim=context_dim
+        )
+        self.decoder = decoder or MLPDecoder(
+            latent_dim, x_dim, tuple(reversed(hidden_sizes)), activation, context_dim=context_dim
+        )
+        if isinstance(likelihood, str):
+            likelihood = make_likelihood(likelihood, x_dim=x_dim)
+        self.likelihood = likelihood
+        self._likelihood_has_params = any(True for _ in likelihood.parameters())
+
+    @classmethod
+    def from_preset(cls, name: str, x_dim: int, **overrides) -> VAE:
+        """Build the ``"pyro"`` (784-400-50, softplus) or ``"burda"`` (784-200-200-50, tanh)
+        architecture for ``x_dim`` features; keyword arguments override the preset."""
+        arch = get_preset(name)
+        kwargs = dict(
+            latent_dim=arch.latent_dim, hidden_sizes=arch.hidden_sizes, activation=arch.activation
+        )
+        kwargs.update(overrides)
+        return cls(x_dim, **kwargs)
+
+    # --- names -------------------------------------------------------------------------
+    @property
+    def z_site(self) -> str:
+        return self.prefix + "z"
+
+    @property
+    def x_site(self) -> str:
+        return self.prefix + "x"
+
+    @property
+    def plate_name(self) -> str:
+        return self.prefix + "data"
+
+    # --- the Pyro program ----------------------------------------------------------------
+    def _data_plate(self, batch_size: int, num_data: int | None, plate: bool):
+        """The data plate; with ``num_data`` the log-densities are scaled by num_data / B so
+        that a minibatch loss estimates the full-data loss."""
+        if not plate:
+            return contextlib.nullcontext()
+        if num_data is None or num_data == batch_size:
+            return pyro.plate(self.plate_name, batch_size)
+        stack = contextlib.ExitStack()
+        stack.enter_context(pyro.plate(self.plate_name, batch_size))
+        stack.enter_context(poutine.scale(scale=num_data / batch_size))
+        return stack
+
+    def _kl_weight(self):
+        return poutine.scale(scale=self.beta) if self.beta != 1.0 else contextlib.nullcontext()
+
+    def model(self, x, context=None, *, num_data: int | None = None, plate: bool = True):
+        """p(z) p_θ(x|z) for a minibatch ``x`` of shape ``(B, x_dim)``.
+
+        :param context: optional ``(B, context_dim)`` conditioning input.
+        :param num_data: full data set size; scales the minibatch to the full-data ELBO.
+        :param plate: open the data plate; pass ``False`` when calling from inside an outer
+            plate over the same batch dimension.
+        :returns: the latent sample z, ``(B, latent_dim)`` (with particles in front if
+            vectorized).
+        """
+        pyro.module(self.prefix + "decoder", self.decoder)
+        if self._likelihood_has_params:
+            pyro.module(self.prefix + "likelihood", self.likelihood)
+        batch_size = x.shape[0]
+        with self._data_plate(batch_size, num_data, plate):
+            loc = x.new_zeros(batch_size, self.latent_dim)
+            prior = dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+            with self._kl_weight():
+                z = pyro.sample(self.z_site, prior)
+            params = self.decoder(z, context)
+            pyro.sample(self.x_site, self.likelihood(params).to_event(1), obs=x)
+        return z
+
+    def guide(self, x, context=None, *, num_data: int | None = None, plate: bool = True):
+        """q_φ(z|x) = N(z; loc(x), diag(scale(x)²)), arguments as in :meth:`model`."""
+        pyro.module(self.prefix + "encoder", self.encoder)
+        with self._data_plate(x.shape[0], num_data, plate):
+            loc, scale = self.encoder(x, context)
+            with self._kl_weight():
+                return pyro.sample(self.z_site, dist.Normal(loc, scale).to_event(1))
+
+    # --- plain-PyTorch conveniences ----------------------------------------------------
+    def encode(self, x, context=None):
+        """Mean and standard deviation of q(z|x), each ``(B, latent_dim)``."""
+        return self.encoder(x, context)
+
+    def decode(self, z, context=None):
+        """The distribution p_θ(x|z) with event shape ``(x_dim,)``."""
+        return self.likelihood(self.decoder(z, context)).to_event(1)
+
+    def check_data(self, x: torch.Tensor, *, where: str = "data") -> None:
+        """Raise :class:`~pyro_vae.errors.DataError` unless ``x`` is ``(B, x_dim)``, finite and
+        in the likelihood's support."""
+        if x.dim() != 2 or x.shape[-1] != self.x_dim:
+            raise DataError(
+                f"{where}: expected shape (N, {self.x_dim}) for this model, found "
+                f"{tuple(x.shape)}"
+            )
+        if x.shape[0] == 0:
+            raise DataError(f"{where}: the data set is empty")
+        self.likelihood.check_data(x, where=where)
+
+    def init_output_bias(self, mean: torch.Tensor) -> None:
+        """Set the decoder's output bias from the per-feature training mean (Burda et al. 2016)."""
+        out = getattr(self.decoder, "out", None)
+        if not isinstance(out, nn.Linear):
+            raise ConfigError("init_output_bias needs a decoder with a Linear 'out' layer")
+        with torch.no_grad():
+            out.bias.copy_(self.likelihood.output_bias(mean.to(out.bias)))

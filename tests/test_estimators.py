@@ -1,0 +1,248 @@
+"""The estimator registry: Pyro's ELBOs against the hand-written baselines, sample by sample."""
+
+import copy
+import math
+
+import pyro
+import pyro.infer
+import pytest
+import torch
+from torch.distributions import Normal
+
+from pyro_vae import ESTIMATORS, VAE, ConfigError, make_objective
+from pyro_vae.losses import analytic_elbo, mc_elbo
+from tests.conftest import assert_close, binary_batch
+
+LIKELIHOODS = ["bernoulli", "continuous-bernoulli", "gaussian"]
+
+
+def make_vae(likelihood="bernoulli", **kwargs):
+    kwargs.setdefault("latent_dim", 3)
+    kwargs.setdefault("hidden_sizes", (16,))
+    return VAE(12, likelihood=likelihood, **kwargs)
+
+
+def data_for(likelihood, batch_size=16):
+    x = binary_batch(batch_size, 12)
+    return x if likelihood == "bernoulli" else 0.1 + 0.8 * x * torch.rand(x.shape)
+
+
+def loss_and_grads(objective, x, seed, **kwargs):
+    vae = objective.vae
+    vae.zero_grad()
+    pyro.set_rng_seed(seed)
+    loss = objective.differentiable_loss(x, **kwargs)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in vae.named_parameters()}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize(
+    "pyro_name, torch_name",
+    [("meanfield", "analytic"), ("trace", "mc")],
+    ids=["meanfield=analytic", "trace=mc"],
+)
+@pytest.mark.parametrize("num_data", [None, 1000], ids=["batch", "scaled"])
+def test_pyro_loss_and_gradient_equal_hand_written(pyro_name, torch_name, likelihood, num_data):
+    vae = make_vae(likelihood)
+    x = data_for(likelihood)
+    a_loss, a_grads = loss_and_grads(make_objective(pyro_name, vae), x, 7, num_data=num_data)
+    b_loss, b_grads = loss_and_grads(make_objective(torch_name, vae), x, 7, num_data=num_data)
+    assert_close(a_loss, b_loss, rtol=1e-5)
+    assert a_grads.keys() == b_grads.keys()
+    for name in a_grads:
+        assert_close(a_grads[name], b_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_same_seed_means_same_sample():
+    """The premise of the test above: Pyro's guide and the baseline draw the same z."""
+    vae = make_vae()
+    x = data_for("bernoulli")
+    pyro.set_rng_seed(3)
+    z_pyro = pyro.poutine.trace(vae.guide).get_trace(x).nodes["z"]["value"]
+    pyro.set_rng_seed(3)
+    loc, scale = vae.encode(x)
+    z_torch = Normal(loc, scale).rsample()
+    assert_close(z_pyro, z_torch, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["trace", "meanfield", "analytic", "mc"])
+def test_svi_step_returns_minus_elbo(name):
+    """The sign: the loss a training step returns is −ELBO, computed independently here
+    on a copy of the parameters from before the step, with the same posterior sample."""
+    vae = make_vae()
+    before = copy.deepcopy(vae)
+    x = data_for("bernoulli")
+    trainer = make_objective(name, vae).make_trainer(lr=1e-3)
+    pyro.set_rng_seed(11)
+    loss = trainer.step(x)
+    elbo_fn = analytic_elbo if name in ("meanfield", "analytic") else mc_elbo
+    pyro.set_rng_seed(11)
+    with torch.no_grad():
+        elbo = float(elbo_fn(before, x).sum())
+    assert elbo < 0 < loss  # log p(x) ≤ 0 for binary data, so ELBO < 0 and the loss > 0
+    assert_close(loss, -elbo, rtol=1e-5)
+    assert any((p != q).any() for p, q in zip(vae.parameters(), before.parameters(), strict=False))
+
+
+def test_svi_step_minimizes_the_loss():
+    vae = make_vae()
+    x = data_for("bernoulli", 64)
+    trainer = make_objective("meanfield", vae).make_trainer(lr=1e-2)
+    first = sum(trainer.step(x) for _ in range(5))
+    for _ in range(200):
+        trainer.step(x)
+    last = sum(trainer.step(x) for _ in range(5))
+    assert last < first
+
+
+def hand_written_iwae(vae, x, k, generator):
+    """log (1/K) Σ_k p(x, z_k) / q(z_k|x) per datapoint, written from the definition."""
+    with torch.no_grad():
+        loc, scale = vae.encode(x)
+        q = Normal(loc, scale)
+        z = loc + scale * torch.randn((k, *loc.shape), generator=generator)
+        log_p = Normal(0.0, 1.0).log_prob(z).sum(-1) + vae.decode(z).log_prob(x)
+        log_w = log_p - q.log_prob(z).sum(-1)
+        return torch.logsumexp(log_w, 0) - math.log(k)
+
+
+@pytest.mark.parametrize("k", [5, 50])
+def test_iwae_matches_hand_written_iwae(k):
+    vae = make_vae()
+    x = data_for("bernoulli", 4)
+    iwae = make_objective("iwae", vae, num_particles=k)
+    draws = 400
+    pyro_bounds = torch.tensor([-iwae.loss(x) for _ in range(draws)])
+    g = torch.Generator().manual_seed(0)
+    ours = torch.stack([hand_written_iwae(vae, x, k, g).sum() for _ in range(draws)])
+    diff = pyro_bounds.mean() - ours.mean()
+    se = (pyro_bounds.var() / draws + ours.var() / draws).sqrt()
+    assert abs(diff) < 4 * se, (diff, se)
+
+
+def test_iwae_at_k1_equals_the_elbo():
+    vae = make_vae()
+    x = data_for("bernoulli")
+    pyro.set_rng_seed(2)
+    iwae = make_objective("iwae", vae, num_particles=1).differentiable_loss(x)
+    pyro.set_rng_seed(2)
+    trace = make_objective("trace", vae).differentiable_loss(x)
+    assert_close(iwae, trace, rtol=1e-6)
+
+
+def test_iwae_bound_is_not_below_the_elbo():
+    """IWAE_K ≥ ELBO for K > 1, in expectation (here per datapoint, far beyond MC error)."""
+    vae = make_vae()
+    x = data_for("bernoulli", 8)
+    g = torch.Generator().manual_seed(1)
+    elbo = torch.stack([hand_written_iwae(vae, x, 1, g) for _ in range(2000)]).mean(0)
+    for k in (5, 50):
+        iwae = make_objective("iwae", vae, num_particles=k)
+        bound = -torch.tensor([iwae.loss(x) for _ in range(200)]).mean()
+        assert bound >= elbo.sum()
+        elbo_k = torch.stack([hand_written_iwae(vae, x, k, g) for _ in range(200)]).mean(0)
+        assert (elbo_k >= elbo - 0.05).all()
+
+
+def test_iwae_differentiable_loss_gradient_matches_renyi_surrogate():
+    """Our IWAE_ELBO.differentiable_loss and Pyro's RenyiELBO.loss_and_grads agree."""
+    vae = make_vae()
+    x = data_for("bernoulli", 6)
+    iwae = make_objective("iwae", vae, num_particles=5)
+    a_loss, a_grads = loss_and_grads(iwae, x, 4)
+    vae.zero_grad()
+    pyro.set_rng_seed(4)
+    b_loss = pyro.infer.RenyiELBO.loss_and_grads(iwae.elbo, vae.model, vae.guide, x)
+    assert_close(a_loss, b_loss, rtol=1e-5)
+    for name, p in vae.named_parameters():
+        assert_close(a_grads[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def svi_gradients(objective, x, seed):
+    """Loss and gradients the way SVI computes them (``elbo.loss_and_grads``)."""
+    objective.vae.zero_grad()
+    pyro.set_rng_seed(seed)
+    args, kwargs = objective.arguments(x)
+    loss = objective.elbo.loss_and_grads(objective.model, objective.guide, *args, **kwargs)
+    return loss, {n: p.grad.clone() for n, p in objective.vae.named_parameters()}
+
+
+def test_jit_trace_equals_trace_including_a_smaller_last_batch():
+    """Same seed, same sample: loss and gradients equal, through SVI's path and through
+    differentiable_loss (where pyro 1.9.2's JitTrace_ELBO doubles them; see estimators.py)."""
+    vae = make_vae()
+    x = data_for("bernoulli", 16)
+    jit, eager = make_objective("jit-trace", vae), make_objective("trace", vae)
+    for batch in (x, x[:5], x):  # a last minibatch of another size compiles its own trace
+        jit.differentiable_loss(batch)  # compile first: compiling consumes random numbers
+        for compute in (svi_gradients, loss_and_grads):
+            j_loss, j_grads = compute(jit, batch, 9)
+            e_loss, e_grads = compute(eager, batch, 9)
+            assert_close(j_loss, e_loss, rtol=1e-5)
+            for name in e_grads:
+                assert_close(j_grads[name], e_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_jit_meanfield_equals_meanfield_with_a_pinned_sample():
+    """The compiled meanfield ELBO draws its noise from another random stream, so pin the
+    sample: with posterior scales of e^-20 the sample is the posterior mean, and loss and
+    gradients must agree exactly; for every batch size."""
+    vae = make_vae()
+    with torch.no_grad():
+        vae.encoder.log_scale.bias.fill_(-20.0)
+    x = data_for("bernoulli", 16)
+    jit, eager = make_objective("jit-meanfield", vae), make_objective("meanfield", vae)
+    for batch in (x, x[:5]):
+        jit.differentiable_loss(batch)
+        for compute in (svi_gradients, loss_and_grads):
+            j_loss, j_grads = compute(jit, batch, 9)
+            e_loss, e_grads = compute(eager, batch, 9)
+            assert_close(j_loss, e_loss, rtol=1e-5)
+            for name in e_grads:
+                assert_close(j_grads[name], e_grads[name], rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_jit_meanfield_equals_meanfield_in_expectation():
+    vae = make_vae()
+    x = data_for("bernoulli", 16)
+    jit, eager = make_objective("jit-meanfield", vae), make_objective("meanfield", vae)
+    jit.differentiable_loss(x)
+    a = torch.tensor([jit.loss(x) for _ in range(300)])
+    b = torch.tensor([eager.loss(x) for _ in range(300)])
+    assert abs(a.mean() - b.mean()) < 4 * (a.var() / 300 + b.var() / 300).sqrt()
+
+
+def test_jit_follows_a_changing_beta():
+    vae = make_vae()
+    with torch.no_grad():
+        vae.encoder.log_scale.bias.fill_(-20.0)  # pin the sample (see above)
+    x = data_for("bernoulli")
+    jit, eager = make_objective("jit-meanfield", vae), make_objective("meanfield", vae)
+    for beta in (0.5, 1.0):
+        vae.beta = beta
+        jit.differentiable_loss(x)
+        pyro.set_rng_seed(1)
+        a = jit.loss(x)
+        pyro.set_rng_seed(1)
+        assert_close(a, eager.loss(x), rtol=1e-5)
+
+
+def test_registry_lists_every_estimator_and_rejects_unknown_names():
+    assert set(ESTIMATORS) >= {"trace", "meanfield", "jit-trace", "jit-meanfield", "iwae",
+                               "analytic", "mc"}
+    with pytest.raises(ConfigError, match="known estimators: trace, meanfield"):
+        make_objective("elbo", make_vae())
+    with pytest.raises(ConfigError, match="num_particles"):
+        make_objective("trace", make_vae(), num_particles=0)
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_every_estimator_with_particles_reports_a_finite_loss_per_datapoint(name):
+    vae = make_vae()
+    x = data_for("bernoulli", 8)
+    objective = make_objective(name, vae, num_particles=3)
+    loss = objective.loss(x)
+    # nats per datapoint: between the data's entropy floor (0) and a generous ceiling
+    assert 0 < loss / 8 < 12 * math.log(2) * 10
