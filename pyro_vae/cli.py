@@ -18,6 +18,9 @@ __all__ = ["COMMANDS", "main"]
 # Subcommand name → module with ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS = {
     "train": "pyro_vae.commands.train",
+    "plot": "pyro_vae.commands.plot",
+    "sample": "pyro_vae.commands.sample",
+    "evaluate": "pyro_vae.commands.evaluate",
 }
 
 
@@ -51,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except PyroVAEError as e:
-        print(f"pyro-vae: error: {e}", file=sys.stderr)
+    except (PyroVAEError, OSError) as e:  # OSError: a full disk, a folder we may not write
+        print(f"pyro-vae: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None)

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
+import math
 import os
 import struct
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -31,6 +34,7 @@ __all__ = [
     "DATASETS",
     "Dataset",
     "binarize",
+    "check_grey_levels",
     "download",
     "load_dataset",
     "parse_idx",
@@ -38,7 +42,10 @@ __all__ = [
     "read_idx",
 ]
 
-_MAGIC = {0x00000801: 1, 0x00000803: 3}  # IDX magic → number of dimensions (uint8 data)
+_UINT8 = 0x08  # the IDX type byte of unsigned bytes, the only type MNIST-format files use
+_IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32",
+              0x0D: "float32", 0x0E: "float64"}
+_GZIP_MAGIC = b"\x1f\x8b"
 _PACKAGE_DIR = Path(__file__).parent / "datasets"
 
 
@@ -97,26 +104,52 @@ class Dataset(NamedTuple):
         return self.train_images.shape[1]
 
 
-def parse_idx(raw: bytes, *, name: str = "<bytes>") -> np.ndarray:
-    """Parse the bytes of an uncompressed IDX file of uint8 data into an array.
+def parse_idx(raw: bytes, *, name: str = "<bytes>", ndim: int | None = None) -> np.ndarray:
+    """Parse the bytes of an uncompressed IDX file of unsigned bytes into an array.
 
-    :raises DataError: on a wrong magic number, a header that disagrees with the file size,
-        or a truncated file; the message names ``name``.
+    An IDX file (LeCun et al., the MNIST format) is a 4-byte magic number ``0x00 0x00 type
+    ndim``, then ``ndim`` big-endian uint32 sizes, then the data in C order. Only the type
+    ``0x08`` (unsigned byte) is read.
+
+    :param name: the file name used in error messages.
+    :param ndim: the number of dimensions expected (1 for labels, 3 for images), if any.
+    :returns: a read-only ``uint8`` array of the header's shape.
+    :raises DataError: on a wrong magic number, another data type, an unexpected number of
+        dimensions, or a size that disagrees with the header (truncated or too long); the
+        message names ``name``, what was expected and what was found.
+
+    >>> parse_idx(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9])).tolist()
+    [7, 8, 9]
     """
     if len(raw) < 4:
-        raise DataError(f"{name}: truncated IDX file: {len(raw)} bytes, no 4-byte header")
-    (magic,) = struct.unpack(">I", raw[:4])
-    if magic not in _MAGIC:
         raise DataError(
-            f"{name}: wrong IDX magic number 0x{magic:08x}; expected 0x00000801 (labels) "
-            "or 0x00000803 (images) of unsigned bytes"
+            f"{name}: truncated IDX file: {len(raw)} bytes, expected at least a 4-byte header"
         )
-    ndim = _MAGIC[magic]
-    header = 4 + 4 * ndim
+    zero, dtype, found_ndim = raw[0:2], raw[2], raw[3]
+    if zero != b"\0\0":
+        raise DataError(
+            f"{name}: wrong IDX magic number 0x{raw[:4].hex()}; expected 0x00000801 (labels) "
+            "or 0x00000803 (images); this is not an IDX file"
+        )
+    if dtype != _UINT8:
+        kind = _IDX_TYPES.get(dtype, "unknown")
+        raise DataError(
+            f"{name}: IDX data type byte 0x{dtype:02x} ({kind}); expected 0x08 (unsigned byte)"
+        )
+    if found_ndim == 0 or (ndim is not None and found_ndim != ndim):
+        expected = f"{ndim}" if ndim is not None else "at least 1"
+        raise DataError(
+            f"{name}: IDX file has {found_ndim} dimensions (magic number "
+            f"0x{raw[:4].hex()}); expected {expected}"
+        )
+    header = 4 + 4 * found_ndim
     if len(raw) < header:
-        raise DataError(f"{name}: truncated IDX header: {len(raw)} of {header} bytes")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(shape, dtype=np.int64))
+        raise DataError(
+            f"{name}: truncated IDX header: {len(raw)} bytes, expected {header} for "
+            f"{found_ndim} dimensions"
+        )
+    shape = struct.unpack(f">{found_ndim}I", raw[4:header])
+    expected = math.prod(shape)  # Python ints: no overflow for absurd headers
     found = len(raw) - header
     if found != expected:
         what = "truncated" if found < expected else "longer than its header says"
@@ -128,30 +161,48 @@ def parse_idx(raw: bytes, *, name: str = "<bytes>") -> np.ndarray:
 
 
 def _read_bytes(path: Path) -> bytes:
-    if not path.is_file():
+    """The bytes of ``path``, decompressed if it starts with the gzip magic number."""
+    if not path.exists():
         raise DataError(f"{path}: file not found")
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
+    if not path.is_file():
+        raise DataError(f"{path}: expected an IDX file, found a folder or special file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if data[:2] == _GZIP_MAGIC:
         try:
             return gzip.decompress(data)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path}: corrupt or truncated gzip file ({e})") from None
     return data
 
 
-def read_idx(path: str | os.PathLike, *, md5: str | None = None) -> np.ndarray:
-    """Read an IDX file (gzip-compressed or raw), checking the md5 of the uncompressed bytes
-    when ``md5`` is given."""
+def _check_md5(raw: bytes, md5: str, path) -> None:
+    found = hashlib.md5(raw).hexdigest()
+    if found != md5:
+        raise DataError(
+            f"{path}: checksum mismatch: md5 of the uncompressed file is {found}, "
+            f"expected {md5}; the file is corrupt or not the canonical one"
+        )
+
+
+def read_idx(
+    path: str | os.PathLike, *, md5: str | None = None, ndim: int | None = None
+) -> np.ndarray:
+    """Read an IDX file (gzip-compressed or raw) with :func:`parse_idx`; then, when ``md5``
+    is given, check the md5 of the uncompressed bytes (structure first, so that a truncated
+    file says so rather than only that its checksum differs).
+
+    :raises DataError: if the file is missing, unreadable, a corrupt gzip, malformed (see
+        :func:`parse_idx`) or has another checksum; the message names the file.
+    """
     path = Path(path)
     raw = _read_bytes(path)
+    array = parse_idx(raw, name=str(path), ndim=ndim)
     if md5 is not None:
-        found = hashlib.md5(raw).hexdigest()
-        if found != md5:
-            raise DataError(
-                f"{path}: checksum mismatch: md5 of the uncompressed file is {found}, "
-                f"expected {md5}; the file is corrupt or not the canonical one"
-            )
-    return parse_idx(raw, name=str(path))
+        _check_md5(raw, md5, path)
+    return array
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:
@@ -206,33 +257,59 @@ def _default_download_dir(name: str) -> Path:
 
 
 def _load_from(name: str, source: _Source, folder: Path) -> Dataset:
-    arrays = {}
+    """Read the four files in ``folder``: structure of each file first, then agreement between
+    the files (image and label counts, train and test image shapes), then the checksums, so
+    that each fault gets the most specific message."""
+    paths = {stem: _find_file(folder, stem) for stem in source.md5}
+    raws = {stem: _read_bytes(path) for stem, path in paths.items()}
+    arrays = {
+        stem: parse_idx(raw, name=str(paths[stem]), ndim=3 if "images" in stem else 1)
+        for stem, raw in raws.items()
+    }
+    for split in ("train", "t10k"):
+        images, labels = f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte"
+        n_images, n_labels = arrays[images].shape[0], arrays[labels].shape[0]
+        if n_images != n_labels:
+            raise DataError(
+                f"{paths[images]} holds {n_images} images but {paths[labels]} holds "
+                f"{n_labels} labels; expected one label per image"
+            )
+    train_shape = arrays["train-images-idx3-ubyte"].shape[1:]
+    test_shape = arrays["t10k-images-idx3-ubyte"].shape[1:]
+    if train_shape != test_shape:
+        raise DataError(
+            f"{paths['t10k-images-idx3-ubyte']}: test images are {test_shape[0]}x{test_shape[1]} "
+            f"pixels, expected {train_shape[0]}x{train_shape[1]} like the training images in "
+            f"{paths['train-images-idx3-ubyte']}"
+        )
     for stem, md5 in source.md5.items():
-        arrays[stem] = read_idx(_find_file(folder, stem), md5=md5)
+        _check_md5(raws[stem], md5, paths[stem])
     splits = []
     for split in ("train", "t10k"):
         images = arrays[f"{split}-images-idx3-ubyte"]
         labels = arrays[f"{split}-labels-idx1-ubyte"]
-        if images.ndim != 3 or labels.ndim != 1:
-            raise DataError(f"{folder}: {split} images must be 3-D and labels 1-D")
-        if images.shape[0] != labels.shape[0]:
-            raise DataError(
-                f"{folder}: {split} images file holds {images.shape[0]} images but the labels "
-                f"file holds {labels.shape[0]} labels"
-            )
         flat = torch.from_numpy(images.reshape(images.shape[0], -1).copy())
         splits += [flat, torch.from_numpy(labels.astype(np.int64))]
-    shape = tuple(arrays["train-images-idx3-ubyte"].shape[1:])
-    return Dataset(name, *splits, image_shape=shape, source=str(folder))
+    return Dataset(name, *splits, image_shape=tuple(train_shape), source=str(folder))
 
 
 def download(url: str, destination: str | os.PathLike, *, md5: str, timeout: float = 60.0):
     """Download ``url`` to ``destination``, verifying the md5 of the uncompressed content
-    before the file appears under its final name (a partial or corrupt download never does).
+    before the file appears under its final name.
+
+    The bytes go to a temporary ``*.part`` file in the destination folder, which is checked
+    (gzip, IDX structure, md5) and only then renamed to ``destination``; on any failure, or an
+    interruption, the temporary file is removed, so a partial or corrupt download never
+    appears under the final name.
+
+    :raises DataError: if the download fails or the file is not the expected one; the message
+        names the URL.
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=destination.name, suffix=".part")
+    fd, tmp = tempfile.mkstemp(
+        dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
+    )
     try:
         with os.fdopen(fd, "wb") as out:
             with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -240,9 +317,15 @@ def download(url: str, destination: str | os.PathLike, *, md5: str, timeout: flo
                     out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
-        read_idx(tmp, md5=md5)  # raises DataError on a bad file
+        try:
+            read_idx(tmp, md5=md5)
+        except DataError as e:  # name the URL, not the temporary file
+            reason = str(e).removeprefix(f"{tmp}: ")
+            raise DataError(f"download of {url}: {reason}; nothing was saved") from None
         os.replace(tmp, destination)
-    except OSError as e:
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(f"download of {url} failed: {e}") from None
     finally:
         if os.path.exists(tmp):
@@ -252,7 +335,10 @@ def download(url: str, destination: str | os.PathLike, *, md5: str, timeout: flo
 
 def fetch(name: str, folder: str | os.PathLike) -> Path:
     """Download the four files of data set ``name`` into ``folder`` (see :func:`download`)."""
-    source = DATASETS[name]
+    try:
+        source = DATASETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}") from None
     folder = Path(folder)
     for stem, md5 in source.md5.items():
         if _find_file(folder, stem):
@@ -279,3 +365,32 @@ def binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> 
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """uint8 grey levels → float32 in [0, 1]."""
     return images.float() / 255.0
+
+
+def check_grey_levels(x: torch.Tensor, *, where: str = "data") -> None:
+    """Raise :class:`DataError` unless ``x`` is a non-empty ``(N, D)`` float tensor of grey
+    levels in [0, 1] (what :func:`preprocess` returns and :func:`binarize` accepts); the
+    message names ``where``, what was expected and what was found.
+
+    >>> check_grey_levels(torch.tensor([[0.5, 1.5]]), where="my data")
+    Traceback (most recent call last):
+        ...
+    pyro_vae.errors.DataError: my data: expected grey levels in [0, 1], found values in [0.5, 1.5]
+    """
+    if x.dim() != 2:
+        raise DataError(f"{where}: expected a 2-D tensor (N, D), found shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise DataError(f"{where}: empty data set, shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise DataError(f"{where}: expected float grey levels in [0, 1], found dtype {x.dtype}")
+    finite = torch.isfinite(x)
+    if not finite.all():
+        raise DataError(
+            f"{where}: {int((~finite).sum())} of {x.numel()} values are NaN or infinite; "
+            "expected grey levels in [0, 1]"
+        )
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:
+        raise DataError(
+            f"{where}: expected grey levels in [0, 1], found values in [{low:.4g}, {high:.4g}]"
+        )

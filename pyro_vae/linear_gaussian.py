@@ -42,12 +42,17 @@ class PPCAParams(NamedTuple):
 
 
 class LinearDecoder(nn.Module):
-    """z ↦ W z + μ."""
+    """z ↦ W z + μ; W and μ are parameters, or buffers when not ``trainable`` (so that
+    :func:`pyro.module` has nothing frozen to warn about)."""
 
     def __init__(self, W: torch.Tensor, mu: torch.Tensor, *, trainable: bool = True):
         super().__init__()
-        self.W = nn.Parameter(W.clone(), requires_grad=trainable)
-        self.mu = nn.Parameter(mu.clone(), requires_grad=trainable)
+        if trainable:
+            self.W = nn.Parameter(W.clone())
+            self.mu = nn.Parameter(mu.clone())
+        else:
+            self.register_buffer("W", W.clone())
+            self.register_buffer("mu", mu.clone())
 
     def forward(self, z, context=None):
         return z @ self.W.T + self.mu
@@ -92,8 +97,10 @@ def linear_gaussian_vae(params: PPCAParams, *, learn_model: bool = True, prefix:
         decoder=LinearDecoder(W, mu, trainable=learn_model),
         likelihood=likelihood,
         prefix=prefix,
-    )
-    return vae.to(W.dtype)
+    ).to(W.dtype)
+    with torch.no_grad():  # log σ in W's precision (Gaussian() builds it in float32)
+        vae.likelihood.log_scale.fill_(float(torch.as_tensor(sigma, dtype=torch.float64).log()))
+    return vae
 
 
 def _marginal(params: PPCAParams) -> MultivariateNormal:

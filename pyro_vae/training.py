@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,16 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
-from pyro_vae.data import Dataset, binarize, load_dataset, preprocess
+from pyro_vae.data import Dataset, binarize, check_grey_levels, load_dataset, preprocess
+from pyro_vae.distributed import (
+    DistributedTrainer,
+    World,
+    barrier,
+    check_resumable,
+    current_world,
+    derive_seed,
+    map_rows,
+)
 from pyro_vae.errors import ConfigError, DataError, TrainingDivergedError
 from pyro_vae.estimators import get_estimator, make_objective
 from pyro_vae.likelihoods import LIKELIHOODS
@@ -39,12 +49,13 @@ __all__ = [
     "burda_learning_rate",
     "fit",
     "load_vae",
+    "mean_elbo",
     "prepare_data",
-    "test_elbo",
 ]
 
 TEST_BINARIZATION_SEED = 0  # one fixed binarized test set, whatever the training seed
 LR_SCHEDULES = ("constant", "burda")
+RESUMABLE_CHANGES = ("epochs", "data_dir")  # config fields a resumed run may change
 
 
 @dataclass
@@ -60,7 +71,7 @@ class TrainConfig:
     likelihood: str = "bernoulli"  # bernoulli (dynamically binarized data) or grey-level ones
     estimator: str = "meanfield"  # a name from pyro_vae.ESTIMATORS
     num_particles: int | None = None  # samples per datapoint; None: the estimator's default
-    epochs: int = 10
+    epochs: int = 20  # about 2 minutes on 2 CPU cores with the default network
     batch_size: int = 128
     lr: float = 1e-3  # Adam's learning rate (the first one, for the burda schedule)
     lr_schedule: str = "constant"  # or "burda": 10^(-i/7) decay over passes of 3^i epochs
@@ -207,15 +218,20 @@ def prepare_data(config: TrainConfig, dataset: Dataset | None = None) -> Prepare
 
 
 @torch.no_grad()
-def test_elbo(vae: VAE, x: torch.Tensor, *, batch_size: int = 1000, seed: int = 0) -> float:
+def mean_elbo(
+    vae: VAE, x: torch.Tensor, *, batch_size: int = 1000, seed: int = 0,
+    world: World | None = None,
+) -> float:
     """Mean analytic-KL ELBO (β = 1) over ``x`` in nats per datapoint, one posterior sample
-    per datapoint drawn from a generator seeded with ``seed``."""
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    total = 0.0
-    for start in range(0, x.shape[0], batch_size):
-        batch = x[start : start + batch_size]
-        total += float(analytic_elbo(vae, batch, generator=generator, beta=1.0).sum())
-    return total / x.shape[0]
+    per datapoint; batch ``i`` draws from a generator seeded with ``derive_seed(seed, i)``.
+    With ``world`` (:mod:`pyro_vae.distributed`) the batches are split across the ranks and
+    gathered; the result is the same as in one process."""
+
+    def batch_elbo(start: int, stop: int, index: int) -> torch.Tensor:
+        generator = torch.Generator(device=x.device).manual_seed(derive_seed(seed, index))
+        return analytic_elbo(vae, x[start:stop], generator=generator, beta=1.0)  # (stop-start,)
+
+    return float(map_rows(batch_elbo, x.shape[0], batch_size, world=world).sum()) / x.shape[0]
 
 
 class FitResult(NamedTuple):
@@ -240,6 +256,45 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _resume_config(saved: dict, config: TrainConfig | None) -> TrainConfig:
+    """The configuration to resume with: the checkpoint's, or ``config`` if it differs from
+    it only in :data:`RESUMABLE_CHANGES` (e.g. more epochs); :class:`ConfigError` else."""
+    saved_config = TrainConfig.from_dict(saved)
+    if config is None:
+        return saved_config
+    changed = sorted(k for k, v in config.to_dict().items()
+                     if k not in RESUMABLE_CHANGES and v != saved_config.to_dict()[k])
+    if changed:
+        raise ConfigError(
+            "cannot resume with a different configuration: "
+            + ", ".join(f"{k}={getattr(config, k)!r} (checkpoint: {saved[k]!r})" for k in changed)
+        )
+    return config
+
+
+def _epoch_lr(config: TrainConfig, epochs_done: int) -> float:
+    """The learning rate of epoch ``epochs_done + 1`` under ``config``'s schedule."""
+    if config.lr_schedule == "burda":
+        return burda_learning_rate(epochs_done, config.epochs, config.lr)
+    return config.lr
+
+
+def _with_lr(state, lr: float):
+    """A copy of an optimizer state (torch's, or Pyro's dict of them) with every parameter
+    group's learning rate set to ``lr``. Pyro restores a saved state lazily, at a parameter's
+    first step, which would otherwise bring back the learning rate of the checkpoint's last
+    epoch over the one the schedule sets."""
+    if isinstance(state, list):
+        return [_with_lr(v, lr) for v in state]
+    if not isinstance(state, dict):
+        return state
+    state = {k: _with_lr(v, lr) for k, v in state.items()}
+    for group in state.get("param_groups", []):
+        if isinstance(group, dict) and "lr" in group:
+            group["lr"] = lr
+    return state
+
+
 def _params_finite(vae: VAE) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in vae.parameters())
 
@@ -248,10 +303,32 @@ def _diverged(epoch: int, step: int, what: str, out_dir) -> TrainingDivergedErro
     kept = (f" The last good checkpoint, {out_dir / 'checkpoint.pt'}, is intact."
             if out_dir is not None and (out_dir / "checkpoint.pt").exists() else "")
     return TrainingDivergedError(
-        f"{what} became NaN or infinite at epoch {epoch}, step {step}. Likely causes: a "
+        f"training diverged at epoch {epoch}, step {step}: {what}. Likely causes: a "
         "learning rate too high (try --lr 1e-4), data outside the likelihood's support, or a "
         "Gaussian likelihood scale collapsing to zero." + kept
     )
+
+
+_INVALID_PARAMETER = re.compile(
+    r"Expected parameter (\w+) .*?of distribution (\w+).*?to satisfy the constraint (.*?), "
+    r"but found invalid values"
+)
+
+
+def _divergence_in(error: ValueError, vae: VAE) -> str | None:
+    """What to report if ``error``, raised by a training step or an evaluation, comes from a
+    diverged network: a parameter NaN or infinite, or a distribution parameter outside its
+    support (with validation on, torch raises "Expected parameter scale ... to satisfy the
+    constraint GreaterThan(lower_bound=0.0)" when an encoder's scale underflows to 0).
+    ``None`` for any other error, which is then re-raised as it is."""
+    if not _params_finite(vae):
+        return "a parameter became NaN or infinite (through its gradient)"
+    match = _INVALID_PARAMETER.search(str(error).replace("\n", " "))
+    if match:
+        name, distribution, constraint = match.groups()
+        return (f"the {name} of a {distribution} distribution is NaN, infinite or outside "
+                f"its support {constraint}")
+    return None
 
 
 def fit(
@@ -275,6 +352,11 @@ def fit(
 
     .. note:: This clears Pyro's global parameter store, so that SVI optimizes this VAE's
        own parameters.
+
+    .. note:: In an initialized :mod:`torch.distributed` process group (under ``torchrun``)
+       this trains data-parallel with :class:`pyro_vae.distributed.DistributedTrainer`: each
+       rank takes its slice of every global minibatch of ``config.batch_size``, and only rank
+       0 logs and writes ``out_dir``. See ``docs/distributed.md``.
     """
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt = None
@@ -282,15 +364,22 @@ def fit(
         if out_dir is None:
             raise ConfigError("resume needs the run folder (out_dir)")
         ckpt = load_checkpoint(out_dir / "checkpoint.pt")
-        config = TrainConfig.from_dict(ckpt["config"]) if config is None else config
+        config = _resume_config(ckpt["config"], config)
     config.validate()
+    world = current_world()  # None in one process; under torchrun see pyro_vae.distributed
+    main_process = world is None or world.is_main  # only rank 0 prints and writes files
     progress = sys.stderr.isatty() if progress is None else progress
+    progress = progress and main_process
+    log = log if main_process else (lambda *args, **kwargs: None)
     data = data or prepare_data(config)
     device = check_device(config.device)
 
+    pyro.set_rng_seed(config.seed)  # the seed decides the initial weights too
     vae = build_vae(config, data.train.shape[1]).to(device)
-    if data.train.min() < 0 or data.train.max() > 1:
-        raise DataError(f"{data.dataset.source}: training grey levels must lie in [0, 1]")
+    check_grey_levels(data.train, where=f"{data.dataset.source} training set")
+    if ckpt is not None and ckpt["x_dim"] != data.train.shape[1]:
+        raise DataError(f"{data.dataset.source}: {data.train.shape[1]} features per datapoint, "
+                        f"expected {ckpt['x_dim']} like the checkpoint in {out_dir}")
     vae.check_data(data.test, where=f"{data.dataset.source} test set")
     if get_preset(config.preset).init_output_bias and ckpt is None:
         vae.init_output_bias(data.train.mean(0))
@@ -299,12 +388,14 @@ def fit(
     pyro.set_rng_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     objective = make_objective(config.estimator, vae, num_particles=config.num_particles)
-    trainer = objective.make_trainer(config.lr)
+    trainer = (objective.make_trainer(config.lr) if world is None
+               else DistributedTrainer(objective, config.lr, world=world, seed=config.seed))
     history: list[dict] = []
     start_epoch = 0
     if ckpt is not None:
+        check_resumable(ckpt["optimizer_state"], objective, world)
         vae.load_state_dict(ckpt["model_state"])
-        trainer.load_state_dict(ckpt["optimizer_state"])
+        trainer.load_state_dict(_with_lr(ckpt["optimizer_state"], _epoch_lr(config, ckpt["epoch"])))
         _set_rng_state(ckpt["rng_state"], generator)
         history = list(ckpt["history"])
         start_epoch = ckpt["epoch"]
@@ -328,9 +419,16 @@ def fit(
             x = data.train[permutation[start : start + config.batch_size]]
             if binary:
                 x = binarize(x, generator)
-            loss = trainer.step(x, num_data=n if config.scale_to_data else None)
+            try:
+                loss = trainer.step(x, num_data=n if config.scale_to_data else None)
+            except ValueError as e:
+                if (what := _divergence_in(e, vae)) is None:
+                    raise
+                bar.close()  # so that the error gets a line of its own
+                raise _diverged(epoch, step, what, out_dir) from e
             if not math.isfinite(loss):
-                raise _diverged(epoch, step, "the loss", out_dir)
+                bar.close()
+                raise _diverged(epoch, step, f"the loss is {loss}", out_dir)
             scale = n / x.shape[0] if config.scale_to_data else 1.0
             loss_sum += loss / scale
             seen += x.shape[0]
@@ -339,10 +437,18 @@ def fit(
         bar.close()
         epoch_seconds = time.perf_counter() - t0
         if not _params_finite(vae):
-            raise _diverged(epoch, step, "a parameter (through its gradient)", out_dir)
+            raise _diverged(epoch, step, "a parameter became NaN or infinite (through its "
+                            "gradient)", out_dir)
         t1 = time.perf_counter()
         vae.eval()
-        elbo_test = test_elbo(vae, data.test, batch_size=config.eval_batch_size)
+        try:
+            elbo_test = mean_elbo(vae, data.test, batch_size=config.eval_batch_size, world=world)
+        except ValueError as e:
+            if (what := _divergence_in(e, vae)) is None:
+                raise
+            raise _diverged(epoch, step, f"on the test set, {what}", out_dir) from e
+        if not math.isfinite(elbo_test):
+            raise _diverged(epoch, step, f"the test ELBO is {elbo_test}", out_dir)
         vae.train()
         record = {
             "epoch": epoch,
@@ -356,13 +462,15 @@ def fit(
             "epoch_seconds": epoch_seconds,
             "eval_seconds": time.perf_counter() - t1,
             "wall_seconds": time.perf_counter() - wall_start,
+            "processes": 1 if world is None else world.world_size,
         }
         history.append(record)
         log(f"epoch {epoch:3d}/{config.epochs}  train {record['train_objective']} "
             f"{record['train_elbo']:9.3f}  test ELBO {elbo_test:9.3f} nats/datapoint  "
             f"({epoch_seconds:.1f} s)")
-        if out_dir is not None:
+        if out_dir is not None and main_process:
             _write_outputs(out_dir, config, vae, trainer, epoch, generator, history, data)
+    barrier(world)  # under torchrun, every rank returns once rank 0 has written its files
     return FitResult(vae, history, out_dir)
 
 

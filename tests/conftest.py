@@ -2,6 +2,11 @@ import pyro
 import pytest
 import torch
 
+# One intra-op thread: the suite's networks are small, and several tests start subprocesses
+# (kill-and-resume, torchrun); on 2 cores, OpenMP's spinning threads then cost several times
+# the CPU time they save.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def fresh_pyro():

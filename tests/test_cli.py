@@ -7,7 +7,7 @@ import sys
 from pyro_vae.cli import main
 
 TINY = ["--train-size", "256", "--test-size", "64", "--hidden-sizes", "16", "--latent-dim",
-        "3", "--quiet"]
+        "3", "--quiet", "--no-plots"]
 
 
 def test_train_writes_metrics_and_prints_the_test_elbo_in_nats(tmp_path, capsys):

@@ -1,0 +1,235 @@
+"""Reproduce Table 1 of Burda, Grosse & Salakhutdinov (2016) for one stochastic layer: test
+log p(x) of the VAE and the IWAE (K = 5, 50) on dynamically binarized MNIST.
+
+    python -m benchmarks.burda --minutes 60 --estimators meanfield \\
+        --out benchmarks/results/burda_meanfield_60min       # 60 min of training, + evaluation
+    python -m benchmarks.burda --epochs 3280                   # the paper's full schedule
+    python -m benchmarks.burda --quick --out /tmp/burda        # smoke run, < 60 s
+
+The paper's setup, as ``TrainConfig(preset="burda", batch_size=20, lr_schedule="burda")``:
+784-200-200-50 tanh encoder and decoder, decoder output bias at the logit of the training
+mean, Adam (β = 0.9, 0.999, ε = 1e-4 in the paper; here torch's default ε = 1e-8), batch 20,
+learning rate 10^(−3 − i/7) over passes i = 0..7 of 3^i epochs, 3280 epochs in all. A budget
+(``--epochs`` or ``--minutes``) shrinks every pass in proportion; ``--minutes`` times a
+one-minute probe of the estimator and plans the number of epochs to take 80 % of the budget
+(the margin absorbs the drift of a shared machine's speed); the realized training time
+varies with the machine's load and is reported beside each number.
+
+The figure of merit is the IWAE_K estimate of log p(x) with K = 5000 (Burda et al., sec. 5.1)
+on the 10 000 test images binarized once with a fixed seed; the paper reports it as the
+negative log-likelihood NLL = −log p(x), nats per datapoint. Writes per estimator the run
+folder ``OUT/<estimator>/`` (``metrics.json``, ``checkpoint.pt``), and ``OUT/burda.json`` and
+``OUT/burda.md``. Running the same command again resumes unfinished training from the
+checkpoints (with the number of epochs chosen the first time) and evaluates again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyro
+import torch
+
+from benchmarks.common import (
+    Spec,
+    command_line,
+    count_active_units,
+    evaluate_log_px,
+    fmt,
+    machine,
+    markdown_table,
+    parse_spec,
+    seconds_per_epoch,
+    write_results,
+)
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.training import TrainConfig, fit, prepare_data
+
+DEFAULT_OUT = Path(__file__).parent / "results" / "burda"
+FULL_EPOCHS = 3280  # Σ_{i=0}^{7} 3^i
+# --minutes plans the epochs to take this fraction of the budget by a probe's speed: the speed
+# of a shared machine drifts (±30 % within minutes here), and training must not overrun.
+BUDGET_MARGIN = 0.8
+
+# Burda et al. (2016), Table 1, MNIST, one stochastic layer: the VAE rows (the ELBO with k
+# samples, our ``meanfield`` with K = k) and the IWAE rows. (NLL in nats, active units.)
+PAPER = {
+    Spec("meanfield", 1): ("VAE k=1", 86.76, 19),
+    Spec("meanfield", 5): ("VAE k=5", 86.47, 20),
+    Spec("meanfield", 50): ("VAE k=50", 86.35, 20),
+    Spec("iwae", 1): ("IWAE k=1", 86.76, 19),
+    Spec("iwae", 5): ("IWAE k=5", 85.54, 22),
+    Spec("iwae", 50): ("IWAE k=50", 84.78, 25),
+}
+
+
+@dataclass
+class BurdaConfig:
+    estimators: tuple[str, ...] = ("meanfield", "iwae:5", "iwae:50")
+    epochs: int | None = None  # None with minutes None: the paper's 3280
+    minutes: float | None = None  # training budget per estimator, wall-clock
+    eval_samples: int = 5000  # K of the log p(x) estimate
+    eval_size: int | None = None  # test images (per-epoch ELBO and log p(x)); None: all
+    train_size: int | None = None  # None: all 60 000 training images
+    seed: int = 0
+    device: str = "cpu"
+
+
+QUICK = dict(estimators=("meanfield", "iwae:5"), epochs=2, eval_samples=50, eval_size=100,
+             train_size=400)
+
+
+def train_config(config: BurdaConfig, spec: Spec, epochs: int) -> TrainConfig:
+    """The paper's training configuration for ``spec`` over ``epochs`` epochs."""
+    return TrainConfig(
+        dataset="mnist", preset="burda", likelihood="bernoulli", estimator=spec.name,
+        num_particles=spec.k, batch_size=20, lr=1e-3, lr_schedule="burda", epochs=epochs,
+        train_size=config.train_size, test_size=config.eval_size, seed=config.seed,
+        device=config.device, extra={"benchmark": "burda", "budget_minutes": config.minutes},
+    )
+
+
+def choose_epochs(config: BurdaConfig, spec: Spec, data, run_dir: Path, log) -> tuple[int, str]:
+    """Epochs for ``spec`` and how they were chosen: those of an existing checkpoint, the
+    ``--epochs`` given, or as many as fit ``--minutes`` by a timed probe."""
+    checkpoint = run_dir / "checkpoint.pt"
+    if checkpoint.exists():
+        return int(load_checkpoint(checkpoint)["config"]["epochs"]), "from the checkpoint"
+    if config.minutes is None:
+        return config.epochs or FULL_EPOCHS, "given"
+    probe = train_config(config, spec, 1)
+    epoch_seconds = seconds_per_epoch(probe, data.train, data.test, probe_seconds=60.0)
+    epochs = max(1, int(BUDGET_MARGIN * config.minutes * 60 / epoch_seconds))
+    log(f"{spec.label}: about {epoch_seconds:.1f} s per epoch on this machine now, so "
+        f"{epochs} epochs should take {BUDGET_MARGIN:.0%} of {config.minutes:g} minutes")
+    return epochs, (f"{config.minutes:g} min budget: probe {epoch_seconds:.1f} s/epoch, "
+                    f"planned for {BUDGET_MARGIN:.0%} of it")
+
+
+def run_one(config: BurdaConfig, spec: Spec, data, out: Path, *, progress: bool, log) -> dict:
+    """Train (or resume) one estimator, then estimate its test log p(x)."""
+    run_dir = out / spec.slug
+    epochs, how = choose_epochs(config, spec, data, run_dir, log)
+    resume = (run_dir / "checkpoint.pt").exists()
+    result = fit(train_config(config, spec, epochs), run_dir, resume=resume, progress=progress,
+                 data=data, log=log)
+    history = result.history
+    log(f"{spec.label}: estimating log p(x) with K = {config.eval_samples} on "
+        f"{data.test.shape[0]} test images")
+    evaluation = evaluate_log_px(result.vae, data.test, config.eval_samples, seed=config.seed)
+    evaluation.pop("log_px_per_datapoint")
+    paper = PAPER.get(spec)
+    return {
+        "estimator": spec.name, "K": spec.k, "label": spec.label, "epochs": epochs,
+        "epochs_chosen": how,
+        "train_seconds": history[-1]["wall_seconds"],  # training + per-epoch test ELBO
+        "train_objective": history[-1]["train_objective"],
+        "train_bound": history[-1]["train_elbo"], "test_elbo": history[-1]["test_elbo"],
+        **evaluation,
+        "nll": -evaluation["log_px"],
+        "active_units": count_active_units(result.vae, data.test),
+        "paper": None if paper is None else {"row": paper[0], "nll": paper[1],
+                                             "active_units": paper[2]},
+        "run_dir": str(run_dir),
+    }
+
+
+def markdown(document: dict) -> str:
+    c = document["config"]
+    lines = [
+        "# Burda et al. (2016), Table 1, one stochastic layer: test NLL on MNIST",
+        "",
+        "NLL = −log p(x), the IWAE_K estimate with K = "
+        f"{c['eval_samples']} on {document['test_images']} binarized test images (an upper "
+        "bound on the true NLL in expectation), nats per datapoint, ± its Monte Carlo standard "
+        "error; in brackets the standard error from the choice of test images (sd / √N). "
+        "Test ELBO: the analytic-KL ELBO on the test set after the last "
+        "epoch (nats, higher is better). Training time: wall-clock seconds of training with "
+        "the per-epoch test ELBO, on a machine shared with other jobs.",
+        "",
+        f"Command: `{document['command']}`",
+        "",
+    ]
+    rows = []
+    for r in document["results"]:
+        paper = r["paper"] or {}
+        rows.append([
+            r["label"], str(r["epochs"]), f"{r['train_seconds'] / 60:.1f}",
+            fmt(r["test_elbo"]),
+            f"{r['nll']:.2f} ± {r['log_px_stderr']:.2f} ({r['log_px_data_stderr']:.2f})",
+            str(r["active_units"]), paper.get("row", "—"), fmt(paper.get("nll")),
+            str(paper.get("active_units", "—")),
+            fmt(r["nll"] - paper["nll"]) if paper else "—",
+        ])
+    lines.append(markdown_table(
+        ["estimator", "epochs", "training min", "test ELBO", f"test NLL (K={c['eval_samples']})",
+         "active units", "paper row", "paper NLL", "paper active units", "NLL − paper"],
+        rows))
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--estimators", nargs="+", metavar="NAME[:K]",
+                        help="estimators with their K (default: meanfield iwae:5 iwae:50)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, help=f"epochs per estimator (paper: {FULL_EPOCHS})")
+    budget.add_argument("--minutes", type=float, help="training minutes per estimator")
+    parser.add_argument("--eval-samples", type=int, help="K of the log p(x) estimate (5000)")
+    parser.add_argument("--eval-size", type=int, help="test images evaluated (default: all)")
+    parser.add_argument("--train-size", type=int, help="training images (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: least contention on shared cores)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    parser.add_argument("--quick", action="store_true", help="a tiny run (< 60 s), for tests")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or logs")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    config = BurdaConfig(**QUICK) if args.quick else BurdaConfig()
+    for name in ("epochs", "minutes", "eval_samples", "eval_size", "train_size"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    if args.minutes is not None:
+        config.epochs = None
+    if args.estimators:
+        config.estimators = tuple(args.estimators)
+    config.seed, config.device = args.seed, args.device
+    specs = [parse_spec(s) for s in config.estimators]
+    torch.set_num_threads(args.threads)
+    log = (lambda *a, **k: None) if args.quiet else print
+    pyro.set_rng_seed(config.seed)
+
+    data = prepare_data(train_config(config, specs[0], 1))
+    test_images = data.test.shape[0]
+    document = {
+        "units": "nats per datapoint; nll = -log_px, log_px an IWAE_K estimate of log p(x)",
+        "command": command_line("benchmarks.burda", argv),
+        "config": {**config.__dict__, "estimators": list(config.estimators)},
+        "test_images": test_images, "machine": machine(), "results": [],
+    }
+    t0 = time.perf_counter()
+    for spec in specs:
+        result = run_one(config, spec, data, args.out, progress=False if args.quiet else None,
+                         log=log)
+        document["results"].append(result)
+        document["total_seconds"] = time.perf_counter() - t0
+        write_results(args.out, "burda", document, markdown(document))  # after every estimator
+        log(f"{spec.label}: test NLL {result['nll']:.2f} ± {result['log_px_stderr']:.2f} nats "
+            f"(K = {config.eval_samples}) after {result['epochs']} epochs, "
+            f"{result['train_seconds'] / 60:.1f} min of training")
+    if not args.quiet:
+        print(markdown(document))
+    return 0 if all(math.isfinite(r["nll"]) for r in document["results"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,301 @@
+"""Helpers shared by the benchmark scripts: estimator specs, interleaved step timing,
+time-budgeted training, log p(x) evaluation, machine facts and file output."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import pyro
+import torch
+from matplotlib.figure import Figure
+
+from pyro_vae.checkpoint import atomic_write_bytes, atomic_write_json
+from pyro_vae.data import binarize
+from pyro_vae.errors import ConfigError
+from pyro_vae.estimators import ESTIMATORS, SVITrainer, get_estimator, make_objective
+from pyro_vae.networks import get_preset
+from pyro_vae.training import TrainConfig, build_vae, mean_elbo
+
+
+# --- estimators ------------------------------------------------------------------------------
+class Spec(NamedTuple):
+    """An estimator of the registry with its number of particles K."""
+
+    name: str
+    k: int
+
+    @property
+    def label(self) -> str:
+        """``name`` for the one-particle ELBOs, ``name K=k`` otherwise."""
+        return self.name if self.k == 1 else f"{self.name} K={self.k}"
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe form: ``name`` or ``name-k``."""
+        return self.name if self.k == 1 else f"{self.name}-{self.k}"
+
+
+def parse_spec(text: str) -> Spec:
+    """``"meanfield"`` or ``"iwae:50"`` → :class:`Spec`; the K defaults to the estimator's."""
+    name, _, k = text.partition(":")
+    estimator = get_estimator(name)
+    if not k:
+        return Spec(name, estimator.default_num_particles)
+    if not k.isdigit() or int(k) <= 0:
+        raise ConfigError(f"bad estimator spec {text!r}: K must be a positive integer")
+    return Spec(name, int(k))
+
+
+def registry_specs(iwae_ks: tuple[int, ...] = (5, 50)) -> list[Spec]:
+    """Every registered estimator, in registry order: the ELBOs with K = 1 and every IWAE_K
+    estimator (``iwae``, ``dreg``, any added later) once per K in ``iwae_ks``."""
+    specs = []
+    for name, estimator in ESTIMATORS.items():
+        if estimator.bound == "IWAE_K":
+            specs += [Spec(name, k) for k in iwae_ks]
+        else:
+            specs.append(Spec(name, 1))
+    return specs
+
+
+def make_trainer(spec: Spec, vae, lr: float, *, optim=None):
+    """The registry's trainer for ``spec``; ``optim`` replaces an SVI trainer's optimizer."""
+    objective = make_objective(spec.name, vae, num_particles=spec.k)
+    return objective.make_trainer(lr) if optim is None else SVITrainer(objective, lr, optim=optim)
+
+
+# --- timing ----------------------------------------------------------------------------------
+class Timings(NamedTuple):
+    """Seconds of each call, per stepper: wall-clock, and CPU time of this process (the
+    work itself, without the time the process waited for a core on a shared machine)."""
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+
+
+def time_interleaved(
+    steppers: dict[str, Callable[[], object]],
+    *,
+    blocks: int,
+    steps_per_block: int | dict[str, int],
+    warmup: int = 5,
+    budget_seconds: float | None = None,
+) -> Timings:
+    """Times of each call of each stepper, measured in rounds of blocks: each stepper in turn
+    makes ``steps_per_block`` calls (an int, or one per stepper), A A A B B B, then the next
+    round, so that a slow spell of a shared machine hits every stepper alike.
+    ``budget_seconds`` stops after the round that exceeds it (at least two rounds).
+
+    .. note:: CPU time counts every thread of the process; GPU work that a stepper does not
+       wait for is in neither time.
+    """
+    for step in steppers.values():
+        for _ in range(warmup):
+            step()
+    if isinstance(steps_per_block, int):
+        steps_per_block = dict.fromkeys(steppers, steps_per_block)
+    timings = Timings({name: [] for name in steppers}, {name: [] for name in steppers})
+    start = time.perf_counter()
+    clock, cpu_clock = time.perf_counter, time.process_time
+    for block in range(blocks):
+        order = list(steppers.items())
+        if block % 2:
+            order.reverse()  # no stepper always runs right after the same other one
+        for name, step in order:
+            wall, cpu = timings.wall[name], timings.cpu[name]
+            for _ in range(steps_per_block[name]):
+                t0, c0 = clock(), cpu_clock()
+                step()
+                cpu.append(cpu_clock() - c0)
+                wall.append(clock() - t0)
+        if budget_seconds is not None and block >= 1 and clock() - start > budget_seconds:
+            break
+    return timings
+
+
+def steps_for_block(steppers: dict[str, Callable[[], object]], block_seconds: float, *,
+                    low: int = 2, high: int = 50) -> dict[str, int]:
+    """Steps per block for each stepper so that its block lasts about ``block_seconds``
+    (between ``low`` and ``high`` steps), from the time of one call."""
+    out = {}
+    for name, step in steppers.items():
+        t0 = time.perf_counter()
+        step()
+        out[name] = max(low, min(high, int(block_seconds / max(time.perf_counter() - t0, 1e-6))))
+    return out
+
+
+def round_ratios(times: dict[str, list[float]], steps_per_block: dict[str, int],
+                 baseline: str) -> dict[str, dict]:
+    """Per stepper: the ratio of its median step time to ``baseline``'s, and the quartiles
+    of the same ratio computed round by round (one block of each per round)."""
+    def rounds(name):
+        n = steps_per_block[name]
+        return [statistics.median(times[name][i : i + n]) for i in range(0, len(times[name]), n)]
+
+    base_rounds = rounds(baseline)
+    base = statistics.median(times[baseline])
+    out = {}
+    for name in times:
+        ratios = [a / b for a, b in zip(rounds(name), base_rounds, strict=True)]
+        q = (statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1
+             else ratios * 3)
+        out[name] = {"ratio": statistics.median(times[name]) / base, "round_ratio_q1": q[0],
+                     "round_ratio_median": q[1], "round_ratio_q3": q[2]}
+    return out
+
+
+def timing_summary(timings: Timings, steps_per_block: dict[str, int], baseline: str) -> dict:
+    """Per stepper: wall-clock median and quartiles (ms), its ratio to ``baseline`` with the
+    quartiles of the per-round ratio, and the same median and ratios in CPU time
+    (``cpu_`` keys)."""
+    wall_ratios = round_ratios(timings.wall, steps_per_block, baseline)
+    cpu_ratios = round_ratios(timings.cpu, steps_per_block, baseline)
+    out = {}
+    for name, seconds in timings.wall.items():
+        cpu = summarize_times(timings.cpu[name])
+        out[name] = {**summarize_times(seconds), **wall_ratios[name],
+                     "cpu_median_ms": cpu["median_ms"],
+                     **{f"cpu_{k}": v for k, v in cpu_ratios[name].items()}}
+    return out
+
+
+def summarize_times(seconds: list[float]) -> dict:
+    """Median and quartiles of step times, in milliseconds."""
+    q1, median, q3 = (statistics.quantiles(seconds, n=4, method="inclusive")
+                      if len(seconds) > 1 else [seconds[0]] * 3)
+    return {"median_ms": 1e3 * median, "q1_ms": 1e3 * q1, "q3_ms": 1e3 * q3, "steps": len(seconds)}
+
+
+def random_minibatch(data: torch.Tensor, batch_size: int, generator: torch.Generator,
+                     binary: bool) -> torch.Tensor:
+    """``batch_size`` random rows of ``data`` (``(N, D)``), binarized when ``binary``."""
+    index = torch.randint(data.shape[0], (batch_size,), generator=generator)
+    x = data[index]
+    return binarize(x, generator) if binary else x
+
+
+# --- training within a time budget ----------------------------------------------------------
+def seconds_per_epoch(config: TrainConfig, train: torch.Tensor, test: torch.Tensor, *,
+                      probe_seconds: float = 20.0) -> float:
+    """Estimated wall-clock seconds of one :func:`pyro_vae.training.fit` epoch of ``config``:
+    training steps on random minibatches for ``probe_seconds`` (at least 10 steps), scaled
+    to one epoch's steps, plus one test-ELBO evaluation. Uses a throw-away VAE and clears
+    Pyro's param store."""
+    pyro.clear_param_store()
+    vae = build_vae(config, train.shape[1])
+    if get_preset(config.preset).init_output_bias:
+        vae.init_output_bias(train.mean(0))
+    k = config.num_particles or get_estimator(config.estimator).default_num_particles
+    trainer = make_trainer(Spec(config.estimator, k), vae, config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    binary = vae.likelihood.needs_binary_data
+    trainer.step(random_minibatch(train, config.batch_size, generator, binary))  # warm-up
+    steps, t0 = 0, time.perf_counter()
+    while steps < 10 or time.perf_counter() - t0 < probe_seconds:
+        trainer.step(random_minibatch(train, config.batch_size, generator, binary))
+        steps += 1
+    per_step = (time.perf_counter() - t0) / steps
+    t1 = time.perf_counter()
+    mean_elbo(vae, test, batch_size=config.eval_batch_size)
+    eval_seconds = time.perf_counter() - t1
+    pyro.clear_param_store()
+    return math.ceil(train.shape[0] / config.batch_size) * per_step + eval_seconds
+
+
+# --- log p(x) --------------------------------------------------------------------------------
+def evaluate_log_px(vae, x: torch.Tensor, num_samples: int, *, seed: int = 0) -> dict:
+    """IWAE_K estimate of log p(x) (K = ``num_samples``) averaged over the rows of ``x``,
+    nats per datapoint, with its Monte Carlo standard error and the standard error from the
+    choice of datapoints (:class:`pyro_vae.evaluation.LogPxEstimate`), and the seconds it
+    took; ``log_px_per_datapoint`` is the ``(N,)`` tensor, for paired comparisons."""
+    from pyro_vae.evaluation import estimate_log_px
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        estimate = estimate_log_px(vae.eval(), x, num_samples=num_samples,
+                                   generator=torch.Generator(device=x.device).manual_seed(seed))
+    vae.train()
+    return {"log_px": float(estimate.mean),
+            "log_px_stderr": float(estimate.stderr),  # Monte Carlo, for these datapoints
+            "log_px_data_stderr": float(estimate.data_stderr),  # sd over datapoints / √N
+            "log_px_samples": int(estimate.num_samples), "log_px_datapoints": int(x.shape[0]),
+            "log_px_seconds": time.perf_counter() - t0,
+            "log_px_per_datapoint": estimate.log_px.detach().double().cpu()}
+
+
+def count_active_units(vae, x: torch.Tensor, threshold: float = 0.01) -> int:
+    """Latent dimensions u with Cov_x(E_q[u|x]) > ``threshold`` (Burda et al. 2016, sec. 5.2)."""
+    from pyro_vae.evaluation import active_units
+
+    with torch.no_grad():
+        count, _ = active_units(vae.eval(), x, threshold=threshold)
+    vae.train()
+    return int(count)
+
+
+def paired_difference(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Mean of ``a − b`` over paired datapoints and its standard error (nats per datapoint)."""
+    d = (a - b).double()
+    return {"mean": float(d.mean()),
+            "stderr": float(d.std() / math.sqrt(d.numel())) if d.numel() > 1 else float("nan")}
+
+
+# --- machine and files -----------------------------------------------------------------------
+def machine() -> dict:
+    """What the timings were measured on."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15_min": list(load) if load else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "pyro_validation": pyro.infer.util.is_validation_enabled(),
+    }
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command that reproduces this run."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", "-m", module, *map(shlex.quote, args)])
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_results(out: Path, stem: str, document: dict, markdown: str) -> None:
+    """``OUT/stem.json`` and ``OUT/stem.md``, each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{stem}.json", document)
+    atomic_write_bytes(out / f"{stem}.md", (markdown.rstrip() + "\n").encode())
+
+
+def fmt(value, digits: int = 2) -> str:
+    """A number for a table; ``—`` for a missing one."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:.{digits}f}"

@@ -1,0 +1,317 @@
+"""Every estimator of the registry side by side: the same network, data, seed and budget.
+
+    python -m benchmarks.compare_estimators                      # ~10 min on 2 shared cores
+    python -m benchmarks.compare_estimators --seconds 60         # a wall-clock budget instead
+    python -m benchmarks.compare_estimators --quick --out /tmp/compare   # smoke run, < 60 s
+
+Every estimator in :data:`pyro_vae.estimators.ESTIMATORS` runs, the IWAE_K ones (``iwae``,
+``dreg``, any added later) once per K in ``--iwae-ks`` (5 and 50). For each:
+
+1. **Step time.** One training step on one fixed minibatch, timed in interleaved rounds with
+   all the other estimators (each on its own copy of the same initial network), so that the
+   load of a shared machine hits all alike: the median, and its ratio to ``analytic``'s in
+   the same run, with the quartiles of the round-by-round ratio.
+2. **Training** with :func:`pyro_vae.training.fit`, one epoch at a time (resuming from the
+   checkpoint, which equals a straight run), for ``--epochs`` epochs or until ``--seconds``
+   of training have passed (whole epochs). After each epoch, outside the training clock, the
+   IWAE_K estimate of log p(x) with a small K (``--curve-samples``) on the evaluation images.
+3. **Evaluation** after training: train bound and test ELBO of the last epoch, test log p(x)
+   with K = ``--eval-samples`` (5000) on the first ``--eval-size`` test images (the same
+   images for all, so differences are paired), its Monte Carlo standard error and the
+   standard error from the choice of images, and the number of active units.
+
+Writes ``OUT/compare.json`` (everything, with per-epoch curves), ``OUT/compare.md`` (the
+table) and ``OUT/compare.png`` (test ELBO and log p(x) against epochs and wall-clock time).
+All figures are nats per datapoint; an ELBO or IWAE_K is a lower bound (higher is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import pyro
+import torch
+from matplotlib.figure import Figure
+
+from benchmarks.common import (
+    Spec,
+    command_line,
+    count_active_units,
+    evaluate_log_px,
+    fmt,
+    machine,
+    make_trainer,
+    markdown_table,
+    paired_difference,
+    parse_spec,
+    registry_specs,
+    save_figure,
+    steps_for_block,
+    time_interleaved,
+    timing_summary,
+    write_results,
+)
+from pyro_vae.data import binarize
+from pyro_vae.estimators import get_estimator
+from pyro_vae.model import VAE
+from pyro_vae.networks import get_preset
+from pyro_vae.training import TrainConfig, fit, prepare_data
+
+DEFAULT_OUT = Path(__file__).parent / "results" / "compare"
+BASELINE = Spec("analytic", 1)
+
+
+@dataclass
+class CompareConfig:
+    iwae_ks: tuple[int, ...] = (5, 50)  # K of every IWAE_K estimator
+    estimators: tuple[str, ...] | None = None  # None: the whole registry
+    preset: str = "pyro"
+    hidden_sizes: tuple[int, ...] = (200,)  # smaller than the preset's 400: K = 50 is 50×
+    latent_dim: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    epochs: int | None = 5  # the budget, in epochs ...
+    seconds: float | None = None  # ... or in seconds of training (whole epochs)
+    train_size: int | None = 10_000  # the first N training images
+    test_size: int = 1000  # test images of the per-epoch test ELBO and the active units
+    eval_size: int = 200  # test images of the log p(x) estimates (paired across estimators)
+    eval_samples: int = 5000  # K of the final log p(x) estimate
+    curve_samples: int = 100  # K of the per-epoch log p(x) estimate
+    timing_seconds: float = 60.0  # budget of the interleaved step timing
+    block_seconds: float = 0.3
+    seed: int = 0
+
+
+QUICK = dict(hidden_sizes=(16,), latent_dim=4, batch_size=32, epochs=2, train_size=128,
+             test_size=48, eval_size=16, eval_samples=100, curve_samples=10, timing_seconds=1.0,
+             block_seconds=0.01)
+
+
+def train_config(config: CompareConfig, spec: Spec, epochs: int) -> TrainConfig:
+    return TrainConfig(
+        dataset="mnist", preset=config.preset, hidden_sizes=config.hidden_sizes,
+        latent_dim=config.latent_dim, estimator=spec.name, num_particles=spec.k,
+        batch_size=config.batch_size, lr=config.lr, epochs=epochs,
+        train_size=config.train_size, test_size=config.test_size, seed=config.seed,
+        extra={"benchmark": "compare_estimators"},
+    )
+
+
+def time_steps(config: CompareConfig, specs: list[Spec], data) -> dict:
+    """Interleaved step times of every estimator on one fixed minibatch."""
+    pyro.clear_param_store()
+    arch = get_preset(config.preset)
+    kwargs = dict(latent_dim=config.latent_dim, hidden_sizes=config.hidden_sizes,
+                  activation=arch.activation)
+    torch.manual_seed(config.seed)
+    base = VAE(data.train.shape[1], **kwargs)
+    x = binarize(data.train[: config.batch_size], torch.Generator().manual_seed(config.seed))
+    steppers = {}
+    for i, spec in enumerate(specs):
+        vae = VAE(data.train.shape[1], prefix=f"t{i}_", **kwargs)
+        vae.load_state_dict(copy.deepcopy(base.state_dict()))
+        trainer = make_trainer(spec, vae, config.lr)
+        steppers[spec.label] = lambda trainer=trainer: trainer.step(x)
+    for step in steppers.values():
+        for _ in range(3):
+            step()
+    per_block = steps_for_block(steppers, config.block_seconds)
+    timings = time_interleaved(steppers, blocks=1000, steps_per_block=per_block, warmup=0,
+                               budget_seconds=config.timing_seconds)
+    pyro.clear_param_store()
+    return timing_summary(timings, per_block, BASELINE.label)
+
+
+def train(config: CompareConfig, spec: Spec, data, run_dir: Path, eval_x, *, log) -> dict:
+    """Train ``spec`` epoch by epoch within the budget; the fit result and the curve."""
+    curve = []
+    epoch = 0
+    while True:
+        epoch += 1
+        result = fit(train_config(config, spec, epoch), run_dir, resume=epoch > 1,
+                     progress=False, data=data, log=lambda *a, **k: None)
+        record = result.history[-1]
+        point = evaluate_log_px(result.vae, eval_x, config.curve_samples, seed=config.seed)
+        log(f"{spec.label}: epoch {epoch}, {record['wall_seconds']:.0f} s, test ELBO "
+            f"{record['test_elbo']:.2f}, log p(x) {point['log_px']:.2f} (K = "
+            f"{config.curve_samples}) nats per datapoint")
+        curve.append({"epoch": epoch, "wall_seconds": record["wall_seconds"],
+                      "test_elbo": record["test_elbo"], "train_bound": record["train_elbo"],
+                      "log_px": point["log_px"], "log_px_samples": config.curve_samples})
+        if config.epochs is not None and epoch >= config.epochs:
+            break
+        if config.seconds is not None and record["wall_seconds"] >= config.seconds:
+            break
+    return {"result": result, "curve": curve}
+
+
+def markdown(document: dict) -> str:
+    c = document["config"]
+    budget = (f"{c['epochs']} epochs" if c["epochs"] is not None
+              else f"{c['seconds']:g} s of training (whole epochs)")
+    lines = [
+        "# The registry's estimators side by side",
+        "",
+        f"Network {document['network']}, Bernoulli likelihood, dynamically binarized MNIST "
+        f"(first {document['train_images']} training images), batch {c['batch_size']}, Adam "
+        f"lr {c['lr']}, seed {c['seed']}, budget {budget} each. Step: median ms of one "
+        "training step on one minibatch (wall-clock), timed in interleaved rounds; × = ratio to "
+        "analytic's [quartiles of the per-round ratio], and the same ratio in CPU time of the "
+        "process (without the time spent waiting for a core). Train bound: the training "
+        "objective over the last epoch (ELBO, or IWAE_K for the IWAE_K estimators); test "
+        "ELBO: analytic-KL ELBO "
+        f"on {document['test_images']} test images; log p(x): IWAE_K estimate with K = "
+        f"{c['eval_samples']} on the first {c['eval_size']} test images, ± Monte Carlo "
+        "standard error (standard error from the choice of images); Δ analytic: paired "
+        "difference to analytic's log p(x) on the same images ± its standard error. Nats per "
+        "datapoint, higher is better; timed on a machine shared with other jobs.",
+        "",
+        f"Command: `{document['command']}`",
+        "",
+    ]
+    rows = []
+    for r in document["results"]:
+        t = r["step"]
+        delta = r.get("log_px_minus_analytic")
+        rows.append([
+            r["label"], r["bound"], f"{t['median_ms']:.2f}",
+            f"{t['ratio']:.2f} [{t['round_ratio_q1']:.2f}–{t['round_ratio_q3']:.2f}]",
+            f"{t['cpu_ratio']:.2f}",
+            str(r["epochs"]), f"{r['train_seconds']:.0f}", fmt(r["train_bound"]),
+            fmt(r["test_elbo"]),
+            f"{r['log_px']:.2f} ± {r['log_px_stderr']:.2f} ({r['log_px_data_stderr']:.2f})",
+            "—" if delta is None else f"{delta['mean']:+.2f} ± {delta['stderr']:.2f}",
+            str(r["active_units"]),
+        ])
+    lines.append(markdown_table(
+        ["estimator", "bound", "step ms", "× analytic", "× (CPU time)", "epochs", "train s",
+         "train bound", "test ELBO", f"test log p(x), K={c['eval_samples']}", "Δ analytic",
+         "active units"],
+        rows))
+    return "\n".join(lines)
+
+
+def plot(document: dict, path: Path) -> None:
+    """Test ELBO and per-epoch log p(x) against epochs and against training seconds (log
+    scale); one colour per estimator, the line style by K (1 solid, then dashed, dotted)."""
+    fig = Figure(figsize=(11, 8))
+    axes = fig.subplots(2, 2, sharey="row")
+    k = document["config"]["curve_samples"]
+    colours = matplotlib.colormaps["tab10"]
+    names = list(dict.fromkeys(r["estimator"] for r in document["results"]))
+    ks = sorted({r["K"] for r in document["results"]})
+    for r in document["results"]:
+        style = dict(color=colours(names.index(r["estimator"]) % 10), marker="o", ms=3,
+                     linestyle=("-", "--", ":", "-.")[ks.index(r["K"]) % 4], label=r["label"])
+        epochs = [p["epoch"] for p in r["curve"]]
+        seconds = [p["wall_seconds"] for p in r["curve"]]
+        for row, key in enumerate(("test_elbo", "log_px")):
+            values = [p[key] for p in r["curve"]]
+            axes[row, 0].plot(epochs, values, **style)
+            axes[row, 1].plot(seconds, values, **style)
+    axes[1, 0].set_xlabel("epoch")
+    axes[1, 1].set_xlabel("training wall-clock seconds (log scale; shared machine)")
+    for ax in axes[:, 1]:
+        ax.set_xscale("log")
+    axes[0, 0].set_ylabel("test ELBO (bound), nats per datapoint")
+    axes[1, 0].set_ylabel(f"test log p(x) estimate (IWAE, K={k}), nats")
+    for ax in axes.flat:
+        ax.grid(True, alpha=0.3)
+    axes[1, 0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--estimators", nargs="+", metavar="NAME[:K]",
+                        help="a subset (default: the whole registry; analytic is always run)")
+    parser.add_argument("--iwae-ks", type=int, nargs="+", help="K of the IWAE_K estimators")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, help="epochs per estimator")
+    budget.add_argument("--seconds", type=float, help="training seconds per estimator")
+    parser.add_argument("--train-size", type=int, help="training images")
+    parser.add_argument("--eval-size", type=int, help="test images of the log p(x) estimates")
+    parser.add_argument("--eval-samples", type=int, help="K of the final log p(x) estimate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: least contention on shared cores)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    parser.add_argument("--quick", action="store_true", help="a tiny run (< 60 s), for tests")
+    parser.add_argument("--quiet", action="store_true", help="no progress logs")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    config = CompareConfig(**QUICK) if args.quick else CompareConfig()
+    for name in ("train_size", "eval_size", "eval_samples"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    if args.epochs is not None or args.seconds is not None:
+        config.epochs, config.seconds = args.epochs, args.seconds
+    if args.iwae_ks:
+        config.iwae_ks = tuple(args.iwae_ks)
+    if args.estimators:
+        config.estimators = tuple(args.estimators)
+    config.seed = args.seed
+    torch.set_num_threads(args.threads)
+    log = (lambda *a, **k: None) if args.quiet else print
+
+    specs = ([parse_spec(s) for s in config.estimators] if config.estimators
+             else registry_specs(config.iwae_ks))
+    specs = [BASELINE] + [s for s in specs if s != BASELINE]
+    data = prepare_data(train_config(config, BASELINE, 1))
+    eval_x = data.test[: config.eval_size]
+    document = {
+        "units": "nats per datapoint; *_elbo and train_bound are lower bounds on log p(x), "
+                 "log_px an IWAE_K estimate of it",
+        "command": command_line("benchmarks.compare_estimators", argv),
+        "config": {**config.__dict__, "estimators": [s.label for s in specs]},
+        "network": f"{data.train.shape[1]}-{'-'.join(map(str, config.hidden_sizes))}-"
+                   f"{config.latent_dim} {get_preset(config.preset).activation}",
+        "train_images": int(data.train.shape[0]), "test_images": int(data.test.shape[0]),
+        "machine": machine(), "results": [],
+    }
+    log(f"timing one step of {len(specs)} estimators, interleaved, "
+        f"{config.timing_seconds:g} s")
+    steps = time_steps(config, specs, data)
+    baseline_log_px = None
+    with tempfile.TemporaryDirectory() as runs:
+        for spec in specs:
+            t0 = time.perf_counter()
+            trained = train(config, spec, data, Path(runs) / spec.slug, eval_x, log=log)
+            vae, history = trained["result"].vae, trained["result"].history
+            final = evaluate_log_px(vae, eval_x, config.eval_samples, seed=config.seed)
+            per_datapoint = final.pop("log_px_per_datapoint")
+            if spec == BASELINE:
+                baseline_log_px = per_datapoint
+            record = {
+                "estimator": spec.name, "K": spec.k, "label": spec.label,
+                "bound": get_estimator(spec.name).bound, "step": steps[spec.label],
+                "epochs": len(history), "train_seconds": history[-1]["wall_seconds"],
+                "train_objective": history[-1]["train_objective"],
+                "train_bound": history[-1]["train_elbo"], "test_elbo": history[-1]["test_elbo"],
+                **final,
+                "log_px_minus_analytic": paired_difference(per_datapoint, baseline_log_px),
+                "active_units": count_active_units(vae, data.test),
+                "curve": trained["curve"], "seconds_in_all": time.perf_counter() - t0,
+            }
+            document["results"].append(record)
+            log(f"{spec.label}: {record['epochs']} epochs, {record['train_seconds']:.0f} s; "
+                f"test ELBO {record['test_elbo']:.2f}, log p(x) {record['log_px']:.2f} nats")
+            write_results(args.out, "compare", document, markdown(document))
+    plot(document, args.out / "compare.png")
+    if not args.quiet:
+        print(markdown(document))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,388 @@
+"""Gradient signal-to-noise ratio of the registry's estimators, per parameter group, against K.
+
+    python -m benchmarks.gradient_snr                                 # MNIST: ~6 min, 2 cores
+    python -m benchmarks.gradient_snr --model ppca                    # control: ~1 min
+    python -m benchmarks.gradient_snr --quick --out /tmp/snr --quiet  # smoke run, < 60 s
+
+Rainforth et al. (2018, "Tighter variational bounds are not necessarily better") show that the
+IWAE_K gradient's signal-to-noise ratio for the inference network falls as O(1/√K) while the
+generative network's rises as O(√K); the doubly reparameterized gradient of Tucker et al.
+(2019) is built to remove the fall (its inference-network SNR grows as O(√K) for large K).
+This script measures both on MNIST:
+
+1. train a small VAE with :func:`pyro_vae.training.fit` (the ``meanfield`` estimator) and keep
+   parameter snapshots after an early, a middle and a late epoch;
+2. at each snapshot, for each estimator and K (``num_particles``), draw ``draws`` independent
+   gradient estimates of the loss in nats per datapoint on one fixed minibatch of binarized
+   test images;
+3. per parameter i, SNR_i = |mean_i| / std_i over the draws (Rainforth et al. 2018);
+   per group (encoder φ; decoder θ, with the likelihood's parameters if any) report the
+   average of SNR_i over the group's parameters with std_i > 0.
+
+For ``trace``, ``stl`` and ``meanfield`` K particles average K ELBO gradients (SNR should rise
+as √K for both groups); for ``iwae`` and ``dreg`` K is the K of the IWAE_K bound.
+
+Both predictions are asymptotic: they hold once K is large enough for Σ_k w_k to concentrate,
+i.e. when the importance weights are not degenerate. Their effective sample size 1/Σ_k w̃_k² is
+reported with every IWAE_K cell. ``--model ppca`` is the control where this is set by hand: the
+linear-Gaussian model of :mod:`pyro_vae.linear_gaussian` (float64), its encoder at the exact
+posterior plus Gaussian noise of a given size on each encoder parameter (small noise: nearly
+equal weights; large noise: degenerate ones), on ``batch_size`` datapoints drawn from it.
+
+Writes ``OUT/gradient_snr.json`` (every number, with the configuration), ``OUT/gradient_snr.md``
+(tables) and ``OUT/gradient_snr.png`` (SNR against K). SNR is dimensionless; the bounds
+reported beside it are in nats per datapoint (ELBO or IWAE_K, higher is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import io
+import math
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyro
+import torch
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from pyro_vae.checkpoint import atomic_write_bytes, atomic_write_json
+from pyro_vae.estimators import ESTIMATORS, get_estimator, make_objective
+from pyro_vae.linear_gaussian import (
+    PPCAParams,
+    kl_to_posterior,
+    linear_gaussian_vae,
+    sample_ppca,
+)
+from pyro_vae.training import TrainConfig, fit, prepare_data
+
+RESULTS = Path(__file__).parent / "results"
+
+
+# --- configuration ---------------------------------------------------------------------------
+@dataclass
+class SNRConfig:
+    model: str = "mnist"  # "mnist" (a trained VAE) or "ppca" (the linear-Gaussian control)
+    estimators: tuple[str, ...] = ("trace", "stl", "meanfield", "iwae", "dreg")
+    ks: tuple[int, ...] = (1, 5, 50)  # particles per datapoint (the K of IWAE_K)
+    draws: int = 100  # gradient estimates per (setting, estimator, K); see noise_floor
+    batch_size: int = 32  # the fixed minibatch (MNIST: the first test images, binarized once)
+    seed: int = 0
+    # mnist: one setting per snapshot
+    snapshot_epochs: tuple[int, ...] = (1, 3, 8)  # early, mid, late in training
+    hidden_sizes: tuple[int, ...] = (200,)  # small: 45 cells of 100 draws fit in minutes on CPU
+    latent_dim: int = 20
+    train_size: int | None = None  # None: all 60 000 training images
+    test_size: int | None = None  # test images evaluated after each training epoch
+    # ppca: one setting per perturbation
+    perturbations: tuple[float, ...] = (0.01, 0.1, 0.3)  # noise std on the exact encoder
+    ppca_dims: tuple[int, int] = (10, 3)  # data and latent dimensions D, L
+
+
+QUICK = dict(ks=(1, 5), draws=20, batch_size=16, snapshot_epochs=(1, 2), hidden_sizes=(32,),
+             latent_dim=5, train_size=1000, test_size=200, perturbations=(0.01,))
+
+
+# --- helpers ---------------------------------------------------------------------------------
+class RunningMoments:
+    """Mean and standard deviation (ddof = 1) of a stream of vectors, by Welford's update in
+    float64 (stable when |mean| ≫ std, and no draws kept in memory)."""
+
+    def __init__(self, size: int):
+        self.n = 0
+        self.mean = torch.zeros(size, dtype=torch.float64)
+        self._m2 = torch.zeros(size, dtype=torch.float64)
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().to(torch.float64)
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self._m2 += delta * (x - self.mean)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return (self._m2 / (self.n - 1)).sqrt()
+
+
+def noise_floor(draws: int) -> float:
+    """The SNR that a parameter with zero mean gradient shows on average: E|mean| / std ≈
+    √(2 / (π · draws)) for Gaussian noise. Group SNRs near it carry no signal."""
+    return math.sqrt(2 / (math.pi * draws))
+
+
+def group_snr(moments: RunningMoments) -> dict:
+    """Average over the group's parameters of |mean_i| / std_i; parameters whose gradient has
+    zero variance over the draws are left out and counted."""
+    std = moments.std
+    varying = std > 0
+    snr = moments.mean[varying].abs() / std[varying]
+    return {"snr": float(snr.mean()), "snr_median": float(snr.median()),
+            "parameters": int(std.numel()), "zero_variance": int((~varying).sum())}
+
+
+def parameter_groups(vae) -> dict[str, list[torch.nn.Parameter]]:
+    """φ (the encoder) and θ (the decoder, with the likelihood's parameters if it has any)."""
+    return {"encoder": list(vae.encoder.parameters()),
+            "decoder": list(vae.decoder.parameters()) + list(vae.likelihood.parameters())}
+
+
+@torch.no_grad()
+def importance_ess(objective, x: torch.Tensor, draws: int = 10) -> float:
+    """Mean over datapoints and ``draws`` of the effective sample size 1 / Σ_k w̃_k² of the K
+    normalized importance weights of an IWAE_K objective (1: one particle carries all the
+    weight; K: all weights equal)."""
+    args, kwargs = objective.arguments(x)
+    ess = []
+    for _ in range(draws):
+        log_w = objective.elbo.log_weights(objective.model, objective.guide, *args, **kwargs)
+        ess.append(1 / torch.softmax(log_w, 0).pow(2).sum(0))  # (B,)
+    return float(torch.stack(ess).mean())
+
+
+def measure(vae, name: str, k: int, x: torch.Tensor, draws: int, seed: int) -> dict:
+    """``draws`` gradient estimates of estimator ``name`` with K = ``k`` at the VAE's current
+    parameters: SNR per group, the mean of the bound (nats per datapoint), and for IWAE_K
+    estimators the importance weights' effective sample size. Every cell starts from the same
+    seed, so estimators at the same K see the same random numbers."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    objective = make_objective(name, vae, num_particles=k)
+    groups = parameter_groups(vae)
+    params = [p for group in groups.values() for p in group]
+    moments = {g: RunningMoments(sum(p.numel() for p in ps)) for g, ps in groups.items()}
+    bounds = []
+    t0 = time.perf_counter()
+    for _ in range(draws):
+        loss = objective.differentiable_loss(x) / x.shape[0]  # nats per datapoint
+        grads = iter(torch.autograd.grad(loss, params))
+        for g, ps in groups.items():
+            moments[g].update(torch.cat([next(grads).reshape(-1) for _ in ps]))
+        bounds.append(-loss.item())
+    bounds = torch.tensor(bounds, dtype=torch.float64)
+    bound = get_estimator(name).bound
+    return {
+        "estimator": name,
+        "bound": bound,
+        "K": k,
+        "draws": draws,
+        "encoder": group_snr(moments["encoder"]),
+        "decoder": group_snr(moments["decoder"]),
+        "bound_mean": float(bounds.mean()),
+        "bound_stderr": float(bounds.std() / math.sqrt(draws)),
+        "seconds": time.perf_counter() - t0,
+        "importance_ess": importance_ess(objective, x) if bound == "IWAE_K" else None,
+    }
+
+
+def mnist_settings(config: SNRConfig, *, progress: bool, log) -> tuple:
+    """Train once, resuming from the checkpoint to each snapshot epoch in turn; returns the
+    VAE, the fixed minibatch, one setting per snapshot (with its parameters), and facts."""
+    train_config = TrainConfig(
+        dataset="mnist", preset="pyro", hidden_sizes=config.hidden_sizes,
+        latent_dim=config.latent_dim, estimator="meanfield", batch_size=128, lr=1e-3,
+        train_size=config.train_size, test_size=config.test_size, seed=config.seed, epochs=1,
+    )
+    data = prepare_data(train_config)
+    settings = []
+    with tempfile.TemporaryDirectory() as run_dir:
+        for i, epoch in enumerate(config.snapshot_epochs):
+            train_config.epochs = epoch
+            result = fit(train_config, run_dir, resume=i > 0, progress=progress, data=data,
+                         log=log)
+            test_elbo = result.history[-1]["test_elbo"]
+            settings.append({
+                "label": f"epoch {epoch}", "epoch": epoch, "test_elbo": test_elbo,
+                "heading": f"After epoch {epoch} (test ELBO {test_elbo:.2f} nats/datapoint)",
+                "state": copy.deepcopy(result.vae.state_dict()),
+            })
+    facts = {"data": f"one fixed minibatch of {config.batch_size} binarized MNIST test images",
+             "train_config": train_config.to_dict()}
+    return result.vae, data.test[: config.batch_size], settings, facts
+
+
+def ppca_settings(config: SNRConfig) -> tuple:
+    """The linear-Gaussian control: pPCA with orthogonal columns of W (so p(z|x) is mean-field
+    and the encoder can equal it), ``batch_size`` datapoints drawn from it, and one setting per
+    perturbation: the exact encoder plus N(0, perturbation²) noise on each of its parameters."""
+    g = torch.Generator().manual_seed(config.seed)
+    D, L = config.ppca_dims
+    f64 = torch.float64
+    Q, _ = torch.linalg.qr(torch.randn(D, L, generator=g, dtype=f64))
+    W = Q * torch.linspace(2.0, 1.0, L, dtype=f64)  # W = Q diag(s): Wᵀ W diagonal
+    params = PPCAParams(W, torch.randn(D, generator=g, dtype=f64), torch.tensor(0.5, dtype=f64))
+    x = sample_ppca(params, config.batch_size, g)
+    vae = linear_gaussian_vae(params)
+    with torch.no_grad():
+        vae.likelihood.log_scale.fill_(float(params.sigma.log()))  # σ exactly, in float64
+    settings = []
+    for size in config.perturbations:
+        vae.encoder.set_to_posterior(params)
+        with torch.no_grad():
+            for p in vae.encoder.parameters():
+                p.add_(size * torch.randn(p.shape, generator=g, dtype=f64))
+            loc, scale = vae.encode(x)
+            kl = float(kl_to_posterior(x, loc, torch.diag_embed(scale[0] ** 2), params).mean())
+        settings.append({
+            "label": f"perturbation {size}", "perturbation": size, "kl_to_posterior": kl,
+            "heading": f"Encoder = exact posterior + N(0, {size}²) noise on each parameter "
+                       f"(KL(q ‖ p(z|x)) = {kl:.3g} nats/datapoint)",
+            "state": copy.deepcopy(vae.state_dict()),
+        })
+    facts = {"data": f"{config.batch_size} datapoints drawn from a pPCA model (D = {D}, "
+                     f"L = {L}, σ = 0.5, float64)"}
+    return vae, x, settings, facts
+
+
+def markdown(document: dict) -> str:
+    """One table per setting: encoder and decoder SNR for every estimator and K."""
+    ks = document["config"]["ks"]
+    lines = [
+        "# Gradient signal-to-noise ratio",
+        "",
+        "SNR = average over a group's parameters of |mean| / std of the gradient of the loss",
+        f"(nats per datapoint), over {document['config']['draws']} draws on "
+        f"{document['data']} (Rainforth et al. 2018). Dimensionless; higher is better. "
+        "Every cell starts from the same seed. A parameter whose mean gradient is zero shows "
+        f"SNR ≈ {document['noise_floor']:.3f} from sampling noise alone (the noise floor).",
+        "",
+        f"Command: `{document['command']}`",
+        "",
+    ]
+    head = ("| estimator | bound | " + " | ".join(f"encoder K={k}" for k in ks) + " | "
+            + " | ".join(f"decoder K={k}" for k in ks) + " |")
+    for setting in document["settings"]:
+        lines += [f"## {setting['heading']}", "", head, "|" + "---|" * (2 + 2 * len(ks))]
+        cells = {(r["estimator"], r["K"]): r for r in document["results"]
+                 if r["setting"] == setting["label"]}
+        for name in document["config"]["estimators"]:
+            row = [name, cells[name, ks[0]]["bound"]]
+            row += [f"{cells[name, k]['encoder']['snr']:.3g}" for k in ks]
+            row += [f"{cells[name, k]['decoder']['snr']:.3g}" for k in ks]
+            lines.append("| " + " | ".join(row) + " |")
+        ess = {r["K"]: r["importance_ess"] for r in cells.values()
+               if r["importance_ess"] is not None and r["estimator"] == "iwae"}
+        ess = dict(sorted(ess.items()))
+        if ess:
+            lines += ["", "Effective sample size 1/Σ w̃² of the K importance weights (mean per "
+                      "datapoint): " + ", ".join(f"K={k}: {e:.2f}" for k, e in ess.items()) + "."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(document: dict, path: Path) -> None:
+    """SNR against K, log-log: one row per setting, encoder and decoder side by side."""
+    settings = document["settings"]
+    fig = Figure(figsize=(9, 3.2 * len(settings)))
+    axes = fig.subplots(len(settings), 2, squeeze=False, sharex=True)
+    for row, setting in zip(axes, settings, strict=True):
+        for ax, group in zip(row, ("encoder", "decoder"), strict=True):
+            for name in document["config"]["estimators"]:
+                cells = sorted((r["K"], r[group]["snr"]) for r in document["results"]
+                               if r["setting"] == setting["label"] and r["estimator"] == name)
+                ax.plot(*zip(*cells, strict=True), marker="o", label=name)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(f"{document['config']['model']}: {group}, {setting['label']}")
+            ax.set_ylabel("gradient SNR (mean |mean|/std)")
+            ax.grid(True, which="both", alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("K (particles per datapoint)")
+    axes[0, 0].legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# --- the run ---------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("mnist", "ppca"), default="mnist",
+                        help="a trained MNIST VAE, or the linear-Gaussian control")
+    parser.add_argument("--out", type=Path,
+                        help="output folder (default: benchmarks/results/gradient_snr_MODEL)")
+    parser.add_argument("--quick", action="store_true", help="a tiny run (< 60 s), for tests")
+    parser.add_argument("--draws", type=int, help="gradient estimates per cell")
+    parser.add_argument("--ks", type=int, nargs="+", help="particle numbers K")
+    parser.add_argument("--estimators", nargs="+", help="estimator names from the registry")
+    parser.add_argument("--snapshot-epochs", type=int, nargs="+",
+                        help="training epochs after which to measure, increasing")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: least contention on shared cores)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or logs")
+    args = parser.parse_args(argv)
+    for name in args.estimators or ():
+        if name not in ESTIMATORS:
+            parser.error(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
+    epochs = args.snapshot_epochs
+    if epochs is not None and (epochs != sorted(set(epochs)) or epochs[0] < 1):
+        parser.error(f"--snapshot-epochs must be increasing positive integers, got {epochs}")
+    if any(v < 1 for v in (args.ks or []) + [args.draws or 2, args.threads]) or args.draws == 1:
+        parser.error("--ks and --threads must be positive and --draws at least 2")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    config = SNRConfig(model=args.model, **(QUICK if args.quick else {}))
+    for option in ("draws", "ks", "estimators", "snapshot_epochs"):
+        value = getattr(args, option)
+        if value is not None:
+            setattr(config, option, tuple(value) if isinstance(value, list) else value)
+    torch.set_num_threads(args.threads)
+    progress = not args.quiet and sys.stderr.isatty()
+    log = (lambda *a, **k: None) if args.quiet else print
+    start = time.perf_counter()
+
+    if config.model == "mnist":
+        vae, x, settings, facts = mnist_settings(config, progress=progress, log=log)
+    else:
+        vae, x, settings, facts = ppca_settings(config)
+    cells = [(s, name, k) for s in settings for name in config.estimators for k in config.ks]
+    results = []
+    for setting, name, k in tqdm(cells, desc="gradient SNR", disable=not progress,
+                                 file=sys.stderr):
+        vae.load_state_dict(setting["state"])
+        record = measure(vae, name, k, x, config.draws, config.seed)
+        results.append({"setting": setting["label"], **record})
+        log(f"{setting['label']:18s} {name:9s} K={k:<3d}  SNR encoder "
+            f"{record['encoder']['snr']:.3g}  decoder {record['decoder']['snr']:.3g}  "
+            f"({record['bound']} {record['bound_mean']:.2f} nats/datapoint)")
+
+    command = "python -m benchmarks.gradient_snr " + " ".join(argv or sys.argv[1:])
+    document = {
+        "description": "gradient SNR = mean over a parameter group of |mean_i| / std_i of the "
+                       "gradient of the loss (nats per datapoint) over independent draws on one "
+                       "fixed minibatch (Rainforth et al. 2018); dimensionless",
+        "units": "snr: dimensionless; bound_mean, bound_stderr, test_elbo, kl_to_posterior: "
+                 "nats per datapoint (bounds are lower bounds on log p(x): ELBO or IWAE_K, "
+                 "higher is better); importance_ess: particles, out of K",
+        "command": command.strip(),
+        "config": dataclasses.asdict(config),
+        **facts,
+        "noise_floor": noise_floor(config.draws),
+        "settings": [{k: v for k, v in s.items() if k != "state"} for s in settings],
+        "results": results,
+        "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                    "pyro": pyro.__version__, "threads": args.threads},
+        "total_seconds": time.perf_counter() - start,
+    }
+    args.out = args.out or RESULTS / f"gradient_snr_{config.model}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "gradient_snr.json", document)
+    atomic_write_bytes(args.out / "gradient_snr.md", markdown(document).encode())
+    plot(document, args.out / "gradient_snr.png")
+    log(f"wrote {args.out}/gradient_snr.{{json,md,png}} in {document['total_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

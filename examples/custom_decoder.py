@@ -1,0 +1,95 @@
+"""Plug a convolutional decoder into the same Pyro model and guide: ``VAE(decoder=...)``.
+
+    python examples/custom_decoder.py            # 5 epochs on MNIST, roughly 10 min on 2 CPUs
+    python examples/custom_decoder.py --quick    # 1 epoch on 2,000 images, seconds
+
+The decoder is any ``nn.Module`` mapping z ``(..., latent_dim)`` (and an optional context)
+to the likelihood's parameter ``(..., 784)``: here Bernoulli logits from transposed
+convolutions. Nothing else changes: the same ``vae.model`` / ``vae.guide``, the same
+estimators, the same SVI loop. Prints the training loss (= −ELBO) and the test ELBO of the
+convolutional decoder and of the default MLP decoder on the same budget, in nats per datapoint.
+"""
+
+import argparse
+
+import pyro
+import torch
+from torch import nn
+
+from pyro_vae import VAE, make_objective
+from pyro_vae.data import binarize, load_dataset, preprocess
+from pyro_vae.training import mean_elbo
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--epochs", type=int, default=5)
+parser.add_argument("--quick", action="store_true", help="1 epoch on 2,000 images")
+args = parser.parse_args()
+
+# --- config --------------------------------------------------------------------------------
+latent_dim = 16
+channels = 16 if args.quick else 32  # feature maps of the last hidden convolution
+epochs = 1 if args.quick else args.epochs
+batch_size = 100
+lr = 1e-3
+
+# --- data: grey levels in [0, 1], binarized afresh for every minibatch ------------------------
+pyro.set_rng_seed(0)
+mnist = load_dataset("mnist")
+rows, cols = mnist.image_shape  # (28, 28)
+train = preprocess(mnist.train_images[: 2000 if args.quick else None])  # (N, 784)
+test = binarize(preprocess(mnist.test_images[: 500 if args.quick else 2000]),
+                torch.Generator().manual_seed(0))
+
+
+class ConvDecoder(nn.Module):
+    """z ``(..., latent_dim)`` → Bernoulli logits ``(..., rows·cols)``: a linear layer to a
+    (2c, rows/4, cols/4) feature map, then two stride-2 transposed convolutions."""
+
+    def __init__(self, latent_dim, image_shape, channels):
+        super().__init__()
+        self.rows, self.cols = image_shape
+        self.start = (2 * channels, self.rows // 4, self.cols // 4)  # (2c, 7, 7) for MNIST
+        self.fc = nn.Sequential(nn.Linear(latent_dim, 2 * channels * self.rows * self.cols // 16),
+                                nn.ReLU())
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),  # 7 → 14
+            nn.ReLU(),
+            nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1),  # 14 → 28
+        )
+
+    def forward(self, z, context=None):
+        batch_shape = z.shape[:-1]  # (B,) or (K, B) with vectorized particles
+        h = self.fc(z.reshape(-1, z.shape[-1])).view(-1, *self.start)
+        logits = self.deconv(h)  # (prod(batch_shape), 1, rows, cols)
+        return logits.reshape(*batch_shape, self.rows * self.cols)
+
+
+def train_and_test(vae, name):
+    """Train ``vae`` with Pyro's TraceMeanField_ELBO through SVI; print nats per datapoint."""
+    pyro.clear_param_store()
+    trainer = make_objective("meanfield", vae).make_trainer(lr)  # pyro.infer.SVI inside
+    n = train.shape[0]
+    for epoch in range(1, epochs + 1):
+        total = 0.0
+        for idx in torch.randperm(n).split(batch_size):
+            total += trainer.step(binarize(train[idx]))  # −ELBO summed over the minibatch
+        vae.eval()
+        elbo = mean_elbo(vae, test)
+        vae.train()
+        print(f"{name}, epoch {epoch}: train loss {total / n:.2f} nats/datapoint (= -ELBO), "
+              f"test ELBO {elbo:.2f} nats/datapoint")
+    parameters = sum(p.numel() for p in vae.decoder.parameters())
+    return elbo, parameters
+
+
+# --- the same model and guide, two decoders -------------------------------------------------
+conv = VAE(rows * cols, latent_dim=latent_dim, hidden_sizes=(256,),
+           decoder=ConvDecoder(latent_dim, (rows, cols), channels))
+mlp = VAE(rows * cols, latent_dim=latent_dim, hidden_sizes=(256,))  # default MLP decoder
+results = {"convolutional": train_and_test(conv, "conv decoder"),
+           "MLP": train_and_test(mlp, "MLP decoder")}
+
+print(f"\ntest ELBO after {epochs} epoch(s) on {train.shape[0]} images, nats per datapoint "
+      "(a lower bound on log p(x), higher is better):")
+for name, (elbo, parameters) in results.items():
+    print(f"  {name:>13} decoder ({parameters:,} parameters): {elbo:8.2f} nats")

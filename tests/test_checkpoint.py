@@ -1,0 +1,305 @@
+"""pyro_vae.checkpoint: atomic writes survive crashes, checkpoints round-trip as plain data,
+and every file that is not a checkpoint of this format is refused with CheckpointError,
+without running any code it holds."""
+
+import io
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pyro_vae import checkpoint as checkpoint_module
+from pyro_vae.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_checkpoint,
+    save_checkpoint,
+)
+from pyro_vae.errors import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_checkpoint(epoch=3) -> dict:
+    g = torch.Generator().manual_seed(epoch)
+    return {
+        "config": {"estimator": "meanfield", "hidden_sizes": [8], "data_dir": None, "lr": 1e-3},
+        "x_dim": 4,
+        "epoch": epoch,
+        "model_state": {"w": torch.randn(3, 4, generator=g), "b": torch.zeros(3)},
+        "optimizer_state": {"decoder$$$w": {"state": {0: {"step": torch.tensor(5.0)}},
+                                            "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999),
+                                                              "params": [0]}]}},
+        "rng_state": {"torch": torch.get_rng_state(), "python": [1, 2, 3]},
+        "history": [{"epoch": 1, "train_elbo": -100.5, "test_elbo": float("nan")}],
+    }
+
+
+def temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+# --- round trip --------------------------------------------------------------------------------
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    ckpt = small_checkpoint()
+    save_checkpoint(tmp_path / "checkpoint.pt", ckpt)
+    loaded = load_checkpoint(tmp_path)  # a run folder works too
+    assert loaded["format"] == CHECKPOINT_FORMAT
+    assert loaded["format_version"] == CHECKPOINT_VERSION
+    assert loaded["config"] == ckpt["config"] and loaded["epoch"] == 3
+    for key, value in ckpt["model_state"].items():
+        assert torch.equal(loaded["model_state"][key], value)
+    assert torch.equal(loaded["rng_state"]["torch"], ckpt["rng_state"]["torch"])
+    group = loaded["optimizer_state"]["decoder$$$w"]["param_groups"][0]
+    assert group["betas"] == (0.9, 0.999)
+    assert loaded["history"][0]["train_elbo"] == -100.5
+    assert np.isnan(loaded["history"][0]["test_elbo"])
+    assert temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "bad, where",
+    [(Path("/data"), "checkpoint['config']['data_dir'] is a pathlib.PosixPath"),
+     (np.float64(1.5), "checkpoint['config']['data_dir'] is a numpy.float64"),
+     (object(), "checkpoint['config']['data_dir'] is a builtins.object")],
+    ids=["Path", "numpy scalar", "object"],
+)
+def test_save_checkpoint_refuses_what_a_weights_only_load_could_not_read(tmp_path, bad, where):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, small_checkpoint(epoch=1))
+    before = path.read_bytes()
+    ckpt = small_checkpoint(epoch=2)
+    ckpt["config"]["data_dir"] = bad
+    with pytest.raises(TypeError, match="^checkpoint entry " + re.escape(where)):
+        save_checkpoint(path, ckpt)
+    assert path.read_bytes() == before and temporaries(tmp_path) == []
+
+
+# --- atomic writes -----------------------------------------------------------------------------
+@pytest.mark.parametrize("fail_in", ["write", "fsync", "replace"])
+def test_failed_write_leaves_the_old_file_intact(tmp_path, monkeypatch, fail_in):
+    path = tmp_path / "metrics.json"
+    atomic_write_json(path, {"epochs": [1]})
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # like a Ctrl-C, or the power going, at that moment
+
+    if fail_in == "write":
+        monkeypatch.setattr(checkpoint_module.json, "dumps", lambda *a, **k: "x" * 10)
+        real_fdopen = os.fdopen
+
+        class Torn:
+            def __init__(self, fd, mode):
+                self.f = real_fdopen(fd, mode)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.f.close()
+
+            def write(self, data):
+                self.f.write(data[: len(data) // 2])  # half of it, then the crash
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(checkpoint_module.os, "fdopen", Torn)
+    else:
+        monkeypatch.setattr(checkpoint_module.os, fail_in, crash)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_json(path, {"epochs": [1, 2]})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert json.loads(path.read_text()) == {"epochs": [1]}
+    assert temporaries(tmp_path) == []
+
+
+def test_sigkill_between_write_and_rename_leaves_the_old_checkpoint(tmp_path):
+    """A real process, killed with SIGKILL after writing the new checkpoint's bytes but before
+    the rename: the old checkpoint still loads, unchanged."""
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, small_checkpoint(epoch=1))
+    child = textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from pyro_vae import checkpoint
+        def stall(src, dst):
+            print("written", flush=True)
+            time.sleep(60)
+        checkpoint.os.replace = stall
+        ckpt = {{"config": {{}}, "x_dim": 4, "epoch": 2,
+                "model_state": {{"w": checkpoint.torch.ones(1000, 100)}}}}
+        checkpoint.save_checkpoint({str(path)!r}, ckpt)
+    """)
+    with subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            assert proc.stdout.readline().strip() == "written"
+            assert len(temporaries(tmp_path)) == 1  # the new bytes are on disk, elsewhere
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 1
+    assert torch.equal(loaded["model_state"]["w"], small_checkpoint(epoch=1)["model_state"]["w"])
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    path = tmp_path / "sub" / "f.bin"
+    atomic_write_bytes(path, b"a" * 1000)
+    atomic_write_bytes(path, b"b")
+    assert path.read_bytes() == b"b" and temporaries(path.parent) == []
+
+
+# --- safe loading ------------------------------------------------------------------------------
+class Evil:
+    """Unpickling this (with a plain pickle.load) would create a file: arbitrary code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def write_case(path: Path, case: str) -> None:
+    good = small_checkpoint()
+    noise = np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes()
+    if case == "random bytes":
+        path.write_bytes(b"\x13" + noise)
+    elif case == "random bytes after a pickle header":
+        path.write_bytes(b"\x80\x02" + noise)
+    elif case == "random bytes after a zip header":
+        path.write_bytes(b"PK\x03\x04" + noise)
+    elif case == "text file":
+        path.write_text("epoch 3\nthis is not a checkpoint\n")
+    elif case == "empty file":
+        path.write_bytes(b"")
+    elif case == "dict without the tag":
+        torch.save({"model_state": good["model_state"], "epoch": 3}, path)
+    elif case == "a tensor":
+        torch.save(torch.ones(3), path)
+    elif case == "other format version":
+        torch.save({**good, "format": CHECKPOINT_FORMAT, "format_version": 99}, path)
+    elif case == "missing entries":
+        torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+                    "config": {}, "epoch": 1}, path)
+    elif case == "damaged entries":
+        torch.save({**good, "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+                    "config": [1], "x_dim": -4, "model_state": {"w": 1.0}}, path)
+    elif case == "truncated":
+        save_checkpoint(path, good)
+        path.write_bytes(path.read_bytes()[:600])
+    elif case == "pickle of a class":
+        path.write_bytes(pickle.dumps(Evil(path.parent / "pwned"), protocol=2))
+    elif case == "torch.save with a class":
+        torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+                    **good, "extra": Evil(path.parent / "pwned")}, path)
+    else:  # pragma: no cover
+        raise AssertionError(case)
+
+
+REFUSALS = {
+    "random bytes": r"not a pyro_vae checkpoint: expected a torch.save zip archive, found a "
+                    r"file starting with b'\\x13",
+    "random bytes after a pickle header": r"not a loadable pyro_vae checkpoint \(refused by "
+                                          r"the weights-only unpickler: Unsupported operand",
+    "random bytes after a zip header": r"not a loadable pyro_vae checkpoint \((RuntimeError|"
+                                       r"OSError): ",
+    "text file": r"not a pyro_vae checkpoint: expected a torch.save zip archive, found a file "
+                 r"starting with b'epoch 3\\n",
+    "empty file": r"expected a torch.save zip archive, found an empty file$",
+    "dict without the tag": r"not a pyro_vae checkpoint: expected a dict tagged "
+                            r"format='pyro_vae.checkpoint', found a dict with keys "
+                            r"\['epoch', 'model_state'\]$",
+    "a tensor": r"not a pyro_vae checkpoint: .* found a Tensor$",
+    "other format version": r"checkpoint format version 99, this pyro_vae reads version 1$",
+    "missing entries": r"checkpoint lacks x_dim, model_state$",
+    "damaged entries": r"damaged checkpoint: config is a list, expected a dict; x_dim is -4, "
+                       r"expected an integer >= 1; model_state is not a dict of tensors$",
+    "truncated": r"not a loadable pyro_vae checkpoint \(RuntimeError: ",
+    "pickle of a class": r"refused by the weights-only unpickler: Unsupported global: "
+                         r"GLOBAL io.open was not an allowed global by default\)$",
+    "torch.save with a class": r"refused by the weights-only unpickler: Unsupported global: "
+                               r"GLOBAL io.open was not an allowed global by default\)$",
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS), ids=list(REFUSALS))
+def test_load_checkpoint_refuses_what_is_not_a_checkpoint(tmp_path, case):
+    path = tmp_path / "checkpoint.pt"
+    write_case(path, case)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert "\n" not in message
+    assert re.search(REFUSALS[case], message), message
+    assert not (tmp_path / "pwned").exists()  # nothing in the file ran
+
+
+def test_load_checkpoint_missing_file_and_empty_run_folder(tmp_path):
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'checkpoint.pt'}: checkpoint "
+                                              r"file not found$"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=r"nope.pt: checkpoint file not found$"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def _checkpoint_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+                **small_checkpoint()}, buffer)
+    return buffer.getvalue()
+
+
+GOOD_BYTES = _checkpoint_bytes()
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(at=st.lists(st.integers(0, len(GOOD_BYTES) - 1), min_size=1, max_size=3),
+       value=st.integers(1, 255), cut=st.none() | st.integers(0, len(GOOD_BYTES)))
+def test_load_checkpoint_on_damaged_bytes_loads_or_raises_checkpoint_error(
+    tmp_path, at, value, cut
+):
+    raw = bytearray(GOOD_BYTES)
+    for i in at:
+        raw[i] ^= value
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(bytes(raw[:cut]))
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        assert str(e).startswith(f"{path}: ")
+    else:  # damage the zip container did not notice (e.g. inside tensor data): still a dict
+        assert ckpt["format"] == CHECKPOINT_FORMAT and isinstance(ckpt["model_state"], dict)
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """Not mkstemp's private 0600: the mode that open() would give under the umask."""
+    import os
+
+    from pyro_vae.checkpoint import _UMASK, atomic_write_json
+
+    atomic_write_json(tmp_path / "m.json", {"a": 1})
+    with open(tmp_path / "plain", "w"):
+        pass
+    mode = (tmp_path / "m.json").stat().st_mode & 0o777
+    assert mode == 0o666 & ~_UMASK == (tmp_path / "plain").stat().st_mode & 0o777
+    assert os.access(tmp_path / "m.json", os.R_OK)

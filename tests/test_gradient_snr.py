@@ -1,0 +1,81 @@
+"""benchmarks/gradient_snr.py: its quick mode runs and writes finite numbers (nothing here
+judges the SNR values), and its running moments equal torch's."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import gradient_snr
+
+
+def test_running_moments_equal_torch_mean_and_std():
+    g = torch.Generator().manual_seed(0)
+    rows = 3.0 + 1e-3 * torch.randn(50, 7, generator=g, dtype=torch.float64)  # |mean| ≫ std
+    moments = gradient_snr.RunningMoments(7)
+    for row in rows:
+        moments.update(row)
+    torch.testing.assert_close(moments.mean, rows.mean(0), rtol=1e-13, atol=0)
+    torch.testing.assert_close(moments.std, rows.std(0), rtol=1e-9, atol=0)
+
+
+def test_group_snr_leaves_out_zero_variance_parameters():
+    moments = gradient_snr.RunningMoments(3)
+    for row in ([1.0, 2.0, 5.0], [3.0, 2.0, -5.0]):
+        moments.update(torch.tensor(row))
+    summary = gradient_snr.group_snr(moments)
+    # means (2, 2, 0), stds (√2, 0, √50): the constant parameter is left out
+    assert summary["zero_variance"] == 1 and summary["parameters"] == 3
+    assert summary["snr"] == pytest.approx((2 / math.sqrt(2) + 0.0) / 2)
+
+
+def test_noise_floor_is_the_snr_of_pure_noise():
+    g = torch.Generator().manual_seed(1)
+    draws = 100
+    moments = gradient_snr.RunningMoments(20_000)
+    for _ in range(draws):
+        moments.update(torch.randn(20_000, generator=g))
+    snr = gradient_snr.group_snr(moments)["snr"]
+    assert snr == pytest.approx(gradient_snr.noise_floor(draws), rel=0.03)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # the benchmark sets its own thread count
+
+
+@pytest.mark.parametrize("model", ["mnist", "ppca"])
+def test_quick_run_writes_json_markdown_and_png(tmp_path, one_thread, model):
+    assert gradient_snr.main(["--quick", "--quiet", "--model", model, "--out", str(tmp_path)]) == 0
+    document = json.loads((tmp_path / "gradient_snr.json").read_text())
+    config, settings = document["config"], document["settings"]
+    assert len(settings) == len(config["snapshot_epochs" if model == "mnist" else "perturbations"])
+    assert len(document["results"]) == len(settings) * len(config["estimators"]) * len(
+        config["ks"]
+    )
+    for cell in document["results"]:
+        for group in ("encoder", "decoder"):
+            assert math.isfinite(cell[group]["snr"]) and cell[group]["snr"] >= 0
+            assert cell[group]["parameters"] > cell[group]["zero_variance"]
+        assert math.isfinite(cell["bound_mean"])
+        if cell["bound"] == "IWAE_K":
+            assert 1 - 1e-9 <= cell["importance_ess"] <= cell["K"] + 1e-9
+    for setting in settings:
+        value = setting["test_elbo" if model == "mnist" else "kl_to_posterior"]
+        assert math.isfinite(value)
+    table = (tmp_path / "gradient_snr.md").read_text()
+    for name in config["estimators"]:
+        assert table.count(f"| {name} |") == len(settings)
+    assert "nan" not in table.lower()
+    assert (tmp_path / "gradient_snr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_options_are_refused(capsys):
+    for argv in (["--estimators", "elbo"], ["--snapshot-epochs", "3", "1"], ["--draws", "1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            gradient_snr.main(argv)
+        assert exit_info.value.code == 2
+    assert "unknown estimator 'elbo'" in capsys.readouterr().err

@@ -1,0 +1,205 @@
+"""Training under faults: a run that diverges stops with a message naming the epoch and step
+and leaves the last good checkpoint loadable; a run killed with SIGKILL resumes and loses at
+most the epoch it was in; bad data is refused before training starts."""
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae import DataError, TrainingDivergedError, cli
+from pyro_vae import training as training_module
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.data import load_dataset
+from pyro_vae.training import TrainConfig, fit, load_vae, prepare_data
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(hidden_sizes=(16,), latent_dim=2, batch_size=32, train_size=96, test_size=64)
+TINY_ARGS = ["--hidden-sizes", "16", "--latent-dim", "2", "--batch-size", "32",
+             "--train-size", "96", "--test-size", "64", "--quiet", "--no-plots"]
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_dataset("mnist")
+
+
+def finite_weights(state: dict) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+def explode_lr_after_first_epoch(monkeypatch):
+    """Under the burda schedule, epoch 1 keeps lr0 and every later epoch gets lr 1e6: a real
+    optimizer blow-up, with the first epoch's checkpoint as the last good state."""
+    monkeypatch.setattr(training_module, "burda_learning_rate",
+                        lambda epoch, total, lr0=1e-3: lr0 if epoch == 0 else 1e6)
+
+
+# --- numerical faults ---------------------------------------------------------------------
+def test_divergence_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, mnist, monkeypatch
+):
+    config = TrainConfig(epochs=4, lr_schedule="burda", **TINY)
+    data = prepare_data(config, mnist)
+    explode_lr_after_first_epoch(monkeypatch)
+    with pytest.raises(TrainingDivergedError) as info:
+        fit(config, tmp_path, data=data, progress=False, log=lambda *a: None)
+    message = str(info.value)
+    assert message.startswith("training diverged at epoch 2, step ")
+    assert "Likely causes: a learning rate too high" in message
+    assert f"The last good checkpoint, {tmp_path / 'checkpoint.pt'}, is intact." in message
+    assert "\n" not in message
+
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["epoch"] == 1 and finite_weights(ckpt["model_state"])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["epoch"] for r in metrics["epochs"]] == [1]
+    assert math.isfinite(metrics["epochs"][0]["test_elbo"])
+
+    # the checkpoint is exactly the state after epoch 1 of the same run, undiverged
+    monkeypatch.undo()
+    one_epoch = fit(TrainConfig(epochs=1, **TINY), None, data=data, progress=False,
+                    log=lambda *a: None)
+    for name, value in one_epoch.vae.state_dict().items():
+        assert torch.equal(ckpt["model_state"][name], value), name
+    vae, _, _ = load_vae(tmp_path)
+    assert training_module.mean_elbo(vae, data.test) == pytest.approx(
+        metrics["epochs"][0]["test_elbo"], rel=1e-6)
+
+
+def test_divergence_without_validation_is_caught_by_the_loss_check(tmp_path, mnist, monkeypatch):
+    """With distribution validation off, nothing raises inside the step: the non-finite loss
+    itself must stop the run."""
+    config = TrainConfig(epochs=4, lr_schedule="burda", **TINY)
+    data = prepare_data(config, mnist)
+    explode_lr_after_first_epoch(monkeypatch)
+    pyro.enable_validation(False)
+    try:
+        with pytest.raises(TrainingDivergedError, match=r"^training diverged at epoch 2, "
+                                                        r"step \d+: the loss is (inf|nan)\. "):
+            fit(config, tmp_path, data=data, progress=False, log=lambda *a: None)
+    finally:
+        pyro.enable_validation(True)
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+
+
+def test_cli_divergence_is_one_line_and_exit_2(tmp_path, mnist, monkeypatch, capsys):
+    explode_lr_after_first_epoch(monkeypatch)
+    monkeypatch.setattr(training_module, "load_dataset", lambda *a, **k: mnist)
+    status = cli.main(["train", "--epochs", "3", "--lr-schedule", "burda", "--out",
+                       str(tmp_path), *TINY_ARGS])
+    assert status == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1
+    assert errors[0].startswith("pyro-vae: error: training diverged at epoch 2, step ")
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+
+
+def test_cli_divergence_in_the_first_epoch(tmp_path, mnist, monkeypatch, capsys):
+    """lr = 1e6: Adam moves every weight by about 1e6 at the first step, and the encoder's
+    scale underflows to 0 at the second; there is no good checkpoint to point to yet."""
+    monkeypatch.setattr(training_module, "load_dataset", lambda *a, **k: mnist)
+    status = cli.main(["train", "--epochs", "3", "--lr", "1e6", "--out", str(tmp_path / "run"),
+                       *TINY_ARGS])
+    assert status == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1
+    assert re.match(r"pyro-vae: error: training diverged at epoch 1, step \d+: .*\. Likely "
+                    r"causes: a learning rate too high \(try --lr 1e-4\)", errors[0])
+    assert "checkpoint" not in errors[0] and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+# --- bad data reaching fit ------------------------------------------------------------------
+def test_fit_refuses_nan_in_training_data(mnist):
+    config = TrainConfig(epochs=1, **TINY)
+    prepared = prepare_data(config, mnist)
+    train = prepared.train.clone()
+    train[3, 100] = float("nan")
+    with pytest.raises(DataError, match=r"training set: 1 of 75264 values are NaN or infinite"):
+        fit(config, None, data=prepared._replace(train=train), progress=False)
+
+
+def test_fit_refuses_a_test_set_with_another_feature_size(mnist):
+    config = TrainConfig(epochs=1, **TINY)
+    prepared = prepare_data(config, mnist)
+    with pytest.raises(DataError, match=r"test set: expected shape \(N, 784\) for this model, "
+                                        r"found \(64, 100\)"):
+        fit(config, None, data=prepared._replace(test=prepared.test[:, :100]), progress=False)
+
+
+def test_resume_with_data_of_another_feature_size(tmp_path, mnist):
+    config = TrainConfig(epochs=1, **TINY)
+    prepared = prepare_data(config, mnist)
+    fit(config, tmp_path, data=prepared, progress=False, log=lambda *a: None)
+    smaller = prepared._replace(train=prepared.train[:, :100], test=prepared.test[:, :100])
+    with pytest.raises(DataError, match=rf"100 features per datapoint, expected 784 like the "
+                                        rf"checkpoint in {tmp_path}"):
+        fit(TrainConfig(epochs=2, **TINY), tmp_path, resume=True, data=smaller, progress=False)
+
+
+# --- crash safety: SIGKILL and resume ----------------------------------------------------------
+def read_epochs(path: Path) -> list:
+    try:
+        return json.loads(path.read_text())["epochs"]
+    except FileNotFoundError:
+        return []
+
+
+def test_sigkill_then_resume_loses_at_most_one_epoch(tmp_path, mnist):
+    """Kill a training process with SIGKILL halfway through its epochs, resume it from the
+    command line, and check that (a) the checkpoint holds every epoch the run had reported,
+    so at most the epoch in progress is lost, (b) the resumed process trains only the
+    remaining epochs, (c) the final metrics list epochs 1..E once each, finite, with the
+    epochs before the kill unchanged, and equal to those of an uninterrupted run."""
+    epochs, run = 10, tmp_path / "run"
+    command = [sys.executable, "-m", "pyro_vae", "train", "--epochs", str(epochs), *TINY_ARGS]
+    with subprocess.Popen([*command, "--out", str(run)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            deadline = time.monotonic() + 120
+            while len(seen := read_epochs(run / "metrics.json")) < epochs // 2:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "training made no progress"
+                time.sleep(0.01)
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=30) == -signal.SIGKILL  # killed mid-run, not finished
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    done = load_checkpoint(run)["epoch"]
+    assert len(seen) <= done < epochs  # nothing reported is lost; the run was not over
+    before_kill = read_epochs(run / "metrics.json")[:done]
+
+    resumed = subprocess.run([*command[:4], "--resume", str(run), "--quiet", "--no-plots"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run} after epoch {done} of {epochs}" in resumed.stdout
+    trained = [line.split()[1] for line in resumed.stdout.splitlines()
+               if line.startswith("epoch ")]
+    assert trained == [f"{e}/{epochs}" for e in range(done + 1, epochs + 1)]
+
+    final = read_epochs(run / "metrics.json")
+    assert [r["epoch"] for r in final] == list(range(1, epochs + 1))
+    for record in final:
+        assert math.isfinite(record["train_elbo"]) and math.isfinite(record["test_elbo"])
+        assert record["test_elbo"] < 0  # a bound on a log-probability of binary images
+    assert final[:done] == before_kill
+    ckpt = load_checkpoint(run)
+    assert ckpt["epoch"] == epochs and finite_weights(ckpt["model_state"])
+
+    # and the interrupted run ends where an uninterrupted one does
+    config = TrainConfig(epochs=epochs, **TINY)
+    straight = fit(config, None, data=prepare_data(config, mnist), progress=False,
+                   log=lambda *a: None)
+    for record, expected in zip(final, straight.history, strict=True):
+        assert record["train_elbo"] == pytest.approx(expected["train_elbo"], rel=1e-6)
+        assert record["test_elbo"] == pytest.approx(expected["test_elbo"], rel=1e-6)
