@@ -36,6 +36,7 @@ import torch
 
 from benchmarks.common import (
     Spec,
+    add_common_arguments,
     command_line,
     count_active_units,
     evaluate_log_px,
@@ -184,11 +185,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-size", type=int, help="training images (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (1: least contention on shared cores)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
-    parser.add_argument("--quick", action="store_true", help="a tiny run (< 60 s), for tests")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or logs")
+    add_common_arguments(parser, DEFAULT_OUT)
     return parser.parse_args(argv)
 
 

@@ -299,3 +299,12 @@ def fmt(value, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
     return f"{value:.{digits}f}"
+
+
+def add_common_arguments(parser, default_out: Path) -> None:
+    """The options every benchmark script takes: threads, output folder, quick mode, quiet."""
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: least contention on shared cores)")
+    parser.add_argument("--out", type=Path, default=default_out, help="output folder")
+    parser.add_argument("--quick", action="store_true", help="a tiny run (< 60 s), for tests")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or logs")

@@ -47,6 +47,7 @@ import torch
 
 from benchmarks.common import (
     Spec,
+    add_common_arguments,
     command_line,
     machine,
     make_trainer,
@@ -311,11 +312,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="profile meanfield and time the validation checks at batch 32, 128")
     parser.add_argument("--device", nargs="+", default=None,
                         help="cpu and/or cuda (default: cpu, and cuda when present)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (1: least contention on shared cores)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
-    parser.add_argument("--quick", action="store_true", help="a tiny run (< 60 s), for tests")
-    parser.add_argument("--quiet", action="store_true", help="no progress logs")
+    add_common_arguments(parser, DEFAULT_OUT)
     return parser.parse_args(argv)
 
 

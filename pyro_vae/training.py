@@ -71,7 +71,7 @@ class TrainConfig:
     likelihood: str = "bernoulli"  # bernoulli (dynamically binarized data) or grey-level ones
     estimator: str = "meanfield"  # a name from pyro_vae.ESTIMATORS
     num_particles: int | None = None  # samples per datapoint; None: the estimator's default
-    epochs: int = 20  # about 2 minutes on 2 CPU cores with the default network
+    epochs: int = 10  # about a minute on 2 CPU cores with the default network
     batch_size: int = 128
     lr: float = 1e-3  # Adam's learning rate (the first one, for the burda schedule)
     lr_schedule: str = "constant"  # or "burda": 10^(-i/7) decay over passes of 3^i epochs

@@ -37,14 +37,6 @@ from tests.conftest import assert_close, binary_batch
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small problems: on shared cores intra-op threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def seeded(seed):
     return torch.Generator().manual_seed(seed)

@@ -26,14 +26,6 @@ D, L = 6, 2
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny: on shared cores intra-op threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def ppca(D=D, L=L, sigma=0.5, seed=0) -> PPCAParams:
     g = torch.Generator().manual_seed(seed)

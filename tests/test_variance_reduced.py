@@ -49,15 +49,6 @@ def make_vae(params, *, at_posterior=False, learn_model=True):
     return vae
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny: on shared cores, intra-op threads only add contention (with
-    two threads a vectorized K = 5 gradient took 10× longer here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture
 def params():
