@@ -46,7 +46,7 @@ def _fsync_folder(folder: Path) -> None:
         return
     try:
         os.fsync(fd)
-    except OSError:
+    except OSError:  # some file systems cannot fsync a folder; the rename stands regardless
         pass
     finally:
         os.close(fd)

@@ -21,6 +21,7 @@ minibatch in nats, on the same scale as :meth:`pyro.infer.SVI.step` (times num_d
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,25 +46,25 @@ __all__ = [
 ]
 
 
-class Objective:
+class Objective(abc.ABC):
     """An estimator bound to one VAE (see the module docstring for the loss's scale)."""
 
     name: str
     num_particles: int
     uses_pyro: bool
 
+    @abc.abstractmethod
     def differentiable_loss(self, x, context=None, *, num_data=None) -> torch.Tensor:
         """The loss as a differentiable scalar tensor (nats, summed over the minibatch)."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
     def loss(self, x, context=None, *, num_data=None) -> float:
         """The loss as a float, without gradients."""
         with torch.no_grad():
             return float(self.differentiable_loss(x, context, num_data=num_data))
 
+    @abc.abstractmethod
     def make_trainer(self, lr: float):
         """An optimizer-carrying stepper: Pyro's SVI for Pyro estimators, torch Adam else."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
 
 class IWAE_ELBO(pyro.infer.RenyiELBO):
