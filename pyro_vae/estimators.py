@@ -332,9 +332,15 @@ class SVITrainer:
         return self.svi.step(*args, **kwargs)
 
     def set_lr(self, lr: float) -> None:
+        """Set the learning rate now, for parameters added later, and in saved states not yet
+        applied: Pyro restores a loaded state lazily, at each parameter's first step, which
+        would otherwise bring back the learning rate the state was saved with."""
         self.optim.pt_optim_args["lr"] = lr
         for opt in set(self.optim.optim_objs.values()):
             for group in opt.param_groups:
+                group["lr"] = lr
+        for state in self.optim._state_waiting_to_be_consumed.values():
+            for group in state.get("param_groups", []):
                 group["lr"] = lr
 
     def state_dict(self) -> dict:

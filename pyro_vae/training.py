@@ -279,22 +279,6 @@ def _epoch_lr(config: TrainConfig, epochs_done: int) -> float:
     return config.lr
 
 
-def _with_lr(state, lr: float):
-    """A copy of an optimizer state (torch's, or Pyro's dict of them) with every parameter
-    group's learning rate set to ``lr``. Pyro restores a saved state lazily, at a parameter's
-    first step, which would otherwise bring back the learning rate of the checkpoint's last
-    epoch over the one the schedule sets."""
-    if isinstance(state, list):
-        return [_with_lr(v, lr) for v in state]
-    if not isinstance(state, dict):
-        return state
-    state = {k: _with_lr(v, lr) for k, v in state.items()}
-    for group in state.get("param_groups", []):
-        if isinstance(group, dict) and "lr" in group:
-            group["lr"] = lr
-    return state
-
-
 def _params_finite(vae: VAE) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in vae.parameters())
 
@@ -395,7 +379,7 @@ def fit(
     if ckpt is not None:
         check_resumable(ckpt["optimizer_state"], objective, world)
         vae.load_state_dict(ckpt["model_state"])
-        trainer.load_state_dict(_with_lr(ckpt["optimizer_state"], _epoch_lr(config, ckpt["epoch"])))
+        trainer.load_state_dict(ckpt["optimizer_state"])
         _set_rng_state(ckpt["rng_state"], generator)
         history = list(ckpt["history"])
         start_epoch = ckpt["epoch"]
@@ -408,8 +392,7 @@ def fit(
     for epoch in range(start_epoch + 1, config.epochs + 1):
         if config.beta_warmup_epochs:
             vae.beta = config.beta * min(1.0, epoch / config.beta_warmup_epochs)
-        if config.lr_schedule == "burda":
-            trainer.set_lr(burda_learning_rate(epoch - 1, config.epochs, config.lr))
+        trainer.set_lr(_epoch_lr(config, epoch - 1))
         permutation = torch.randperm(n, generator=generator, device=device)
         starts = range(0, n, config.batch_size)
         bar = tqdm(starts, desc=f"epoch {epoch}/{config.epochs}", unit="step",
@@ -456,8 +439,7 @@ def fit(
             "train_objective": bound if config.beta == 1 else f"beta-{bound}",
             "test_elbo": elbo_test,
             "beta": vae.beta,
-            "lr": config.lr if config.lr_schedule == "constant"
-            else burda_learning_rate(epoch - 1, config.epochs, config.lr),
+            "lr": _epoch_lr(config, epoch - 1),
             "steps": step,
             "epoch_seconds": epoch_seconds,
             "eval_seconds": time.perf_counter() - t1,
