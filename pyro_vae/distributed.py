@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -168,6 +169,15 @@ def process_group(
     world = init_process_group(device=device, timeout=timeout)
     try:
         yield world
+    except BaseException:
+        dist.destroy_process_group()  # no barrier: a peer may be dead
+        raise
+    # A normal exit: free what may still hold the group (a DDP reducer in a reference cycle),
+    # then leave together, so that no rank tears its connections down under a peer still
+    # using them.
+    gc.collect()
+    try:
+        barrier(world)
     finally:
         dist.destroy_process_group()
 

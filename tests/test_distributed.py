@@ -328,11 +328,12 @@ def test_torchrun_train_writes_one_set_of_outputs(tmp_path):
         "--epochs", "2", "--hidden-sizes", "32", "--latent-dim", "4", "--quiet",
         "--no-plots", "--out", str(out),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
+    # PYTHONFAULTHANDLER: a rank killed by a signal prints where each of its threads was.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120,
                           cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-6000:]}"
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json"]
     assert proc.stdout.count("done: test ELBO") == 1
     metrics = json.loads((out / "metrics.json").read_text())
