@@ -3,6 +3,7 @@ time-budgeted training, log p(x) evaluation, machine facts and file output."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -72,6 +73,26 @@ def make_trainer(spec: Spec, vae, lr: float, *, optim=None):
     """The registry's trainer for ``spec``; ``optim`` replaces an SVI trainer's optimizer."""
     objective = make_objective(spec.name, vae, num_particles=spec.k)
     return objective.make_trainer(lr) if optim is None else SVITrainer(objective, lr, optim=optim)
+
+
+def stepper(trainer, x: torch.Tensor, *, validate_every_step: bool = False) -> Callable[[], None]:
+    """A call that takes one ``trainer`` step on ``x`` as :func:`pyro_vae.training.fit` does:
+    Pyro's and torch's validation checks on the first call only, unless
+    ``validate_every_step``; with CUDA, up to a synchronize, so that the time is the work's."""
+    first = True
+    cuda = x.device.type == "cuda"
+
+    def step() -> None:
+        nonlocal first
+        checks = (contextlib.nullcontext() if validate_every_step or first
+                  else pyro.validation_enabled(False))
+        first = False
+        with checks:
+            trainer.step(x)
+        if cuda:
+            torch.cuda.synchronize()
+
+    return step
 
 
 # --- timing ----------------------------------------------------------------------------------

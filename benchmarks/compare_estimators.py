@@ -53,6 +53,7 @@ from benchmarks.common import (
     parse_spec,
     registry_specs,
     save_figure,
+    stepper,
     steps_for_block,
     time_interleaved,
     timing_summary,
@@ -118,7 +119,7 @@ def time_steps(config: CompareConfig, specs: list[Spec], data) -> dict:
         vae = VAE(data.train.shape[1], prefix=f"t{i}_", **kwargs)
         vae.load_state_dict(copy.deepcopy(base.state_dict()))
         trainer = make_trainer(spec, vae, config.lr)
-        steppers[spec.label] = lambda trainer=trainer: trainer.step(x)
+        steppers[spec.label] = stepper(trainer, x)  # validated on its first step, as in fit
     for step in steppers.values():
         for _ in range(3):
             step()

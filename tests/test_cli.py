@@ -28,3 +28,16 @@ def test_console_module_entry_point_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "nats/datapoint" in proc.stdout
     assert json.loads((tmp_path / "metrics.json").read_text())["config"]["estimator"] == "analytic"
+
+
+def test_validate_every_step_reaches_the_saved_config(tmp_path):
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path / "a"), *TINY]) == 0
+    assert main(["train", "--epochs", "1", "--validate-every-step", "--out", str(tmp_path / "b"),
+                 *TINY]) == 0
+    configs = [json.loads((tmp_path / run / "metrics.json").read_text())["config"]
+               for run in ("a", "b")]
+    assert [c["validate_every_step"] for c in configs] == [False, True]
+    # validation changes no number: the same seed gives the same run
+    results = [json.loads((tmp_path / run / "metrics.json").read_text())["epochs"][0]
+               for run in ("a", "b")]
+    assert results[0]["test_elbo"] == results[1]["test_elbo"]

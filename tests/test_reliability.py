@@ -45,10 +45,13 @@ def explode_lr_after_first_epoch(monkeypatch):
 
 
 # --- numerical faults ---------------------------------------------------------------------
+@pytest.mark.parametrize("every_step", [False, True], ids=["validate-first-step", "validate-all"])
 def test_divergence_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(
-    tmp_path, mnist, monkeypatch
+    tmp_path, mnist, monkeypatch, every_step
 ):
-    config = TrainConfig(epochs=4, lr_schedule="burda", **TINY)
+    """Caught by the loss check (validation off after the first step) or, with validation on
+    every step, by torch's constraint check inside the step: the same message either way."""
+    config = TrainConfig(epochs=4, lr_schedule="burda", validate_every_step=every_step, **TINY)
     data = prepare_data(config, mnist)
     explode_lr_after_first_epoch(monkeypatch)
     with pytest.raises(TrainingDivergedError) as info:
@@ -116,6 +119,52 @@ def test_cli_divergence_in_the_first_epoch(tmp_path, mnist, monkeypatch, capsys)
     assert re.match(r"pyro-vae: error: training diverged at epoch 1, step \d+: .*\. Likely "
                     r"causes: a learning rate too high \(try --lr 1e-4\)", errors[0])
     assert "checkpoint" not in errors[0] and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("estimator", ["meanfield", "analytic"])
+@pytest.mark.parametrize("every_step", [False, True])
+def test_validation_runs_on_the_first_step_of_each_fit_call(tmp_path, mnist, monkeypatch,
+                                                           estimator, every_step):
+    """Pyro's and torch's validation is on for the first step of a run and of its resumption,
+    then off unless ``validate_every_step``; a global ``enable_validation(False)`` wins."""
+    seen = []
+
+    def spy(make_trainer):
+        def wrapped(self, *args, **kwargs):
+            trainer = make_trainer(self, *args, **kwargs)
+            step = trainer.step
+
+            def checked_step(*a, **k):
+                seen.append((pyro.infer.util.is_validation_enabled(),
+                             torch.distributions.Distribution._validate_args))
+                return step(*a, **k)
+
+            trainer.step = checked_step
+            return trainer
+        return wrapped
+
+    objective_class = type(training_module.make_objective(estimator, training_module.build_vae(
+        TrainConfig(**TINY), mnist.x_dim)))
+    monkeypatch.setattr(objective_class, "make_trainer", spy(objective_class.make_trainer))
+    config = TrainConfig(epochs=2, estimator=estimator, validate_every_step=every_step, **TINY)
+    steps_per_epoch = math.ceil(TINY["train_size"] / TINY["batch_size"])
+    fit(config, tmp_path, data=prepare_data(config, mnist), progress=False, log=lambda *a: None)
+    fit(TrainConfig(**{**config.to_dict(), "epochs": 3}), tmp_path, resume=True,
+        progress=False, log=lambda *a: None)
+    first_of_each_call = [0, 2 * steps_per_epoch]
+    assert len(seen) == 3 * steps_per_epoch
+    for i, flags in enumerate(seen):
+        assert flags == ((True, True) if every_step or i in first_of_each_call
+                         else (False, False)), i
+    assert pyro.infer.util.is_validation_enabled()  # restored after the run
+
+    seen.clear()
+    pyro.enable_validation(False)
+    try:
+        fit(config, None, data=prepare_data(config, mnist), progress=False, log=lambda *a: None)
+    finally:
+        pyro.enable_validation(True)
+    assert seen and all(flags == (False, False) for flags in seen)
 
 
 # --- bad data reaching fit ------------------------------------------------------------------

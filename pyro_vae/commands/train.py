@@ -48,6 +48,9 @@ def add_arguments(p) -> None:
                    help="rise β linearly over this many epochs")
     p.add_argument("--scale-to-data", action="store_true",
                    help="scale minibatch losses to the full-data ELBO")
+    p.add_argument("--validate-every-step", action="store_true",
+                   help="run Pyro's and torch's validation checks on every step (default: "
+                   "on the first step only; they cost 5-10%% of a step)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--device", default=DEFAULTS.device, help="cpu or cuda")
     p.add_argument("--train-size", type=positive_int, help="use only the first N training images")
@@ -73,6 +76,7 @@ def config_from_args(args) -> TrainConfig:
         epochs=DEFAULTS.epochs if args.epochs is None else args.epochs, batch_size=args.batch_size,
         lr=args.lr, lr_schedule=args.lr_schedule, beta=args.beta,
         beta_warmup_epochs=args.beta_warmup, scale_to_data=args.scale_to_data, seed=args.seed,
+        validate_every_step=args.validate_every_step,
         device=args.device, train_size=args.train_size, test_size=args.test_size,
     )
 
