@@ -1,7 +1,8 @@
 """Gradient signal-to-noise ratio of the registry's estimators, per parameter group, against K.
 
     python -m benchmarks.gradient_snr                                 # MNIST: ~6 min, 2 cores
-    python -m benchmarks.gradient_snr --model ppca                    # control: ~1 min
+    python -m benchmarks.gradient_snr --model ppca                    # control, trained: ~1 min
+    python -m benchmarks.gradient_snr --model ppca --ppca-settings perturbation  # ~1 min
     python -m benchmarks.gradient_snr --quick --out /tmp/snr --quiet  # smoke run, < 60 s
 
 Rainforth et al. (2018, "Tighter variational bounds are not necessarily better") show that the
@@ -24,10 +25,19 @@ as √K for both groups); for ``iwae`` and ``dreg`` K is the K of the IWAE_K bou
 
 Both predictions are asymptotic: they hold once K is large enough for Σ_k w_k to concentrate,
 i.e. when the importance weights are not degenerate. Their effective sample size 1/Σ_k w̃_k² is
-reported with every IWAE_K cell. ``--model ppca`` is the control where this is set by hand: the
-linear-Gaussian model of :mod:`pyro_vae.linear_gaussian` (float64), its encoder at the exact
-posterior plus Gaussian noise of a given size on each encoder parameter (small noise: nearly
-equal weights; large noise: degenerate ones), on ``batch_size`` datapoints drawn from it.
+reported with every IWAE_K cell. ``--model ppca`` is the control where the posterior is known:
+the linear-Gaussian model of :mod:`pyro_vae.linear_gaussian` (float64) with W's columns
+orthogonal, so that p(z|x) is mean-field and the linear encoder can equal it; the decoder is
+fixed at the true parameters and the SNR is measured on ``batch_size`` datapoints drawn from
+the model. Its encoder comes from one of two setting sources (``--ppca-settings``):
+
+- ``training`` (default): trained from its initialisation q(z|x) = N(0, I) by Adam on the
+  ``analytic`` estimator's ELBO, on minibatches of a training set drawn from the model, with
+  snapshots after an early, a middle and a late step (``--snapshot-steps``);
+- ``perturbation``: the exact posterior plus Gaussian noise of a given size on each encoder
+  parameter (small noise: nearly equal weights; large noise: degenerate ones).
+
+Either way every setting reports KL(q ‖ p(z|x)) on the SNR minibatch, in nats per datapoint.
 
 Writes ``OUT/gradient_snr.json`` (every number, with the configuration), ``OUT/gradient_snr.md``
 (tables) and ``OUT/gradient_snr.png`` (SNR against K). SNR is dimensionless; the bounds
@@ -70,6 +80,7 @@ RESULTS = Path(__file__).parent / "results"
 @dataclass
 class SNRConfig:
     model: str = "mnist"  # "mnist" (a trained VAE) or "ppca" (the linear-Gaussian control)
+    ppca_settings: str = "training"  # ppca: "training" (snapshots) or "perturbation" (by hand)
     estimators: tuple[str, ...] = ("trace", "stl", "meanfield", "iwae", "dreg")
     ks: tuple[int, ...] = (1, 5, 50)  # particles per datapoint (the K of IWAE_K)
     draws: int = 100  # gradient estimates per (setting, estimator, K); see noise_floor
@@ -81,13 +92,23 @@ class SNRConfig:
     latent_dim: int = 20
     train_size: int | None = None  # None: all 60 000 training images
     test_size: int | None = None  # test images evaluated after each training epoch
-    # ppca: one setting per perturbation
-    perturbations: tuple[float, ...] = (0.01, 0.1, 0.3)  # noise std on the exact encoder
+    # ppca (both setting sources)
     ppca_dims: tuple[int, int] = (10, 3)  # data and latent dimensions D, L
+    # ppca, training: one setting per snapshot; KL(q ‖ p(z|x)) 6.3, 0.025, 5e-4 nats/datapoint
+    snapshot_steps: tuple[int, ...] = (30, 1000, 20000)  # Adam steps on the encoder
+    ppca_train_size: int = 2000  # training datapoints drawn from the model
+    ppca_train_batch: int = 100  # training minibatch
+    ppca_lr: float = 1e-2  # Adam's learning rate at step 0 ...
+    # ... times 1 / (1 + step / ppca_lr_decay): at a constant 1e-2 (1e-3) q only hovers around
+    # the posterior, at KL ≈ 0.02-0.06 (0.002-0.007) nats/datapoint
+    ppca_lr_decay: int = 300
+    # ppca, perturbation: one setting per perturbation
+    perturbations: tuple[float, ...] = (0.01, 0.1, 0.3)  # noise std on the exact encoder
 
 
 QUICK = dict(ks=(1, 5), draws=20, batch_size=16, snapshot_epochs=(1, 2), hidden_sizes=(32,),
-             latent_dim=5, train_size=1000, test_size=200, perturbations=(0.01,))
+             latent_dim=5, train_size=1000, test_size=200, perturbations=(0.01,),
+             snapshot_steps=(10, 200), ppca_train_size=500)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -208,10 +229,10 @@ def mnist_settings(config: SNRConfig, *, progress: bool, log) -> tuple:
     return result.vae, data.test[: config.batch_size], settings, facts
 
 
-def ppca_settings(config: SNRConfig) -> tuple:
-    """The linear-Gaussian control: pPCA with orthogonal columns of W (so p(z|x) is mean-field
-    and the encoder can equal it), ``batch_size`` datapoints drawn from it, and one setting per
-    perturbation: the exact encoder plus N(0, perturbation²) noise on each of its parameters."""
+def ppca_problem(config: SNRConfig) -> tuple:
+    """pPCA with orthogonal columns of W (Wᵀ W diagonal, so p(z|x) is mean-field and the
+    encoder can equal it), ``batch_size`` datapoints drawn from it, and the generator that drew
+    them, for what the setting source draws next."""
     g = torch.Generator().manual_seed(config.seed)
     D, L = config.ppca_dims
     f64 = torch.float64
@@ -219,25 +240,87 @@ def ppca_settings(config: SNRConfig) -> tuple:
     W = Q * torch.linspace(2.0, 1.0, L, dtype=f64)  # W = Q diag(s): Wᵀ W diagonal
     params = PPCAParams(W, torch.randn(D, generator=g, dtype=f64), torch.tensor(0.5, dtype=f64))
     x = sample_ppca(params, config.batch_size, g)
+    facts = {"data": f"{config.batch_size} datapoints drawn from a pPCA model (D = {D}, "
+                     f"L = {L}, σ = 0.5, float64)"}
+    return params, x, g, facts
+
+
+@torch.no_grad()
+def encoder_kl_to_posterior(vae, x: torch.Tensor, params: PPCAParams) -> float:
+    """KL(q(z|x) ‖ p(z|x)) of the VAE's encoder, mean over ``x``: nats per datapoint."""
+    loc, scale = vae.encode(x)
+    return float(kl_to_posterior(x, loc, torch.diag_embed(scale[0] ** 2), params).mean())
+
+
+def minibatches(data: torch.Tensor, batch_size: int, generator: torch.Generator):
+    """Endless shuffled minibatches ``(batch_size, D)``; each pass over ``data`` is a new
+    permutation, its last partial minibatch dropped."""
+    while True:
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(data) - batch_size + 1, batch_size):
+            yield data[order[start : start + batch_size]]
+
+
+def ppca_trained_settings(config: SNRConfig) -> tuple:
+    """The linear-Gaussian control at training checkpoints: the decoder fixed at the true
+    parameters, the encoder trained from q(z|x) = N(0, I) by Adam on the ``analytic`` ELBO
+    (nats per datapoint) over minibatches of a training set of ``ppca_train_size`` datapoints
+    drawn from the model, one setting per snapshot step. The ELBO's maximum is the exact
+    posterior for every x at once, so KL(q ‖ p(z|x)) measures how far training has got."""
+    params, x, g, facts = ppca_problem(config)
+    train = sample_ppca(params, config.ppca_train_size, g)  # (N, D), apart from x
+    vae = linear_gaussian_vae(params)  # decoder parameters kept, for their SNR; never stepped
+    encoder = list(vae.encoder.parameters())
+    objective = make_objective("analytic", vae)
+    optimizer = torch.optim.Adam(encoder, lr=config.ppca_lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 1 / (1 + step / config.ppca_lr_decay)
+    )
+    batches = minibatches(train, config.ppca_train_batch, g)
+    pyro.set_rng_seed(config.seed)  # the reparameterization noise
+    settings = []
+    for step in range(1, config.snapshot_steps[-1] + 1):
+        loss = objective.differentiable_loss(next(batches)) / config.ppca_train_batch
+        for p, grad in zip(encoder, torch.autograd.grad(loss, encoder), strict=True):
+            p.grad = grad
+        optimizer.step()
+        schedule.step()
+        if step in config.snapshot_steps:
+            kl = encoder_kl_to_posterior(vae, x, params)
+            settings.append({
+                "label": f"step {step}", "step": step, "kl_to_posterior": kl,
+                "heading": f"After {step} steps of training the encoder "
+                           f"(KL(q ‖ p(z|x)) = {kl:.3g} nats/datapoint)",
+                "state": copy.deepcopy(vae.state_dict()),
+            })
+    facts["training"] = (
+        f"Encoder trained from q(z|x) = N(0, I) by Adam (learning rate {config.ppca_lr:g} / "
+        f"(1 + step / {config.ppca_lr_decay})) on the `analytic` ELBO, on minibatches of "
+        f"{config.ppca_train_batch} of {config.ppca_train_size} training datapoints drawn from "
+        "the model; decoder fixed at the true parameters. KL(q ‖ p(z|x)) is measured on the "
+        "SNR minibatch."
+    )
+    return vae, x, settings, facts
+
+
+def ppca_perturbed_settings(config: SNRConfig) -> tuple:
+    """The linear-Gaussian control set by hand: one setting per perturbation, the exact
+    encoder plus N(0, perturbation²) noise on each of its parameters."""
+    params, x, g, facts = ppca_problem(config)
     vae = linear_gaussian_vae(params)
-    with torch.no_grad():
-        vae.likelihood.log_scale.fill_(float(params.sigma.log()))  # σ exactly, in float64
     settings = []
     for size in config.perturbations:
         vae.encoder.set_to_posterior(params)
         with torch.no_grad():
             for p in vae.encoder.parameters():
-                p.add_(size * torch.randn(p.shape, generator=g, dtype=f64))
-            loc, scale = vae.encode(x)
-            kl = float(kl_to_posterior(x, loc, torch.diag_embed(scale[0] ** 2), params).mean())
+                p.add_(size * torch.randn(p.shape, generator=g, dtype=torch.float64))
+        kl = encoder_kl_to_posterior(vae, x, params)
         settings.append({
             "label": f"perturbation {size}", "perturbation": size, "kl_to_posterior": kl,
             "heading": f"Encoder = exact posterior + N(0, {size}²) noise on each parameter "
                        f"(KL(q ‖ p(z|x)) = {kl:.3g} nats/datapoint)",
             "state": copy.deepcopy(vae.state_dict()),
         })
-    facts = {"data": f"{config.batch_size} datapoints drawn from a pPCA model (D = {D}, "
-                     f"L = {L}, σ = 0.5, float64)"}
     return vae, x, settings, facts
 
 
@@ -256,6 +339,8 @@ def markdown(document: dict) -> str:
         f"Command: `{document['command']}`",
         "",
     ]
+    if "training" in document:
+        lines += [document["training"], ""]
     head = ("| estimator | bound | " + " | ".join(f"encoder K={k}" for k in ks) + " | "
             + " | ".join(f"decoder K={k}" for k in ks) + " |")
     for setting in document["settings"]:
@@ -303,6 +388,14 @@ def plot(document: dict, path: Path) -> None:
 
 
 # --- the run ---------------------------------------------------------------------------------
+def default_folder(config: SNRConfig) -> str:
+    """gradient_snr_mnist, gradient_snr_ppca_trained (training) or gradient_snr_ppca
+    (perturbation, the folder's name from before the training source existed)."""
+    if config.model == "ppca" and config.ppca_settings == "training":
+        return "gradient_snr_ppca_trained"
+    return f"gradient_snr_{config.model}"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("mnist", "ppca"), default="mnist",
@@ -314,7 +407,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ks", type=int, nargs="+", help="particle numbers K")
     parser.add_argument("--estimators", nargs="+", help="estimator names from the registry")
     parser.add_argument("--snapshot-epochs", type=int, nargs="+",
-                        help="training epochs after which to measure, increasing")
+                        help="mnist: training epochs after which to measure, increasing")
+    parser.add_argument("--ppca-settings", choices=("training", "perturbation"),
+                        help="ppca: encoder trained to snapshot steps (default), or the exact "
+                             "posterior plus noise")
+    parser.add_argument("--snapshot-steps", type=int, nargs="+",
+                        help="ppca training: Adam steps after which to measure, increasing")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: least contention on shared cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or logs")
@@ -322,9 +420,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in args.estimators or ():
         if name not in ESTIMATORS:
             parser.error(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
-    epochs = args.snapshot_epochs
-    if epochs is not None and (epochs != sorted(set(epochs)) or epochs[0] < 1):
-        parser.error(f"--snapshot-epochs must be increasing positive integers, got {epochs}")
+    for option in ("snapshot_epochs", "snapshot_steps"):
+        snapshots = getattr(args, option)
+        if snapshots is not None and (snapshots != sorted(set(snapshots)) or snapshots[0] < 1):
+            parser.error(f"--{option.replace('_', '-')} must be increasing positive integers, "
+                         f"got {snapshots}")
+    if args.model == "mnist" and (args.ppca_settings or args.snapshot_steps):
+        parser.error("--ppca-settings and --snapshot-steps apply to --model ppca only")
+    if args.model == "ppca" and args.snapshot_epochs:
+        parser.error("--snapshot-epochs applies to --model mnist only")
+    if args.ppca_settings == "perturbation" and args.snapshot_steps:
+        parser.error("--snapshot-steps applies to --ppca-settings training only")
     if any(v < 1 for v in (args.ks or []) + [args.draws or 2, args.threads]) or args.draws == 1:
         parser.error("--ks and --threads must be positive and --draws at least 2")
     return args
@@ -333,7 +439,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     config = SNRConfig(model=args.model, **(QUICK if args.quick else {}))
-    for option in ("draws", "ks", "estimators", "snapshot_epochs"):
+    for option in ("draws", "ks", "estimators", "snapshot_epochs", "ppca_settings",
+                   "snapshot_steps"):
         value = getattr(args, option)
         if value is not None:
             setattr(config, option, tuple(value) if isinstance(value, list) else value)
@@ -344,8 +451,10 @@ def main(argv=None) -> int:
 
     if config.model == "mnist":
         vae, x, settings, facts = mnist_settings(config, progress=progress, log=log)
+    elif config.ppca_settings == "training":
+        vae, x, settings, facts = ppca_trained_settings(config)
     else:
-        vae, x, settings, facts = ppca_settings(config)
+        vae, x, settings, facts = ppca_perturbed_settings(config)
     cells = [(s, name, k) for s in settings for name in config.estimators for k in config.ks]
     results = []
     for setting, name, k in tqdm(cells, desc="gradient SNR", disable=not progress,
@@ -375,7 +484,7 @@ def main(argv=None) -> int:
                     "pyro": pyro.__version__, "threads": args.threads},
         "total_seconds": time.perf_counter() - start,
     }
-    args.out = args.out or RESULTS / f"gradient_snr_{config.model}"
+    args.out = args.out or RESULTS / default_folder(config)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "gradient_snr.json", document)
     atomic_write_bytes(args.out / "gradient_snr.md", markdown(document).encode())

@@ -1,5 +1,6 @@
 """benchmarks/gradient_snr.py: its quick mode runs and writes finite numbers (nothing here
-judges the SNR values), and its running moments equal torch's."""
+judges the SNR values), its pPCA training brings q towards the exact posterior, and its
+running moments equal torch's."""
 
 import json
 import math
@@ -47,12 +48,20 @@ def one_thread():
     torch.set_num_threads(threads)  # the benchmark sets its own thread count
 
 
-@pytest.mark.parametrize("model", ["mnist", "ppca"])
-def test_quick_run_writes_json_markdown_and_png(tmp_path, one_thread, model):
-    assert gradient_snr.main(["--quick", "--quiet", "--model", model, "--out", str(tmp_path)]) == 0
+SOURCES = {  # setting source: (command-line options, config field listing the settings)
+    "mnist": (["--model", "mnist"], "snapshot_epochs"),
+    "ppca-training": (["--model", "ppca"], "snapshot_steps"),
+    "ppca-perturbation": (["--model", "ppca", "--ppca-settings", "perturbation"], "perturbations"),
+}
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_quick_run_writes_json_markdown_and_png(tmp_path, one_thread, source):
+    options, listing = SOURCES[source]
+    assert gradient_snr.main(["--quick", "--quiet", *options, "--out", str(tmp_path)]) == 0
     document = json.loads((tmp_path / "gradient_snr.json").read_text())
     config, settings = document["config"], document["settings"]
-    assert len(settings) == len(config["snapshot_epochs" if model == "mnist" else "perturbations"])
+    assert len(settings) == len(config[listing])
     assert len(document["results"]) == len(settings) * len(config["estimators"]) * len(
         config["ks"]
     )
@@ -64,7 +73,7 @@ def test_quick_run_writes_json_markdown_and_png(tmp_path, one_thread, model):
         if cell["bound"] == "IWAE_K":
             assert 1 - 1e-9 <= cell["importance_ess"] <= cell["K"] + 1e-9
     for setting in settings:
-        value = setting["test_elbo" if model == "mnist" else "kl_to_posterior"]
+        value = setting["test_elbo" if source == "mnist" else "kl_to_posterior"]
         assert math.isfinite(value)
     table = (tmp_path / "gradient_snr.md").read_text()
     for name in config["estimators"]:
@@ -73,9 +82,28 @@ def test_quick_run_writes_json_markdown_and_png(tmp_path, one_thread, model):
     assert (tmp_path / "gradient_snr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_ppca_training_brings_the_encoder_to_the_posterior(tmp_path, one_thread):
+    # from q(z|x) = N(0, I), about 15 nats/datapoint from p(z|x) after 10 of the quick run's
+    # steps, to under 1 after 200
+    assert gradient_snr.main(["--quick", "--quiet", "--model", "ppca", "--snapshot-steps",
+                              "10", "200", "--out", str(tmp_path)]) == 0
+    document = json.loads((tmp_path / "gradient_snr.json").read_text())
+    assert [s["step"] for s in document["settings"]] == [10, 200]
+    early, late = (s["kl_to_posterior"] for s in document["settings"])
+    assert 0 < late < 1 < early
+    assert "After 200 steps of training the encoder" in (tmp_path / "gradient_snr.md").read_text()
+
+
 def test_bad_options_are_refused(capsys):
-    for argv in (["--estimators", "elbo"], ["--snapshot-epochs", "3", "1"], ["--draws", "1"]):
+    for argv in (["--estimators", "elbo"], ["--snapshot-epochs", "3", "1"], ["--draws", "1"],
+                 ["--snapshot-steps", "100", "10", "--model", "ppca"],
+                 ["--ppca-settings", "training"],
+                 ["--model", "ppca", "--snapshot-epochs", "2"],
+                 ["--model", "ppca", "--ppca-settings", "perturbation", "--snapshot-steps", "5"]):
         with pytest.raises(SystemExit) as exit_info:
             gradient_snr.main(argv)
         assert exit_info.value.code == 2
-    assert "unknown estimator 'elbo'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown estimator 'elbo'" in err
+    assert "--snapshot-steps must be increasing positive integers" in err
+    assert "--ppca-settings and --snapshot-steps apply to --model ppca only" in err
