@@ -126,8 +126,8 @@ class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
        ``loss_and_grads``, hence ``SVI.step``, calls) tests ``self._loss_and_surrogate_loss``
        for its cache but stores the compiled function in ``self._differentiable_loss``, so it
        builds a new :func:`pyro.ops.jit.trace` and re-runs :func:`torch.jit.trace` at every
-       step (measured here: 2.2–4.5× the step time of the hand-written loss, against
-       1.0–1.02× compiled once; ``benchmarks/README.md``). This class keeps the compiled
+       step (measured here: 2.3–4.8× the step time of the hand-written loss, against
+       1.05–1.10× compiled once; ``benchmarks/README.md``). This class keeps the compiled
        function, which computes what Pyro's does; Pyro's, tracing anew, also draws every
        step's random numbers twice (once while tracing), so the two follow different
        sample paths from the same seed.
