@@ -218,6 +218,11 @@ def test_burda_setup_is_the_papers():
     assert burda_learning_rate(1093, burda.FULL_EPOCHS) == pytest.approx(1e-4)
     assert burda.PAPER[common.Spec("meanfield", 1)][1:] == (86.76, 19)
     assert burda.PAPER[common.Spec("iwae", 50)][1:] == (84.78, 25)
+    # --batch-size changes the batch only: the schedule stays in epochs
+    args = burda.parse_args(["--batch-size", "100", "--epochs", "780"])
+    wide = burda.train_config(burda.BurdaConfig(batch_size=args.batch_size),
+                              common.Spec("meanfield", 1), args.epochs)
+    assert (wide.batch_size, wide.epochs, wide.lr_schedule, wide.lr) == (100, 780, "burda", 1e-3)
 
 
 # --- quick modes -------------------------------------------------------------------------------
