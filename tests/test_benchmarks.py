@@ -6,6 +6,7 @@ checkpoint format, and the JIT meanfield ELBO compiles once."""
 import copy
 import json
 import math
+import statistics
 
 import pyro
 import pyro.distributions as dist
@@ -13,7 +14,7 @@ import pyro.optim
 import pytest
 import torch
 
-from benchmarks import burda, common, compare_estimators, overhead
+from benchmarks import burda, common, compare_estimators, distributed_throughput, overhead
 from pyro_vae import ESTIMATORS, VAE, ConfigError, make_objective
 from pyro_vae.estimators import JointAdam, SVITrainer
 from pyro_vae.training import burda_learning_rate
@@ -268,3 +269,20 @@ def test_burda_quick_run_then_resume(tmp_path, one_thread):
     again = json.loads((tmp_path / "burda.json").read_text())
     assert [r["nll"] for r in again["results"]] == first
     assert all(r["epochs_chosen"] == "from the checkpoint" for r in again["results"])
+
+
+def test_distributed_throughput_quick_run(tmp_path, one_thread):
+    """2 gloo ranks spawned on the loopback interface: every row is timed and consistent."""
+    out = tmp_path / "dt"
+    assert distributed_throughput.main(["--quick", "--quiet", "--out", str(out)]) == 0
+    report = json.loads((out / "distributed_throughput.json").read_text())
+    rows = report["rows"]
+    assert [r["world_size"] for r in rows] == [1, 1, 2]
+    for r in rows:
+        seconds = statistics.median(r["seconds_per_block"])
+        steps = report["config"]["steps"]
+        assert r["ms_per_step"] == pytest.approx(1e3 * seconds / steps)
+        assert r["images_per_second"] == pytest.approx(
+            steps * report["config"]["batch_size"] / seconds)
+    assert rows[0]["speedup_vs_no_ddp"] == 1.0
+    assert (out / "distributed_throughput.md").read_text().count("\n| ") >= 4
