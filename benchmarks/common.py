@@ -3,7 +3,6 @@ time-budgeted training, log p(x) evaluation, machine facts and file output."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
@@ -25,7 +24,7 @@ from pyro_vae.data import binarize
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import ESTIMATORS, SVITrainer, get_estimator, make_objective
 from pyro_vae.networks import get_preset
-from pyro_vae.training import TrainConfig, build_vae, mean_elbo
+from pyro_vae.training import TrainConfig, build_vae, mean_elbo, step_checks
 
 
 # --- estimators ------------------------------------------------------------------------------
@@ -84,8 +83,7 @@ def stepper(trainer, x: torch.Tensor, *, validate_every_step: bool = False) -> C
 
     def step() -> None:
         nonlocal first
-        checks = (contextlib.nullcontext() if validate_every_step or first
-                  else pyro.validation_enabled(False))
+        checks = step_checks(validate_every_step or first)
         first = False
         with checks:
             trainer.step(x)
@@ -223,9 +221,7 @@ def seconds_per_epoch(config: TrainConfig, train: torch.Tensor, test: torch.Tens
     binary = vae.likelihood.needs_binary_data
     trainer.step(random_minibatch(train, config.batch_size, generator, binary))  # warm-up
     steps, t0 = 0, time.perf_counter()
-    checks = (contextlib.nullcontext() if config.validate_every_step
-              else pyro.validation_enabled(False))  # as fit runs every step after its first
-    with checks:
+    with step_checks(config.validate_every_step):  # as fit runs every step after its first
         while steps < 10 or time.perf_counter() - t0 < probe_seconds:
             trainer.step(random_minibatch(train, config.batch_size, generator, binary))
             steps += 1

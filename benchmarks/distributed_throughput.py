@@ -44,7 +44,7 @@ from pyro_vae.checkpoint import atomic_write_bytes, atomic_write_json
 from pyro_vae.data import binarize
 from pyro_vae.distributed import DistributedTrainer, init_process_group
 from pyro_vae.estimators import make_objective
-from pyro_vae.training import TrainConfig, build_vae, prepare_data
+from pyro_vae.training import TrainConfig, build_vae, prepare_data, step_checks
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "distributed_throughput"
 
@@ -92,7 +92,7 @@ def _time_steps(cfg: ThroughputConfig, trainer, data, sync) -> list[float]:
     for i in range(cfg.warmup):
         step(i)
     blocks = []
-    with pyro.validation_enabled(False):  # fit validates its first step only
+    with step_checks(False):  # fit validates its first step only
         for _ in range(cfg.repeats):
             sync()
             t0 = time.perf_counter()

@@ -60,6 +60,7 @@ __all__ = [
     "load_vae",
     "mean_elbo",
     "prepare_data",
+    "step_checks",
 ]
 
 TEST_BINARIZATION_SEED = 0  # one fixed binarized test set, whatever the training seed
@@ -325,6 +326,12 @@ def _divergence_in(error: ValueError, vae: VAE) -> str | None:
     return None
 
 
+def step_checks(validate: bool):
+    """The context one training step runs in: Pyro's and torch's validation checks as Pyro's
+    global setting says when ``validate``, else off (see the module docstring)."""
+    return contextlib.nullcontext() if validate else pyro.validation_enabled(False)
+
+
 def fit(
     config: TrainConfig,
     out_dir: str | Path | None = None,
@@ -413,8 +420,7 @@ def fit(
             x = data.train[permutation[start : start + config.batch_size]]
             if binary:
                 x = binarize(x, generator)
-            checks = (contextlib.nullcontext() if validate_step
-                      else pyro.validation_enabled(False))
+            checks = step_checks(validate_step)
             validate_step = config.validate_every_step
             try:
                 with checks:
