@@ -116,15 +116,17 @@ class VAE(nn.Module):
         return self.prefix + "data"
 
     # --- the Pyro program ----------------------------------------------------------------
-    def _data_plate(self, batch_size: int, num_data: int | None, plate: bool):
+    def _data_plate(self, batch_size: int, num_data: int | None, plate: bool, device):
         """The data plate; with ``num_data`` the log-densities are scaled by num_data / B so
-        that a minibatch loss estimates the full-data loss."""
+        that a minibatch loss estimates the full-data loss. The plate's indices live on
+        ``device``, the data's."""
         if not plate:
             return contextlib.nullcontext()
+        data_plate = pyro.plate(self.plate_name, batch_size, device=device)
         if num_data is None or num_data == batch_size:
-            return pyro.plate(self.plate_name, batch_size)
+            return data_plate
         stack = contextlib.ExitStack()
-        stack.enter_context(pyro.plate(self.plate_name, batch_size))
+        stack.enter_context(data_plate)
         stack.enter_context(poutine.scale(scale=num_data / batch_size))
         return stack
 
@@ -145,7 +147,7 @@ class VAE(nn.Module):
         if self._likelihood_has_params:
             pyro.module(self.prefix + "likelihood", self.likelihood)
         batch_size = x.shape[0]
-        with self._data_plate(batch_size, num_data, plate):
+        with self._data_plate(batch_size, num_data, plate, x.device):
             loc = x.new_zeros(batch_size, self.latent_dim)
             prior = dist.Normal(loc, torch.ones_like(loc)).to_event(1)
             with self._kl_weight():
@@ -157,7 +159,7 @@ class VAE(nn.Module):
     def guide(self, x, context=None, *, num_data: int | None = None, plate: bool = True):
         """q_φ(z|x) = N(z; loc(x), diag(scale(x)²)), arguments as in :meth:`model`."""
         pyro.module(self.prefix + "encoder", self.encoder)
-        with self._data_plate(x.shape[0], num_data, plate):
+        with self._data_plate(x.shape[0], num_data, plate, x.device):
             loc, scale = self.encoder(x, context)
             with self._kl_weight():
                 return pyro.sample(self.z_site, dist.Normal(loc, scale).to_event(1))

@@ -224,6 +224,11 @@ def test_burda_setup_is_the_papers():
     wide = burda.train_config(burda.BurdaConfig(batch_size=args.batch_size),
                               common.Spec("meanfield", 1), args.epochs)
     assert (wide.batch_size, wide.epochs, wide.lr_schedule, wide.lr) == (100, 780, "burda", 1e-3)
+    # a short budget may give the paper's eight rates equal shares instead
+    args = burda.parse_args(["--lr-schedule", "burda-even", "--lr", "2e-3"])
+    even = burda.train_config(burda.BurdaConfig(lr_schedule=args.lr_schedule, lr=args.lr),
+                              common.Spec("meanfield", 1), 80)
+    assert (even.lr_schedule, even.lr, even.batch_size) == ("burda-even", 2e-3, 20)
 
 
 # --- quick modes -------------------------------------------------------------------------------
@@ -250,9 +255,16 @@ def test_overhead_quick_run(tmp_path, one_thread):
     assert [r["batch_size"] for r in document["results"]] == list(overhead.QUICK["batch_sizes"])
     for r in document["results"]:
         assert r["steppers"]["analytic"]["ratio"] == 1.0
-        assert {"meanfield", "meanfield [pyro Adam]", "jit-meanfield"} <= set(r["steppers"])
+        assert {"meanfield", "meanfield [pyro Adam]", "meanfield [pyro ELBO]",
+                "jit-meanfield"} <= set(r["steppers"])
         assert all(s["median_ms"] > 0 for s in r["steppers"].values())
     assert document["profiles"] and document["validation"]
+    # every Pyro stepper's time is attributed to its own parts (Pyro's ELBO class or the
+    # registry's subclass), once: no part is missing, none exceeds the step
+    parts = document["profiles"][0]["ms_per_step"]
+    for label in ("meanfield", "meanfield [pyro ELBO]", "meanfield [pyro Adam]"):
+        part = {name.split(" (")[0]: ms for name, ms in parts[label].items()}
+        assert 0 < part["ELBO from the traces"] < part["trace model and guide"] < part["total"]
 
 
 def test_burda_quick_run_then_resume(tmp_path, one_thread):

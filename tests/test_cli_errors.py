@@ -182,7 +182,7 @@ def test_unwritable_run_folder_is_one_line(tmp_path, capsys):
      ("estimator", "elbo", f"unknown estimator 'elbo'; known estimators: {', '.join(ESTIMATORS)}"),
      ("likelihood", "mse",
       f"unknown likelihood 'mse'; known likelihoods: {', '.join(LIKELIHOODS)}"),
-     ("lr_schedule", "cosine", "unknown lr_schedule 'cosine'; known: constant, burda"),
+     ("lr_schedule", "cosine", "unknown lr_schedule 'cosine'; known: constant, burda, burda-even"),
      ("hidden_sizes", (400, -1), "hidden_sizes must be positive integers, got (400, -1)")],
     ids=lambda v: str(v)[:20],
 )

@@ -10,6 +10,7 @@ import torch
 from torch.distributions import Normal
 
 from pyro_vae import ESTIMATORS, VAE, ConfigError, make_objective
+from pyro_vae.estimators import TraceMeanField_ELBO
 from pyro_vae.losses import analytic_elbo, mc_elbo
 from tests.conftest import assert_close, binary_batch
 
@@ -246,3 +247,91 @@ def test_every_estimator_with_particles_reports_a_finite_loss_per_datapoint(name
     loss = objective.loss(x)
     # nats per datapoint: between the data's entropy floor (0) and a generous ceiling
     assert 0 < loss / 8 < 12 * math.log(2) * 10
+
+
+# --- meanfield: Pyro's TraceMeanField_ELBO without the log-densities it does not use ---------
+def _elbo_loss_and_grads(elbo, model, guide, params, x, seed, **kwargs):
+    for p in params:
+        p.grad = None
+    pyro.set_rng_seed(seed)
+    loss = elbo.differentiable_loss(model, guide, x, **kwargs)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("validation", [False, True], ids=["unvalidated", "validated"])
+@pytest.mark.parametrize(
+    "beta, num_data, k", [(1.0, None, 1), (0.5, 1000, 1), (1.0, None, 3)],
+    ids=["elbo", "beta-scaled", "3-particles"],
+)
+def test_lean_meanfield_equals_pyro_bit_for_bit(validation, beta, num_data, k):
+    vae = make_vae(beta=beta)
+    x = data_for("bernoulli")
+    params = list(vae.parameters())
+    kwargs = {} if num_data is None else {"num_data": num_data}
+    elbos = [cls(num_particles=k, vectorize_particles=k > 1, max_plate_nesting=1)
+             for cls in (TraceMeanField_ELBO, pyro.infer.TraceMeanField_ELBO)]
+    with pyro.validation_enabled(validation):
+        (a_loss, a_grads), (b_loss, b_grads) = (
+            _elbo_loss_and_grads(e, vae.model, vae.guide, params, x, 5, **kwargs) for e in elbos
+        )
+        pyro.set_rng_seed(6)
+        a_float = elbos[0].loss(vae.model, vae.guide, x, **kwargs)
+        pyro.set_rng_seed(6)
+        b_float = elbos[1].loss(vae.model, vae.guide, x, **kwargs)
+    assert torch.equal(a_loss, b_loss) and a_float == b_float
+    for a, b in zip(a_grads, b_grads, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_lean_meanfield_skips_the_unused_log_densities_only_when_unvalidated():
+    vae = make_vae()
+    x = data_for("bernoulli")
+    elbo = TraceMeanField_ELBO(max_plate_nesting=1)
+    for validation, computed in ((False, False), (True, True)):
+        with pyro.validation_enabled(validation):
+            model_trace, guide_trace = elbo._get_trace(vae.model, vae.guide, (x,), {})
+        assert ("log_prob" in model_trace.nodes["z"]) is computed
+        assert ("score_parts" in guide_trace.nodes["z"]) is computed
+        assert "log_prob_sum" in model_trace.nodes["x"]
+
+
+def _no_closed_form_kl_program(auxiliary: bool):
+    """A model and guide with a latent site ``u`` whose KL(q ‖ p) torch does not know (Normal
+    against Cauchy), so that the estimator falls back to log p(u) − log q(u); a site ``v``
+    whose KL it knows; and, with ``auxiliary``, an auxiliary guide site (entropy term)."""
+    net = torch.nn.Linear(1, 3)
+
+    def model(x):
+        pyro.module("net", net)
+        with pyro.plate("data", x.shape[0]):
+            u = pyro.sample("u", pyro.distributions.Cauchy(0.0, 1.0).expand([x.shape[0]]))
+            v = pyro.sample("v", pyro.distributions.Normal(0.0, 2.0).expand([x.shape[0]]))
+            pyro.sample("x", pyro.distributions.Normal(u + v, 1.0), obs=x)
+
+    def guide(x):
+        loc = pyro.module("net", net)(x.unsqueeze(-1))
+        with pyro.plate("data", x.shape[0]):
+            if auxiliary:
+                pyro.sample("aux", pyro.distributions.Normal(loc[:, 2], 1.0),
+                            infer={"is_auxiliary": True})
+            pyro.sample("u", pyro.distributions.Normal(loc[:, 0], 0.5))
+            pyro.sample("v", pyro.distributions.Normal(loc[:, 1], 0.5))
+
+    return model, guide, list(net.parameters())
+
+
+@pytest.mark.parametrize("validation", [False, True], ids=["unvalidated", "validated"])
+@pytest.mark.parametrize("auxiliary", [False, True], ids=["no-kl", "no-kl+auxiliary"])
+def test_lean_meanfield_falls_back_to_pyro_where_it_needs_the_log_densities(validation,
+                                                                            auxiliary):
+    model, guide, params = _no_closed_form_kl_program(auxiliary)
+    x = torch.linspace(-2.0, 2.0, 7)
+    with pyro.validation_enabled(validation):
+        (a_loss, a_grads), (b_loss, b_grads) = (
+            _elbo_loss_and_grads(cls(max_plate_nesting=1), model, guide, params, x, 2)
+            for cls in (TraceMeanField_ELBO, pyro.infer.TraceMeanField_ELBO)
+        )
+    assert torch.equal(a_loss, b_loss)
+    for a, b in zip(a_grads, b_grads, strict=True):
+        assert torch.equal(a, b)

@@ -41,7 +41,7 @@ def explode_lr_after_first_epoch(monkeypatch):
     """Under the burda schedule, epoch 1 keeps lr0 and every later epoch gets lr 1e6: a real
     optimizer blow-up, with the first epoch's checkpoint as the last good state."""
     monkeypatch.setattr(training_module, "burda_learning_rate",
-                        lambda epoch, total, lr0=1e-3: lr0 if epoch == 0 else 1e6)
+                        lambda epoch, total, lr0=1e-3, **kw: lr0 if epoch == 0 else 1e6)
 
 
 # --- numerical faults ---------------------------------------------------------------------

@@ -100,6 +100,18 @@ def test_burda_schedule_closed_form():
     assert burda_learning_rate(109, 328) == pytest.approx(1e-3 * 10 ** (-6 / 7))
 
 
+def test_burda_even_schedule_gives_each_rate_an_equal_share():
+    rates = [burda_learning_rate(e, 80, 2e-3, even=True) for e in range(80)]
+    for i in range(8):
+        assert rates[10 * i : 10 * i + 10] == [pytest.approx(2e-3 * 10 ** (-i / 7))] * 10
+    # the same rates as the paper's schedule, in the same order
+    assert sorted(set(rates), reverse=True) == pytest.approx(
+        sorted({burda_learning_rate(e, 3280, 2e-3) for e in range(3280)}, reverse=True))
+    config = tiny_config(epochs=8, lr=2e-3, lr_schedule="burda-even")
+    result = fit(config, progress=False, log=quiet)
+    assert [r["lr"] for r in result.history] == pytest.approx(rates[::10])
+
+
 def test_test_set_binarization_is_fixed_and_training_binarization_is_dynamic():
     a, b = prepare_data(tiny_config(seed=1)), prepare_data(tiny_config(seed=2))
     assert torch.equal(a.test, b.test)
