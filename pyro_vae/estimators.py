@@ -409,7 +409,7 @@ class TorchTrainer:
         loss = self.objective.differentiable_loss(x, context, num_data=num_data)
         loss.backward()
         self.optim.step()
-        return loss.item()
+        return loss.detach().item()
 
     def set_lr(self, lr: float) -> None:
         for group in self.optim.param_groups:

@@ -177,4 +177,4 @@ class DReG_ELBO(IWAE_ELBO):
         loss, surrogate_loss = self._loss_and_surrogate_loss(model, guide, args, kwargs)
         if surrogate_loss.requires_grad:
             surrogate_loss.backward(retain_graph=self.retain_graph)
-        return float(loss)
+        return float(loss.detach())

@@ -174,7 +174,7 @@ def one_process_steps(estimator, likelihood, num_data):
             total = total + objective.differentiable_loss(x[a:b], num_data=shard_num_data)
         total.backward()
         optim.step()
-        losses.append(float(total))
+        losses.append(float(total.detach()))
         params.append({k: v.detach().clone() for k, v in vae.named_parameters()})
     return losses, params
 
