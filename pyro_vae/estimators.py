@@ -113,8 +113,9 @@ def _is_observed(name, site) -> bool:
 
 class TraceMeanField_ELBO(pyro.infer.TraceMeanField_ELBO):
     """:class:`pyro.infer.TraceMeanField_ELBO` without the log-densities it computes and never
-    uses: the same loss and gradients, bit for bit, about 0.1–0.2 ms less per step on the
-    784-400-50 network (``benchmarks/README.md``).
+    uses: the same loss and gradients, bit for bit, 0.1–0.3 ms less per step at batch 32–256
+    and 0.3–0.8 ms at 512–1024 on the 784-400-50 network, one CPU thread
+    (``benchmarks/README.md``).
 
     Pyro's class builds its traces with :func:`pyro.infer.enum.get_importance_trace`, which
     evaluates log p(z) at every latent site of the model and log q(z|x) at every site of the
