@@ -8,24 +8,27 @@ from pyro_vae.errors import (
     ConfigError,
     DataError,
     PyroVAEError,
+    RunFolderError,
     TrainingDivergedError,
 )
-from pyro_vae.estimators import ESTIMATORS, get_estimator, make_objective
 from pyro_vae.likelihoods import LIKELIHOODS, make_likelihood
 from pyro_vae.model import VAE
 from pyro_vae.networks import PRESETS
+from pyro_vae.objectives import ESTIMATORS, Bound, get_estimator, make_objective
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ESTIMATORS",
     "LIKELIHOODS",
     "PRESETS",
     "VAE",
+    "Bound",
     "CheckpointError",
     "ConfigError",
     "DataError",
     "PyroVAEError",
+    "RunFolderError",
     "TrainingDivergedError",
     "get_estimator",
     "make_likelihood",

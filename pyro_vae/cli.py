@@ -1,7 +1,10 @@
-"""The ``pyro-vae`` command line: ``train`` (and the subcommands listed in :data:`COMMANDS`).
+"""The ``pyro-vae`` command line: ``train``, ``evaluate``, ``sample`` and ``plot`` (one module
+each in :mod:`pyro_vae.commands`).
 
-Errors the user can cause (bad arguments, bad files, a diverged run) end with one line on
-stderr, ``pyro-vae: error: ...``, and exit status 2, never a traceback.
+Every failure a user can cause (a bad argument, a bad or damaged file, a folder in use, a run
+that diverges, a size that cannot fit in memory) ends with one line on stderr,
+``pyro-vae: error: ...``, and exit status 2, never a traceback. Ctrl-C ends with exit status
+130, the shell's convention for an interrupt, and says what was saved.
 """
 
 from __future__ import annotations
@@ -11,16 +14,18 @@ import importlib
 import sys
 from pathlib import Path
 
+import torch
+
 from pyro_vae.errors import PyroVAEError
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 # Subcommand name → module with ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS = {
     "train": "pyro_vae.commands.train",
-    "plot": "pyro_vae.commands.plot",
-    "sample": "pyro_vae.commands.sample",
     "evaluate": "pyro_vae.commands.evaluate",
+    "sample": "pyro_vae.commands.sample",
+    "plot": "pyro_vae.commands.plot",
 }
 
 
@@ -55,42 +60,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (PyroVAEError, OSError) as e:  # OSError: a full disk, a folder we may not write
-        print(f"pyro-vae: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
-        return 2
+        return _fail(str(e))
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        return _fail(f"out of memory ({' '.join(str(e).split())[:200]}); use smaller sizes")
     except KeyboardInterrupt:
-        out = getattr(args, "out", None)
-        where = f" The last finished epoch is saved in {out}." if out else ""
-        print(f"pyro-vae: interrupted.{where}", file=sys.stderr)
+        print(f"pyro-vae: interrupted (exit status 130).{_saved(args)}", file=sys.stderr)
         return 130
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _fail(message: str) -> int:
+    print(f"pyro-vae: error: {' '.join(message.split())}", file=sys.stderr)  # one line
+    return 2
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
-def existing_path(text: str) -> Path:
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
-    return path
+def _saved(args) -> str:
+    """What an interrupted ``train`` left on disk."""
+    out = getattr(args, "out", None)
+    if args.command != "train" or out is None:
+        return ""
+    checkpoint = Path(out) / "checkpoint.pt"
+    if checkpoint.exists():
+        return (f" The last finished epoch is saved in {checkpoint}; continue with: "
+                f"pyro-vae train --resume {out}")
+    return " No epoch had finished: nothing was saved."
 
 
 if __name__ == "__main__":  # pragma: no cover

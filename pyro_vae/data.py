@@ -32,15 +32,20 @@ from pyro_vae.errors import ConfigError, DataError
 
 __all__ = [
     "DATASETS",
+    "TEST_BINARIZATION_SEED",
     "Dataset",
+    "PreparedData",
     "binarize",
     "check_grey_levels",
     "download",
     "load_dataset",
     "parse_idx",
+    "prepare_data",
     "preprocess",
     "read_idx",
 ]
+
+TEST_BINARIZATION_SEED = 0  # one fixed binarized test set, whatever the training seed
 
 _UINT8 = 0x08  # the IDX type byte of unsigned bytes, the only type MNIST-format files use
 _IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32",
@@ -394,3 +399,47 @@ def check_grey_levels(x: torch.Tensor, *, where: str = "data") -> None:
         raise DataError(
             f"{where}: expected grey levels in [0, 1], found values in [{low:.4g}, {high:.4g}]"
         )
+
+
+class PreparedData(NamedTuple):
+    """What training and evaluation read: tensors on the device."""
+
+    train: torch.Tensor | None  # (N, D) float grey levels in [0, 1]; None when not asked for
+    test: torch.Tensor  # (M, D) float: what the likelihood models (binarized once for Bernoulli)
+    test_labels: torch.Tensor  # (M,) int64
+    dataset: Dataset
+
+
+def prepare_data(
+    dataset: Dataset,
+    *,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    binarize_test: bool = True,
+    device: str | torch.device = "cpu",
+    train: bool = True,
+) -> PreparedData:
+    """The first ``train_size`` training and ``test_size`` test images of ``dataset`` (all by
+    default) as float grey levels on ``device``; with ``binarize_test`` the test images are
+    binarized once, with :data:`TEST_BINARIZATION_SEED`, so that every run and every
+    evaluation sees the same binary test set. ``train=False`` leaves the training images out
+    (evaluation needs only the test set).
+
+    :raises DataError: if a requested split is empty.
+    """
+    test = dataset.test_images[:test_size]
+    train_images = dataset.train_images[:train_size] if train else None
+    if test.shape[0] == 0 or (train_images is not None and train_images.shape[0] == 0):
+        raise DataError(
+            f"{dataset.source}: empty data set ({len(dataset.train_images[:train_size])} "
+            f"training, {test.shape[0]} test images)"
+        )
+    test = preprocess(test)
+    if binarize_test:
+        test = binarize(test, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
+    return PreparedData(
+        train=None if train_images is None else preprocess(train_images).to(device),
+        test=test.to(device),
+        test_labels=dataset.test_labels[: test.shape[0]],
+        dataset=dataset,
+    )

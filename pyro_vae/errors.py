@@ -5,7 +5,14 @@ one of these, with a message that names the file or argument, what was expected 
 found. The command line turns them into a one-line message and a non-zero exit status.
 """
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "PyroVAEError", "TrainingDivergedError"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "PyroVAEError",
+    "RunFolderError",
+    "TrainingDivergedError",
+]
 
 
 class PyroVAEError(Exception):
@@ -26,3 +33,8 @@ class CheckpointError(PyroVAEError, ValueError):
 
 class TrainingDivergedError(PyroVAEError, FloatingPointError):
     """The loss or the parameters became NaN or infinite during training."""
+
+
+class RunFolderError(PyroVAEError, ValueError):
+    """A run folder cannot be used: another process holds it, it already holds a run, or it
+    cannot be written."""

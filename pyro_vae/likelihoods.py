@@ -40,6 +40,12 @@ class Likelihood(nn.Module):
         """Decoder output bias that makes p(x|z) match the per-feature data mean ``mean``."""
         return mean
 
+    def log_prob_sum(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over the features, nats: ``params (..., B, D)`` (the decoder's
+        output) and ``x (B, D)`` → ``(..., B)``. Subclasses may offer a faster formula; the
+        tests check each against ``self(params).log_prob(x)``."""
+        return self(params).log_prob(x).sum(-1)
+
 
 def _logit_of_mean(mean: torch.Tensor) -> torch.Tensor:
     p = mean.clamp(1e-3, 1 - 1e-3)
@@ -67,6 +73,13 @@ class Bernoulli(Likelihood):
 
     def output_bias(self, mean: torch.Tensor) -> torch.Tensor:
         return _logit_of_mean(mean)
+
+    def log_prob_sum(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Σ_d [x_d l_d − softplus(l_d)] with the logits l: about three times faster on CPU
+        than ``Bernoulli.log_prob``, which evaluates a cross-entropy with extra terms."""
+        out = torch.nn.functional.softplus(params)
+        out.addcmul_(params, x, value=-1.0)  # softplus(l) − x·l = −log p(x_d|z)
+        return -out.sum(-1)
 
 
 class ContinuousBernoulli(Likelihood):

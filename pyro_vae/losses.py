@@ -52,24 +52,24 @@ def sample_posterior(loc, scale, num_particles: int = 1, generator=None) -> torc
     return loc + scale * eps
 
 
-def analytic_elbo(vae, x, context=None, *, num_particles: int = 1, generator=None, beta=None):
+def analytic_elbo(vae, x, *, num_particles: int = 1, generator=None, beta=None):
     """E_q[log p(x|z)] (Monte Carlo over ``num_particles``) − β KL(q(z|x) ‖ p(z)) (closed
     form), per datapoint: ``(B,)`` nats. β defaults to ``vae.beta``; β = 1 is the ELBO."""
     beta = vae.beta if beta is None else beta
-    loc, scale = vae.encoder(x, context)
+    loc, scale = vae.encoder(x)
     z = sample_posterior(loc, scale, num_particles, generator)
-    log_px_given_z = vae.likelihood(vae.decoder(z, context)).log_prob(x).sum(-1)  # (K, B)
+    log_px_given_z = vae.likelihood(vae.decoder(z)).log_prob(x).sum(-1)  # (K, B)
     return log_px_given_z.mean(0) - beta * gaussian_kl_to_standard_normal(loc, scale)
 
 
-def mc_elbo(vae, x, context=None, *, num_particles: int = 1, generator=None, beta=None):
+def mc_elbo(vae, x, *, num_particles: int = 1, generator=None, beta=None):
     """log p(x|z) + β [log p(z) − log q(z|x)] on reparameterized samples, averaged over
     ``num_particles``, per datapoint: ``(B,)`` nats. The log-densities of the Gaussians are
     written out, so this shares nothing with Pyro but the networks."""
     beta = vae.beta if beta is None else beta
-    loc, scale = vae.encoder(x, context)
+    loc, scale = vae.encoder(x)
     z = sample_posterior(loc, scale, num_particles, generator)
-    log_px_given_z = vae.likelihood(vae.decoder(z, context)).log_prob(x).sum(-1)
+    log_px_given_z = vae.likelihood(vae.decoder(z)).log_prob(x).sum(-1)
     log_pz = _standard_normal_log_prob(z)
     log_qz = _normal_log_prob(z, loc, scale)
     return (log_px_given_z + beta * (log_pz - log_qz)).mean(0)
@@ -80,13 +80,13 @@ def _to_loss(elbo: torch.Tensor, num_data: int | None) -> torch.Tensor:
     return -scale * elbo.sum()
 
 
-def analytic_loss(vae, x, context=None, *, num_particles=1, num_data=None, generator=None):
+def analytic_loss(vae, x, *, num_particles=1, num_data=None, generator=None):
     """−Σ_i analytic ELBO(x_i), Pyro's scale (see the module docstring)."""
-    elbo = analytic_elbo(vae, x, context, num_particles=num_particles, generator=generator)
+    elbo = analytic_elbo(vae, x, num_particles=num_particles, generator=generator)
     return _to_loss(elbo, num_data)
 
 
-def mc_loss(vae, x, context=None, *, num_particles=1, num_data=None, generator=None):
+def mc_loss(vae, x, *, num_particles=1, num_data=None, generator=None):
     """−Σ_i Monte Carlo ELBO(x_i), Pyro's scale (see the module docstring)."""
-    elbo = mc_elbo(vae, x, context, num_particles=num_particles, generator=generator)
+    elbo = mc_elbo(vae, x, num_particles=num_particles, generator=generator)
     return _to_loss(elbo, num_data)

@@ -1,139 +1,197 @@
-"""Train a VAE (SVI or a hand-written loss); write metrics.json, checkpoint.pt and pictures.
+"""Train a VAE; write metrics.json, checkpoint.pt and pictures into a run folder.
 
-Example: pyro-vae train --estimator meanfield --epochs 20 --out runs/meanfield
+The folder is held locked while the run writes it; a folder that already holds a run is
+refused unless given --resume (continue it) or --overwrite (replace it). On --resume only
+--epochs, --data-dir and --device may change; any other option that differs from the saved
+run is refused, with its saved value.
+
+Examples:
+  pyro-vae train                                    # meanfield, 10 epochs, runs/meanfield-<time>
+  pyro-vae train --estimator iwae -K 50 --out runs/iwae50
+  pyro-vae train --resume runs/iwae50 --epochs 20   # continue, to 20 epochs in all
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
 
-from pyro_vae.cli import positive_float, positive_int
-from pyro_vae.data import DATASETS
+from pyro_vae.commands.options import non_negative_int, positive_float, positive_int, seed
+from pyro_vae.config import LR_SCHEDULES, TrainConfig, load_data, resumed_config
+from pyro_vae.data import DATASETS, load_dataset
 from pyro_vae.distributed import DEFAULT_TIMEOUT_SECONDS, barrier, process_group
-from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.errors import ConfigError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.networks import ACTIVATIONS, PRESETS
-from pyro_vae.training import LR_SCHEDULES, TrainConfig, fit, prepare_data
+from pyro_vae.objectives import ESTIMATORS
+from pyro_vae.runs import RunFolder
+from pyro_vae.training import fit
 
 DEFAULTS = TrainConfig()
+OPTION_NAMES: dict[str, str] = {}  # config field → its option, for messages
+
+
+def _config_option(group, *flags: str, field: str, help: str, **kwargs) -> None:
+    """An option that sets config ``field``: left ``None`` unless given, so that a resumed
+    run can tell what the user asked to change; its help shows the config's default."""
+    default = getattr(DEFAULTS, field)
+    shown = default if not isinstance(default, tuple) else " ".join(map(str, default))
+    if default is None:
+        shown = "the preset's" if field in ("latent_dim", "hidden_sizes", "activation") else "all"
+    if field == "num_particles":
+        shown = "the estimator's: " + ", ".join(
+            f"{n} {e.default_num_particles}" for n, e in ESTIMATORS.items()
+            if e.default_num_particles != 1) + ", 1 for the others"
+    group.add_argument(*flags, dest=field, default=None, help=f"{help} (default: {shown})",
+                       **kwargs)
+    OPTION_NAMES[field] = flags[0]
+
+
+def estimators_epilog() -> str:
+    """The registry as a table: name, what −loss estimates, and how."""
+    width = max(map(len, ESTIMATORS))
+    lines = [f"  {name:<{width}}  {e.bound.value:<6}  {e.summary}"
+             for name, e in ESTIMATORS.items()]
+    return "estimators (--estimator NAME; the bound that -loss estimates, and how):\n" + \
+        "\n".join(lines)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--dataset", choices=list(DATASETS), default=DEFAULTS.dataset)
-    p.add_argument("--data-dir", help="folder with the four IDX files (.gz or raw); default: "
-                   "$PYRO_VAE_DATA, else the copy shipped with the package")
-    p.add_argument("--download", action="store_true",
-                   help="download the data set (checksum-verified) if it is not found")
-    p.add_argument("--preset", choices=list(PRESETS), default=DEFAULTS.preset,
+    p.epilog = estimators_epilog()
+    model = p.add_argument_group("model and estimator")
+    _config_option(model, "--estimator", field="estimator", choices=list(ESTIMATORS),
+                   metavar="NAME", help="training objective, listed below")
+    _config_option(model, "--num-particles", "-K", field="num_particles", type=positive_int,
+                   metavar="K", help="samples per datapoint")
+    _config_option(model, "--preset", field="preset", choices=list(PRESETS),
                    help="architecture: pyro = 784-400-50 softplus, burda = 784-200-200-50 tanh")
-    p.add_argument("--latent-dim", type=positive_int, help="size of z (default: the preset's)")
-    p.add_argument("--hidden-sizes", type=positive_int, nargs="+",
-                   help="encoder hidden sizes; the decoder mirrors them (default: the preset's)")
-    p.add_argument("--activation", choices=list(ACTIVATIONS))
-    p.add_argument("--likelihood", choices=list(LIKELIHOODS), default=DEFAULTS.likelihood)
-    p.add_argument("--estimator", choices=list(ESTIMATORS), default=DEFAULTS.estimator)
-    p.add_argument("--num-particles", "-K", type=positive_int,
-                   help="samples per datapoint (default: 1, or 5 for iwae)")
-    p.add_argument("--epochs", type=positive_int,
-                   help=f"epochs in all (default: {DEFAULTS.epochs}; with --resume: the "
-                   "checkpoint's, or this many in all to extend the run)")
-    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
-    p.add_argument("--lr", type=positive_float, default=DEFAULTS.lr)
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=DEFAULTS.lr_schedule)
-    p.add_argument("--beta", type=float, default=DEFAULTS.beta, help="KL weight (1: the ELBO)")
-    p.add_argument("--beta-warmup", type=int, default=0, metavar="EPOCHS",
-                   help="rise β linearly over this many epochs")
-    p.add_argument("--scale-to-data", action="store_true",
-                   help="scale minibatch losses to the full-data ELBO")
-    p.add_argument("--validate-every-step", action="store_true",
-                   help="run Pyro's and torch's validation checks on every step (default: "
-                   "on the first step only; they cost 5-10%% of a step)")
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    p.add_argument("--device", default=DEFAULTS.device, help="cpu or cuda")
-    p.add_argument("--train-size", type=positive_int, help="use only the first N training images")
-    p.add_argument("--test-size", type=positive_int, help="use only the first N test images")
-    p.add_argument("--out", type=Path, help="run folder (default: runs/<estimator>-<time>)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--no-plots", action="store_true",
-                   help="write no pictures at the end (see pyro-vae plot)")
-    p.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_SECONDS,
-                   metavar="SECONDS", help="under torchrun: how long a rank waits for the "
-                   "others before the run fails (see docs/distributed.md)")
+    _config_option(model, "--latent-dim", field="latent_dim", type=positive_int,
+                   metavar="L", help="size of z")
+    _config_option(model, "--hidden-sizes", field="hidden_sizes", type=positive_int,
+                   nargs="+", metavar="SIZE", help="encoder hidden sizes; the decoder mirrors them")
+    _config_option(model, "--activation", field="activation", choices=list(ACTIVATIONS),
+                   help="hidden-layer activation")
+    _config_option(model, "--likelihood", field="likelihood", choices=list(LIKELIHOODS),
+                   help="p(x|z): bernoulli for binarized pixels, continuous-bernoulli or "
+                   "gaussian for grey levels")
+    _config_option(model, "--beta", field="beta", type=float,
+                   help="KL weight (1: the ELBO; other values: the beta-VAE objective)")
+    _config_option(model, "--beta-warmup", field="beta_warmup_epochs", type=non_negative_int,
+                   metavar="EPOCHS", help="raise beta linearly over this many epochs")
+    opt = p.add_argument_group("optimization")
+    _config_option(opt, "--epochs", field="epochs", type=positive_int, metavar="N",
+                   help="epochs in all (with --resume: to extend the run)")
+    _config_option(opt, "--batch-size", field="batch_size", type=positive_int, metavar="B",
+                   help="images per minibatch")
+    _config_option(opt, "--lr", field="lr", type=positive_float, metavar="LR", help="Adam's learning rate")
+    _config_option(opt, "--lr-schedule", field="lr_schedule", choices=LR_SCHEDULES,
+                   help="constant, or Burda et al.'s decay (burda: passes of 3^i epochs; "
+                   "burda-even: eight equal passes)")
+    _config_option(opt, "--scale-to-data", field="scale_to_data", action="store_const",
+                   const=True, help="scale minibatch losses to the full-data ELBO")
+    _config_option(opt, "--validate-every-step", field="validate_every_step",
+                   action="store_const", const=True, help="run Pyro's and torch's validation "
+                   "checks on every step, not only the first (they cost 5-10%% of a step)")
+    _config_option(opt, "--seed", field="seed", type=seed, metavar="S",
+                   help="decides the initial weights, the data order and every sample")
+    _config_option(opt, "--device", field="device", help="cpu or cuda")
+    data = p.add_argument_group("data")
+    _config_option(data, "--dataset", field="dataset", choices=list(DATASETS), help="images")
+    _config_option(data, "--data-dir", field="data_dir", metavar="DIR",
+                   help="folder with the four IDX files (.gz or raw); the default looks in "
+                   "$PYRO_VAE_DATA, then the copy shipped with the package")
+    data.add_argument("--download", action="store_true",
+                      help="download the data set (checksum-verified) if it is not found")
+    _config_option(data, "--train-size", field="train_size", type=positive_int, metavar="N",
+                   help="use only the first N training images")
+    _config_option(data, "--test-size", field="test_size", type=positive_int, metavar="N",
+                   help="use only the first N test images")
+    out = p.add_argument_group("run folder and output")
+    out.add_argument("--out", type=Path, metavar="RUN_DIR",
+                     help="run folder (default: runs/<estimator>-<date>-<time>)")
+    out.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue the run in RUN_DIR from its last checkpoint")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace the run that --out holds (it is refused otherwise)")
+    out.add_argument("--quiet", action="store_true",
+                     help="no progress bar or progress lines (the per-epoch lines remain)")
+    out.add_argument("--no-plots", action="store_true",
+                     help="write no pictures at the end (see pyro-vae plot)")
+    out.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_SECONDS,
+                     metavar="SECONDS", help="under torchrun: how long a rank waits for the "
+                     f"others before the run fails (default: {DEFAULT_TIMEOUT_SECONDS:g})")
 
 
-def config_from_args(args) -> TrainConfig:
-    return TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, preset=args.preset,
-        latent_dim=args.latent_dim,
-        hidden_sizes=tuple(args.hidden_sizes) if args.hidden_sizes else None,
-        activation=args.activation, likelihood=args.likelihood, estimator=args.estimator,
-        num_particles=args.num_particles,
-        epochs=DEFAULTS.epochs if args.epochs is None else args.epochs, batch_size=args.batch_size,
-        lr=args.lr, lr_schedule=args.lr_schedule, beta=args.beta,
-        beta_warmup_epochs=args.beta_warmup, scale_to_data=args.scale_to_data, seed=args.seed,
-        validate_every_step=args.validate_every_step,
-        device=args.device, train_size=args.train_size, test_size=args.test_size,
-    )
+def _given(args) -> dict:
+    """The config fields the user gave on the command line."""
+    given = {field: getattr(args, field) for field in OPTION_NAMES
+             if getattr(args, field) is not None}
+    if "hidden_sizes" in given:
+        given["hidden_sizes"] = tuple(given["hidden_sizes"])
+    return given
+
+
+def _folder(args, given: dict) -> RunFolder:
+    if args.resume is not None and args.out is not None:
+        raise ConfigError("--resume continues the run in its own folder; leave out --out")
+    if args.resume is not None and args.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: choose one")
+    estimator = given.get("estimator", DEFAULTS.estimator)
+    path = args.resume or args.out or Path("runs") / f"{estimator}-{datetime.now():%Y%m%d-%H%M%S}"
+    args.out = path  # for the interruption message
+    return RunFolder(path)
 
 
 def run(args) -> int:
     """Train in one process, or under torchrun in each rank of a data-parallel group (rank 0
-    alone prints and writes; see :mod:`pyro_vae.distributed`)."""
-    if args.resume is not None:
-        from pyro_vae.checkpoint import load_checkpoint
+    alone prints, holds the folder's lock and writes; see :mod:`pyro_vae.distributed`)."""
+    given = _given(args)
+    folder = _folder(args, given)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    with folder.lock() if main_rank else contextlib.nullcontext():
+        if args.resume is not None:
+            checkpoint = folder.load_checkpoint()
+            config = resumed_config(checkpoint.config, given, names=OPTION_NAMES)
+        else:
+            checkpoint = None
+            config = TrainConfig(**given).validate()
+            if main_rank:
+                folder.prepare_new(overwrite=args.overwrite,
+                                   log=lambda m: print(m, file=sys.stderr))
+        with process_group(device=config.device, timeout=args.dist_timeout) as world:
+            return _train(args, config, folder, checkpoint, world)
 
-        device = TrainConfig.from_dict(load_checkpoint(args.resume)["config"]).device
-    else:
-        device = args.device
-    with process_group(device=device, timeout=args.dist_timeout) as world:
-        return _run(args, world)
 
-
-def _run(args, world) -> int:
+def _train(args, config: TrainConfig, folder: RunFolder, checkpoint, world) -> int:
     main_process = world is None or world.is_main
-    progress = False if args.quiet else None
-    data = None
-    if args.resume is not None:
-        config = None
-        if args.epochs is not None:  # extend (or shorten) the run; nothing else may change
-            from pyro_vae.checkpoint import load_checkpoint
-
-            saved = TrainConfig.from_dict(load_checkpoint(args.resume)["config"])
-            config = dataclasses.replace(saved, epochs=args.epochs)
-        result = fit(config, args.resume, resume=True, progress=progress)
-        out = args.resume
-    else:
-        config = config_from_args(args).validate()
-        if args.download and main_process:
-            from pyro_vae.data import load_dataset
-
-            load_dataset(config.dataset, config.data_dir, download=True)
-        barrier(world)  # the other ranks read what rank 0 downloaded
-        out = args.out or Path("runs") / f"{config.estimator}-{datetime.now():%Y%m%d-%H%M%S}"
-        data = prepare_data(config)
-        if main_process:
-            processes = "" if world is None else f" in {world.world_size} processes"
-            print(f"training {config.estimator} on {data.dataset.name} "
-                  f"({data.train.shape[0]} train / {data.test.shape[0]} test images from "
-                  f"{data.dataset.source}) for {config.epochs} epochs{processes}",
-                  file=sys.stderr)
-        result = fit(config, out, progress=progress, data=data)
-    last = result.history[-1]
+    if args.download and main_process:
+        load_dataset(config.dataset, config.data_dir, download=True)
+    barrier(world)  # the other ranks read what rank 0 downloaded
+    data = load_data(config)
+    if main_process:
+        processes = "" if world is None else f" in {world.world_size} processes"
+        print(f"training {config.estimator} on {data.dataset.name} ({data.train.shape[0]} "
+              f"train / {data.test.shape[0]} test images from {data.dataset.source}) for "
+              f"{config.epochs} epochs{processes}, into {folder.path}", file=sys.stderr)
+    result = fit(config, folder, resume=checkpoint or False, data=data, world=world,
+                 progress=False if args.quiet else None)
     if not main_process:
         return 0
     pictures = []
     if not args.no_plots:
         from pyro_vae.plots import write_run_figures  # matplotlib: imported only when drawing
 
-        pictures = write_run_figures(out, vae=result.vae, data=data)
+        pictures = write_run_figures(folder, vae=result.vae, data=data)
+    last = result.history[-1] if result.history else None
+    if last is None:
+        print(f"nothing to train: {folder.path} has no epoch to run")
+        return 0
     print(f"done: test ELBO {last['test_elbo']:.3f} nats/datapoint (a lower bound on log p(x)) "
           f"after {last['epoch']} epochs, {last['wall_seconds']:.0f} s; wrote "
-          f"{out / 'metrics.json'} and {out / 'checkpoint.pt'}")
+          f"{folder.metrics} and {folder.checkpoint}")
     if pictures:
-        print(f"pictures in {out}: {', '.join(p.name for p in pictures)}")
+        print(f"pictures in {folder.path}: {', '.join(p.name for p in pictures)}")
     return 0

@@ -1,0 +1,98 @@
+"""Argument types and shared options of the ``pyro-vae`` subcommands.
+
+Each type turns a string into a checked value or raises :class:`argparse.ArgumentTypeError`,
+which the parser reports in one line naming the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+__all__ = [
+    "MAX_SEED",
+    "existing_path",
+    "non_negative_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "seed",
+    "temperature",
+]
+
+MAX_SEED = 2**63 - 1
+
+
+def _integer(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    value = _integer(text, "a positive integer")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer ≥ 0."""
+    value = _integer(text, "an integer >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def seed(text: str) -> int:
+    """argparse type: a seed, an integer in [0, 2⁶³ − 1]."""
+    value = _integer(text, f"an integer in [0, {MAX_SEED}]")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {MAX_SEED}], got {value}")
+    return value
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = _number(text, "a positive number")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number ≥ 0."""
+    value = _number(text, "a number >= 0")
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
+    return value
+
+
+MAX_TEMPERATURE = 100.0  # z = T·ε: beyond this the decoder sees z far outside its training range
+
+
+def temperature(text: str) -> float:
+    """argparse type: a sampling temperature in [0, 100]."""
+    value = _number(text, f"a number in [0, {MAX_TEMPERATURE:g}]")
+    if not 0 <= value <= MAX_TEMPERATURE:
+        raise argparse.ArgumentTypeError(
+            f"expected a number in [0, {MAX_TEMPERATURE:g}] (1 samples the prior), got {value}")
+    return value
+
+
+def existing_path(text: str) -> Path:
+    """argparse type: a file or folder that exists."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
+    return path

@@ -1,0 +1,50 @@
+"""Training objectives: Pyro's ELBO family as thin subclasses, one algorithm per module, and
+the registry that names them (:data:`ESTIMATORS`).
+
+=====================  ========================================================
+:mod:`.base`           :class:`Objective`: an estimator bound to one VAE
+:mod:`.meanfield`      :class:`TraceMeanField_ELBO` (Pyro's, leaner)
+:mod:`.jit`            :class:`JitTrace_ELBO`, :class:`JitTraceMeanField_ELBO` (fixed)
+:mod:`.iwae`           :class:`IWAE_ELBO` (``RenyiELBO`` at α = 0, differentiable)
+:mod:`.stl`            :class:`STL_ELBO` (sticking the landing)
+:mod:`.dreg`           :class:`DReG_ELBO` (doubly reparameterized IWAE gradient)
+:mod:`.util`           log-weights from traces; log q with fixed parameters
+:mod:`.registry`       :data:`ESTIMATORS`, :func:`make_objective`, :class:`Bound`
+=====================  ========================================================
+"""
+
+from pyro_vae.objectives.base import Objective, PyroObjective, TorchObjective
+from pyro_vae.objectives.dreg import DReG_ELBO
+from pyro_vae.objectives.iwae import IWAE_ELBO
+from pyro_vae.objectives.jit import JitTrace_ELBO, JitTraceMeanField_ELBO
+from pyro_vae.objectives.meanfield import TraceMeanField_ELBO
+from pyro_vae.objectives.registry import (
+    ESTIMATORS,
+    Bound,
+    Estimator,
+    get_estimator,
+    make_objective,
+    register,
+)
+from pyro_vae.objectives.stl import STL_ELBO
+from pyro_vae.objectives.util import log_prob_stop_q, trace_log_weight
+
+__all__ = [
+    "ESTIMATORS",
+    "IWAE_ELBO",
+    "STL_ELBO",
+    "Bound",
+    "DReG_ELBO",
+    "Estimator",
+    "JitTraceMeanField_ELBO",
+    "JitTrace_ELBO",
+    "Objective",
+    "PyroObjective",
+    "TorchObjective",
+    "TraceMeanField_ELBO",
+    "get_estimator",
+    "log_prob_stop_q",
+    "make_objective",
+    "register",
+    "trace_log_weight",
+]

@@ -1,0 +1,102 @@
+"""An objective is an estimator bound to one model and guide: ``differentiable_loss(x)`` is the
+**loss = −bound** summed over the minibatch ``x``, in nats, on the scale of
+:meth:`pyro.infer.SVI.step` (times num_data / B when ``num_data`` is given); its gradient is
+the estimator's. Divide by the batch size for nats per datapoint.
+
+Objectives know nothing of optimizers: :class:`pyro_vae.trainer.Trainer` steps any of them with
+:class:`torch.optim.Adam`, and a user's own loop can do the same, or hand the model, the guide
+and the ELBO to :class:`pyro.infer.SVI`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+
+import torch
+from pyro import poutine
+
+__all__ = ["Objective", "PyroObjective", "TorchObjective"]
+
+
+class Objective(abc.ABC):
+    """An estimator bound to one VAE (see the module docstring for the loss's scale)."""
+
+    name: str
+    num_particles: int
+    vae: torch.nn.Module
+
+    @abc.abstractmethod
+    def differentiable_loss(self, x: torch.Tensor, *, num_data: int | None = None
+                            ) -> torch.Tensor:
+        """The loss as a differentiable scalar tensor (nats, summed over the minibatch)."""
+
+    def loss(self, x: torch.Tensor, *, num_data: int | None = None) -> float:
+        """The loss as a float, without gradients."""
+        with torch.no_grad():
+            return float(self.differentiable_loss(x, num_data=num_data))
+
+    def scaled_loss(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+        """``scale`` × the loss of ``x``, for a shard ``x`` of a larger minibatch (data-parallel
+        training): the loss that ``num_data`` would give in one process. Estimators that are
+        sums over datapoints are multiplied; Pyro's scale every log-density instead (see
+        :class:`PyroObjective`)."""
+        loss = self.differentiable_loss(x)
+        return loss if scale == 1.0 else scale * loss
+
+
+class PyroObjective(Objective):
+    """A Pyro ELBO with the VAE's model and guide.
+
+    For JIT-compiled ELBOs the minibatch size and β travel as a keyword argument, because
+    Pyro caches one compiled trace per distinct keyword arguments: a last minibatch of
+    another size, or a new β from a warm-up schedule, then compiles its own trace.
+    """
+
+    def __init__(self, name: str, vae, elbo, *, jit: bool = False):
+        self.name, self.vae, self.elbo, self.jit = name, vae, elbo, jit
+        self.num_particles = elbo.num_particles
+        if jit:
+
+            def model(*args, _static=None, **kwargs):
+                return vae.model(*args, **kwargs)
+
+            def guide(*args, _static=None, **kwargs):
+                return vae.guide(*args, **kwargs)
+
+            self.model, self.guide = model, guide
+        else:
+            self.model, self.guide = vae.model, vae.guide
+
+    def _kwargs(self, x: torch.Tensor, num_data: int | None) -> dict:
+        kwargs = {} if num_data is None else {"num_data": int(num_data)}
+        if self.jit:
+            kwargs["_static"] = (x.shape[0], self.vae.beta)
+        return kwargs
+
+    def differentiable_loss(self, x, *, num_data=None) -> torch.Tensor:
+        return self.elbo.differentiable_loss(self.model, self.guide, x,
+                                             **self._kwargs(x, num_data))
+
+    def loss(self, x, *, num_data=None) -> float:
+        with torch.no_grad():
+            return float(self.elbo.loss(self.model, self.guide, x, **self._kwargs(x, num_data)))
+
+    def scaled_loss(self, x, scale: float) -> torch.Tensor:
+        """Under :func:`pyro.poutine.scale`, which scales every site's log-density as
+        ``num_data`` does in one process, also inside IWAE's log-mean-exp where it is not a
+        plain factor. JIT-compiled ELBOs, whose traces are fixed, are multiplied."""
+        if scale == 1.0 or self.jit:
+            return super().scaled_loss(x, scale)
+        with poutine.scale(scale=scale):
+            return self.differentiable_loss(x)
+
+
+class TorchObjective(Objective):
+    """A hand-written plain-PyTorch loss from :mod:`pyro_vae.losses`."""
+
+    def __init__(self, name: str, vae, loss_fn: Callable, num_particles: int = 1):
+        self.name, self.vae, self.loss_fn, self.num_particles = name, vae, loss_fn, num_particles
+
+    def differentiable_loss(self, x, *, num_data=None) -> torch.Tensor:
+        return self.loss_fn(self.vae, x, num_particles=self.num_particles, num_data=num_data)

@@ -1,0 +1,139 @@
+"""One trainer for every objective, in one process or data-parallel under ``torchrun``:
+:class:`torch.optim.Adam` over the VAE's parameters, stepping the objective's
+``differentiable_loss`` (Pyro's documented PyTorch-native path: an ELBO's differentiable loss
+and a torch optimizer, no param store, no Pyro optimizer).
+
+For Pyro's ELBOs this is what :class:`pyro.infer.SVI` with :class:`pyro.optim.Adam` computes,
+step for step: the same surrogate gradient, and Adam's update is per parameter, so one torch
+Adam over all of them updates each exactly as Pyro's one-per-parameter optimizers do (a
+parameter reached by no gradient is left alone here, where Pyro would step it with a zero
+gradient; every parameter of the VAE gets a gradient at every step).
+
+**Data-parallel** (a :class:`~pyro_vae.distributed.World` given): every rank holds the same
+global minibatch and takes its :func:`~pyro_vae.distributed.shard`; the loss module is wrapped
+in :class:`torch.nn.parallel.DistributedDataParallel`, whose backward pass averages the
+gradients over the ranks, so each rank back-propagates ``world_size`` × its shard's loss: the
+average is then the gradient of the global minibatch's loss, as in one process. Before step
+``k`` rank ``r`` seeds torch's generator from ``(seed, k, r)``, so that the ranks draw
+independent samples and a resumed run draws the same ones as an uninterrupted run.
+
+The optimizer state is one format everywhere, ``{"adam": torch Adam state dict, "steps": k}``:
+a run can be resumed in one process or in any number of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pyro_vae.distributed import World, collective_error, derive_seed, shard
+from pyro_vae.errors import CheckpointError
+
+__all__ = ["LossModule", "Trainer"]
+
+
+class LossModule(nn.Module):
+    """``forward(x, scale)`` = ``scale`` × the objective's loss on ``x`` (nats, summed over
+    the rows): the module that :class:`DistributedDataParallel` wraps, so that its backward
+    pass all-reduces the gradient of every parameter of the VAE."""
+
+    def __init__(self, objective):
+        super().__init__()
+        self.vae = objective.vae
+        self.objective = objective
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        if x.shape[0] == 0:
+            # No rows on this rank (a last global batch smaller than world_size): a zero loss
+            # that still reaches every parameter, so the all-reduce of each one happens.
+            return sum(p.sum() for p in self.parameters()) * 0.0
+        return self.objective.scaled_loss(x, scale)
+
+
+class Trainer:
+    """Adam steps of ``objective`` (β = (0.9, 0.999), ε = 1e-8, as ``pyro.optim.Adam``).
+
+    :param objective: an :class:`~pyro_vae.objectives.Objective` (any registered estimator).
+    :param lr: the learning rate (:meth:`set_lr` changes it).
+    :param world: train data-parallel in this process group (see the module docstring).
+    :param seed: with ``world``, seeds each step's samples from (seed, step, rank).
+    """
+
+    def __init__(self, objective, lr: float, *, world: World | None = None, seed: int = 0):
+        self.objective, self.world, self.seed = objective, world, seed
+        self.steps = 0
+        self.optim = torch.optim.Adam(objective.vae.parameters(), lr=lr)
+        self.module = LossModule(objective) if world is None else _ddp(objective, world)
+
+    def step(self, x: torch.Tensor, *, num_data: int | None = None) -> float:
+        """One step on the minibatch ``x`` ``(B, D)`` (in data-parallel training, the global
+        minibatch, the same on every rank). Returns the loss, −bound summed over the B rows in
+        nats (times ``num_data / B`` with ``num_data``, as :meth:`pyro.infer.SVI.step`). A
+        non-finite loss is returned before any update (on every rank alike)."""
+        self.optim.zero_grad(set_to_none=True)
+        if self.world is None:
+            loss = self.objective.differentiable_loss(x, num_data=num_data)
+            total, backward = float(loss.detach()), loss
+        else:
+            total, backward = self._distributed_loss(x, num_data)
+        self.steps += 1
+        if not math.isfinite(total):
+            return total
+        if self.world is None:
+            backward.backward()
+        else:
+            try:
+                backward.backward()
+            except dist.DistError as e:
+                raise collective_error(self.world, "all-reducing the gradients", e) from None
+        self.optim.step()
+        return total
+
+    def _distributed_loss(self, x, num_data):
+        """(the global minibatch's loss, the tensor to back-propagate on this rank)."""
+        world = self.world
+        scale = 1.0 if num_data is None else num_data / x.shape[0]
+        torch.manual_seed(derive_seed(self.seed, self.steps, world.rank))
+        loss = self.module(shard(x, world), scale=scale)  # this shard's loss
+        total = loss.detach().to(world.device, torch.float64).reshape(1)
+        try:
+            dist.all_reduce(total)
+        except RuntimeError as e:
+            raise collective_error(world, "summing the minibatch loss", e) from None
+        # DDP averages the ranks' gradients; world_size × the local loss makes the average
+        # the gradient of the global-minibatch loss.
+        return float(total), loss * world.world_size
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optim.param_groups:
+            group["lr"] = lr
+
+    def state_dict(self) -> dict:
+        """``{"adam": torch Adam's state dict, "steps": steps taken}``."""
+        return {"adam": self.optim.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output; :class:`CheckpointError` if it does not fit
+        this VAE's parameters."""
+        try:
+            self.optim.load_state_dict(state["adam"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"the optimizer state does not fit this model ({e})") from None
+        self.steps = int(state["steps"])
+
+
+def _ddp(objective, world: World) -> DistributedDataParallel:
+    device_ids = [world.device.index] if world.device.type == "cuda" else None
+    try:
+        # forward_sync_buffers=False: the only buffers (a fixed Gaussian scale) never change
+        # after the initial broadcast.
+        return DistributedDataParallel(LossModule(objective), device_ids=device_ids,
+                                       forward_sync_buffers=False,
+                                       find_unused_parameters=False)
+    except RuntimeError as e:
+        raise collective_error(world, "wrapping the model in DistributedDataParallel",
+                               e) from None
