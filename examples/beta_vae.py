@@ -19,9 +19,10 @@ import dataclasses
 
 import torch
 
+from pyro_vae.config import TrainConfig, load_data
 from pyro_vae.evaluation import active_units
 from pyro_vae.losses import analytic_elbo, gaussian_kl_to_standard_normal
-from pyro_vae.training import TrainConfig, fit, prepare_data
+from pyro_vae.training import fit
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--epochs", type=int, default=10)
@@ -42,7 +43,7 @@ base = TrainConfig(
     batch_size=100,
     seed=0,
 )
-data = prepare_data(base)  # one binarized test set for every β
+data = load_data(base)  # one binarized test set for every β
 
 
 @torch.no_grad()

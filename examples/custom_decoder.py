@@ -18,7 +18,7 @@ from torch import nn
 
 from pyro_vae import VAE, make_objective
 from pyro_vae.data import binarize, load_dataset, preprocess
-from pyro_vae.training import mean_elbo
+from pyro_vae.evaluation import mean_elbo
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--epochs", type=int, default=5)
@@ -67,12 +67,13 @@ class ConvDecoder(nn.Module):
 def train_and_test(vae, name):
     """Train ``vae`` with Pyro's TraceMeanField_ELBO through SVI; print nats per datapoint."""
     pyro.clear_param_store()
-    trainer = make_objective("meanfield", vae).make_trainer(lr)  # pyro.infer.SVI inside
+    objective = make_objective("meanfield", vae)  # the registry's TraceMeanField_ELBO
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": lr}), objective.elbo)
     n = train.shape[0]
     for epoch in range(1, epochs + 1):
         total = 0.0
         for idx in torch.randperm(n).split(batch_size):
-            total += trainer.step(binarize(train[idx]))  # −ELBO summed over the minibatch
+            total += svi.step(binarize(train[idx]))  # −ELBO summed over the minibatch
         vae.eval()
         elbo = mean_elbo(vae, test)
         vae.train()

@@ -2,7 +2,7 @@
 
     python examples/elbo_identity.py                # about 20 s on 2 CPU cores
     python examples/elbo_identity.py --quick        # a few seconds
-    python examples/elbo_identity.py --out figures  # where the PNG goes (default: .)
+    python examples/elbo_identity.py --out figures  # where the PNG goes (default: runs/examples)
 
 For one datapoint x of a pPCA model p(z) = N(0, I), p(x|z) = N(W z + μ, σ² I):
 
@@ -38,7 +38,8 @@ from pyro_vae.linear_gaussian import (
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--quick", action="store_true", help="fewer K and repeats: a few seconds")
-parser.add_argument("--out", type=Path, default=Path("."), help="folder for the PNG")
+parser.add_argument("--out", type=Path, default=Path("runs") / "examples",
+                    help="folder for the PNG (default: runs/examples, which git ignores)")
 args = parser.parse_args()
 args.out.mkdir(parents=True, exist_ok=True)
 torch.set_num_threads(1)  # tiny problem: threads only add overhead
@@ -88,7 +89,7 @@ iwae, iwae_se = [], []
 print(f"q = q_0.7: ELBO {elbo_q:.4f}, KL {log_px - elbo_q:.4f} nats\n")
 print(f"{'K':>6} {'IWAE_K':>10} {'s.e.':>8} {'log p(x) - IWAE_K':>18}  (nats, mean of {repeats})")
 for k in ks:
-    est = estimate_log_px(vae, copies, num_samples=k, generator=torch.Generator().manual_seed(k))
+    est = estimate_log_px(vae, copies, num_samples=k, seed=k)
     iwae.append(est.mean)
     iwae_se.append(float(est.log_px.std()) / math.sqrt(repeats))
     print(f"{k:6d} {est.mean:10.4f} {iwae_se[-1]:8.4f} {log_px - est.mean:18.4f}")

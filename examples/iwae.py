@@ -18,10 +18,9 @@ since IWAE_K does not push q(z|x) to fit the posterior as tightly, its ELBO can 
 import argparse
 import dataclasses
 
-import torch
-
-from pyro_vae.evaluation import active_units, estimate_log_px
-from pyro_vae.training import TrainConfig, fit, mean_elbo, prepare_data
+from pyro_vae.config import TrainConfig, load_data
+from pyro_vae.evaluation import active_units, estimate_log_px, mean_elbo
+from pyro_vae.training import fit
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--epochs", type=int, default=10)
@@ -43,14 +42,13 @@ base = TrainConfig(
 num_eval_samples = 100 if args.quick else 5000  # S, importance samples for log p(x)
 eval_points = 200 if args.quick else 2000  # test images for log p(x)
 
-data = prepare_data(base)  # read and binarize once; both runs see the same test images
+data = load_data(base)  # read and binarize once; both runs see the same test images
 x_eval = data.test[:eval_points]  # (n, 784) binary
 
 
 def iwae_bound(vae, x, k, seed=1):
     """IWAE_k on ``x``: nats per datapoint (k = 1 is a Monte Carlo ELBO)."""
-    g = torch.Generator().manual_seed(seed)
-    return estimate_log_px(vae, x, num_samples=k, generator=g).mean
+    return estimate_log_px(vae, x, num_samples=k, seed=seed).mean
 
 
 # --- train both ----------------------------------------------------------------------------
@@ -59,8 +57,7 @@ for estimator, k in (("meanfield", 1), ("iwae", args.num_particles)):
     config = dataclasses.replace(base, estimator=estimator, num_particles=k)
     print(f"--- training on {'the ELBO' if k == 1 else f'IWAE_{k}'} ({estimator}) ---")
     vae = fit(config, data=data).vae.eval()
-    estimate = estimate_log_px(vae, x_eval, num_samples=num_eval_samples,
-                               generator=torch.Generator().manual_seed(2))
+    estimate = estimate_log_px(vae, x_eval, num_samples=num_eval_samples, seed=2)
     results[estimator] = {
         "test ELBO": mean_elbo(vae, x_eval),
         f"IWAE_{args.num_particles}": iwae_bound(vae, x_eval, args.num_particles),
@@ -75,7 +72,7 @@ print(f"{'trained on':>12} {'test ELBO':>10} {'IWAE_' + str(args.num_particles):
 for estimator, r in results.items():
     est = r["log p(x)"]
     print(f"{estimator:>12} {r['test ELBO']:10.2f} {r[f'IWAE_{args.num_particles}']:9.2f} "
-          f"{est.mean:15.2f} ± {est.stderr:4.2f} {r['active units']:13d}")
+          f"{est.mean:15.2f} ± {est.mean_mc_stderr:4.2f} {r['active units']:13d}")
 gain = results["iwae"]["log p(x)"].mean - results["meanfield"]["log p(x)"].mean
 print(f"log p(x) of the IWAE-trained model minus the ELBO-trained one: {gain:+.2f} nats "
       f"(both estimates are lower bounds, low by about stderr²/2)")

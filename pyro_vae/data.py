@@ -1,4 +1,5 @@
-"""MNIST-format data sets (IDX files, gzip or raw) as tensors, with every file checked.
+"""MNIST-format data sets (IDX files, gzip or raw, read by :mod:`pyro_vae.idx`) as tensors, with
+every file checked, and their preparation for training and evaluation.
 
 The package ships the four canonical MNIST files (11 MB gzip-compressed, CC BY-SA 3.0), so
 training works offline on a fresh clone. Other locations, tried in this order:
@@ -12,15 +13,10 @@ them into what a likelihood needs (binarized for Bernoulli, grey levels in [0, 1
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import http.client
-import math
 import os
-import struct
 import tempfile
 import urllib.request
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +24,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.errors import ConfigError, DataError, DataNotFoundError
+from pyro_vae.idx import check_md5, parse_idx, read_idx, read_idx_bytes
 
 __all__ = [
     "DATASETS",
@@ -47,10 +44,6 @@ __all__ = [
 
 TEST_BINARIZATION_SEED = 0  # one fixed binarized test set, whatever the training seed
 
-_UINT8 = 0x08  # the IDX type byte of unsigned bytes, the only type MNIST-format files use
-_IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32",
-              0x0D: "float32", 0x0E: "float64"}
-_GZIP_MAGIC = b"\x1f\x8b"
 _PACKAGE_DIR = Path(__file__).parent / "datasets"
 
 
@@ -109,107 +102,6 @@ class Dataset(NamedTuple):
         return self.train_images.shape[1]
 
 
-def parse_idx(raw: bytes, *, name: str = "<bytes>", ndim: int | None = None) -> np.ndarray:
-    """Parse the bytes of an uncompressed IDX file of unsigned bytes into an array.
-
-    An IDX file (LeCun et al., the MNIST format) is a 4-byte magic number ``0x00 0x00 type
-    ndim``, then ``ndim`` big-endian uint32 sizes, then the data in C order. Only the type
-    ``0x08`` (unsigned byte) is read.
-
-    :param name: the file name used in error messages.
-    :param ndim: the number of dimensions expected (1 for labels, 3 for images), if any.
-    :returns: a read-only ``uint8`` array of the header's shape.
-    :raises DataError: on a wrong magic number, another data type, an unexpected number of
-        dimensions, or a size that disagrees with the header (truncated or too long); the
-        message names ``name``, what was expected and what was found.
-
-    >>> parse_idx(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9])).tolist()
-    [7, 8, 9]
-    """
-    if len(raw) < 4:
-        raise DataError(
-            f"{name}: truncated IDX file: {len(raw)} bytes, expected at least a 4-byte header"
-        )
-    zero, dtype, found_ndim = raw[0:2], raw[2], raw[3]
-    if zero != b"\0\0":
-        raise DataError(
-            f"{name}: wrong IDX magic number 0x{raw[:4].hex()}; expected 0x00000801 (labels) "
-            "or 0x00000803 (images); this is not an IDX file"
-        )
-    if dtype != _UINT8:
-        kind = _IDX_TYPES.get(dtype, "unknown")
-        raise DataError(
-            f"{name}: IDX data type byte 0x{dtype:02x} ({kind}); expected 0x08 (unsigned byte)"
-        )
-    if found_ndim == 0 or (ndim is not None and found_ndim != ndim):
-        expected = f"{ndim}" if ndim is not None else "at least 1"
-        raise DataError(
-            f"{name}: IDX file has {found_ndim} dimensions (magic number "
-            f"0x{raw[:4].hex()}); expected {expected}"
-        )
-    header = 4 + 4 * found_ndim
-    if len(raw) < header:
-        raise DataError(
-            f"{name}: truncated IDX header: {len(raw)} bytes, expected {header} for "
-            f"{found_ndim} dimensions"
-        )
-    shape = struct.unpack(f">{found_ndim}I", raw[4:header])
-    expected = math.prod(shape)  # Python ints: no overflow for absurd headers
-    found = len(raw) - header
-    if found != expected:
-        what = "truncated" if found < expected else "longer than its header says"
-        raise DataError(
-            f"{name}: file is {what}: header says shape {shape} = {expected} bytes of data, "
-            f"found {found}"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def _read_bytes(path: Path) -> bytes:
-    """The bytes of ``path``, decompressed if it starts with the gzip magic number."""
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: expected an IDX file, found a folder or special file")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            return gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path}: corrupt or truncated gzip file ({e})") from None
-    return data
-
-
-def _check_md5(raw: bytes, md5: str, path) -> None:
-    found = hashlib.md5(raw).hexdigest()
-    if found != md5:
-        raise DataError(
-            f"{path}: checksum mismatch: md5 of the uncompressed file is {found}, "
-            f"expected {md5}; the file is corrupt or not the canonical one"
-        )
-
-
-def read_idx(
-    path: str | os.PathLike, *, md5: str | None = None, ndim: int | None = None
-) -> np.ndarray:
-    """Read an IDX file (gzip-compressed or raw) with :func:`parse_idx`; then, when ``md5``
-    is given, check the md5 of the uncompressed bytes (structure first, so that a truncated
-    file says so rather than only that its checksum differs).
-
-    :raises DataError: if the file is missing, unreadable, a corrupt gzip, malformed (see
-        :func:`parse_idx`) or has another checksum; the message names the file.
-    """
-    path = Path(path)
-    raw = _read_bytes(path)
-    array = parse_idx(raw, name=str(path), ndim=ndim)
-    if md5 is not None:
-        _check_md5(raw, md5, path)
-    return array
-
-
 def _find_file(folder: Path, stem: str) -> Path | None:
     for candidate in (folder / f"{stem}.gz", folder / stem):
         if candidate.is_file():
@@ -233,8 +125,9 @@ def _candidate_dirs(name: str, source: _Source, data_dir) -> list[Path]:
 def load_dataset(name: str = "mnist", data_dir=None, *, download: bool = False) -> Dataset:
     """Load data set ``name`` (``"mnist"`` or ``"fashion-mnist"``), see the module docstring.
 
-    :raises DataError: if no complete set of files is found (the message lists the folders
-        looked at), or a file is corrupt, has the wrong checksum, or disagrees with its labels.
+    :raises DataNotFoundError: if no complete set of files is found (the message lists the
+        folders looked at).
+    :raises DataError: if a file is corrupt, has the wrong checksum, or disagrees with its labels.
     """
     try:
         source = DATASETS[name]
@@ -250,7 +143,7 @@ def load_dataset(name: str = "mnist", data_dir=None, *, download: bool = False) 
         return _load_from(name, source, target)
     looked = ", ".join(str(d) for d in dirs) or "(nowhere)"
     missing = [stem for stem in source.md5 if not dirs or not _find_file(dirs[0], stem)]
-    raise DataError(
+    raise DataNotFoundError(
         f"data set {name!r}: no complete set of IDX files found; looked in {looked}; "
         f"missing in the first: {', '.join(missing)} (.gz or raw). Pass --data-dir, set "
         "PYRO_VAE_DATA, or use download=True / --download when online"
@@ -266,7 +159,7 @@ def _load_from(name: str, source: _Source, folder: Path) -> Dataset:
     the files (image and label counts, train and test image shapes), then the checksums, so
     that each fault gets the most specific message."""
     paths = {stem: _find_file(folder, stem) for stem in source.md5}
-    raws = {stem: _read_bytes(path) for stem, path in paths.items()}
+    raws = {stem: read_idx_bytes(path) for stem, path in paths.items()}
     arrays = {
         stem: parse_idx(raw, name=str(paths[stem]), ndim=3 if "images" in stem else 1)
         for stem, raw in raws.items()
@@ -288,7 +181,7 @@ def _load_from(name: str, source: _Source, folder: Path) -> Dataset:
             f"{paths['train-images-idx3-ubyte']}"
         )
     for stem, md5 in source.md5.items():
-        _check_md5(raws[stem], md5, paths[stem])
+        check_md5(raws[stem], md5, paths[stem])
     splits = []
     for split in ("train", "t10k"):
         images = arrays[f"{split}-images-idx3-ubyte"]

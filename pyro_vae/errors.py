@@ -9,6 +9,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "DataNotFoundError",
     "PyroVAEError",
     "RunFolderError",
     "TrainingDivergedError",
@@ -21,6 +22,10 @@ class PyroVAEError(Exception):
 
 class DataError(PyroVAEError, ValueError):
     """Input data is missing, malformed, or outside what the model accepts."""
+
+
+class DataNotFoundError(DataError):
+    """A data set's files are nowhere to be found (not installed, not downloaded)."""
 
 
 class ConfigError(PyroVAEError, ValueError):

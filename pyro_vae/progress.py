@@ -26,7 +26,7 @@ def format_seconds(seconds: float) -> str:
     >>> format_seconds(42.4), format_seconds(182), format_seconds(7500)
     ('42 s', '3 min 2 s', '2 h 5 min')
     """
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
     minutes, seconds = divmod(seconds, 60)

@@ -8,6 +8,7 @@ by orders of magnitude (a mistyped ``--hidden-sizes 1000000000``), not to budget
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import torch
@@ -64,7 +65,7 @@ def check_fits(nbytes: float, what: str, hint: str, *, device="cpu",
 
 def mlp_parameters(sizes: list[int]) -> int:
     """Weights and biases of a chain of linear layers ``sizes[0] → sizes[1] → …``."""
-    return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+    return sum((a + 1) * b for a, b in itertools.pairwise(sizes))
 
 
 def training_bytes(x_dim: int, latent_dim: int, hidden_sizes: tuple[int, ...],

@@ -24,6 +24,7 @@ a run can be resumed in one process or in any number of them.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -75,11 +76,13 @@ class Trainer:
         nats (times ``num_data / B`` with ``num_data``, as :meth:`pyro.infer.SVI.step`). A
         non-finite loss is returned before any update (on every rank alike)."""
         self.optim.zero_grad(set_to_none=True)
-        if self.world is None:
-            loss = self.objective.differentiable_loss(x, num_data=num_data)
-            total, backward = float(loss.detach()), loss
-        else:
-            total, backward = self._distributed_loss(x, num_data)
+        with warnings.catch_warnings():  # a non-finite loss is returned, and reported by fit
+            warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]?inf)")
+            if self.world is None:
+                loss = self.objective.differentiable_loss(x, num_data=num_data)
+                total, backward = float(loss.detach()), loss
+            else:
+                total, backward = self._distributed_loss(x, num_data)
         self.steps += 1
         if not math.isfinite(total):
             return total
@@ -119,11 +122,18 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`'s output; :class:`CheckpointError` if it does not fit
         this VAE's parameters."""
+        params = [p for group in self.optim.param_groups for p in group["params"]]
         try:
+            for index, moments in state["adam"]["state"].items():
+                for name in ("exp_avg", "exp_avg_sq"):
+                    if moments[name].shape != params[index].shape:
+                        raise ValueError(f"{name} of parameter {index} has shape "
+                                         f"{tuple(moments[name].shape)}, the parameter "
+                                         f"{tuple(params[index].shape)}")
             self.optim.load_state_dict(state["adam"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            self.steps = int(state["steps"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise CheckpointError(f"the optimizer state does not fit this model ({e})") from None
-        self.steps = int(state["steps"])
 
 
 def _ddp(objective, world: World) -> DistributedDataParallel:

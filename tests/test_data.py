@@ -21,9 +21,9 @@ from pyro_vae.data import (
     download,
     load_dataset,
     parse_idx,
+    prepare_data,
     read_idx,
 )
-from pyro_vae.training import TrainConfig, prepare_data
 
 STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -414,8 +414,16 @@ def test_check_grey_levels(case):
     assert str(info.value).startswith("train.gz: ") and phrase in str(info.value)
 
 
-def test_check_grey_levels_accepts_the_closed_interval():
-    check_grey_levels(torch.tensor([[0.0, 0.25, 1.0]]))
+@pytest.mark.parametrize("value, accepted", [(0.0, True), (1.0, True),
+                                             (float(np.nextafter(1.0, 2.0)), False),
+                                             (float(np.nextafter(0.0, -1.0)), False)])
+def test_check_grey_levels_accepts_exactly_the_closed_interval(value, accepted):
+    x = torch.tensor([[0.25, value]], dtype=torch.float64)
+    if accepted:
+        assert check_grey_levels(x) is None
+    else:
+        with pytest.raises(DataError, match=r"expected grey levels in \[0, 1\]"):
+            check_grey_levels(x)
 
 
 def test_vae_check_data_names_expected_and_found():
@@ -447,4 +455,30 @@ def test_prepare_data_rejects_an_empty_data_set():
     empty = Dataset("empty", torch.zeros(0, 4, dtype=torch.uint8), torch.zeros(0).long(),
                     torch.zeros(3, 4, dtype=torch.uint8), torch.zeros(3).long(), (2, 2), "/x")
     with pytest.raises(DataError, match=r"^/x: empty data set \(0 training, 3 test images\)$"):
-        prepare_data(TrainConfig(), empty)
+        prepare_data(empty)
+
+
+def test_a_gzip_bomb_is_refused_after_its_header_not_inflated(tmp_path):
+    """A small archive with a valid header for 10 images that inflates to 256 MB: refused
+    having read no more than the header declares, plus one byte."""
+    import zlib
+
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+    with path.open("wb") as f:
+        f.write(compressor.compress(bytes([0, 0, 8, 3]) + struct.pack(">III", 10, 28, 28)))
+        for _ in range(16):
+            f.write(compressor.compress(bytes(1 << 24)))
+        f.write(compressor.flush())
+    assert path.stat().st_size < 500_000
+    with pytest.raises(DataError, match=r"decompresses to more than the 7856 bytes its IDX "
+                                        r"header declares; stopped reading there"):
+        read_idx(path)
+
+
+def test_a_header_declaring_an_impossible_size_is_refused(tmp_path):
+    path = tmp_path / "huge.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">III", 2**31, 2**16, 28)))
+    with pytest.raises(DataError, match=r"the IDX header declares shape \(2147483648, 65536, "
+                                        r"28\) = .* bytes, more than the 2147483648 bytes"):
+        read_idx(path)

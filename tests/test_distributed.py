@@ -8,7 +8,6 @@ minibatch: plain autograd over both shards, no DDP, torch Adam.
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,22 +16,23 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pyro_vae import ESTIMATORS, VAE, CheckpointError, make_objective
-from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae import ESTIMATORS, VAE, make_objective
+from pyro_vae.config import TrainConfig, load_data
 from pyro_vae.distributed import (
     DistributedError,
-    DistributedTrainer,
-    check_resumable,
     derive_seed,
-    estimate_log_px,
     init_process_group,
     map_rows,
     shard,
 )
+from pyro_vae.evaluation import estimate_log_px, mean_elbo
 from pyro_vae.likelihoods import Gaussian
-from pyro_vae.training import TrainConfig, fit, load_vae, mean_elbo, prepare_data
+from pyro_vae.runs import RunFolder, load_checkpoint
+from pyro_vae.trainer import Trainer
+from pyro_vae.training import fit
 from tests.conftest import assert_close, binary_batch
 
 WORLD_SIZE = 2
@@ -77,15 +77,18 @@ def warm_up(objective, x):
         objective.differentiable_loss(x[:rows])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rendezvous_store() -> dist.TCPStore:
+    """The rendezvous server, listening on a port the OS chose and held open until the ranks
+    have joined: no race for a port that was free a moment ago."""
+    return dist.TCPStore("127.0.0.1", 0, WORLD_SIZE, is_master=True, wait_for_workers=False)
 
 
 def join(rank, port, timeout):
+    # TORCHELASTIC_USE_AGENT_STORE: every rank is a client of the store the parent holds, as
+    # under torchrun's agent, instead of rank 0 binding the port itself.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank))
+                      WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank),
+                      TORCHELASTIC_USE_AGENT_STORE="True")
     torch.set_num_threads(1)
     pyro.enable_validation(True)
     return init_process_group(device="cpu", timeout=timeout)
@@ -102,7 +105,7 @@ def _worker(rank, port, out_dir):
         x = make_data(likelihood)
         objective = make_objective(estimator, vae)
         warm_up(objective, x)
-        trainer = DistributedTrainer(objective, LR, world=world, seed=SEED)
+        trainer = Trainer(objective, LR, world=world, seed=SEED)
         losses, params = [], []
         for start, stop in BATCH_ROWS:
             losses.append(trainer.step(x[start:stop], num_data=num_data))
@@ -115,23 +118,22 @@ def _worker(rank, port, out_dir):
     results["mean_elbo"] = (mean_elbo(vae, x, batch_size=10, seed=2, world=world),
                             mean_elbo(vae, x, batch_size=10, seed=2))
     # The IWAE_K estimate of log p(x), split across ranks and alone.
-    results["log_px"] = [estimate_log_px(vae, x, num_samples=LOG_PX_K, seed=2, chunk_size=10,
+    results["log_px"] = [estimate_log_px(vae, x, num_samples=LOG_PX_K, seed=2, block_size=10,
                                          world=w) for w in (world, None)]
 
     # fit(): 2 epochs straight, and 1 epoch then resumed for a second.
     config = TrainConfig(**TINY, epochs=2, estimator="meanfield")
-    straight = fit(config, out_dir / "straight", progress=False)
-    fit(TrainConfig(**TINY, epochs=1, estimator="meanfield"), out_dir / "resumed",
+    straight = fit(config, out_dir / "straight", world=world, progress=False)
+    fit(TrainConfig(**TINY, epochs=1, estimator="meanfield"), out_dir / "resumed", world=world,
         progress=False)
-    resumed = fit(config, out_dir / "resumed", resume=True, progress=False)
+    resumed = fit(config, out_dir / "resumed", resume=True, world=world, progress=False)
     results["fit"] = (straight.history, resumed.history,
                       {k: v.clone() for k, v in straight.vae.state_dict().items()},
                       {k: v.clone() for k, v in resumed.vae.state_dict().items()})
 
     # Rank 1 dies (no clean-up, like a crash) after both built a trainer; rank 0's next
     # step must fail with a message, not hang.
-    trainer = DistributedTrainer(make_objective("analytic", make_vae("bernoulli")), LR,
-                                 world=world)
+    trainer = Trainer(make_objective("analytic", make_vae("bernoulli")), LR, world=world)
     torch.save(results, out_dir / f"rank{rank}.pt")
     if rank == 1:
         os._exit(0)
@@ -147,7 +149,9 @@ def _worker(rank, port, out_dir):
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(free_port(), out_dir), nprocs=WORLD_SIZE)
+    store = rendezvous_store()
+    mp.spawn(_worker, args=(store.port, out_dir), nprocs=WORLD_SIZE)
+    del store
     ranks = [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
     return out_dir, ranks
 
@@ -214,38 +218,26 @@ def test_distributed_log_px_equals_one_process(two_ranks):
     """Same seed, same chunks: the same IWAE_K estimates whichever rank computed them."""
     _, ranks = two_ranks
     alone_here = estimate_log_px(make_vae("bernoulli"), binary_batch(45, 12, seed=4),
-                                 num_samples=LOG_PX_K, seed=2, chunk_size=10)
+                                 num_samples=LOG_PX_K, seed=2, block_size=10)
     for result in ranks:
         split, alone = result["log_px"]
         assert torch.equal(split.log_px, alone.log_px)
-        assert torch.equal(split.log_px_stderr, alone.log_px_stderr)
-        assert (split.mean, split.stderr, split.data_stderr) == (
-            alone.mean, alone.stderr, alone.data_stderr)
+        assert torch.equal(split.log_px_mc_stderr, alone.log_px_mc_stderr)
+        assert (split.mean, split.mean_mc_stderr, split.data_stderr) == (
+            alone.mean, alone.mean_mc_stderr, alone.data_stderr)
         assert_close(split.log_px, alone_here.log_px, rtol=1e-6, atol=1e-5)
         assert split.log_px.shape == (45,) and split.num_samples == LOG_PX_K
 
 
-def test_log_px_of_one_chunk_is_the_evaluation_modules():
-    """One process, one chunk: exactly pyro_vae.evaluation.estimate_log_px with the chunk's
-    seed; two chunks: the second is the evaluation of its rows with its own seed."""
-    from pyro_vae import evaluation
-
+def test_log_px_does_not_depend_on_the_worker_threads():
+    """Each block draws from its own seed: one thread or two, the same numbers."""
     vae, x = make_vae("bernoulli"), binary_batch(30, 12, seed=4)
-
-    def direct(rows, index, chunk_size):
-        g = torch.Generator().manual_seed(derive_seed(7, index))
-        return evaluation.estimate_log_px(vae, rows, num_samples=40, batch_size=chunk_size,
-                                          generator=g, num_workers=1)
-
-    whole = estimate_log_px(vae, x, num_samples=40, seed=7, chunk_size=30)
-    expected = direct(x, 0, 30)
-    assert_close(whole.log_px, expected.log_px, rtol=0, atol=0)
-    assert_close(whole.mean, expected.mean, rtol=1e-12)
-    assert_close(whole.stderr, expected.stderr, rtol=1e-6)
-    split = estimate_log_px(vae, x, num_samples=40, seed=7, chunk_size=20)
-    assert_close(split.log_px[20:], direct(x[20:], 1, 20).log_px, rtol=0, atol=0)
+    one = estimate_log_px(vae, x, num_samples=40, seed=7, block_size=8, num_workers=1)
+    two = estimate_log_px(vae, x, num_samples=40, seed=7, block_size=8, num_workers=2)
+    assert torch.equal(one.log_px, two.log_px)
+    assert torch.equal(one.log_px_mc_stderr, two.log_px_mc_stderr)
     # A lower bound in expectation: below log 1 = 0 for binary data, above the ELBO's scale.
-    assert -12 * math.log(2) - 5 < whole.mean < 0
+    assert -12 * math.log(2) - 5 < one.mean < 0
 
 
 def test_map_rows_seeds_by_chunk_not_by_order():
@@ -266,7 +258,7 @@ def test_fit_resume_equals_straight_run(two_ranks):
     assert [r["epoch"] for r in resumed] == [1, 2]
     for a, b in zip(straight, resumed, strict=True):
         assert a["processes"] == b["processes"] == WORLD_SIZE
-        assert_close(a["train_elbo"], b["train_elbo"], rtol=1e-6)
+        assert_close(a["train_objective_nats"], b["train_objective_nats"], rtol=1e-6)
         assert_close(a["test_elbo"], b["test_elbo"], rtol=1e-6)
     for name in straight_state:
         assert_close(resumed_state[name], straight_state[name], rtol=0, atol=1e-6, msg=name)
@@ -274,20 +266,27 @@ def test_fit_resume_equals_straight_run(two_ranks):
     for name, value in ranks[1]["fit"][2].items():
         assert_close(value, straight_state[name], rtol=0, atol=0, msg=name)
     ckpt = load_checkpoint(out_dir / "straight")
-    assert ckpt["epoch"] == 2
-    for name, value in ckpt["model_state"].items():
+    assert ckpt.epoch == 2
+    for name, value in ckpt.model_state.items():
         assert_close(value, straight_state[name], rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.parametrize("estimator", ["meanfield", "analytic"])
-def test_one_process_cannot_resume_a_distributed_pyro_run(estimator):
-    objective = make_objective(estimator, make_vae("bernoulli"))
-    state = {"state": {}, "param_groups": [], "distributed_steps": 3}  # DistributedTrainer's
-    if objective.uses_pyro:
-        with pytest.raises(CheckpointError, match="Resume it with torchrun"):
-            check_resumable(state, objective, None)
-    else:  # torch Adam in both modes
-        check_resumable(state, objective, None)
+def test_a_data_parallel_run_resumes_in_one_process(two_ranks, tmp_path):
+    """One optimizer-state format for both: a Pyro estimator's run trained by 2 ranks goes on
+    in one process, from the saved Adam moments and step count."""
+    out_dir, _ = two_ranks
+    run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(out_dir / "straight", run)
+    saved = load_checkpoint(run)
+    steps = saved.trainer_state["steps"]
+    assert steps == 2 * math.ceil(TINY["train_size"] / TINY["batch_size"])
+    result = fit(TrainConfig(**TINY, epochs=3, estimator="meanfield"), run, resume=True,
+                 progress=False, log=lambda *a: None)
+    assert result.history[:2] == saved.history and result.history[2]["processes"] == 1
+    assert math.isfinite(result.history[2]["test_elbo"])
+    assert load_checkpoint(run).trainer_state["steps"] == steps + steps // 2
 
 
 def test_shard_splits_rows_disjointly():
@@ -323,7 +322,7 @@ def test_torchrun_train_writes_one_set_of_outputs(tmp_path):
     out = tmp_path / "run"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+        "--standalone",  # rendezvous on a port the OS picks: no race for a free port
         "-m", "pyro_vae", "train", "--train-size", "512", "--test-size", "128",
         "--epochs", "2", "--hidden-sizes", "32", "--latent-dim", "4", "--quiet",
         "--no-plots", "--out", str(out),
@@ -334,12 +333,14 @@ def test_torchrun_train_writes_one_set_of_outputs(tmp_path):
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120,
                           cwd=tmp_path)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-6000:]}"
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json"]
+    assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "checkpoint.prev.pt",
+                                               "metrics.json", "run.lock"}
     assert proc.stdout.count("done: test ELBO") == 1
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["epoch"] for r in metrics["epochs"]] == [1, 2]
     assert all(r["processes"] == 2 for r in metrics["epochs"])
-    vae, config, _ = load_vae(out)
-    data = prepare_data(config)
+    vae, checkpoint = RunFolder(out).load_vae()
+    config = checkpoint.config
+    data = load_data(config)
     assert_close(mean_elbo(vae, data.test, batch_size=config.eval_batch_size),
                  metrics["epochs"][-1]["test_elbo"], rtol=1e-6)

@@ -55,3 +55,39 @@ def test_example_runs_quick_and_prints_nats(script, tmp_path):
         f"{script.name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     assert FIGURE_IN_NATS.search(proc.stdout), (
         f"{script.name} printed no figure in nats:\n{proc.stdout[-2000:]}")
+    # nothing is left in the folder it ran from, except under runs/ (which git ignores)
+    assert {p.name for p in tmp_path.iterdir()} <= {"runs"}, list(tmp_path.iterdir())
+
+
+def run_fashion(tmp_path, *args):
+    env = {k: v for k, v in os.environ.items() if k != "PYRO_VAE_DATA"}
+    env.update(PYTHONPATH=str(REPO), MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(REPO / "examples" / "fashion_mnist.py"),
+                           "--quick", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT_SECONDS)
+
+
+def test_fashion_example_without_its_data_set_says_so_in_one_line_and_skips(tmp_path):
+    """The optional data set missing (an empty --data-dir stands for a machine without
+    Debian's package): one line, exit status 0, no traceback, nothing written."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_fashion(tmp_path, "--data-dir", str(empty))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert lines[0].startswith("fashion_mnist.py: skipped: Fashion-MNIST is not installed")
+    assert "--download" in lines[0] and proc.stdout == ""
+
+
+def test_fashion_example_with_a_damaged_file_is_an_error_in_one_line(tmp_path):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (damaged / stem).write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05abc")  # truncated
+    proc = run_fashion(tmp_path, "--data-dir", str(damaged))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("fashion_mnist.py: error: ")
+    assert "train-images-idx3-ubyte: IDX file has 1 dimensions" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

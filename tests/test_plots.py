@@ -13,11 +13,11 @@ from matplotlib.image import imread
 
 from pyro_vae import VAE, ConfigError, DataError
 from pyro_vae.cli import main
-from pyro_vae.evaluation import estimate_log_px, evaluate
+from pyro_vae.config import TrainConfig, load_data
+from pyro_vae.evaluation import evaluate
 from pyro_vae.plots import (
     decoder_mean,
     image_grid,
-    log_px_points,
     normal_quantile_grid,
     pca_2d,
     plot_learning_curves,
@@ -25,7 +25,8 @@ from pyro_vae.plots import (
     sample_prior,
     write_run_figures,
 )
-from pyro_vae.training import TrainConfig, fit, load_vae, prepare_data
+from pyro_vae.runs import RunFolder
+from pyro_vae.training import fit
 from tests.conftest import assert_close
 
 TINY = TrainConfig(train_size=256, test_size=200, batch_size=128, hidden_sizes=(16,),
@@ -37,7 +38,7 @@ RUN_PICTURES = {"learning_curves.png", "reconstructions.png", "prior_samples.png
 
 @pytest.fixture(scope="module")
 def data():
-    return prepare_data(TINY)
+    return load_data(TINY)
 
 
 @pytest.fixture(scope="module")
@@ -151,24 +152,11 @@ def test_decoder_mean_is_the_likelihoods_mean(likelihood):
     assert_close(decoder_mean(vae, z), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_log_px_points_reads_an_evaluate_report():
-    vae = VAE(6, latent_dim=2, hidden_sizes=(8,))
-    x = torch.bernoulli(torch.full((30, 6), 0.5), generator=torch.Generator().manual_seed(0))
-    report = evaluate(vae, x, num_samples=40, generator=torch.Generator().manual_seed(0),
-                      pareto_k=False)
-    elbo = report["elbo"]["monte_carlo"]  # mean of log w: E[IWAE_1] is the ELBO
-    assert log_px_points(json.loads(json.dumps(report))) == [
-        (1, elbo["mean"], elbo["mc_stderr"]),
-        (40, report["log_px"]["mean"], report["log_px"]["mc_stderr"]),
-    ]
-    assert elbo["mean"] < report["log_px"]["mean"]  # log-mean-exp ≥ mean-log, same samples
-
-
 # --- the pictures of a run ------------------------------------------------------------------
 
 
 def test_write_run_figures_writes_every_picture(run_dir):
-    written = write_run_figures(run_dir)
+    written = write_run_figures(RunFolder(run_dir))
     assert {p.name for p in written} == RUN_PICTURES | {"latent_manifold.png"}
     for path in written:
         assert path.parent == run_dir
@@ -182,31 +170,24 @@ def test_write_run_figures_writes_every_picture(run_dir):
 def test_no_manifold_above_two_latent_dimensions(tmp_path, data):
     result = fit(dataclasses.replace(TINY, latent_dim=3, epochs=1), tmp_path, data=data,
                  log=lambda *args: None)
-    written = write_run_figures(tmp_path, vae=result.vae, data=data)
+    written = write_run_figures(RunFolder(tmp_path), vae=result.vae, data=data)
     assert {p.name for p in written} == RUN_PICTURES
 
 
 def test_evaluation_json_adds_log_px_and_pareto_pictures(tmp_path, run_dir, data):
     for f in run_dir.iterdir():
         (tmp_path / f.name).write_bytes(f.read_bytes())
-    vae, _, _ = load_vae(tmp_path)
+    run = RunFolder(tmp_path)
+    vae, _ = run.load_vae()
     x = data.test[:40]
-    points = [estimate_log_px(vae, x, num_samples=k, generator=torch.Generator().manual_seed(k),
-                              pareto_k=k >= 21) for k in (1, 10, 100)]
-    document = {"num_samples": 100,
-                "log_px_vs_k": [{"k": p.num_samples, "log_px": p.mean, "stderr": p.stderr}
-                                for p in points],
-                "pareto_k_values": points[-1].pareto_k.tolist()}
-    (tmp_path / "evaluation.json").write_text(json.dumps(document))
-    written = {p.name for p in write_run_figures(tmp_path, vae=vae, data=data)}
+    run.write_evaluation(evaluate(vae, x, num_samples=100, seed=1))
+    written = {p.name for p in write_run_figures(run, vae=vae, data=data)}
     assert {"log_px_vs_k.png", "pareto_k.png"} <= written
-    assert [p[0] for p in log_px_points(document)] == [1, 10, 100]
+    png(run.picture("log_px_vs_k"))
 
-    document.pop("pareto_k_values")  # a summary alone has no histogram to draw
-    (tmp_path / "evaluation.json").write_text(json.dumps(document))
-    (tmp_path / "pareto_k.png").unlink()
-    assert "pareto_k.png" not in {p.name for p in write_run_figures(tmp_path, vae=vae,
-                                                                     data=data)}
+    run.write_evaluation(evaluate(vae, x, num_samples=100, seed=1, pareto_k=False))
+    run.picture("pareto_k").unlink()  # without k̂ values there is no histogram to draw
+    assert "pareto_k.png" not in {p.name for p in write_run_figures(run, vae=vae, data=data)}
 
 
 def test_reconstructions_sit_right_of_their_inputs(tmp_path):
@@ -250,7 +231,7 @@ def test_train_writes_and_lists_the_pictures(tmp_path, capsys):
     assert not list((tmp_path / "bare").glob("*.png"))
 
 
-def test_plot_command_compares_runs(tmp_path, run_dir, capsys):
+def test_plot_command_compares_runs(tmp_path, run_dir, capsys, monkeypatch):
     second = tmp_path / "second"
     second.mkdir()
     (second / "metrics.json").write_text((run_dir / "metrics.json").read_text())
@@ -260,6 +241,11 @@ def test_plot_command_compares_runs(tmp_path, run_dir, capsys):
     assert png(out).shape[:2] == (480, 1200)
     assert (second / "learning_curves.png").is_file()
     assert "nats per datapoint" in capsys.readouterr().out
+    # by default the comparison goes to the current folder, not next to the runs
+    monkeypatch.chdir(tmp_path / "second")
+    assert main(["plot", str(run_dir), str(second), "--curves-only"]) == 0
+    assert (second / "comparison.png").is_file() and not (run_dir.parent / "comparison.png"
+                                                          ).exists()
 
 
 def test_plot_command_without_metrics_is_a_one_line_error(tmp_path, capsys):
@@ -277,7 +263,7 @@ def test_sample_command_writes_the_decoder_means_it_drew(tmp_path, run_dir, caps
     png(out)
     means, z = np.load(tmp_path / "grid.npy"), np.load(tmp_path / "grid_z.npy")
     assert means.shape == (12, 784) and z.shape == (12, 2) and means.dtype == np.float32
-    vae, _, _ = load_vae(run_dir)
+    vae, _ = RunFolder(run_dir).load_vae()
     expected = sample_prior(vae, 12, temperature=0.7, generator=torch.Generator().manual_seed(4))
     np.testing.assert_array_equal(z, expected.z.numpy())
     np.testing.assert_allclose(means, expected.mean.numpy(), rtol=1e-6)

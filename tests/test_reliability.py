@@ -9,7 +9,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
+import textwrap
 from pathlib import Path
 
 import pyro
@@ -17,10 +17,14 @@ import pytest
 import torch
 
 from pyro_vae import DataError, TrainingDivergedError, cli
+from pyro_vae import config as config_module
 from pyro_vae import training as training_module
-from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.config import TrainConfig, load_data
 from pyro_vae.data import load_dataset
-from pyro_vae.training import TrainConfig, fit, load_vae, prepare_data
+from pyro_vae.evaluation import mean_elbo
+from pyro_vae.runs import RunFolder, load_checkpoint
+from pyro_vae.trainer import Trainer
+from pyro_vae.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_sizes=(16,), latent_dim=2, batch_size=32, train_size=96, test_size=64)
@@ -38,10 +42,10 @@ def finite_weights(state: dict) -> bool:
 
 
 def explode_lr_after_first_epoch(monkeypatch):
-    """Under the burda schedule, epoch 1 keeps lr0 and every later epoch gets lr 1e6: a real
-    optimizer blow-up, with the first epoch's checkpoint as the last good state."""
-    monkeypatch.setattr(training_module, "burda_learning_rate",
-                        lambda epoch, total, lr0=1e-3, **kw: lr0 if epoch == 0 else 1e6)
+    """Epoch 1 keeps its learning rate and every later epoch gets 1e6: a real optimizer
+    blow-up, with the first epoch's checkpoint as the last good state."""
+    monkeypatch.setattr(training_module, "learning_rate",
+                        lambda config, epoch: config.lr if epoch == 1 else 1e6)
 
 
 # --- numerical faults ---------------------------------------------------------------------
@@ -52,7 +56,7 @@ def test_divergence_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint
     """Caught by the loss check (validation off after the first step) or, with validation on
     every step, by torch's constraint check inside the step: the same message either way."""
     config = TrainConfig(epochs=4, lr_schedule="burda", validate_every_step=every_step, **TINY)
-    data = prepare_data(config, mnist)
+    data = load_data(config, dataset=mnist)
     explode_lr_after_first_epoch(monkeypatch)
     with pytest.raises(TrainingDivergedError) as info:
         fit(config, tmp_path, data=data, progress=False, log=lambda *a: None)
@@ -63,7 +67,7 @@ def test_divergence_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint
     assert "\n" not in message
 
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert ckpt["epoch"] == 1 and finite_weights(ckpt["model_state"])
+    assert ckpt.epoch == 1 and finite_weights(ckpt.model_state)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [r["epoch"] for r in metrics["epochs"]] == [1]
     assert math.isfinite(metrics["epochs"][0]["test_elbo"])
@@ -73,9 +77,9 @@ def test_divergence_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint
     one_epoch = fit(TrainConfig(epochs=1, **TINY), None, data=data, progress=False,
                     log=lambda *a: None)
     for name, value in one_epoch.vae.state_dict().items():
-        assert torch.equal(ckpt["model_state"][name], value), name
-    vae, _, _ = load_vae(tmp_path)
-    assert training_module.mean_elbo(vae, data.test) == pytest.approx(
+        assert torch.equal(ckpt.model_state[name], value), name
+    vae, _ = RunFolder(tmp_path).load_vae()
+    assert mean_elbo(vae, data.test) == pytest.approx(
         metrics["epochs"][0]["test_elbo"], rel=1e-6)
 
 
@@ -83,7 +87,7 @@ def test_divergence_without_validation_is_caught_by_the_loss_check(tmp_path, mni
     """With distribution validation off, nothing raises inside the step: the non-finite loss
     itself must stop the run."""
     config = TrainConfig(epochs=4, lr_schedule="burda", **TINY)
-    data = prepare_data(config, mnist)
+    data = load_data(config, dataset=mnist)
     explode_lr_after_first_epoch(monkeypatch)
     pyro.enable_validation(False)
     try:
@@ -92,25 +96,25 @@ def test_divergence_without_validation_is_caught_by_the_loss_check(tmp_path, mni
             fit(config, tmp_path, data=data, progress=False, log=lambda *a: None)
     finally:
         pyro.enable_validation(True)
-    assert load_checkpoint(tmp_path)["epoch"] == 1
+    assert load_checkpoint(tmp_path).epoch == 1
 
 
 def test_cli_divergence_is_one_line_and_exit_2(tmp_path, mnist, monkeypatch, capsys):
     explode_lr_after_first_epoch(monkeypatch)
-    monkeypatch.setattr(training_module, "load_dataset", lambda *a, **k: mnist)
+    monkeypatch.setattr(config_module, "load_dataset", lambda *a, **k: mnist)
     status = cli.main(["train", "--epochs", "3", "--lr-schedule", "burda", "--out",
                        str(tmp_path), *TINY_ARGS])
     assert status == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1
     assert errors[0].startswith("pyro-vae: error: training diverged at epoch 2, step ")
-    assert load_checkpoint(tmp_path)["epoch"] == 1
+    assert load_checkpoint(tmp_path).epoch == 1
 
 
 def test_cli_divergence_in_the_first_epoch(tmp_path, mnist, monkeypatch, capsys):
     """lr = 1e6: Adam moves every weight by about 1e6 at the first step, and the encoder's
     scale underflows to 0 at the second; there is no good checkpoint to point to yet."""
-    monkeypatch.setattr(training_module, "load_dataset", lambda *a, **k: mnist)
+    monkeypatch.setattr(config_module, "load_dataset", lambda *a, **k: mnist)
     status = cli.main(["train", "--epochs", "3", "--lr", "1e6", "--out", str(tmp_path / "run"),
                        *TINY_ARGS])
     assert status == 2
@@ -128,27 +132,18 @@ def test_validation_runs_on_the_first_step_of_each_fit_call(tmp_path, mnist, mon
     """Pyro's and torch's validation is on for the first step of a run and of its resumption,
     then off unless ``validate_every_step``; a global ``enable_validation(False)`` wins."""
     seen = []
+    step = Trainer.step
 
-    def spy(make_trainer):
-        def wrapped(self, *args, **kwargs):
-            trainer = make_trainer(self, *args, **kwargs)
-            step = trainer.step
+    def checked_step(self, *a, **k):
+        seen.append((pyro.infer.util.is_validation_enabled(),
+                     torch.distributions.Distribution._validate_args))
+        return step(self, *a, **k)
 
-            def checked_step(*a, **k):
-                seen.append((pyro.infer.util.is_validation_enabled(),
-                             torch.distributions.Distribution._validate_args))
-                return step(*a, **k)
-
-            trainer.step = checked_step
-            return trainer
-        return wrapped
-
-    objective_class = type(training_module.make_objective(estimator, training_module.build_vae(
-        TrainConfig(**TINY), mnist.x_dim)))
-    monkeypatch.setattr(objective_class, "make_trainer", spy(objective_class.make_trainer))
+    monkeypatch.setattr(Trainer, "step", checked_step)
     config = TrainConfig(epochs=2, estimator=estimator, validate_every_step=every_step, **TINY)
     steps_per_epoch = math.ceil(TINY["train_size"] / TINY["batch_size"])
-    fit(config, tmp_path, data=prepare_data(config, mnist), progress=False, log=lambda *a: None)
+    fit(config, tmp_path, data=load_data(config, dataset=mnist), progress=False,
+        log=lambda *a: None)
     fit(TrainConfig(**{**config.to_dict(), "epochs": 3}), tmp_path, resume=True,
         progress=False, log=lambda *a: None)
     first_of_each_call = [0, 2 * steps_per_epoch]
@@ -161,7 +156,8 @@ def test_validation_runs_on_the_first_step_of_each_fit_call(tmp_path, mnist, mon
     seen.clear()
     pyro.enable_validation(False)
     try:
-        fit(config, None, data=prepare_data(config, mnist), progress=False, log=lambda *a: None)
+        fit(config, None, data=load_data(config, dataset=mnist), progress=False,
+            log=lambda *a: None)
     finally:
         pyro.enable_validation(True)
     assert seen and all(flags == (False, False) for flags in seen)
@@ -170,7 +166,7 @@ def test_validation_runs_on_the_first_step_of_each_fit_call(tmp_path, mnist, mon
 # --- bad data reaching fit ------------------------------------------------------------------
 def test_fit_refuses_nan_in_training_data(mnist):
     config = TrainConfig(epochs=1, **TINY)
-    prepared = prepare_data(config, mnist)
+    prepared = load_data(config, dataset=mnist)
     train = prepared.train.clone()
     train[3, 100] = float("nan")
     with pytest.raises(DataError, match=r"training set: 1 of 75264 values are NaN or infinite"):
@@ -179,7 +175,7 @@ def test_fit_refuses_nan_in_training_data(mnist):
 
 def test_fit_refuses_a_test_set_with_another_feature_size(mnist):
     config = TrainConfig(epochs=1, **TINY)
-    prepared = prepare_data(config, mnist)
+    prepared = load_data(config, dataset=mnist)
     with pytest.raises(DataError, match=r"test set: expected shape \(N, 784\) for this model, "
                                         r"found \(64, 100\)"):
         fit(config, None, data=prepared._replace(test=prepared.test[:, :100]), progress=False)
@@ -187,11 +183,11 @@ def test_fit_refuses_a_test_set_with_another_feature_size(mnist):
 
 def test_resume_with_data_of_another_feature_size(tmp_path, mnist):
     config = TrainConfig(epochs=1, **TINY)
-    prepared = prepare_data(config, mnist)
+    prepared = load_data(config, dataset=mnist)
     fit(config, tmp_path, data=prepared, progress=False, log=lambda *a: None)
     smaller = prepared._replace(train=prepared.train[:, :100], test=prepared.test[:, :100])
-    with pytest.raises(DataError, match=rf"100 features per datapoint, expected 784 like the "
-                                        rf"checkpoint in {tmp_path}"):
+    with pytest.raises(DataError, match=rf"100 features per datapoint, expected 784 like "
+                                        rf"{tmp_path / 'checkpoint.pt'}"):
         fit(TrainConfig(epochs=2, **TINY), tmp_path, resume=True, data=smaller, progress=False)
 
 
@@ -203,35 +199,55 @@ def read_epochs(path: Path) -> list:
         return []
 
 
-def test_sigkill_then_resume_loses_at_most_one_epoch(tmp_path, mnist):
-    """Kill a training process with SIGKILL halfway through its epochs, resume it from the
-    command line, and check that (a) the checkpoint holds every epoch the run had reported,
-    so at most the epoch in progress is lost, (b) the resumed process trains only the
-    remaining epochs, (c) the final metrics list epochs 1..E once each, finite, with the
-    epochs before the kill unchanged, and equal to those of an uninterrupted run."""
-    epochs, run = 10, tmp_path / "run"
-    command = [sys.executable, "-m", "pyro_vae", "train", "--epochs", str(epochs), *TINY_ARGS]
-    with subprocess.Popen([*command, "--out", str(run)], cwd=ROOT, stdout=subprocess.DEVNULL,
+STALL_AFTER_EPOCH = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {root!r})
+    import torch
+    torch.set_num_threads(1)
+    from pyro_vae.config import TrainConfig
+    from pyro_vae.training import fit
+
+    def log(line):
+        print(line, flush=True)
+        if line.startswith("epoch   5/"):  # epoch 5 trained, its files not yet written
+            print("stalled", flush=True)
+            time.sleep(600)
+
+    fit(TrainConfig(epochs={epochs}, **{tiny!r}), {run!r}, progress=False, log=log)
+""")
+
+
+def test_sigkill_then_resume_loses_at_most_the_epoch_under_way(tmp_path, mnist):
+    """Kill a training process with SIGKILL at a known point (epoch 5 trained and reported,
+    its checkpoint not yet written), resume it from the command line, and check that (a) the
+    checkpoint holds every epoch before the one under way, (b) the resumed process trains
+    only the remaining epochs, (c) the final metrics list epochs 1..E once each, finite, with
+    the epochs before the kill unchanged, and equal to those of an uninterrupted run."""
+    epochs, run = 8, tmp_path / "run"
+    child = STALL_AFTER_EPOCH.format(root=str(ROOT), epochs=epochs, tiny=TINY, run=str(run))
+    with subprocess.Popen([sys.executable, "-c", child], cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True) as proc:
         try:
-            deadline = time.monotonic() + 120
-            while len(seen := read_epochs(run / "metrics.json")) < epochs // 2:
-                assert proc.poll() is None, proc.stderr.read()
-                assert time.monotonic() < deadline, "training made no progress"
-                time.sleep(0.01)
+            for line in proc.stdout:
+                if line.strip() == "stalled":
+                    break
+            else:
+                raise AssertionError(proc.stderr.read())
             os.kill(proc.pid, signal.SIGKILL)
-            assert proc.wait(timeout=30) == -signal.SIGKILL  # killed mid-run, not finished
+            assert proc.wait(timeout=30) == -signal.SIGKILL
         finally:
             if proc.poll() is None:
                 proc.kill()
-    done = load_checkpoint(run)["epoch"]
-    assert len(seen) <= done < epochs  # nothing reported is lost; the run was not over
-    before_kill = read_epochs(run / "metrics.json")[:done]
+    done = load_checkpoint(run).epoch
+    assert done == 4  # only the epoch under way (5) is lost
+    before_kill = read_epochs(run / "metrics.json")
+    assert [r["epoch"] for r in before_kill] == [1, 2, 3, 4]
 
-    resumed = subprocess.run([*command[:4], "--resume", str(run), "--quiet", "--no-plots"],
+    resumed = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--resume", str(run),
+                              "--quiet", "--no-plots"],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming {run} after epoch {done} of {epochs}" in resumed.stdout
+    assert f"resuming {run / 'checkpoint.pt'} after epoch {done} of {epochs}" in resumed.stdout
     trained = [line.split()[1] for line in resumed.stdout.splitlines()
                if line.startswith("epoch ")]
     assert trained == [f"{e}/{epochs}" for e in range(done + 1, epochs + 1)]
@@ -239,16 +255,17 @@ def test_sigkill_then_resume_loses_at_most_one_epoch(tmp_path, mnist):
     final = read_epochs(run / "metrics.json")
     assert [r["epoch"] for r in final] == list(range(1, epochs + 1))
     for record in final:
-        assert math.isfinite(record["train_elbo"]) and math.isfinite(record["test_elbo"])
+        assert math.isfinite(record["train_objective_nats"])
         assert record["test_elbo"] < 0  # a bound on a log-probability of binary images
     assert final[:done] == before_kill
     ckpt = load_checkpoint(run)
-    assert ckpt["epoch"] == epochs and finite_weights(ckpt["model_state"])
+    assert ckpt.epoch == epochs and finite_weights(ckpt.model_state)
 
     # and the interrupted run ends where an uninterrupted one does
     config = TrainConfig(epochs=epochs, **TINY)
-    straight = fit(config, None, data=prepare_data(config, mnist), progress=False,
+    straight = fit(config, None, data=load_data(config, dataset=mnist), progress=False,
                    log=lambda *a: None)
     for record, expected in zip(final, straight.history, strict=True):
-        assert record["train_elbo"] == pytest.approx(expected["train_elbo"], rel=1e-6)
+        assert record["train_objective_nats"] == pytest.approx(
+            expected["train_objective_nats"], rel=1e-6)
         assert record["test_elbo"] == pytest.approx(expected["test_elbo"], rel=1e-6)

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.cli import main
+from pyro_vae.config import TrainConfig, load_data
 from pyro_vae.errors import ConfigError
-from pyro_vae.training import TrainConfig, fit, prepare_data
+from pyro_vae.runs import load_checkpoint
+from pyro_vae.training import fit
 from tests.conftest import assert_close
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ SCHEDULES = {
     "constant": {},
     "burda+warmup": {"lr_schedule": "burda", "beta_warmup_epochs": 3, "lr": 3e-3},
 }
-COMPARED = ("epoch", "train_elbo", "test_elbo", "beta", "lr", "steps")
+COMPARED = ("epoch", "train_objective_nats", "test_elbo", "beta", "lr", "steps")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,7 +44,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def data():
     """The tiny data set, read once for the module (every ``fit`` would read MNIST again)."""
-    return prepare_data(TINY)
+    return load_data(TINY)
 
 
 def quiet(*args, **kwargs):
@@ -56,7 +57,7 @@ def interrupt_after(out_dir: Path, epoch: int):
 
     def log(*args, **kwargs):
         path = out_dir / "checkpoint.pt"
-        if path.exists() and load_checkpoint(path)["epoch"] >= epoch:
+        if path.exists() and load_checkpoint(path).epoch >= epoch:
             raise KeyboardInterrupt
 
     return log
@@ -81,7 +82,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, data, estima
 
     with pytest.raises(KeyboardInterrupt):
         fit(config, tmp_path / "cut", data=data, log=interrupt_after(tmp_path / "cut", 2))
-    assert load_checkpoint(tmp_path / "cut")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "cut").epoch == 2
     torch.manual_seed(12345)  # whatever the global RNG did since, the checkpoint's wins
     resumed = fit(None, tmp_path / "cut", resume=True, data=data, log=quiet)
 
@@ -116,10 +117,32 @@ def test_resume_with_more_epochs_extends_the_run(tmp_path, data, estimator):
 
 def test_resume_refuses_a_different_configuration(tmp_path, data):
     fit(dataclasses.replace(TINY, epochs=1), tmp_path, data=data, log=quiet)
-    with pytest.raises(ConfigError, match=r"lr=0\.01 \(checkpoint: 0\.001\)"):
+    with pytest.raises(ConfigError, match=r"lr 0\.01 \(saved: 0\.001\)"):
         fit(dataclasses.replace(TINY, lr=1e-2), tmp_path, resume=True, data=data, log=quiet)
     with pytest.raises(ConfigError, match="train_size"):  # a bare TrainConfig(epochs=E)
         fit(TrainConfig(epochs=4), tmp_path, resume=True, data=data, log=quiet)
+
+
+def test_cli_resume_refuses_options_that_change_the_run_and_changes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--epochs", "1", *CLI_TINY, "--out", str(run)]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    code = main(["train", "--resume", str(run), "--estimator", "iwae", "--lr", "0.5",
+                 "--batch-size", "7", "--epochs", "2", "--quiet", "--no-plots"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "cannot resume with a different configuration: " in err
+    for conflict in ("--estimator 'iwae' (saved: 'meanfield')", "--lr 0.5 (saved: 0.001)",
+                     "--batch-size 7 (saved: 128)"):
+        assert conflict in err
+    assert "--epochs" not in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    # the options that may change are honoured: more epochs, another (equal) data folder
+    data_dir = str(REPO / "pyro_vae" / "datasets" / "mnist")
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--data-dir", data_dir,
+                 "--quiet", "--no-plots"]) == 0
+    assert load_checkpoint(run).epoch == 2 and load_checkpoint(run).config.data_dir == data_dir
 
 
 def test_resuming_a_finished_run_trains_nothing(tmp_path, data):
@@ -155,7 +178,7 @@ def test_cli_ctrl_c_then_resume_equals_uninterrupted(tmp_path):
         proc.kill()
     assert proc.returncode == 130, err
     assert "interrupted" in err
-    assert 1 <= load_checkpoint(cut)["epoch"] < 6
+    assert 1 <= load_checkpoint(cut).epoch < 6
 
     assert main(["train", "--resume", str(cut), "--quiet", "--no-plots"]) == 0
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())["epochs"]

@@ -61,7 +61,13 @@ def estimators_epilog() -> str:
 
 def add_arguments(p) -> None:
     p.epilog = estimators_epilog()
-    model = p.add_argument_group("model and estimator")
+    _model_options(p.add_argument_group("model and estimator"))
+    _optimization_options(p.add_argument_group("optimization"))
+    _data_options(p.add_argument_group("data"))
+    _output_options(p.add_argument_group("run folder and output"))
+
+
+def _model_options(model) -> None:
     _config_option(model, "--estimator", field="estimator", choices=list(ESTIMATORS),
                    metavar="NAME", help="training objective, listed below")
     _config_option(model, "--num-particles", "-K", field="num_particles", type=positive_int,
@@ -81,12 +87,15 @@ def add_arguments(p) -> None:
                    help="KL weight (1: the ELBO; other values: the beta-VAE objective)")
     _config_option(model, "--beta-warmup", field="beta_warmup_epochs", type=non_negative_int,
                    metavar="EPOCHS", help="raise beta linearly over this many epochs")
-    opt = p.add_argument_group("optimization")
+
+
+def _optimization_options(opt) -> None:
     _config_option(opt, "--epochs", field="epochs", type=positive_int, metavar="N",
                    help="epochs in all (with --resume: to extend the run)")
     _config_option(opt, "--batch-size", field="batch_size", type=positive_int, metavar="B",
                    help="images per minibatch")
-    _config_option(opt, "--lr", field="lr", type=positive_float, metavar="LR", help="Adam's learning rate")
+    _config_option(opt, "--lr", field="lr", type=positive_float, metavar="LR",
+                   help="Adam's learning rate")
     _config_option(opt, "--lr-schedule", field="lr_schedule", choices=LR_SCHEDULES,
                    help="constant, or Burda et al.'s decay (burda: passes of 3^i epochs; "
                    "burda-even: eight equal passes)")
@@ -98,7 +107,9 @@ def add_arguments(p) -> None:
     _config_option(opt, "--seed", field="seed", type=seed, metavar="S",
                    help="decides the initial weights, the data order and every sample")
     _config_option(opt, "--device", field="device", help="cpu or cuda")
-    data = p.add_argument_group("data")
+
+
+def _data_options(data) -> None:
     _config_option(data, "--dataset", field="dataset", choices=list(DATASETS), help="images")
     _config_option(data, "--data-dir", field="data_dir", metavar="DIR",
                    help="folder with the four IDX files (.gz or raw); the default looks in "
@@ -109,7 +120,9 @@ def add_arguments(p) -> None:
                    help="use only the first N training images")
     _config_option(data, "--test-size", field="test_size", type=positive_int, metavar="N",
                    help="use only the first N test images")
-    out = p.add_argument_group("run folder and output")
+
+
+def _output_options(out) -> None:
     out.add_argument("--out", type=Path, metavar="RUN_DIR",
                      help="run folder (default: runs/<estimator>-<date>-<time>)")
     out.add_argument("--resume", type=Path, metavar="RUN_DIR",
@@ -151,13 +164,13 @@ def run(args) -> int:
     given = _given(args)
     folder = _folder(args, given)
     main_rank = os.environ.get("RANK", "0") == "0"
+    config = None if args.resume is not None else TrainConfig(**given).validate()
     with folder.lock() if main_rank else contextlib.nullcontext():
-        if args.resume is not None:
+        if config is None:
             checkpoint = folder.load_checkpoint()
             config = resumed_config(checkpoint.config, given, names=OPTION_NAMES)
         else:
             checkpoint = None
-            config = TrainConfig(**given).validate()
             if main_rank:
                 folder.prepare_new(overwrite=args.overwrite,
                                    log=lambda m: print(m, file=sys.stderr))

@@ -57,7 +57,8 @@ def pareto_k_hat(log_weights) -> torch.Tensor:
         )
     if not np.isfinite(lw).all():
         raise ValueError("pareto_k_hat: log-weights must be finite")
-    _, k = _import_arviz().psislw(lw)
+    with np.errstate(divide="ignore", invalid="ignore"):  # ties are handled below
+        _, k = _import_arviz().psislw(lw)
     k = np.asarray(k, dtype=np.float64)
     # ArviZ returns +inf when fewer than 5 weights lie strictly above its tail cutoff, which
     # for K >= MIN_PSIS_SAMPLES happens only when the top weights tie: bounded weights.

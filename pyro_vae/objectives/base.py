@@ -68,19 +68,22 @@ class PyroObjective(Objective):
         else:
             self.model, self.guide = vae.model, vae.guide
 
-    def _kwargs(self, x: torch.Tensor, num_data: int | None) -> dict:
+    def arguments(self, x: torch.Tensor, num_data: int | None = None) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` of the model and guide for minibatch ``x``: what to pass to the
+        ELBO's methods, or to :meth:`pyro.infer.SVI.step`, with ``self.model, self.guide``."""
         kwargs = {} if num_data is None else {"num_data": int(num_data)}
         if self.jit:
             kwargs["_static"] = (x.shape[0], self.vae.beta)
-        return kwargs
+        return (x,), kwargs
 
     def differentiable_loss(self, x, *, num_data=None) -> torch.Tensor:
-        return self.elbo.differentiable_loss(self.model, self.guide, x,
-                                             **self._kwargs(x, num_data))
+        args, kwargs = self.arguments(x, num_data)
+        return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
 
     def loss(self, x, *, num_data=None) -> float:
+        args, kwargs = self.arguments(x, num_data)
         with torch.no_grad():
-            return float(self.elbo.loss(self.model, self.guide, x, **self._kwargs(x, num_data)))
+            return float(self.elbo.loss(self.model, self.guide, *args, **kwargs))
 
     def scaled_loss(self, x, scale: float) -> torch.Tensor:
         """Under :func:`pyro.poutine.scale`, which scales every site's log-density as

@@ -5,7 +5,6 @@ whether it shows a bound (ELBO, IWAE_K) or an estimate of log p(x).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 

@@ -1,0 +1,121 @@
+"""Explicit migrations of the files written by pyro_vae 0.1 (format version 1) to the current
+schemas (:mod:`.schema`). Readers accept the current version, and version 1 only through these.
+
+- checkpoints: Pyro's per-parameter optimizer states (Pyro estimators) or torch Adam's (the
+  others) under ``optimizer_state`` became one torch Adam state under ``trainer_state``;
+- per-epoch records: ``train_elbo`` (which held IWAE_K or a β-weighted ELBO too) became
+  ``train_objective_nats``, and ``IWAE_K`` names its K (``IWAE_5``);
+- ``evaluation.json`` got its schema fields and ``"method": "is"``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pyro_vae.config import TrainConfig, build_vae
+from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.objectives import get_estimator
+from pyro_vae.runs.schema import (
+    CHECKPOINT_VERSION,
+    EVALUATION_SCHEMA,
+    EVALUATION_VERSION,
+    METRICS_SCHEMA,
+    METRICS_VERSION,
+)
+
+__all__ = ["migrate_checkpoint_v1", "migrate_evaluation_v1", "migrate_metrics_v1"]
+
+
+def _bad(path, entry: str, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: damaged checkpoint: {entry} {what}")
+
+
+def _is_int(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _objective_label(config: dict, label: str) -> str:
+    """Version 1 said ``IWAE_K``; version 2 names K (``IWAE_5``)."""
+    if "IWAE_K" not in label:
+        return label
+    k = config.get("num_particles")
+    if not _is_int(k, 1):
+        k = get_estimator(config.get("estimator")).default_num_particles
+    return label.replace("IWAE_K", f"IWAE_{k}")
+
+
+def _migrate_record_v1(record, config: dict):
+    """``train_elbo`` (which held IWAE_K or a β-weighted ELBO too) became
+    ``train_objective_nats``."""
+    if not isinstance(record, dict) or "train_elbo" not in record:
+        return record
+    out = {k: v for k, v in record.items() if k != "train_elbo"}
+    out["train_objective"] = _objective_label(config, record.get("train_objective", "ELBO"))
+    out["train_objective_nats"] = record["train_elbo"]
+    return out
+
+
+def migrate_metrics_v1(document: dict) -> dict:
+    config = document.get("config") if isinstance(document.get("config"), dict) else {}
+    epochs = document.get("epochs")
+    return {**document, "schema": METRICS_SCHEMA, "version": METRICS_VERSION,
+            "epochs": ([_migrate_record_v1(r, config) for r in epochs]
+                       if isinstance(epochs, list) else epochs)}
+
+
+def migrate_evaluation_v1(document: dict) -> dict:
+    """Version 1 had no schema fields and only importance sampling."""
+    return {"schema": EVALUATION_SCHEMA, "version": EVALUATION_VERSION, "method": "is",
+            **document}
+
+
+def migrate_checkpoint_v1(raw: dict, path) -> dict:
+    """Version 1 kept Pyro's per-parameter optimizer states for Pyro estimators (one torch
+    Adam state dict per param-store name) and torch Adam's for the others, under
+    ``optimizer_state``; version 2 keeps one torch Adam state for every run, under
+    ``trainer_state``, and names IWAE's K in the history."""
+    out = {k: v for k, v in raw.items() if k != "optimizer_state"}
+    out["format_version"] = CHECKPOINT_VERSION
+    config = raw.get("config") if isinstance(raw.get("config"), dict) else {}
+    if isinstance(raw.get("history"), list):
+        out["history"] = [_migrate_record_v1(r, config) for r in raw["history"]]
+    state = raw.get("optimizer_state")
+    if state is not None:
+        out["trainer_state"] = _migrate_optimizer_state(state, raw, path)
+    return out
+
+
+def _migrate_optimizer_state(state, raw: dict, path) -> dict:
+    if not isinstance(state, dict):
+        raise _bad(path, "entry optimizer_state", "is not a dict")
+    if "state" in state and "param_groups" in state:  # torch Adam (hand-written or DDP)
+        adam = {k: v for k, v in state.items() if k != "distributed_steps"}
+        steps = state.get("distributed_steps")
+        return {"adam": adam, "steps": steps if _is_int(steps) else _adam_steps(adam)}
+    # Pyro's: {"encoder$$$body.0.weight": one-parameter Adam state dict, ...}
+    try:
+        config = TrainConfig.from_dict(raw["config"])
+        with torch.device("meta"):
+            names = [n for n, _ in build_vae(config, raw["x_dim"]).named_parameters()]
+    except (ConfigError, KeyError, TypeError, RuntimeError) as e:
+        raise _bad(path, "entry config", f"cannot be read ({e})") from None
+    moments, groups = {}, []
+    for pyro_name, per_param in state.items():
+        name = str(pyro_name).replace("$$$", ".", 1)
+        if name not in names or not isinstance(per_param, dict):
+            raise _bad(path, f"entry optimizer_state[{pyro_name!r}]",
+                       "names no parameter of the model")
+        inner = per_param.get("state", {})
+        if isinstance(inner, dict) and 0 in inner:
+            moments[names.index(name)] = inner[0]
+        groups += per_param.get("param_groups", [])[:1]
+    if not groups:
+        raise _bad(path, "entry optimizer_state", "holds no optimizer state")
+    adam = {"state": moments, "param_groups": [{**groups[0], "params": list(range(len(names)))}]}
+    return {"adam": adam, "steps": _adam_steps(adam)}
+
+
+def _adam_steps(adam: dict) -> int:
+    steps = [int(m["step"]) for m in adam.get("state", {}).values()
+             if isinstance(m, dict) and "step" in m]
+    return max(steps, default=0)
