@@ -16,10 +16,13 @@ import torch
 
 from pyro_vae.data import DATASETS, PreparedData, load_dataset, prepare_data
 from pyro_vae.errors import ConfigError
+from pyro_vae.flows import FLOWS
+from pyro_vae.hierarchical import HierarchicalVAE
 from pyro_vae.likelihoods import LIKELIHOODS, make_likelihood
 from pyro_vae.model import VAE
 from pyro_vae.networks import ACTIVATIONS, get_preset
-from pyro_vae.objectives import get_estimator
+from pyro_vae.objectives import check_compatible, get_estimator
+from pyro_vae.structure import Structure
 
 __all__ = [
     "LR_SCHEDULES",
@@ -38,7 +41,7 @@ LR_SCHEDULES = ("constant", "burda", "burda-even")
 # Fields a resumed run may change: they do not change what the run computes, only how long it
 # runs, where its data are read from and on which device. Every other field is refused.
 RESUMABLE_FIELDS = ("epochs", "data_dir", "device")
-MAX_SEED = 2**63 - 1  # torch.manual_seed takes seeds in [−2⁶³, 2⁶⁴); we keep to [0, 2⁶³)
+MAX_SEED = 2**32 - 1  # pyro.set_rng_seed also seeds NumPy's legacy generator: [0, 2³²)
 
 
 @dataclass
@@ -47,11 +50,16 @@ class TrainConfig:
 
     dataset: str = "mnist"  # "mnist" or "fashion-mnist"
     data_dir: str | None = None  # folder of the IDX files; None: see pyro_vae.data
-    preset: str = "pyro"  # architecture preset: "pyro" (784-400-50) or "burda" (784-200-200-50)
+    preset: str = "pyro"  # architecture preset: "pyro" (784-400-50), "burda" (784-200-200-50)
+    # or "burda2" (two stochastic layers, 784-200-200-100-100-100-50)
     latent_dim: int | None = None  # None: the preset's
     hidden_sizes: tuple[int, ...] | None = None  # None: the preset's
     activation: str | None = None  # None: the preset's
     likelihood: str = "bernoulli"  # bernoulli (dynamically binarized data) or grey-level ones
+    flow: str | None = None  # None: diagonal Gaussian guide; "iaf": pushed through an IAF
+    flow_layers: int = 2  # the flow's transforms, per stochastic layer (with a flow only)
+    likelihood_scale: float = 1.0  # gaussian only: σ of p(x|z), or where a learned σ starts
+    learn_likelihood_scale: bool = False  # gaussian only: learn one σ shared by all features
     estimator: str = "meanfield"  # a name from pyro_vae.ESTIMATORS
     num_particles: int | None = None  # samples per datapoint; None: the estimator's default
     epochs: int = 10  # under a minute on 2 CPU cores with the default network
@@ -85,18 +93,48 @@ class TrainConfig:
         if self.beta_warmup_epochs < 0:
             raise ConfigError(f"beta_warmup_epochs must be >= 0, got {self.beta_warmup_epochs}")
         if not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"seed must be an integer in [0, 2**63 - 1], got {self.seed}")
+            raise ConfigError(f"seed must be an integer in [0, 2**32 - 1], got {self.seed}")
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("likelihood", self.likelihood, LIKELIHOODS)
+        if not (self.likelihood_scale > 0 and math.isfinite(self.likelihood_scale)):
+            raise ConfigError(f"likelihood_scale must be a positive finite number, got "
+                              f"{self.likelihood_scale!r}")
+        if self.likelihood != "gaussian" and (self.likelihood_scale != 1.0
+                                              or self.learn_likelihood_scale):
+            raise ConfigError(f"likelihood_scale and learn_likelihood_scale set the gaussian "
+                              f"likelihood's σ; the {self.likelihood} likelihood has none")
         if self.activation is not None:
             _check_choice("activation", self.activation, ACTIVATIONS)
         get_estimator(self.estimator)
         get_preset(self.preset)
         if self.hidden_sizes is not None and any(h <= 0 for h in self.hidden_sizes):
             raise ConfigError(f"hidden_sizes must be positive integers, got {self.hidden_sizes}")
+        self._check_model()
         check_device(self.device)
         return self
+
+    def _check_model(self) -> None:
+        """The flow and the preset's layers, and whether the estimator can train them."""
+        if self.flow is not None:
+            _check_choice("flow", self.flow, FLOWS)
+        if self.flow_layers <= 0:
+            raise ConfigError(f"flow_layers must be a positive integer, got {self.flow_layers!r}")
+        if self.flow is None and self.flow_layers != 2:
+            raise ConfigError("flow_layers sets the number of transforms of a flow guide; "
+                              "choose one with flow='iaf' (--flow iaf)")
+        arch = get_preset(self.preset)
+        if arch.upper_layers and (self.latent_dim is not None or self.hidden_sizes is not None):
+            raise ConfigError(f"the {self.preset} preset has {arch.stochastic_layers} stochastic "
+                              f"layers of fixed sizes ({arch.describe()}); latent_dim and "
+                              "hidden_sizes set those of a one-layer network")
+        check_compatible(self.estimator, self.structure)
+
+    @property
+    def structure(self) -> Structure:
+        """The model and guide this configuration builds, as the estimators see them."""
+        layers = get_preset(self.preset).stochastic_layers
+        return Structure(layers, self.flow, self.flow_layers if self.flow else 0)
 
     @property
     def architecture(self) -> tuple[int, tuple[int, ...], str]:
@@ -131,7 +169,9 @@ class TrainConfig:
 _TYPES = {
     "dataset": (str,), "data_dir": (str, type(None)), "preset": (str,),
     "latent_dim": (int, type(None)), "hidden_sizes": (tuple, type(None)),
-    "activation": (str, type(None)), "likelihood": (str,), "estimator": (str,),
+    "activation": (str, type(None)), "likelihood": (str,), "likelihood_scale": (float, int),
+    "learn_likelihood_scale": (bool,), "flow": (str, type(None)), "flow_layers": (int,),
+    "estimator": (str,),
     "num_particles": (int, type(None)), "epochs": (int,), "batch_size": (int,),
     "lr": (float, int), "lr_schedule": (str,), "beta": (float, int),
     "beta_warmup_epochs": (int,), "scale_to_data": (bool,), "seed": (int,), "device": (str,),
@@ -175,11 +215,19 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def build_vae(config: TrainConfig, x_dim: int) -> VAE:
-    """The VAE that ``config`` describes, for data of ``x_dim`` features (on the CPU)."""
+def build_vae(config: TrainConfig, x_dim: int) -> VAE | HierarchicalVAE:
+    """The VAE that ``config`` describes, for data of ``x_dim`` features (on the CPU): a
+    :class:`HierarchicalVAE` for a preset with several stochastic layers."""
     latent_dim, hidden_sizes, activation = config.architecture
+    options = ({"scale": config.likelihood_scale, "learn_scale": config.learn_likelihood_scale,
+                "shared": True} if config.likelihood == "gaussian" else {})
+    likelihood = make_likelihood(config.likelihood, x_dim=x_dim, **options)
+    flow = {} if config.flow is None else {"flow": config.flow, "flow_layers": config.flow_layers}
+    if get_preset(config.preset).upper_layers:
+        return HierarchicalVAE.from_preset(config.preset, x_dim, activation=activation,
+                                           likelihood=likelihood, beta=config.beta, **flow)
     return VAE(x_dim, latent_dim=latent_dim, hidden_sizes=hidden_sizes, activation=activation,
-               likelihood=make_likelihood(config.likelihood, x_dim=x_dim), beta=config.beta)
+               likelihood=likelihood, beta=config.beta, **flow)
 
 
 def burda_learning_rate(epoch: int, total_epochs: int, lr0: float = 1e-3, *,

@@ -255,9 +255,19 @@ def fetch(name: str, folder: str | os.PathLike) -> Path:
 
 def binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """A Bernoulli draw per pixel with probability = grey level / 255 (dynamic binarization,
-    Salakhutdinov & Murray 2008); ``images`` are uint8 or floats in [0, 1]."""
-    probs = images.float() / 255.0 if images.dtype == torch.uint8 else images
-    return torch.bernoulli(probs, generator=generator)
+    Salakhutdinov & Murray 2008); ``images`` are uint8, or floats in [0, 1].
+
+    :raises DataError: for another dtype or floats outside [0, 1] (e.g. 0-255 as floats)."""
+    if images.dtype == torch.uint8:
+        return torch.bernoulli(images.float() / 255.0, generator=generator)
+    if not images.is_floating_point():
+        raise DataError(f"binarize: expected uint8 pixels or float grey levels in [0, 1], "
+                        f"found dtype {images.dtype}")
+    if images.numel() and not (images.min() >= 0 and images.max() <= 1):
+        raise DataError(f"binarize: expected grey levels in [0, 1], found values in "
+                        f"[{float(images.min()):.4g}, {float(images.max()):.4g}]; divide 0-255 "
+                        "pixels by 255 (pyro_vae.data.preprocess)")
+    return torch.bernoulli(images, generator=generator)
 
 
 def preprocess(images: torch.Tensor) -> torch.Tensor:

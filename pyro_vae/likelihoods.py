@@ -8,6 +8,8 @@ the Bernoulli likelihood fail with a clear message instead of deep inside torch.
 
 from __future__ import annotations
 
+import math
+
 import pyro.distributions as dist
 import torch
 from torch import nn
@@ -29,9 +31,15 @@ class Likelihood(nn.Module):
 
     name = "likelihood"
     needs_binary_data = False
+    # What log p(x) is under this likelihood, for labelling every figure in nats.
+    density = "a log-density"
 
     def check_data(self, x: torch.Tensor, *, where: str = "data") -> None:
-        """Raise :class:`DataError` if ``x`` holds NaN, infinity, or values outside the support."""
+        """Raise :class:`DataError` if ``x`` is not a floating-point tensor, or holds NaN,
+        infinity, or values outside the support."""
+        if not x.is_floating_point():
+            raise DataError(f"{where}: expected floating-point values, found dtype {x.dtype}; "
+                            "convert with x.float() (grey levels in [0, 1])")
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).sum())
             raise DataError(f"{where}: {bad} values are NaN or infinite")
@@ -57,6 +65,7 @@ class Bernoulli(Likelihood):
 
     name = "bernoulli"
     needs_binary_data = True
+    density = "a log-probability of binarized images"
 
     def forward(self, logits: torch.Tensor) -> dist.Bernoulli:
         return dist.Bernoulli(logits=logits)
@@ -86,6 +95,8 @@ class ContinuousBernoulli(Likelihood):
     """The continuous Bernoulli of Loaiza-Ganem & Cunningham (2019), for grey levels in [0, 1]."""
 
     name = "continuous-bernoulli"
+    density = ("a log-density on [0, 1]^D, not comparable with the bernoulli likelihood's "
+               "log-probabilities of binarized images")
 
     def forward(self, logits: torch.Tensor) -> dist.ContinuousBernoulli:
         return dist.ContinuousBernoulli(logits=logits)
@@ -103,16 +114,22 @@ class ContinuousBernoulli(Likelihood):
 
 
 class Gaussian(Likelihood):
-    """N(x; decoder(z), scale² I) for real-valued data; ``scale`` fixed, or learned when
-    ``learn_scale=True`` (one scale per feature, stored as its logarithm)."""
+    """N(x; decoder(z), σ² I) for real-valued data: σ = ``scale`` fixed, or learned when
+    ``learn_scale=True`` (stored as its logarithm): one σ per feature by default, or one σ
+    shared by all features with ``shared=True`` (the "σ-VAE" of Rybkin et al. 2021, which
+    cannot collapse on features that never vary, as MNIST's border pixels would)."""
 
     name = "gaussian"
+    density = ("a log-density on R^D, not comparable with the bernoulli likelihood's "
+               "log-probabilities of binarized images")
 
-    def __init__(self, scale: float = 1.0, *, learn_scale: bool = False, x_dim: int = 1):
+    def __init__(self, scale: float = 1.0, *, learn_scale: bool = False, x_dim: int = 1,
+                 shared: bool = False):
         super().__init__()
-        if not scale > 0:
-            raise ConfigError(f"gaussian likelihood scale must be positive, got {scale}")
-        log_scale = torch.full((x_dim if learn_scale else 1,), float(scale)).log()
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ConfigError(f"gaussian likelihood scale must be a positive number, got {scale}")
+        log_scale = torch.full((x_dim if learn_scale and not shared else 1,),
+                               float(scale)).log()
         if learn_scale:
             self.log_scale = nn.Parameter(log_scale)
         else:

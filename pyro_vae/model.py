@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import math
 
 import pyro
 import pyro.distributions as dist
@@ -31,10 +32,12 @@ from pyro import poutine
 from torch import nn
 
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.flows import make_flow
 from pyro_vae.likelihoods import Likelihood, make_likelihood
 from pyro_vae.networks import GaussianEncoder, MLPDecoder, get_preset
+from pyro_vae.structure import Structure
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "check_data", "check_input", "data_plate"]
 
 
 class VAE(nn.Module):
@@ -54,6 +57,11 @@ class VAE(nn.Module):
     :param str prefix: prepended to every site, plate and module name.
     :param float beta: KL weight β applied to the latent site only (β = 1 is the ELBO; other
         values give the β-VAE objective of Higgins et al. 2017, which is not a bound on log p(x)).
+    :param str flow: ``None`` for the diagonal Gaussian q(z|x), or ``"iaf"`` to push it through
+        an inverse autoregressive flow conditioned on the encoder's last hidden layer
+        (:mod:`pyro_vae.flows`; the encoder must offer ``features`` and ``heads``, as
+        :class:`~pyro_vae.networks.GaussianEncoder` does).
+    :param int flow_layers: the flow's number of transforms K.
     """
 
     def __init__(
@@ -69,17 +77,25 @@ class VAE(nn.Module):
         context_dim: int = 0,
         prefix: str = "",
         beta: float = 1.0,
+        flow: str | None = None,
+        flow_layers: int = 2,
     ):
         super().__init__()
         for name, value in (("x_dim", x_dim), ("latent_dim", latent_dim)):
-            if not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(context_dim, int) or context_dim < 0:
+            raise ConfigError(f"context_dim must be an integer >= 0, got {context_dim!r}")
+        if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
+            raise ConfigError(f"beta must be a finite number >= 0, got {beta!r}")
+        hidden_sizes = tuple(hidden_sizes)
+        if any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in hidden_sizes):
+            raise ConfigError(f"hidden_sizes must be positive integers, got {hidden_sizes!r}")
         if "$$$" in prefix:
             raise ConfigError(f"prefix must not contain '$$$' (Pyro's separator): {prefix!r}")
         self.x_dim, self.latent_dim, self.context_dim = x_dim, latent_dim, context_dim
         self.prefix = prefix
         self.beta = float(beta)
-        hidden_sizes = tuple(hidden_sizes)
         self.encoder = encoder or GaussianEncoder(
             x_dim, latent_dim, hidden_sizes, activation, context_dim=context_dim
         )
@@ -90,12 +106,24 @@ class VAE(nn.Module):
             likelihood = make_likelihood(likelihood, x_dim=x_dim)
         self.likelihood = likelihood
         self._likelihood_has_params = any(True for _ in likelihood.parameters())
+        self.flow = None
+        if flow is not None:
+            if not all(hasattr(self.encoder, a) for a in ("features", "heads", "features_dim")):
+                raise ConfigError("a flow guide conditions on the encoder's last hidden layer: "
+                                  "the encoder must offer features(x, context), heads(h) and "
+                                  "features_dim, as GaussianEncoder does")
+            self.flow = make_flow(flow, latent_dim=latent_dim, num_layers=flow_layers,
+                                  context_dim=self.encoder.features_dim)
+        self.flow_name = flow
 
     @classmethod
     def from_preset(cls, name: str, x_dim: int, **overrides) -> VAE:
         """Build the ``"pyro"`` (784-400-50, softplus) or ``"burda"`` (784-200-200-50, tanh)
         architecture for ``x_dim`` features; keyword arguments override the preset."""
         arch = get_preset(name)
+        if arch.upper_layers:
+            raise ConfigError(f"preset {name!r} has {arch.stochastic_layers} stochastic layers: "
+                              "build it with HierarchicalVAE.from_preset")
         kwargs = dict(
             latent_dim=arch.latent_dim, hidden_sizes=arch.hidden_sizes, activation=arch.activation
         )
@@ -115,20 +143,16 @@ class VAE(nn.Module):
     def plate_name(self) -> str:
         return self.prefix + "data"
 
+    @property
+    def structure(self) -> Structure:
+        """One stochastic layer; the guide's family (what estimators check)."""
+        if self.flow is None:
+            return Structure(1)
+        return Structure(1, self.flow_name, self.flow.num_layers)
+
     # --- the Pyro program ----------------------------------------------------------------
     def _data_plate(self, batch_size: int, num_data: int | None, plate: bool, device):
-        """The data plate; with ``num_data`` the log-densities are scaled by num_data / B so
-        that a minibatch loss estimates the full-data loss. The plate's indices live on
-        ``device``, the data's."""
-        if not plate:
-            return contextlib.nullcontext()
-        data_plate = pyro.plate(self.plate_name, batch_size, device=device)
-        if num_data is None or num_data == batch_size:
-            return data_plate
-        stack = contextlib.ExitStack()
-        stack.enter_context(data_plate)
-        stack.enter_context(poutine.scale(scale=num_data / batch_size))
-        return stack
+        return data_plate(self.plate_name, batch_size, num_data, plate, device)
 
     def _kl_weight(self):
         return poutine.scale(scale=self.beta) if self.beta != 1.0 else contextlib.nullcontext()
@@ -143,6 +167,7 @@ class VAE(nn.Module):
         :returns: the latent sample z, ``(B, latent_dim)`` (with particles in front if
             vectorized).
         """
+        self._check_input(x, plate)
         pyro.module(self.prefix + "decoder", self.decoder)
         if self._likelihood_has_params:
             pyro.module(self.prefix + "likelihood", self.likelihood)
@@ -157,16 +182,34 @@ class VAE(nn.Module):
         return z
 
     def guide(self, x, context=None, *, num_data: int | None = None, plate: bool = True):
-        """q_φ(z|x) = N(z; loc(x), diag(scale(x)²)), arguments as in :meth:`model`."""
+        """q_φ(z|x) (:meth:`posterior`), arguments as in :meth:`model`."""
+        self._check_input(x, plate)
         pyro.module(self.prefix + "encoder", self.encoder)
+        if self.flow is not None:
+            pyro.module(self.prefix + "flow", self.flow)
         with self._data_plate(x.shape[0], num_data, plate, x.device):
-            loc, scale = self.encoder(x, context)
+            q = self.posterior(x, context)
             with self._kl_weight():
-                return pyro.sample(self.z_site, dist.Normal(loc, scale).to_event(1))
+                return pyro.sample(self.z_site, q)
+
+    def posterior(self, x, context=None) -> dist.TorchDistribution:
+        """q_φ(z|x) over ``(latent_dim,)``, batch shape ``(B,)``: N(loc(x), diag(scale(x)²)),
+        pushed through the flow when the VAE has one."""
+        if self.flow is None:
+            loc, scale = self.encoder(x, context)
+            return dist.Normal(loc, scale).to_event(1)
+        h = self.encoder.features(x, context)
+        loc, scale = self.encoder.heads(h)
+        return self.flow(dist.Normal(loc, scale).to_event(1), h)
+
+    def _check_input(self, x, plate: bool) -> None:
+        check_input(x, x_dim=self.x_dim, dtype=next(self.encoder.parameters(), x).dtype,
+                    plate=plate)
 
     # --- plain-PyTorch conveniences ----------------------------------------------------
     def encode(self, x, context=None):
-        """Mean and standard deviation of q(z|x), each ``(B, latent_dim)``."""
+        """Mean and standard deviation of q(z|x), each ``(B, latent_dim)`` (with a flow: of
+        the Gaussian that the flow transforms)."""
         return self.encoder(x, context)
 
     def decode(self, z, context=None):
@@ -176,19 +219,74 @@ class VAE(nn.Module):
     def check_data(self, x: torch.Tensor, *, where: str = "data") -> None:
         """Raise :class:`~pyro_vae.errors.DataError` unless ``x`` is ``(B, x_dim)``, finite and
         in the likelihood's support."""
-        if x.dim() != 2 or x.shape[-1] != self.x_dim:
-            raise DataError(
-                f"{where}: expected shape (N, {self.x_dim}) for this model, found "
-                f"{tuple(x.shape)}"
-            )
-        if x.shape[0] == 0:
-            raise DataError(f"{where}: the data set is empty")
-        self.likelihood.check_data(x, where=where)
+        check_data(x, x_dim=self.x_dim, dtype=next(self.encoder.parameters(), x).dtype,
+                   likelihood=self.likelihood, where=where)
 
     def init_output_bias(self, mean: torch.Tensor) -> None:
         """Set the decoder's output bias from the per-feature training mean (Burda et al. 2016)."""
-        out = getattr(self.decoder, "out", None)
-        if not isinstance(out, nn.Linear):
-            raise ConfigError("init_output_bias needs a decoder with a Linear 'out' layer")
-        with torch.no_grad():
-            out.bias.copy_(self.likelihood.output_bias(mean.to(out.bias)))
+        init_output_bias(self.decoder, self.likelihood, mean)
+
+
+# --- what every model of the package shares ---------------------------------------------------
+
+
+def data_plate(name: str, batch_size: int, num_data: int | None, plate: bool, device):
+    """The data plate ``name`` (nothing when not ``plate``); with ``num_data`` the
+    log-densities are scaled by num_data / B so that a minibatch loss estimates the full-data
+    loss. The plate's indices live on ``device``, the data's."""
+    if not plate:
+        return contextlib.nullcontext()
+    plate_ = pyro.plate(name, batch_size, device=device)
+    if num_data is None or num_data == batch_size:
+        return plate_
+    stack = contextlib.ExitStack()
+    stack.enter_context(plate_)
+    stack.enter_context(poutine.scale(scale=num_data / batch_size))
+    return stack
+
+
+def check_input(x, *, x_dim: int, dtype: torch.dtype, plate: bool) -> None:
+    """With Pyro's validation on (:func:`pyro.enable_validation`), what a user's SVI loop
+    would otherwise meet as a broadcasting or dtype error deep inside torch: ``x`` must be a
+    floating tensor ``(B, x_dim)`` (``(..., B, x_dim)`` under ``plate=False``) of the
+    parameters' ``dtype``. Free when validation is off."""
+    if not pyro.infer.util.is_validation_enabled():
+        return
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"x must be a torch.Tensor of shape (B, {x_dim}), got a "
+                        f"{type(x).__name__}")
+    shape = "(B, x_dim)" if plate else "(..., B, x_dim)"
+    if (x.dim() != 2 if plate else x.dim() < 2) or x.shape[-1] != x_dim:
+        hint = (f"; one datapoint is x.unsqueeze(0), of shape (1, {x_dim})"
+                if x.dim() == 1 and x.shape[0] == x_dim else "")
+        raise DataError(f"x must have shape {shape} = (B, {x_dim}) for this model, "
+                        f"found {tuple(x.shape)}{hint}")
+    if not x.is_floating_point() or x.dtype != dtype:
+        raise DataError(f"x has dtype {x.dtype}, the model's parameters {dtype}: use "
+                        f"x.to({dtype}) (or convert the model with vae.to({x.dtype}))")
+
+
+def check_data(x, *, x_dim: int, dtype: torch.dtype, likelihood: Likelihood,
+               where: str = "data") -> None:
+    """Raise :class:`~pyro_vae.errors.DataError` unless ``x`` is ``(N, x_dim)`` of ``dtype``,
+    not empty, finite and in the likelihood's support."""
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{where}: expected a torch.Tensor, found a {type(x).__name__}")
+    if x.dim() != 2 or x.shape[-1] != x_dim:
+        raise DataError(
+            f"{where}: expected shape (N, {x_dim}) for this model, found {tuple(x.shape)}"
+        )
+    if x.is_floating_point() and x.dtype != dtype:
+        raise DataError(f"{where}: dtype {x.dtype}, the model's parameters are {dtype}")
+    if x.shape[0] == 0:
+        raise DataError(f"{where}: the data set is empty")
+    likelihood.check_data(x, where=where)
+
+
+def init_output_bias(decoder: nn.Module, likelihood: Likelihood, mean: torch.Tensor) -> None:
+    """Set ``decoder.out``'s bias so that p(x|z) matches the per-feature ``mean``."""
+    out = getattr(decoder, "out", None)
+    if not isinstance(out, nn.Linear):
+        raise ConfigError("init_output_bias needs a decoder with a Linear 'out' layer")
+    with torch.no_grad():
+        out.bias.copy_(likelihood.output_bias(mean.to(out.bias)))

@@ -36,8 +36,22 @@ def format_bytes(n: float) -> str:
 
 def available_bytes(device: str | torch.device = "cpu") -> int:
     """Memory free for new allocations: ``MemAvailable`` of ``/proc/meminfo`` on Linux (all
-    physical memory elsewhere), or the GPU's free memory for a CUDA device."""
+    physical memory elsewhere), or the GPU's free memory for a CUDA device; at most
+    ``$PYRO_VAE_MEMORY_LIMIT_MB`` megabytes when that is set (e.g. to leave room for other
+    jobs, or in tests)."""
     device = torch.device(device)
+    limit = os.environ.get("PYRO_VAE_MEMORY_LIMIT_MB")
+    free = _free_bytes(device)
+    if limit:
+        try:
+            return min(free, int(float(limit) * 1e6))
+        except ValueError:
+            raise ConfigError(f"$PYRO_VAE_MEMORY_LIMIT_MB must be a number of megabytes, got "
+                              f"{limit!r}") from None
+    return free
+
+
+def _free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     try:

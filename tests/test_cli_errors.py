@@ -47,8 +47,8 @@ BAD_ARGUMENTS = {
                        r"'cpu' or 'cuda'"),
     "negative warm-up": (["--beta-warmup", "-1"], r"argument --beta-warmup: expected an "
                          r"integer >= 0, got -1"),
-    "negative beta": (["--beta", "-0.5"], r"pyro-vae: error: beta must be a finite number "
-                      r">= 0, got -0.5"),
+    "negative beta": (["--beta", "-0.5"], r"argument --beta: expected a finite number >= 0, "
+                      r"got -0.5"),
 }
 IN_A_PROCESS = ["batch size 0", "K = 0", "unknown likelihood", "cuda without a GPU"]
 

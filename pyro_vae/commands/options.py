@@ -21,7 +21,7 @@ __all__ = [
     "temperature",
 ]
 
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy's legacy generator too: [0, 2³²)
 
 
 def _integer(text: str, what: str) -> int:
@@ -48,7 +48,7 @@ def non_negative_int(text: str) -> int:
 
 
 def seed(text: str) -> int:
-    """argparse type: a seed, an integer in [0, 2⁶³ − 1]."""
+    """argparse type: a seed, an integer in [0, 2³² − 1]."""
     value = _integer(text, f"an integer in [0, {MAX_SEED}]")
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"expected an integer in [0, {MAX_SEED}], got {value}")

@@ -19,11 +19,18 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from pyro_vae.commands.options import non_negative_int, positive_float, positive_int, seed
+from pyro_vae.commands.options import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed,
+)
 from pyro_vae.config import LR_SCHEDULES, TrainConfig, load_data, resumed_config
 from pyro_vae.data import DATASETS, load_dataset
 from pyro_vae.distributed import DEFAULT_TIMEOUT_SECONDS, barrier, process_group
 from pyro_vae.errors import ConfigError
+from pyro_vae.flows import FLOWS
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.networks import ACTIVATIONS, PRESETS
 from pyro_vae.objectives import ESTIMATORS
@@ -41,6 +48,7 @@ def _config_option(group, *flags: str, field: str, help: str, **kwargs) -> None:
     shown = default if not isinstance(default, tuple) else " ".join(map(str, default))
     if default is None:
         shown = "the preset's" if field in ("latent_dim", "hidden_sizes", "activation") else "all"
+        shown = "none, a diagonal Gaussian guide" if field == "flow" else shown
     if field == "num_particles":
         shown = "the estimator's: " + ", ".join(
             f"{n} {e.default_num_particles}" for n, e in ESTIMATORS.items()
@@ -73,7 +81,12 @@ def _model_options(model) -> None:
     _config_option(model, "--num-particles", "-K", field="num_particles", type=positive_int,
                    metavar="K", help="samples per datapoint")
     _config_option(model, "--preset", field="preset", choices=list(PRESETS),
-                   help="architecture: pyro = 784-400-50 softplus, burda = 784-200-200-50 tanh")
+                   help="architecture: pyro = 784-400-50 softplus, burda = 784-200-200-50 tanh, "
+                   "burda2 = 784-200-200-100-100-100-50 tanh with two stochastic layers")
+    _config_option(model, "--flow", field="flow", choices=list(FLOWS),
+                   help="push q(z|x) (each layer's) through an inverse autoregressive flow")
+    _config_option(model, "--flow-layers", field="flow_layers", type=positive_int, metavar="K",
+                   help="transforms of the flow (with --flow)")
     _config_option(model, "--latent-dim", field="latent_dim", type=positive_int,
                    metavar="L", help="size of z")
     _config_option(model, "--hidden-sizes", field="hidden_sizes", type=positive_int,
@@ -83,7 +96,13 @@ def _model_options(model) -> None:
     _config_option(model, "--likelihood", field="likelihood", choices=list(LIKELIHOODS),
                    help="p(x|z): bernoulli for binarized pixels, continuous-bernoulli or "
                    "gaussian for grey levels")
-    _config_option(model, "--beta", field="beta", type=float,
+    _config_option(model, "--likelihood-scale", field="likelihood_scale", type=positive_float,
+                   metavar="SIGMA", help="gaussian likelihood: its standard deviation σ, in "
+                   "grey levels (or where a learned σ starts)")
+    _config_option(model, "--learn-likelihood-scale", field="learn_likelihood_scale",
+                   action="store_const", const=True, help="gaussian likelihood: learn one σ "
+                   "shared by all pixels")
+    _config_option(model, "--beta", field="beta", type=non_negative_float,
                    help="KL weight (1: the ELBO; other values: the beta-VAE objective)")
     _config_option(model, "--beta-warmup", field="beta_warmup_epochs", type=non_negative_int,
                    metavar="EPOCHS", help="raise beta linearly over this many epochs")

@@ -41,6 +41,7 @@ from pyro_vae.distributed import World, derive_seed, owns, sum_across
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation.psis import MIN_PSIS_SAMPLES, pareto_k_hat
 from pyro_vae.progress import Progress
+from pyro_vae.resources import check_fits, format_bytes
 
 __all__ = ["Layout", "LogPxEstimate", "PassResult", "estimate_log_px", "importance_pass"]
 
@@ -81,6 +82,7 @@ class Layout(NamedTuple):
     block: int  # datapoints per block (one seed each)
     per_chunk: int  # datapoints per decoder chunk
     samples: int  # samples per decoder chunk
+    budget_bytes: float  # half the memory budget: for the decoder's chunk, or for PSIS
 
     @classmethod
     def fit(cls, vae, num_datapoints: int, num_samples: int, itemsize: int,
@@ -88,6 +90,12 @@ class Layout(NamedTuple):
         """Half of ``memory_mb`` for the decoder's chunk of (samples × datapoints) rows and
         half for the block's two (K, block) buffers."""
         budget = memory_mb * _MB / 2
+        if 2 * num_samples * itemsize > budget:
+            need = format_bytes(2 * num_samples * itemsize)
+            raise ConfigError(
+                f"K = {num_samples} importance samples need {need} for one datapoint's "
+                f"log-weights, more than half of the {memory_mb:g} MB memory budget "
+                "(--memory-mb); raise the budget or lower K")
         hidden = sum(m.out_features for m in vae.decoder.modules() if isinstance(m, nn.Linear))
         row_bytes = itemsize * (4 * vae.latent_dim + 2 * hidden + 3 * vae.x_dim)
         rows = max(1, int(budget // row_bytes))
@@ -95,9 +103,9 @@ class Layout(NamedTuple):
             block = min(128, int(budget // (2 * num_samples * itemsize)))
         block = max(1, min(num_datapoints, block))
         if num_samples <= rows:
-            return cls(block, max(1, min(block, rows // num_samples)), num_samples)
+            return cls(block, max(1, min(block, rows // num_samples)), num_samples, budget)
         # split K into equal chunks of at most ``rows`` samples, one datapoint at a time
-        return cls(block, 1, math.ceil(num_samples / math.ceil(num_samples / rows)))
+        return cls(block, 1, math.ceil(num_samples / math.ceil(num_samples / rows)), budget)
 
 
 def _block(vae, xb: torch.Tensor, K: int, layout: Layout, generator, want_k: bool,
@@ -134,8 +142,9 @@ def _block(vae, xb: torch.Tensor, K: int, layout: Layout, generator, want_k: boo
     ]
     out = torch.cat([torch.stack(columns, 1),
                      kl_divergence(Normal(loc, scale), Normal(0.0, 1.0))], 1)
-    if want_k:  # in slices: ArviZ copies its input three times in float64
-        k = torch.cat([pareto_k_hat(log_w[:, p0 : p0 + 64].T) for p0 in range(0, B, 64)])
+    if want_k:  # in slices: ArviZ copies its input about four times in float64
+        rows = max(1, min(64, int(layout.budget_bytes // (32 * K))))
+        k = torch.cat([pareto_k_hat(log_w[:, p0 : p0 + rows].T) for p0 in range(0, B, rows)])
         out = torch.cat([out, k.to(out).unsqueeze(1)], 1)
     return out.double().cpu()
 
@@ -164,12 +173,14 @@ def importance_pass(
         raise ConfigError(f"Pareto k̂ needs num_samples >= {MIN_PSIS_SAMPLES}, got {num_samples}")
     vae.check_data(x, where="evaluation data")
     K, N, L = num_samples, x.shape[0], vae.latent_dim
+    workers = (torch.get_num_threads() if x.device.type == "cpu" else 1) if num_workers is None \
+        else max(1, int(num_workers))
+    check_fits(memory_mb * _MB * workers, f"a memory budget of {memory_mb:g} MB for each of "
+               f"{workers} worker(s)", "lower the budget (--memory-mb)", device=x.device)
     layout = Layout.fit(vae, N, K, x.element_size(), memory_mb, block_size)
     starts = list(range(0, N, layout.block))
     mine = [i for i in range(len(starts)) if owns(world, i)]
     values = torch.zeros(N, 6 + L + int(pareto_k), dtype=torch.float64)
-    workers = (torch.get_num_threads() if x.device.type == "cpu" else 1) if num_workers is None \
-        else max(1, int(num_workers))
 
     with Progress(N, f"log p(x), K={K}", "datapoints", mode=progress) as bar:
 

@@ -1,0 +1,723 @@
+"""A catalogue of bad inputs and faults, and a runner that tries each the way a user would.
+
+Every case ends in one of: success (exit 0), a clean error (exit 2, one line on stderr naming
+what is wrong), or an interrupt (exit 130). What counts against the project:
+
+- **traceback**: an exception that escaped ``pyro_vae.cli.main`` (or, through the Python API,
+  an exception that is not one of the project's errors);
+- **silent**: a case that should fail (a damaged file, a contradiction) and exited 0, or whose
+  own check of the result failed;
+- **lost**: a run folder's earlier files (checkpoints, metrics) changed by a case that failed.
+
+``tests/test_faults.py`` runs the whole catalogue and asserts 0 of each;
+``python -m tests.faults`` prints the table and writes ``docs/failure_cases.md``.
+
+Cases run in-process (``cli.main``), in a scratch folder each, with
+``PYRO_VAE_MEMORY_LIMIT_MB`` set so that sizes that cannot fit are refused fast, and tiny
+data sizes so that the cases that do train take a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import math
+import os
+import shutil
+import struct
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT / "pyro_vae" / "datasets" / "mnist"
+TINY = ["--train-size", "48", "--test-size", "16", "--hidden-sizes", "8", "--latent-dim", "2",
+        "--batch-size", "16", "--quiet", "--no-plots"]
+STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+         "t10k-labels-idx1-ubyte")
+MEMORY_LIMIT_MB = "2000"
+
+
+@dataclass
+class Outcome:
+    status: int | None  # exit status; None for an API call that returned
+    stderr: str
+    traceback: str | None = None  # set when an unexpected exception escaped
+    check_failed: str | None = None  # the case's own check of its result, when it failed
+
+
+@dataclass
+class Fault:
+    """One bad input or fault: ``action(folder)`` does it in a scratch ``folder`` (a finished
+    tiny run sits in ``folder/run``) and returns its :class:`Outcome`."""
+
+    kind: str
+    name: str
+    command: str  # what a user would type (or call), for the report
+    action: Callable[[Path], Outcome]
+    succeeds: bool = False  # the expected outcome: exit 0 (else a clean error)
+    changes_run: bool = False  # a success that may rewrite folder/run
+    needs_data: bool = False  # gets its own copy of the data files in folder/data
+    prepare: Callable[[Path], None] | None = None  # the damage, done before the fingerprint
+
+
+# --- running -----------------------------------------------------------------------------
+
+
+def run_cli(argv: list[str], check: Callable[[], str | None] | None = None) -> Outcome:
+    """``pyro-vae ARGV`` in this process: exit status, stderr, and any escaped exception."""
+    from pyro_vae import cli
+
+    err, out = io.StringIO(), io.StringIO()
+    trace = None
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            status = cli.main(argv)
+        except SystemExit as e:  # argparse
+            status = e.code if isinstance(e.code, int) else 2
+        except BaseException:
+            status, trace = None, traceback.format_exc()
+    outcome = Outcome(status, err.getvalue(), trace)
+    if trace is None and check is not None:
+        outcome.check_failed = check()
+    return outcome
+
+
+def run_api(call: Callable[[], object], check: Callable[[object], str | None] | None = None
+            ) -> Outcome:
+    """A Python API call: the project's errors are clean; any other exception escapes."""
+    from pyro_vae import PyroVAEError
+
+    try:
+        value = call()
+    except PyroVAEError as e:
+        return Outcome(2, f"{type(e).__name__}: {e}\n")
+    except Exception:
+        return Outcome(None, "", traceback.format_exc())
+    outcome = Outcome(0, "")
+    if check is not None:
+        outcome.check_failed = check(value)
+    return outcome
+
+
+def fingerprint(run: Path) -> dict[str, str]:
+    """The run folder's files that must survive a failure, by content hash."""
+    names = ("checkpoint.pt", "checkpoint.prev.pt", "metrics.json", "evaluation.json")
+    return {n: hashlib.sha256((run / n).read_bytes()).hexdigest() for n in names
+            if (run / n).exists()}
+
+
+def judge(fault: Fault, outcome: Outcome, before: dict, after: dict) -> dict:
+    lines = [line for line in outcome.stderr.splitlines() if line.strip()]
+    error_lines = [line for line in lines if "error" in line.lower()]
+    verdict = {"status": outcome.status, "message": error_lines[-1] if error_lines else "",
+               "traceback": outcome.traceback is not None or "Traceback" in outcome.stderr,
+               "silent": False, "lost": False, "ok": True}
+    if verdict["traceback"]:
+        verdict["ok"] = False
+    elif fault.succeeds:
+        verdict["silent"] = outcome.status != 0 or outcome.check_failed is not None
+    else:
+        verdict["silent"] = outcome.status == 0 or outcome.check_failed is not None
+        if outcome.status == 2 and len(error_lines) != 1:
+            verdict["silent"] = True  # an error must be one line
+    if not (fault.succeeds and fault.changes_run):
+        verdict["lost"] = any(after.get(k) != v for k, v in before.items())
+    verdict["ok"] = not (verdict["traceback"] or verdict["silent"] or verdict["lost"])
+    if outcome.check_failed:
+        verdict["message"] = f"{verdict['message']} [check: {outcome.check_failed}]"
+    return verdict
+
+
+def run_all(faults: list[Fault], scratch: Path, template: Path, *, log=None) -> list[dict]:
+    """Run every fault in its own copy of the template's run folder (and data, for the cases
+    that damage it); return one verdict each."""
+    previous = os.environ.get("PYRO_VAE_MEMORY_LIMIT_MB")
+    os.environ["PYRO_VAE_MEMORY_LIMIT_MB"] = MEMORY_LIMIT_MB
+    verdicts = []
+    try:
+        for i, fault in enumerate(faults):
+            folder = scratch / f"case{i:03d}"
+            shutil.copytree(template / "run", folder / "run")
+            if fault.needs_data:
+                shutil.copytree(template / "data", folder / "data")
+            else:
+                (folder / "data").symlink_to(template / "data")  # read, never damaged
+            if log is not None:
+                log(f"{i + 1}/{len(faults)} {fault.kind}: {fault.name}")
+            cwd = os.getcwd()
+            os.chdir(folder)
+            try:
+                if fault.prepare is not None:
+                    fault.prepare(folder)
+                before = fingerprint(folder / "run")
+                outcome = fault.action(folder)
+                after = fingerprint(folder / "run")
+            finally:
+                os.chdir(cwd)
+            verdicts.append({"kind": fault.kind, "name": fault.name, "command": fault.command,
+                             "expected": "success" if fault.succeeds else "error",
+                             **judge(fault, outcome, before, after),
+                             "trace": outcome.traceback})
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        if previous is None:
+            os.environ.pop("PYRO_VAE_MEMORY_LIMIT_MB", None)
+        else:
+            os.environ["PYRO_VAE_MEMORY_LIMIT_MB"] = previous
+    return verdicts
+
+
+def make_template(folder: Path) -> Path:
+    """A scratch template: ``run/`` (a finished 2-epoch tiny run, evaluated) and ``data/``
+    (a copy of the MNIST files)."""
+    from pyro_vae import cli
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main(["train", "--epochs", "2", "--out", str(folder / "run"), *TINY]) == 0
+        assert cli.main(["evaluate", str(folder / "run"), "-K", "30", "--quiet"]) == 0
+    shutil.copytree(MNIST, folder / "data", ignore=shutil.ignore_patterns("README.md"))
+    return folder
+
+
+# --- the catalogue -----------------------------------------------------------------------
+
+
+def _cli(kind: str, name: str, argv: list[str], *, succeeds: bool = False,
+         changes_run: bool = False, check=None) -> Fault:
+    return Fault(kind, name, "pyro-vae " + " ".join(argv),
+                 lambda folder: run_cli(argv, None if check is None else lambda: check(folder)),
+                 succeeds, changes_run)
+
+
+INT_OPTIONS = ["--epochs", "--batch-size", "--latent-dim", "--hidden-sizes", "-K",
+               "--train-size", "--test-size", "--beta-warmup", "--seed"]
+BAD_INTS = ["0", "-1", "1.5", "abc", "", "1e3", "nan", "-99999999999999999999999"]
+FLOAT_OPTIONS = ["--lr", "--beta", "--likelihood-scale", "--dist-timeout"]
+BAD_FLOATS = ["0", "-1", "nan", "inf", "-inf", "abc", "1e400"]
+CHOICE_OPTIONS = ["--estimator", "--likelihood", "--preset", "--activation", "--lr-schedule",
+                  "--dataset", "--device"]
+
+
+def argument_faults() -> list[Fault]:
+    faults = []
+    for option in INT_OPTIONS:
+        for value in BAD_INTS:
+            if option in ("--beta-warmup", "--seed") and value == "0":
+                continue  # valid values
+            faults.append(_cli("argument", f"train {option} {value!r}",
+                               ["train", option, value, "--out", "new", *TINY]))
+    for option in FLOAT_OPTIONS:
+        for value in BAD_FLOATS:
+            if option == "--beta" and value == "0":
+                continue  # β = 0 is allowed (an autoencoder with a noise-free code)
+            faults.append(_cli("argument", f"train {option} {value!r}",
+                               ["train", option, value, "--out", "new", *TINY]))
+    for option in CHOICE_OPTIONS:
+        for value in ("nonsense", ""):
+            faults.append(_cli("argument", f"train {option} {value!r}",
+                               ["train", option, value, "--out", "new", *TINY]))
+    seeds = ["-1", str(2**64), str(2**63), str(2**32), "4294967295.5"]
+    faults += [_cli("argument", f"train --seed {s}", ["train", "--seed", s, "--out", "new", *TINY])
+               for s in seeds]
+    faults.append(_cli("argument", "train --seed 4294967295 (valid: 2^32 - 1)",
+                       ["train", "--seed", "4294967295", "--epochs", "1", "--out", "new", *TINY],
+                       succeeds=True))
+    faults += [
+        _cli("argument", "no command", []),
+        _cli("argument", "unknown command", ["fit"]),
+        _cli("argument", "unknown option", ["train", "--learning-rate", "1"]),
+        _cli("argument", "--beta 0.5 with the gaussian scale on bernoulli",
+             ["train", "--likelihood-scale", "0.5", "--out", "new", *TINY]),
+        _cli("argument", "--learn-likelihood-scale with continuous-bernoulli",
+             ["train", "--likelihood", "continuous-bernoulli", "--learn-likelihood-scale",
+              "--out", "new", *TINY]),
+        _cli("argument", "--resume and --out", ["train", "--resume", "run", "--out", "other"]),
+        _cli("argument", "--resume and --overwrite", ["train", "--resume", "run",
+                                                       "--overwrite"]),
+        _cli("argument", "--resume of a missing folder", ["train", "--resume", "nowhere"]),
+        _cli("argument", "--data-dir that does not exist",
+             ["train", "--data-dir", "nowhere", "--out", "new", *TINY]),
+        _cli("argument", "--dataset fashion-mnist not found in an empty --data-dir",
+             ["train", "--dataset", "fashion-mnist", "--data-dir", "run", "--out", "new",
+              *TINY]),
+    ]
+    for argv, name in (
+        (["evaluate", "run", "-K", "0"], "evaluate -K 0"),
+        (["evaluate", "run", "-K", "abc"], "evaluate -K abc"),
+        (["evaluate", "run", "-K", "-5"], "evaluate -K -5"),
+        (["evaluate", "run", "--seed", "-1"], "evaluate --seed -1"),
+        (["evaluate", "run", "--seed", str(2**64)], "evaluate --seed 2^64"),
+        (["evaluate", "run", "--memory-mb", "0"], "evaluate --memory-mb 0"),
+        (["evaluate", "run", "--memory-mb", "nan"], "evaluate --memory-mb nan"),
+        (["evaluate", "run", "--memory-mb", "1e12", "-K", "30"], "evaluate --memory-mb 1e12"),
+        (["evaluate", "run", "--test-size", "0"], "evaluate --test-size 0"),
+        (["evaluate", "run", "--device", "tpu"], "evaluate --device tpu"),
+        (["evaluate", "nowhere.pt"], "evaluate a missing file"),
+        (["sample", "run", "-n", "0"], "sample -n 0"),
+        (["sample", "run", "-T", "-1"], "sample -T -1"),
+        (["sample", "run", "-T", "nan"], "sample -T nan"),
+        (["sample", "run", "-T", "1e300"], "sample -T 1e300"),
+        (["sample", "run", "--seed", "-1"], "sample --seed -1"),
+        (["sample", "run", "--ncols", "0"], "sample --ncols 0"),
+        (["sample", "run", "--out", "s.jpg"], "sample --out s.jpg"),
+        (["plot", "nowhere"], "plot a missing folder"),
+        (["plot", "run", "run", "--labels", "a"], "plot with one label for two runs"),
+    ):
+        faults.append(_cli("argument", name, argv))
+    return faults
+
+
+def _evaluated(folder: Path) -> str | None:
+    import json
+
+    report = json.loads((folder / "run" / "evaluation.json").read_text())
+    return None if math.isfinite(report["log_px"]["mean"]) else "log p(x) is not finite"
+
+
+def resource_faults() -> list[Fault]:
+    return [
+        _cli("resource", "--hidden-sizes 1000000000", ["train", *TINY, "--hidden-sizes",
+                                                        "1000000000", "--out", "new"]),
+        _cli("resource", "--latent-dim 1000000000", ["train", *TINY, "--latent-dim",
+                                                      "1000000000", "--out", "new"]),
+        _cli("resource", "-K 10000000 (iwae)", ["train", "--estimator", "iwae", "-K", "10000000",
+                                                 "--out", "new", *TINY]),
+        _cli("resource", "-K 10000000 (meanfield)", ["train", "-K", "10000000", "--out", "new",
+                                                      *TINY]),
+        _cli("resource", "--batch-size 100000000 -K 100", ["train", *TINY, "--batch-size",
+                                                            "100000000", "-K", "100", "--out",
+                                                            "new"]),
+        _cli("resource", "evaluate -K 10000000", ["evaluate", "run", "-K", "10000000"]),
+        _cli("resource", "evaluate -K 1000000000", ["evaluate", "run", "-K", "1000000000"]),
+        _cli("resource", "evaluate -K 1000000000 --memory-mb 100000",
+             ["evaluate", "run", "-K", "1000000000", "--memory-mb", "100000"]),
+        _cli("resource", "sample -n 10000000", ["sample", "run", "-n", "10000000"]),
+        _cli("resource", "sample --ncols 1000000", ["sample", "run", "--ncols", "1000000"]),
+        _cli("resource", "evaluate -K 1 (success)", ["evaluate", "run", "-K", "1", "--quiet"],
+             succeeds=True, changes_run=True, check=_evaluated),
+        _cli("resource", "evaluate --test-size 1 (success)",
+             ["evaluate", "run", "-K", "30", "--test-size", "1", "--quiet"],
+             succeeds=True, changes_run=True, check=_evaluated),
+        _cli("resource", "sample -T 100 (success)", ["sample", "run", "-T", "100", "-n", "4",
+                                                     "--out", "s.png"], succeeds=True),
+    ]
+
+
+def _write_idx(path: Path, array_bytes: bytes, shape: tuple, type_byte: int = 8) -> None:
+    header = bytes([0, 0, type_byte, len(shape)]) + b"".join(struct.pack(">I", s) for s in shape)
+    path.write_bytes(header + array_bytes)
+
+
+def _damaged_data(case: str) -> Callable[[Path], None]:
+    def make(folder: Path) -> None:
+        data = folder / "data"
+        target = data / "train-images-idx3-ubyte.gz"
+        raw = target.read_bytes()
+        if case == "missing file":
+            target.unlink()
+        elif case == "empty file":
+            target.write_bytes(b"")
+        elif case == "truncated gzip":
+            target.write_bytes(raw[: len(raw) // 2])
+        elif case == "garbage":
+            target.write_bytes(os.urandom(4096))
+        elif case == "html page":
+            import gzip
+
+            target.write_bytes(gzip.compress(b"<html><body>404 Not Found</body></html>"))
+        elif case == "gzip bomb":
+            import zlib
+
+            comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+            head = bytes([0, 0, 8, 3]) + struct.pack(">III", 10, 28, 28)
+            target.write_bytes(comp.compress(head) + comp.compress(bytes(1 << 26))
+                               + comp.flush())
+        elif case == "flipped byte inside":
+            import gzip
+
+            plain = bytearray(gzip.decompress(raw))
+            plain[5000] ^= 0xFF
+            target.write_bytes(gzip.compress(bytes(plain)))
+        elif case == "wrong type byte":
+            _write_idx(data / "train-images-idx3-ubyte.gz", bytes(16), (1, 4, 4), type_byte=0x0D)
+        elif case == "labels where images belong":
+            shutil.copy(data / "train-labels-idx1-ubyte.gz", target)
+        elif case == "a folder instead of a file":
+            target.unlink()
+            target.mkdir()
+        elif case == "image and label counts differ":
+            _write_idx(target.with_suffix(""), bytes(5 * 784), (5, 28, 28))
+            target.unlink()
+        elif case == "huge header":
+            import gzip
+
+            target.write_bytes(gzip.compress(bytes([0, 0, 8, 3])
+                                             + struct.pack(">III", 2**31, 2**16, 28)))
+        else:  # pragma: no cover
+            raise AssertionError(case)
+
+    return make
+
+
+DATA_CASES = ["missing file", "empty file", "truncated gzip", "garbage", "html page",
+              "gzip bomb", "flipped byte inside", "wrong type byte",
+              "labels where images belong", "a folder instead of a file",
+              "image and label counts differ", "huge header"]
+
+
+def data_faults() -> list[Fault]:
+    faults = []
+    for case in DATA_CASES:
+        damage = _damaged_data(case)
+        for command in ("train", "evaluate"):
+            argv = (["train", "--data-dir", "data", "--out", "new", *TINY] if command == "train"
+                    else ["evaluate", "run", "--data-dir", "data", "-K", "30"])
+
+            faults.append(Fault("data file", f"{case} ({command})",
+                                f"pyro-vae {' '.join(argv)}",
+                                lambda folder, argv=argv: run_cli(argv), needs_data=True,
+                                prepare=damage))
+    return faults
+
+
+def _checkpoint_damage(case: str) -> Callable[[Path], None]:
+    def make(folder: Path) -> None:
+        path = folder / "run" / "checkpoint.pt"
+        raw = bytearray(path.read_bytes())
+        if case.startswith("flip byte at "):
+            fraction = float(case.split()[-1])
+            raw[int(len(raw) * fraction)] ^= 0x40
+            path.write_bytes(bytes(raw))
+            return
+        if case == "truncated":
+            path.write_bytes(bytes(raw[: len(raw) // 3]))
+            return
+        if case == "empty":
+            path.write_bytes(b"")
+            return
+        if case == "text":
+            path.write_text("not a checkpoint\n")
+            return
+        if case == "random bytes":
+            path.write_bytes(os.urandom(len(raw)))
+            return
+        ckpt = torch.load(path, weights_only=True)
+        state = dict(ckpt["model_state"])
+        first = next(iter(state))
+        if case == "extra weight":
+            state["encoder.extra"] = torch.zeros(3)
+        elif case == "weight of the wrong shape":
+            state[first] = torch.zeros(3, 3)
+        elif case == "no weights":
+            state = {}
+        elif case == "NaN weights":
+            state[first] = torch.full_like(state[first], float("nan"))
+        elif case == "config beta 'abc'":
+            ckpt["config"]["beta"] = "abc"
+        elif case == "config hidden_sizes 5":
+            ckpt["config"]["hidden_sizes"] = 5
+        elif case == "config not a dict":
+            ckpt["config"] = [1, 2]
+        elif case == "garbage optimizer state":
+            ckpt["trainer_state"] = {"adam": 3, "steps": "x"}
+        elif case == "garbage rng state":
+            ckpt["rng_state"] = {"torch": torch.zeros(2, dtype=torch.uint8)}
+        elif case == "garbage history":
+            ckpt["history"] = "history"
+        elif case == "epoch -1":
+            ckpt["epoch"] = -1
+        elif case == "x_dim 0":
+            ckpt["x_dim"] = 0
+        elif case == "format version 99":
+            ckpt["format_version"] = 99
+        elif case == "foreign tag":
+            ckpt["format"] = "someone.else"
+        else:  # pragma: no cover
+            raise AssertionError(case)
+        ckpt["model_state"] = state
+        torch.save(ckpt, path)
+
+    return make
+
+
+CHECKPOINT_CASES = ["flip byte at 0.3", "flip byte at 0.5", "flip byte at 0.7",
+                    "flip byte at 0.9", "truncated", "empty", "text", "random bytes",
+                    "extra weight", "weight of the wrong shape", "no weights", "NaN weights",
+                    "config beta 'abc'", "config hidden_sizes 5", "config not a dict",
+                    "garbage optimizer state", "garbage rng state", "garbage history",
+                    "epoch -1", "x_dim 0", "format version 99", "foreign tag"]
+
+
+def checkpoint_faults() -> list[Fault]:
+    faults = []
+    for case in CHECKPOINT_CASES:
+        damage = _checkpoint_damage(case)
+        for argv in (["evaluate", "run", "-K", "30", "--quiet"], ["sample", "run", "-n", "4"],
+                     ["train", "--resume", "run", "--epochs", "3", "--quiet", "--no-plots"]):
+            faults.append(Fault("checkpoint", f"{case} ({argv[0]})",
+                                f"pyro-vae {' '.join(argv)}",
+                                lambda folder, argv=argv: run_cli(argv), prepare=damage))
+    return faults
+
+
+def _json_damage(name: str, content: str) -> Callable[[Path], None]:
+    def make(folder: Path) -> None:
+        (folder / "run" / name).write_text(content)
+
+    return make
+
+
+JSON_CASES = {"[]": "[]", "null": "null", "a number": "3", "not JSON": "{epochs: [",
+              "empty": "", "other schema": '{"schema": "x", "version": 2}',
+              "epochs not a list": '{"schema": "pyro_vae.metrics", "version": 2, "config": {},'
+                                   ' "epochs": 3}',
+              "records without figures": '{"epochs": [{"epoch": 1}]}'}
+
+
+def metrics_faults() -> list[Fault]:
+    faults = []
+    for label, content in JSON_CASES.items():
+        for name, argv in (("metrics.json", ["plot", "run", "--curves-only"]),
+                           ("evaluation.json", ["plot", "run"])):
+            damage = _json_damage(name, content)
+
+            faults.append(Fault("metrics", f"{name}: {label}", f"pyro-vae {' '.join(argv)}",
+                                lambda folder, argv=argv: run_cli(argv), prepare=damage))
+    return faults
+
+
+def _holder(folder: Path):
+    import subprocess
+
+    code = (f"import sys, time\nsys.path.insert(0, {str(ROOT)!r})\n"
+            "from pyro_vae.runs import RunFolder\n"
+            f"with RunFolder({str(folder / 'run')!r}).lock():\n"
+            "    print('locked', flush=True)\n    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def _while_locked(argv):
+    def action(folder):
+        proc = _holder(folder)
+        try:
+            return run_cli(argv)
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+
+    return action
+
+
+def _resumed_to(epochs: int):
+    def check(folder: Path) -> str | None:
+        from pyro_vae.runs import load_checkpoint
+
+        epoch = load_checkpoint(folder / "run").epoch
+        return None if epoch == epochs else f"resumed run is at epoch {epoch}"
+
+    return check
+
+
+RESUME_CONFLICTS = [["--estimator", "iwae"], ["--lr", "0.5"], ["--batch-size", "7"],
+                    ["--hidden-sizes", "9"], ["--latent-dim", "5"], ["--seed", "3"],
+                    ["--likelihood", "continuous-bernoulli"], ["-K", "3"],
+                    ["--preset", "burda"], ["--train-size", "40"], ["--beta", "0.5"],
+                    ["--lr-schedule", "burda"]]
+
+
+def run_folder_faults() -> list[Fault]:
+    faults = [
+        _cli("run folder", "--out holds a run (no --overwrite)",
+             ["train", "--epochs", "1", "--out", "run", *TINY]),
+        _cli("run folder", "--out is a file", ["train", "--out", "data/train-labels-idx1-ubyte.gz",
+                                               *TINY]),
+        _cli("run folder", "--out inside a file",
+             ["train", "--out", "data/train-labels-idx1-ubyte.gz/run", *TINY]),
+        Fault("run folder", "second writer while the run is locked",
+              "pyro-vae train --resume run --epochs 3 (while another process holds run/)",
+              _while_locked(["train", "--resume", "run", "--epochs", "3", *TINY[-2:]])),
+        Fault("run folder", "--overwrite while the run is locked",
+              "pyro-vae train --out run --overwrite (while another process holds run/)",
+              _while_locked(["train", "--out", "run", "--overwrite", "--epochs", "1", *TINY])),
+        _cli("run folder", "--overwrite replaces the run (success)",
+             ["train", "--out", "run", "--overwrite", "--epochs", "1", *TINY], succeeds=True,
+             changes_run=True),
+        _cli("run folder", "--resume with more epochs (success)",
+             ["train", "--resume", "run", "--epochs", "3", *TINY[-2:]], succeeds=True,
+             changes_run=True, check=_resumed_to(3)),
+        _cli("run folder", "--resume with the same options (success)",
+             ["train", "--resume", "run", "--epochs", "3", *TINY], succeeds=True,
+             changes_run=True, check=_resumed_to(3)),
+        _cli("run folder", "--resume of a finished run (success, nothing to do)",
+             ["train", "--resume", "run", *TINY[-2:]], succeeds=True, check=_resumed_to(2)),
+        _cli("run folder", "--resume with another --data-dir (success)",
+             ["train", "--resume", "run", "--epochs", "3", "--data-dir", "data", *TINY[-2:]],
+             succeeds=True, changes_run=True, check=_resumed_to(3)),
+    ]
+    for conflict in RESUME_CONFLICTS:
+        faults.append(_cli("resume", f"--resume with {' '.join(conflict)}",
+                           ["train", "--resume", "run", *conflict, "--epochs", "3",
+                            *TINY[-2:]]))
+    return faults
+
+
+def api_faults() -> list[Fault]:
+    from pyro_vae import VAE, make_objective
+    from pyro_vae.config import TrainConfig
+    from pyro_vae.data import binarize, check_grey_levels
+    from pyro_vae.evaluation import estimate_log_px
+    from pyro_vae.training import fit
+
+    def vae():
+        return VAE(784, latent_dim=2, hidden_sizes=(8,))
+
+    def svi_step(x):
+        import pyro
+
+        v = vae()
+        svi = pyro.infer.SVI(v.model, v.guide, pyro.optim.Adam({"lr": 1e-3}),
+                             pyro.infer.Trace_ELBO())
+        with pyro.validation_enabled(True):
+            return svi.step(x)
+
+    ones = torch.ones(3, 784)
+    calls = {
+        "VAE(beta=nan)": lambda: VAE(784, beta=float("nan")),
+        "VAE(latent_dim=0)": lambda: VAE(784, latent_dim=0),
+        "VAE(x_dim=-1)": lambda: VAE(-1),
+        "VAE(hidden_sizes=(0,))": lambda: VAE(784, hidden_sizes=(0,)),
+        "VAE(hidden_sizes=(8.5,))": lambda: VAE(784, hidden_sizes=(8.5,)),
+        "VAE(likelihood='mse')": lambda: VAE(784, likelihood="mse"),
+        "VAE(activation='sigmoidal')": lambda: VAE(784, activation="sigmoidal"),
+        "SVI step, x of the wrong width": lambda: svi_step(torch.ones(3, 100)),
+        "SVI step, 3-D x": lambda: svi_step(torch.ones(2, 3, 784)),
+        "SVI step, 1-D x of 784 pixels": lambda: svi_step(torch.ones(784)),
+        "SVI step, float64 x": lambda: svi_step(ones.double()),
+        "SVI step, uint8 x": lambda: svi_step(ones.to(torch.uint8)),
+        "SVI step, int64 x": lambda: svi_step(ones.long()),
+        "SVI step, x a list": lambda: svi_step([[0.0] * 784]),
+        "binarize(values up to 255.0)": lambda: binarize(torch.full((2, 3), 255.0)),
+        "binarize(int64)": lambda: binarize(torch.ones(2, 3, dtype=torch.int64)),
+        "check_grey_levels(uint8)": lambda: check_grey_levels(torch.ones(2, 3,
+                                                                         dtype=torch.uint8)),
+        "vae.check_data(float64)": lambda: vae().check_data(ones.double()),
+        "vae.check_data(grey levels, bernoulli)": lambda: vae().check_data(ones * 0.5),
+        "make_objective('elbo')": lambda: make_objective("elbo", vae()),
+        "make_objective(num_particles=0)": lambda: make_objective("iwae", vae(),
+                                                                  num_particles=0),
+        "make_objective(num_particles=2.5)": lambda: make_objective("iwae", vae(),
+                                                                    num_particles=2.5),
+        "estimate_log_px(x of the wrong width)": lambda: estimate_log_px(
+            vae(), torch.ones(3, 10), num_samples=10),
+        "estimate_log_px(num_samples=0)": lambda: estimate_log_px(vae(), ones,
+                                                                  num_samples=0),
+        "estimate_log_px(grey levels)": lambda: estimate_log_px(vae(), ones * 0.5,
+                                                                num_samples=10),
+        "TrainConfig(beta='abc').validate()": lambda: TrainConfig(beta="abc").validate(),
+        "TrainConfig(hidden_sizes=5).validate()": lambda: TrainConfig(
+            hidden_sizes=5).validate(),
+        "TrainConfig.from_dict([])": lambda: TrainConfig.from_dict([]),
+        "fit(None) without a run to resume": lambda: fit(None),
+        "fit(resume=True) without a folder": lambda: fit(TrainConfig(), resume=True),
+    }
+    return [Fault("api", name, name, lambda folder, call=call: run_api(call))
+            for name, call in calls.items()]
+
+
+def catalogue() -> list[Fault]:
+    return (argument_faults() + resource_faults() + data_faults() + checkpoint_faults()
+            + metrics_faults() + run_folder_faults() + api_faults())
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def summary(verdicts: list[dict]) -> dict:
+    return {"tried": len(verdicts),
+            "clean error": sum(v["expected"] == "error" and v["ok"] for v in verdicts),
+            "success": sum(v["expected"] == "success" and v["ok"] for v in verdicts),
+            "traceback": sum(v["traceback"] for v in verdicts),
+            "silent": sum(v["silent"] for v in verdicts),
+            "lost": sum(v["lost"] for v in verdicts)}
+
+
+def markdown(verdicts: list[dict], scratch: Path) -> str:
+    s = summary(verdicts)
+    lines = [
+        "# Failure cases and what they produce",
+        "",
+        "Generated by `python -m tests.faults` from the catalogue in `tests/faults.py`, which "
+        "`tests/test_faults.py` runs in the test suite. Each case runs as a user would run it "
+        "(the command line in-process, or the Python API) in a scratch folder holding a "
+        "finished tiny run (`run/`) and a copy of the MNIST files (`data/`), with "
+        f"`PYRO_VAE_MEMORY_LIMIT_MB={MEMORY_LIMIT_MB}`. Paths are shown relative to it; `…` in "
+        f"a command stands for the tiny sizes `{' '.join(TINY)}` (or `--quiet --no-plots`).",
+        "",
+        "Every failure a user can cause ends in one of the project's errors "
+        "(`pyro_vae.errors`) and, on the command line, **one line** on stderr and exit status "
+        "**2**; Ctrl-C ends with exit status 130. A case counts as a *traceback* if an "
+        "exception escapes, *silent* if it should fail and does not (or its check of the "
+        "result fails), and *lost* if a failed case changed the run folder's checkpoints, "
+        "metrics or evaluation.",
+        "",
+        "| tried | clean error | success (as expected) | traceback | silent wrong result "
+        "| data lost |",
+        "|---|---|---|---|---|---|",
+        f"| {s['tried']} | {s['clean error']} | {s['success']} | {s['traceback']} | "
+        f"{s['silent']} | {s['lost']} |",
+        "",
+    ]
+    kinds = list(dict.fromkeys(v["kind"] for v in verdicts))
+    for kind in kinds:
+        lines += [f"## {kind[0].upper() + kind[1:]}", "", "| case | command | exit | message |",
+                  "|---|---|---|---|"]
+        for v in (v for v in verdicts if v["kind"] == kind):
+            message = (v["message"] or ("(success)" if v["status"] == 0 else "")).replace(
+                str(scratch), ".").replace("|", "\\|")
+            message = _relative(message)
+            status = "-" if v["command"] == v["name"] and v["status"] == 2 else v["status"]
+            flag = "" if v["ok"] else " **(fails)**"
+            command = v["command"].replace(" ".join(TINY), "…").replace(" ".join(TINY[-2:]),
+                                                                       "…")
+            lines.append(f"| {v['name']}{flag} | `{command}` | {status} | {message} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _relative(message: str) -> str:
+    import re
+
+    return re.sub(r"/\S*/case\d{3}/", "", message)
+
+
+def main() -> int:
+    import json
+    import tempfile
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        template = make_template(scratch / "template")
+        verdicts = run_all(catalogue(), scratch / "cases", template,
+                           log=lambda line: print(line, file=sys.__stderr__, flush=True))
+        text = markdown(verdicts, scratch)
+    (ROOT / "docs" / "failure_cases.md").write_text(text + "\n")
+    print(json.dumps(summary(verdicts)))
+    for v in verdicts:
+        if not v["ok"]:
+            print(f"FAILS: {v['kind']}: {v['name']}: {v['message']}\n{v['trace'] or ''}")
+    return 0 if all(v["ok"] for v in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
