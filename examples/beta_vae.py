@@ -19,14 +19,17 @@ import dataclasses
 
 import torch
 
+from pyro_vae.commands.options import DefaultsHelpFormatter
 from pyro_vae.config import TrainConfig, load_data
 from pyro_vae.evaluation import active_units
 from pyro_vae.losses import analytic_elbo, gaussian_kl_to_standard_normal
 from pyro_vae.training import fit
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--epochs", type=int, default=10)
-parser.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 4.0])
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=DefaultsHelpFormatter)
+parser.add_argument("--epochs", type=int, default=10, help="training epochs")
+parser.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 4.0],
+                    help="KL weights to train with")
 parser.add_argument("--warmup", type=int, default=3, metavar="W", help="warm-up epochs")
 parser.add_argument("--quick", action="store_true", help="β = 1, 4; 3 epochs on 2,000 images")
 args = parser.parse_args()

@@ -17,11 +17,13 @@ import torch
 from torch import nn
 
 from pyro_vae import VAE, make_objective
+from pyro_vae.commands.options import DefaultsHelpFormatter
 from pyro_vae.data import binarize, load_dataset, preprocess
 from pyro_vae.evaluation import mean_elbo
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--epochs", type=int, default=5)
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=DefaultsHelpFormatter)
+parser.add_argument("--epochs", type=int, default=5, help="training epochs")
 parser.add_argument("--quick", action="store_true", help="1 epoch on 2,000 images")
 args = parser.parse_args()
 

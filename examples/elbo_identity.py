@@ -25,6 +25,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # the Agg canvas: no display
 from matplotlib.figure import Figure
 
+from pyro_vae.commands.options import DefaultsHelpFormatter
 from pyro_vae.evaluation import estimate_log_px
 from pyro_vae.linear_gaussian import (
     PPCAParams,
@@ -36,7 +37,8 @@ from pyro_vae.linear_gaussian import (
     sample_ppca,
 )
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=DefaultsHelpFormatter)
 parser.add_argument("--quick", action="store_true", help="fewer K and repeats: a few seconds")
 parser.add_argument("--out", type=Path, default=Path("runs") / "examples",
                     help="folder for the PNG (default: runs/examples, which git ignores)")

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae import DataNotFoundError, PyroVAEError
+from pyro_vae.commands.options import DefaultsHelpFormatter
 from pyro_vae.config import TrainConfig, load_data
 from pyro_vae.data import load_dataset
 from pyro_vae.losses import analytic_elbo
@@ -30,8 +31,9 @@ from pyro_vae.plots import write_run_figures
 from pyro_vae.runs import RunFolder
 from pyro_vae.training import fit
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--epochs", type=int, default=10)
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=DefaultsHelpFormatter)
+parser.add_argument("--epochs", type=int, default=10, help="training epochs")
 parser.add_argument("--data-dir", help="folder of the four Fashion-MNIST IDX files")
 parser.add_argument("--download", action="store_true",
                     help="download Fashion-MNIST (checksum-verified) if it is not installed")

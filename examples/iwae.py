@@ -18,12 +18,14 @@ since IWAE_K does not push q(z|x) to fit the posterior as tightly, its ELBO can 
 import argparse
 import dataclasses
 
+from pyro_vae.commands.options import DefaultsHelpFormatter
 from pyro_vae.config import TrainConfig, load_data
 from pyro_vae.evaluation import active_units, estimate_log_px, mean_elbo
 from pyro_vae.training import fit
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--epochs", type=int, default=10)
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=DefaultsHelpFormatter)
+parser.add_argument("--epochs", type=int, default=10, help="training epochs")
 parser.add_argument("-K", "--num-particles", type=int, default=5, help="K of the IWAE bound")
 parser.add_argument("--quick", action="store_true", help="smoke run: small network and data")
 args = parser.parse_args()

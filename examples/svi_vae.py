@@ -14,11 +14,13 @@ from pyro.infer import SVI, TraceMeanField_ELBO
 from pyro.optim import Adam
 
 from pyro_vae import VAE
+from pyro_vae.commands.options import DefaultsHelpFormatter
 from pyro_vae.data import binarize, load_dataset, preprocess
 from pyro_vae.losses import analytic_elbo
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--epochs", type=int, default=10)
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=DefaultsHelpFormatter)
+parser.add_argument("--epochs", type=int, default=10, help="training epochs")
 parser.add_argument("--quick", action="store_true", help="2 epochs on 5,000 images")
 args = parser.parse_args()
 

@@ -20,6 +20,7 @@ from pyro_vae.plots import (
     image_grid,
     normal_quantile_grid,
     pca_2d,
+    plot_comparison,
     plot_learning_curves,
     plot_reconstructions,
     sample_prior,
@@ -205,6 +206,18 @@ def test_reconstructions_sit_right_of_their_inputs(tmp_path):
     assert (right > 0.9).mean() > 5 * (left > 0.9).mean()
 
 
+def test_comparison_of_runs_evaluated_or_not(tmp_path, run_dir, data):
+    run = RunFolder(run_dir)
+    metrics = run.read_metrics()
+    vae, _ = run.load_vae()
+    evaluation = json.loads(json.dumps(evaluate(vae, data.test[:20], num_samples=30, seed=0)))
+    path = plot_comparison([("evaluated", metrics, evaluation), ("not", metrics, None)],
+                           tmp_path / "c.png")
+    assert png(path).shape[:2] == (480, 1500)
+    with pytest.raises(DataError, match="no finished epoch"):
+        plot_comparison([("empty", {"epochs": []}, None)], tmp_path / "d.png")
+
+
 def test_learning_curves_of_several_runs(tmp_path, run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     other = json.loads(json.dumps(metrics))
@@ -238,7 +251,7 @@ def test_plot_command_compares_runs(tmp_path, run_dir, capsys, monkeypatch):
     out = tmp_path / "compare.png"
     assert main(["plot", str(run_dir), str(second), "--curves-only", "--compare-out",
                  str(out)]) == 0
-    assert png(out).shape[:2] == (480, 1200)
+    assert png(out).shape[:2] == (480, 1500)
     assert (second / "learning_curves.png").is_file()
     assert "nats per datapoint" in capsys.readouterr().out
     # by default the comparison goes to the current folder, not next to the runs

@@ -96,3 +96,19 @@ def existing_path(text: str) -> Path:
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
     return path
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default, except where there is none (``None``, or a flag
+    that is off), and keeps the description's own line breaks. Used by the examples."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (default in (None, False, argparse.SUPPRESS) or "%(default)" in text
+                or "default:" in text or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+    def _fill_text(self, text, width, indent):
+        return "\n".join(indent + line for line in text.splitlines())

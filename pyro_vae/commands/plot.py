@@ -4,7 +4,8 @@ For each RUN_DIR: reconstructions beside their inputs, samples from the prior, t
 latent manifold (2-D latent space) or the PCA of the posterior means coloured by label, the
 learning curves, and, when `pyro-vae evaluate` wrote evaluation.json there, log p(x) against
 K and the histogram of Pareto k-hat. With several RUN_DIRs, also one figure comparing them:
-what each one's training objective reached and its test ELBO, and log p(x) where evaluated.
+the test ELBO (the same bound for every run), what each one's training objective reached,
+and log p(x) where `pyro-vae evaluate` has been run.
 
 Example: pyro-vae plot runs/meanfield runs/iwae --compare-out compare.png
 """
@@ -32,7 +33,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Draw the pictures of every RUN_DIR (and their comparison); exit status 0."""
-    from pyro_vae.plots import plot_learning_curves, write_run_figures
+    from pyro_vae.plots import plot_comparison, plot_learning_curves, write_run_figures
     from pyro_vae.runs import RunFolder
 
     runs = [RunFolder(d) for d in args.run_dirs]
@@ -52,8 +53,11 @@ def run(args) -> int:
         print(f"{run_folder.path}: {', '.join(p.name for p in written)}")
     if len(runs) > 1:
         out = args.compare_out or Path("comparison.png")
-        plot_learning_curves(list(zip(labels, metrics, strict=True)), out)
-        print(f"comparison of {len(runs)} runs (nats per datapoint): {out}")
+        evaluations = [r.read_evaluation() for r in runs]
+        plot_comparison(list(zip(labels, metrics, evaluations, strict=True)), out)
+        evaluated = sum(e is not None for e in evaluations)
+        print(f"comparison of {len(runs)} runs (test ELBO, training objectives, and log p(x) "
+              f"of the {evaluated} evaluated; nats per datapoint): {out}")
     return 0
 
 

@@ -208,6 +208,11 @@ def _train(args, config: TrainConfig, folder: RunFolder, checkpoint, world) -> i
         print(f"training {config.estimator} on {data.dataset.name} ({data.train.shape[0]} "
               f"train / {data.test.shape[0]} test images from {data.dataset.source}) for "
               f"{config.epochs} epochs{processes}, into {folder.path}", file=sys.stderr)
+        if config.likelihood == "bernoulli" and config.dataset != "mnist":
+            print(f"note: the bernoulli likelihood models binary pixels, so {config.dataset}'s "
+                  "grey levels are binarized at random (a new draw each epoch; the test set "
+                  "once, seed 0); --likelihood continuous-bernoulli or gaussian models them "
+                  "as grey levels", file=sys.stderr)
     result = fit(config, folder, resume=checkpoint or False, data=data, world=world,
                  progress=False if args.quiet else None)
     if not main_process:
@@ -221,9 +226,9 @@ def _train(args, config: TrainConfig, folder: RunFolder, checkpoint, world) -> i
     if last is None:
         print(f"nothing to train: {folder.path} has no epoch to run")
         return 0
-    print(f"done: test ELBO {last['test_elbo']:.3f} nats/datapoint (a lower bound on log p(x)) "
-          f"after {last['epoch']} epochs, {last['wall_seconds']:.0f} s; wrote "
-          f"{folder.metrics} and {folder.checkpoint}")
+    print(f"done: test ELBO {last['test_elbo']:.3f} nats/datapoint (a lower bound on log p(x), "
+          f"{result.vae.likelihood.density}) after {last['epoch']} epochs, "
+          f"{last['wall_seconds']:.0f} s; wrote {folder.metrics} and {folder.checkpoint}")
     if pictures:
         print(f"pictures in {folder.path}: {', '.join(p.name for p in pictures)}")
     return 0

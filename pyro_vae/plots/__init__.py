@@ -8,7 +8,12 @@
 =====================  ========================================================
 """
 
-from pyro_vae.plots.curves import plot_learning_curves, plot_log_px_vs_k, plot_pareto_k
+from pyro_vae.plots.curves import (
+    plot_comparison,
+    plot_learning_curves,
+    plot_log_px_vs_k,
+    plot_pareto_k,
+)
 from pyro_vae.plots.images import (
     LABEL_NAMES,
     PriorSample,
@@ -33,6 +38,7 @@ __all__ = [
     "image_grid",
     "normal_quantile_grid",
     "pca_2d",
+    "plot_comparison",
     "plot_images",
     "plot_latent_embedding",
     "plot_latent_manifold",

@@ -15,7 +15,7 @@ from pyro_vae.errors import DataError
 from pyro_vae.evaluation.psis import PARETO_K_THRESHOLDS
 from pyro_vae.plots.canvas import colormap, figure, fit_ylim, numpy_of, save
 
-__all__ = ["plot_learning_curves", "plot_log_px_vs_k", "plot_pareto_k"]
+__all__ = ["plot_comparison", "plot_learning_curves", "plot_log_px_vs_k", "plot_pareto_k"]
 
 
 def plot_learning_curves(runs: Sequence[tuple[str, dict]], path) -> Path:
@@ -49,7 +49,7 @@ def plot_learning_curves(runs: Sequence[tuple[str, dict]], path) -> Path:
         # The y-axis fits what follows the first epochs, whose figures can be hundreds of
         # nats lower and would flatten the rest: the train objective (an average over a
         # model changing fast) after epoch 1, the test ELBO after the first tenth.
-        values += train[1:] or train
+        values += train[1:] if len(train) > 3 else train
         values += test[len(test) // 10 :]
         clipped = clipped or min(train + test) < min(values)
         color = cmap(i % 10)
@@ -71,6 +71,83 @@ def plot_learning_curves(runs: Sequence[tuple[str, dict]], path) -> Path:
     fig.suptitle(f"learning curves: ELBO and IWAE_K are lower bounds on log p(x){below}",
                  fontsize=10)
     return save(fig, path)
+
+
+def plot_comparison(runs: Sequence[tuple[str, dict, dict | None]], path) -> Path:
+    """Save one figure comparing several runs on what can be compared:
+
+    - left, the **test ELBO** per epoch: the same bound (analytic KL, β = 1, one fixed-seed
+      sample per image) for every run, whatever it was trained on;
+    - middle, each run's **training objective** per epoch, named (ELBO, IWAE_5, β-ELBO):
+      what that run maximized, not comparable across objectives (IWAE_K ≥ ELBO);
+    - right, **log p(x)** from each run's ``evaluation.json`` (± 2 Monte Carlo standard
+      errors), the figure that ranks models; a run not yet evaluated is listed as such.
+
+    :param runs: ``(label, metrics, evaluation or None)`` per run, as a run folder holds them.
+    """
+    if not runs:
+        raise DataError("plot_comparison needs at least one run")
+    fig = figure(15.0, 4.8)
+    test_ax, train_ax, log_px_ax = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
+    cmap = colormap("tab10")
+    tests, trains = [], []
+    for i, (label, metrics, _) in enumerate(runs):
+        records = metrics.get("epochs") or []
+        if not records:
+            raise DataError(f"{label}: no finished epoch in its metrics")
+        epochs = [r["epoch"] for r in records]
+        test = [r["test_elbo"] for r in records]
+        train = [r["train_objective_nats"] for r in records]
+        tests += test[len(test) // 10 :]
+        trains += train[1:] if len(train) > 3 else train
+        objective = records[-1]["train_objective"]
+        test_ax.plot(epochs, test, "-o" if len(records) <= 30 else "-", color=cmap(i % 10),
+                     markersize=3, label=label)
+        train_ax.plot(epochs, train, "--", color=cmap(i % 10), label=f"{label}: {objective}")
+    for ax, values, title in ((test_ax, tests, "test ELBO (the same bound for every run)"),
+                              (train_ax, trains, "training objective (each run's own)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("nats per datapoint (higher is better)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fit_ylim(ax, values)
+        ax.legend(fontsize=7, loc="lower right")
+    _log_px_panel(log_px_ax, runs, cmap)
+    fig.suptitle("comparison of runs: the test ELBO and log p(x) are comparable across "
+                 "estimators; training objectives are not", fontsize=10)
+    return save(fig, path)
+
+
+def _log_px_panel(ax, runs, cmap) -> None:
+    labels = [label for label, _, _ in runs]
+    ys = list(range(len(runs)))
+    shown = []
+    for y, (i, (_, _, evaluation)) in zip(ys, enumerate(runs), strict=True):
+        if evaluation is None:
+            continue
+        log_px = evaluation["log_px"]
+        error = 2 * log_px["mc_stderr"] if isinstance(log_px.get("mc_stderr"), float) else None
+        method = f"IWAE_{evaluation['num_samples']}" if evaluation.get("method") == "is" else (
+            str(evaluation.get("method", "")).upper())
+        ax.errorbar([log_px["mean"]], [y], xerr=None if error is None else [error], fmt="o",
+                    color=cmap(i % 10), capsize=3)
+        ax.annotate(f"{log_px['mean']:.2f} ({method})", (log_px["mean"], y), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+        shown.append(log_px["mean"])
+    ax.set_yticks(ys, [lab if runs[y][2] is not None else f"{lab}\n(not evaluated)"
+                       for y, lab in enumerate(labels)], fontsize=7)
+    ax.set_ylim(-0.7, len(runs) - 0.3)
+    ax.set_xlabel("log p(x), nats per datapoint (estimate, ± 2 s.e.)")
+    ax.set_title("log p(x) from pyro-vae evaluate", fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    if shown:
+        low, high = min(shown), max(shown)
+        margin = 0.25 * (high - low) or 1.0
+        ax.set_xlim(low - margin, high + 2 * margin)
+    else:
+        ax.text(0.5, 0.5, "no run evaluated yet:\npyro-vae evaluate RUN_DIR", ha="center",
+                va="center", transform=ax.transAxes, fontsize=9)
 
 
 def plot_log_px_vs_k(ks: Sequence[int], log_px: Sequence[float], path, *,

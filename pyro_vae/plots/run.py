@@ -75,7 +75,7 @@ def evaluation_figures(run: RunFolder) -> list[Path]:
         written.append(plot_log_px_vs_k(
             list(ks), means, run.picture("log_px_vs_k"),
             stderr=None if any(e is None for e in errors) else errors,
-            elbo=evaluation["elbo"]["analytic_kl"]["mean"] if "elbo" in evaluation else None))
+            elbo=evaluation.get("elbo", {}).get("analytic_kl", {}).get("mean")))
     pareto = evaluation.get("pareto_k")
     if isinstance(pareto, dict) and pareto.get("values"):
         values = [float("nan") if v is None else v for v in pareto["values"]]
@@ -87,6 +87,8 @@ def evaluation_figures(run: RunFolder) -> list[Path]:
 def _log_px_points(evaluation: dict) -> dict[int, tuple[float, float | None]]:
     """K → (mean IWAE_K estimate, its standard error): ``log_px_by_k`` where the report has
     it, else the K of the report and K = 1 (the Monte Carlo ELBO, E[IWAE_1])."""
+    if evaluation.get("method", "is") != "is":  # AIS: no curve over K
+        return {}
     points = {int(k): (v["mean"], v.get("mc_stderr"))
               for k, v in evaluation.get("log_px_by_k", {}).items()}
     points.setdefault(evaluation["num_samples"], (evaluation["log_px"]["mean"],
