@@ -1,10 +1,9 @@
 """Reproduce Table 1 of Burda, Grosse & Salakhutdinov (2016) for one stochastic layer: test
 log p(x) of the VAE and the IWAE (K = 5, 50) on dynamically binarized MNIST.
 
-    python -m benchmarks.burda --minutes 60 --estimators meanfield \\
-        --out benchmarks/results/burda_meanfield_60min       # 60 min of training, + evaluation
+    python -m benchmarks.burda --minutes 60 --estimators meanfield --out runs/burda_60min
     python -m benchmarks.burda --epochs 3280                   # the paper's full schedule
-    python -m benchmarks.burda --quick --out /tmp/burda        # smoke run, < 60 s
+    python benchmarks/burda.py --quick --out /tmp/burda        # smoke run
 
 The paper's setup, as ``TrainConfig(preset="burda", batch_size=20, lr_schedule="burda")``:
 784-200-200-50 tanh encoder and decoder, decoder output bias at the logit of the training
@@ -22,17 +21,23 @@ The figure of merit is the IWAE_K estimate of log p(x) with K = 5000 (Burda et a
 on the 10 000 test images binarized once with a fixed seed; the paper reports it as the
 negative log-likelihood NLL = −log p(x), nats per datapoint. Writes per estimator the run
 folder ``OUT/<estimator>/`` (``metrics.json``, ``checkpoint.pt``), and ``OUT/burda.json`` and
-``OUT/burda.md``. Running the same command again resumes unfinished training from the
-checkpoints (with the number of epochs chosen the first time) and evaluates again.
+``OUT/burda.md`` (``OUT`` defaults to ``runs/burda``). Running the same command again resumes
+unfinished training from the checkpoints (with the number of epochs chosen the first time) and
+evaluates again.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a file, python benchmarks/burda.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyro
 import torch
@@ -43,20 +48,26 @@ from benchmarks.common import (
     command_line,
     count_active_units,
     evaluate_log_px,
+    fit_progress,
     fmt,
     machine,
     markdown_table,
+    output,
     parse_spec,
     seconds_per_epoch,
     write_results,
 )
-from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.training import TrainConfig, fit, prepare_data
+from pyro_vae.config import LR_SCHEDULES, TrainConfig, load_data
+from pyro_vae.runs import RunFolder
+from pyro_vae.training import fit
 
-DEFAULT_OUT = Path(__file__).parent / "results" / "burda"
+# Long, resumable runs (a run folder per estimator, checkpoints every epoch) go under runs/,
+# which git ignores; benchmarks/README.md's tables archive each run's burda.json in results/.
+DEFAULT_OUT = Path("runs") / "burda"
 FULL_EPOCHS = 3280  # Σ_{i=0}^{7} 3^i
 # --minutes plans the epochs to take this fraction of the budget by a probe's speed: the speed
-# of a shared machine drifts (±30 % within minutes here), and training must not overrun.
+# of a shared machine drifts within minutes (benchmarks/README.md), and training must not
+# overrun.
 BUDGET_MARGIN = 0.9
 
 # Burda et al. (2016), Table 1, MNIST, one stochastic layer: the VAE rows (the ELBO with k
@@ -80,7 +91,7 @@ class BurdaConfig:
     eval_size: int | None = None  # test images (per-epoch ELBO and log p(x)); None: all
     train_size: int | None = None  # None: all 60 000 training images
     batch_size: int = 20  # the paper's; larger batches take fewer, cheaper steps per epoch
-    lr_schedule: str = "burda"  # the paper's; or "burda-even" (see pyro_vae.training)
+    lr_schedule: str = "burda"  # the paper's; or "burda-even" (see pyro_vae.config)
     lr: float = 1e-3  # the first rate of the schedule (the paper's 10^-3)
     seed: int = 0
     device: str = "cpu"
@@ -95,23 +106,21 @@ def train_config(config: BurdaConfig, spec: Spec, epochs: int) -> TrainConfig:
     return TrainConfig(
         dataset="mnist", preset="burda", likelihood="bernoulli", estimator=spec.name,
         num_particles=spec.k, batch_size=config.batch_size, lr=config.lr,
-        lr_schedule=config.lr_schedule,
-        epochs=epochs,
+        lr_schedule=config.lr_schedule, epochs=epochs,
         train_size=config.train_size, test_size=config.eval_size, seed=config.seed,
         device=config.device, extra={"benchmark": "burda", "budget_minutes": config.minutes},
     )
 
 
-def choose_epochs(config: BurdaConfig, spec: Spec, data, run_dir: Path, log) -> tuple[int, str]:
+def choose_epochs(config: BurdaConfig, spec: Spec, data, run: RunFolder, log) -> tuple[int, str]:
     """Epochs for ``spec`` and how they were chosen: those of an existing checkpoint, the
     ``--epochs`` given, or as many as fit ``--minutes`` by a timed probe."""
-    checkpoint = run_dir / "checkpoint.pt"
-    if checkpoint.exists():
-        return int(load_checkpoint(checkpoint)["config"]["epochs"]), "from the checkpoint"
+    if run.checkpoint.exists():
+        return run.load_checkpoint().config.epochs, "from the checkpoint"
     if config.minutes is None:
         return config.epochs or FULL_EPOCHS, "given"
     probe = train_config(config, spec, 1)
-    epoch_seconds = seconds_per_epoch(probe, data.train, data.test, probe_seconds=60.0)
+    epoch_seconds = seconds_per_epoch(probe, data, probe_seconds=60.0)
     epochs = max(1, int(BUDGET_MARGIN * config.minutes * 60 / epoch_seconds))
     log(f"{spec.label}: about {epoch_seconds:.1f} s per epoch on this machine now, so "
         f"{epochs} epochs should take {BUDGET_MARGIN:.0%} of {config.minutes:g} minutes")
@@ -119,17 +128,18 @@ def choose_epochs(config: BurdaConfig, spec: Spec, data, run_dir: Path, log) -> 
                     f"planned for {BUDGET_MARGIN:.0%} of it")
 
 
-def run_one(config: BurdaConfig, spec: Spec, data, out: Path, *, progress: bool, log) -> dict:
+def run_one(config: BurdaConfig, spec: Spec, data, out: Path, *, progress: str, log) -> dict:
     """Train (or resume) one estimator, then estimate its test log p(x)."""
-    run_dir = out / spec.slug
-    epochs, how = choose_epochs(config, spec, data, run_dir, log)
-    resume = (run_dir / "checkpoint.pt").exists()
-    result = fit(train_config(config, spec, epochs), run_dir, resume=resume, progress=progress,
-                 data=data, log=log)
+    run = RunFolder(out / spec.slug)
+    epochs, how = choose_epochs(config, spec, data, run, log)
+    pyro.clear_param_store()  # no other run's parameters under this VAE's names (JIT ELBOs)
+    result = fit(train_config(config, spec, epochs), run, resume=run.checkpoint.exists(),
+                 progress=fit_progress(progress), data=data, log=log)
     history = result.history
     log(f"{spec.label}: estimating log p(x) with K = {config.eval_samples} on "
         f"{data.test.shape[0]} test images")
-    evaluation = evaluate_log_px(result.vae, data.test, config.eval_samples, seed=config.seed)
+    evaluation = evaluate_log_px(result.vae, data.test, config.eval_samples, seed=config.seed,
+                                 progress=progress)
     evaluation.pop("log_px_per_datapoint")
     paper = PAPER.get(spec)
     return {
@@ -138,13 +148,14 @@ def run_one(config: BurdaConfig, spec: Spec, data, out: Path, *, progress: bool,
         "epochs_chosen": how,
         "train_seconds": history[-1]["wall_seconds"],  # training + per-epoch test ELBO
         "train_objective": history[-1]["train_objective"],
-        "train_bound": history[-1]["train_elbo"], "test_elbo": history[-1]["test_elbo"],
+        "train_objective_nats": history[-1]["train_objective_nats"],
+        "test_elbo": history[-1]["test_elbo"],
         **evaluation,
-        "nll": -evaluation["log_px"],
+        "nll": -evaluation["log_px_mean"],
         "active_units": count_active_units(result.vae, data.test),
         "paper": None if paper is None else {"row": paper[0], "nll": paper[1],
                                              "active_units": paper[2]},
-        "run_dir": str(run_dir),
+        "run_dir": str(run.path),
     }
 
 
@@ -168,11 +179,10 @@ def markdown(document: dict) -> str:
     for r in document["results"]:
         paper = r["paper"] or {}
         rows.append([
-            r["label"], str(r["epochs"]), str(r.get("batch_size", 20)),
-            f"{r.get('lr_schedule', 'burda')} from {r.get('lr', 1e-3):g}",
-            f"{r['train_seconds'] / 60:.1f}",
+            r["label"], str(r["epochs"]), str(r["batch_size"]),
+            f"{r['lr_schedule']} from {r['lr']:g}", f"{r['train_seconds'] / 60:.1f}",
             fmt(r["test_elbo"]),
-            f"{r['nll']:.2f} ± {r['log_px_stderr']:.2f} ({r['log_px_data_stderr']:.2f})",
+            f"{r['nll']:.2f} ± {r['log_px_mean_mc_stderr']:.2f} ({r['log_px_data_stderr']:.2f})",
             str(r["active_units"]), paper.get("row", "—"), fmt(paper.get("nll")),
             str(paper.get("active_units", "—")),
             fmt(r["nll"] - paper["nll"]) if paper else "—",
@@ -187,21 +197,25 @@ def markdown(document: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = BurdaConfig()
     parser.add_argument("--estimators", nargs="+", metavar="NAME[:K]",
-                        help="estimators with their K (default: meanfield iwae:5 iwae:50)")
+                        help=f"estimators with their K (default {' '.join(default.estimators)})")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, help=f"epochs per estimator (paper: {FULL_EPOCHS})")
+    budget.add_argument("--epochs", type=int,
+                        help=f"epochs per estimator (default: the paper's {FULL_EPOCHS})")
     budget.add_argument("--minutes", type=float, help="training minutes per estimator")
-    parser.add_argument("--eval-samples", type=int, help="K of the log p(x) estimate (5000)")
+    parser.add_argument("--eval-samples", type=int,
+                        help=f"K of the log p(x) estimate (default {default.eval_samples})")
     parser.add_argument("--eval-size", type=int, help="test images evaluated (default: all)")
     parser.add_argument("--train-size", type=int, help="training images (default: all)")
-    parser.add_argument("--batch-size", type=int,
-                        help="minibatch size (paper: 20); the schedule stays in epochs")
-    parser.add_argument("--lr-schedule", choices=("burda", "burda-even"),
+    parser.add_argument("--batch-size", type=int, help="minibatch size (default: the paper's "
+                        f"{default.batch_size}); the schedule stays in epochs")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES[1:],
                         help="burda (the paper's, default) or burda-even (equal passes)")
-    parser.add_argument("--lr", type=float, help="first learning rate (paper: 1e-3)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--lr", type=float,
+                        help=f"first learning rate (default: the paper's {default.lr:g})")
+    parser.add_argument("--seed", type=int, default=0, help="default 0")
+    parser.add_argument("--device", default="cpu", help="default cpu")
     add_common_arguments(parser, DEFAULT_OUT)
     return parser.parse_args(argv)
 
@@ -220,29 +234,28 @@ def main(argv=None) -> int:
     config.seed, config.device = args.seed, args.device
     specs = [parse_spec(s) for s in config.estimators]
     torch.set_num_threads(args.threads)
-    log = (lambda *a, **k: None) if args.quiet else print
+    log, progress = output(args)
     pyro.set_rng_seed(config.seed)
 
-    data = prepare_data(train_config(config, specs[0], 1))
-    test_images = data.test.shape[0]
+    data = load_data(train_config(config, specs[0], 1))
     document = {
-        "units": "nats per datapoint; nll = -log_px, log_px an IWAE_K estimate of log p(x)",
+        "units": "nats per datapoint; nll = -log_px_mean, log_px_mean an IWAE_K estimate of "
+                 "log p(x); test_elbo and train_objective_nats lower bounds on it",
         "command": command_line("benchmarks.burda", argv),
         "config": {**config.__dict__, "estimators": list(config.estimators)},
-        "test_images": test_images, "machine": machine(), "results": [],
+        "test_images": data.test.shape[0], "machine": machine(), "results": [],
     }
     t0 = time.perf_counter()
     for spec in specs:
-        result = run_one(config, spec, data, args.out, progress=False if args.quiet else None,
-                         log=log)
+        result = run_one(config, spec, data, args.out, progress=progress, log=log)
         document["results"].append(result)
         document["total_seconds"] = time.perf_counter() - t0
+        document["load_average_end"] = machine()["load_average_1_5_15_min"]
         write_results(args.out, "burda", document, markdown(document))  # after every estimator
-        log(f"{spec.label}: test NLL {result['nll']:.2f} ± {result['log_px_stderr']:.2f} nats "
-            f"(K = {config.eval_samples}) after {result['epochs']} epochs, "
+        log(f"{spec.label}: test NLL {result['nll']:.2f} ± {result['log_px_mean_mc_stderr']:.2f}"
+            f" nats (K = {config.eval_samples}) after {result['epochs']} epochs, "
             f"{result['train_seconds'] / 60:.1f} min of training")
-    if not args.quiet:
-        print(markdown(document))
+    log(markdown(document))
     return 0 if all(math.isfinite(r["nll"]) for r in document["results"]) else 1
 
 

@@ -1,8 +1,14 @@
-"""Helpers shared by the benchmark scripts: estimator specs, interleaved step timing,
-time-budgeted training, log p(x) evaluation, machine facts and file output."""
+"""Helpers shared by the benchmark scripts: estimator specs and their steppers, interleaved
+step timing, time-budgeted training, log p(x) evaluation, machine facts, progress and files.
+
+Every script runs both as ``python -m benchmarks.NAME`` and as ``python benchmarks/NAME.py``
+from the repository root (a script run as a file first puts the root on ``sys.path``).
+"""
 
 from __future__ import annotations
 
+import argparse
+import copy
 import io
 import math
 import os
@@ -16,18 +22,26 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pyro
+import pyro.infer
+import pyro.optim
 import torch
 from matplotlib.figure import Figure
 
 from pyro_vae.checkpoint import atomic_write_bytes, atomic_write_json
-from pyro_vae.data import binarize
+from pyro_vae.config import TrainConfig, build_vae
+from pyro_vae.data import PreparedData, binarize
 from pyro_vae.errors import ConfigError
-from pyro_vae.estimators import ESTIMATORS, SVITrainer, get_estimator, make_objective
+from pyro_vae.evaluation import active_units, estimate_log_px, mean_elbo
+from pyro_vae.model import VAE
 from pyro_vae.networks import get_preset
-from pyro_vae.training import TrainConfig, build_vae, mean_elbo, step_checks
+from pyro_vae.objectives import ESTIMATORS, Bound, PyroObjective, get_estimator, make_objective
+from pyro_vae.trainer import Trainer
+from pyro_vae.training import step_checks
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
-# --- estimators ------------------------------------------------------------------------------
+# --- estimators and their steppers -------------------------------------------------------------
 class Spec(NamedTuple):
     """An estimator of the registry with its number of particles K."""
 
@@ -43,6 +57,11 @@ class Spec(NamedTuple):
     def slug(self) -> str:
         """A file-name-safe form: ``name`` or ``name-k``."""
         return self.name if self.k == 1 else f"{self.name}-{self.k}"
+
+    @property
+    def bound(self) -> Bound:
+        """What −loss estimates (:class:`pyro_vae.objectives.Bound`)."""
+        return get_estimator(self.name).bound
 
 
 def parse_spec(text: str) -> Spec:
@@ -61,17 +80,49 @@ def registry_specs(iwae_ks: tuple[int, ...] = (5, 50)) -> list[Spec]:
     estimator (``iwae``, ``dreg``, any added later) once per K in ``iwae_ks``."""
     specs = []
     for name, estimator in ESTIMATORS.items():
-        if estimator.bound == "IWAE_K":
+        if estimator.bound is Bound.IWAE_K:
             specs += [Spec(name, k) for k in iwae_ks]
         else:
             specs.append(Spec(name, 1))
     return specs
 
 
-def make_trainer(spec: Spec, vae, lr: float, *, optim=None):
-    """The registry's trainer for ``spec``; ``optim`` replaces an SVI trainer's optimizer."""
-    objective = make_objective(spec.name, vae, num_particles=spec.k)
-    return objective.make_trainer(lr) if optim is None else SVITrainer(objective, lr, optim=optim)
+def make_trainer(spec: Spec, vae: VAE, lr: float) -> Trainer:
+    """The package's trainer (torch Adam over the VAE's parameters) for ``spec``."""
+    return Trainer(make_objective(spec.name, vae, num_particles=spec.k), lr)
+
+
+class PyroSVI:
+    """What a user of Pyro's SVI pays: :class:`pyro.infer.SVI` with :class:`pyro.optim.Adam`
+    (one torch Adam per parameter) and a Pyro objective's ELBO (or ``elbo``, e.g. Pyro's own
+    class), built from Pyro's public API; ``step`` as :class:`pyro_vae.trainer.Trainer`'s."""
+
+    def __init__(self, objective: PyroObjective, lr: float, *, elbo=None):
+        if not isinstance(objective, PyroObjective):
+            raise ConfigError(f"{objective.name!r} is not a Pyro ELBO: SVI cannot step it")
+        self.objective = objective
+        self.elbo = objective.elbo if elbo is None else elbo
+        self.svi = pyro.infer.SVI(objective.model, objective.guide, pyro.optim.Adam({"lr": lr}),
+                                  self.elbo)
+
+    def step(self, x: torch.Tensor, *, num_data: int | None = None) -> float:
+        """One ``SVI.step``: the loss, −bound summed over the minibatch in nats."""
+        args, kwargs = self.objective.arguments(x, num_data)
+        return self.svi.step(*args, **kwargs)
+
+
+def identical_vaes(labels: list[str], x_dim: int, *, seed: int, device="cpu",
+                   **vae_kwargs) -> dict[str, VAE]:
+    """One VAE per label, all with the same initial weights (from ``seed``); distinct Pyro
+    prefixes keep their parameters apart in Pyro's global param store."""
+    torch.manual_seed(seed)
+    base = VAE(x_dim, **vae_kwargs).to(device)
+    vaes = {}
+    for i, label in enumerate(labels):
+        vae = VAE(x_dim, prefix=f"s{i}_", **vae_kwargs).to(device)
+        vae.load_state_dict(copy.deepcopy(base.state_dict()))
+        vaes[label] = vae
+    return vaes
 
 
 def stepper(trainer, x: torch.Tensor, *, validate_every_step: bool = False) -> Callable[[], None]:
@@ -93,7 +144,7 @@ def stepper(trainer, x: torch.Tensor, *, validate_every_step: bool = False) -> C
     return step
 
 
-# --- timing ----------------------------------------------------------------------------------
+# --- timing ------------------------------------------------------------------------------------
 class Timings(NamedTuple):
     """Seconds of each call, per stepper: wall-clock, and CPU time of this process (the
     work itself, without the time the process waited for a core on a shared machine)."""
@@ -174,6 +225,13 @@ def round_ratios(times: dict[str, list[float]], steps_per_block: dict[str, int],
     return out
 
 
+def summarize_times(seconds: list[float]) -> dict:
+    """Median and quartiles of step times, in milliseconds."""
+    q1, median, q3 = (statistics.quantiles(seconds, n=4, method="inclusive")
+                      if len(seconds) > 1 else [seconds[0]] * 3)
+    return {"median_ms": 1e3 * median, "q1_ms": 1e3 * q1, "q3_ms": 1e3 * q3, "steps": len(seconds)}
+
+
 def timing_summary(timings: Timings, steps_per_block: dict[str, int], baseline: str) -> dict:
     """Per stepper: wall-clock median and quartiles (ms), its ratio to ``baseline`` with the
     quartiles of the per-round ratio, and the same median and ratios in CPU time
@@ -189,11 +247,29 @@ def timing_summary(timings: Timings, steps_per_block: dict[str, int], baseline: 
     return out
 
 
-def summarize_times(seconds: list[float]) -> dict:
-    """Median and quartiles of step times, in milliseconds."""
-    q1, median, q3 = (statistics.quantiles(seconds, n=4, method="inclusive")
-                      if len(seconds) > 1 else [seconds[0]] * 3)
-    return {"median_ms": 1e3 * median, "q1_ms": 1e3 * q1, "q3_ms": 1e3 * q3, "steps": len(seconds)}
+class StepTimes(NamedTuple):
+    """The result of :func:`measure_steps`."""
+
+    summary: dict  # per stepper: timing_summary's figures against the baseline
+    steps_per_block: dict[str, int]
+    rounds: int
+    timings: Timings  # every step's seconds, for other ratios (round_ratios)
+
+
+def measure_steps(steppers: dict[str, Callable[[], object]], *, baseline: str,
+                  block_seconds: float, budget_seconds: float, max_rounds: int = 1000,
+                  warmup: int = 3) -> StepTimes:
+    """Interleaved step times of ``steppers`` against ``baseline``: ``warmup`` untimed steps
+    each (compilation, allocator, optimizer state), blocks of about ``block_seconds`` per
+    stepper, rounds until ``budget_seconds`` (or ``max_rounds``) have passed."""
+    for step in steppers.values():
+        for _ in range(warmup):
+            step()
+    per_block = steps_for_block(steppers, block_seconds)
+    timings = time_interleaved(steppers, blocks=max_rounds, steps_per_block=per_block,
+                               warmup=0, budget_seconds=budget_seconds)
+    rounds = len(timings.wall[baseline]) // per_block[baseline]
+    return StepTimes(timing_summary(timings, per_block, baseline), per_block, rounds, timings)
 
 
 def random_minibatch(data: torch.Tensor, batch_size: int, generator: torch.Generator,
@@ -204,14 +280,15 @@ def random_minibatch(data: torch.Tensor, batch_size: int, generator: torch.Gener
     return binarize(x, generator) if binary else x
 
 
-# --- training within a time budget ----------------------------------------------------------
-def seconds_per_epoch(config: TrainConfig, train: torch.Tensor, test: torch.Tensor, *,
+# --- training within a time budget -------------------------------------------------------------
+def seconds_per_epoch(config: TrainConfig, data: PreparedData, *,
                       probe_seconds: float = 20.0) -> float:
     """Estimated wall-clock seconds of one :func:`pyro_vae.training.fit` epoch of ``config``:
     training steps on random minibatches for ``probe_seconds`` (at least 10 steps), scaled
     to one epoch's steps, plus one test-ELBO evaluation. Uses a throw-away VAE and clears
     Pyro's param store."""
     pyro.clear_param_store()
+    train = data.train
     vae = build_vae(config, train.shape[1])
     if get_preset(config.preset).init_output_bias:
         vae.init_output_bias(train.mean(0))
@@ -227,40 +304,42 @@ def seconds_per_epoch(config: TrainConfig, train: torch.Tensor, test: torch.Tens
             steps += 1
     per_step = (time.perf_counter() - t0) / steps
     t1 = time.perf_counter()
-    mean_elbo(vae, test, batch_size=config.eval_batch_size)
+    mean_elbo(vae, data.test, batch_size=config.eval_batch_size)
     eval_seconds = time.perf_counter() - t1
     pyro.clear_param_store()
     return math.ceil(train.shape[0] / config.batch_size) * per_step + eval_seconds
 
 
-# --- log p(x) --------------------------------------------------------------------------------
-def evaluate_log_px(vae, x: torch.Tensor, num_samples: int, *, seed: int = 0) -> dict:
-    """IWAE_K estimate of log p(x) (K = ``num_samples``) averaged over the rows of ``x``,
-    nats per datapoint, with its Monte Carlo standard error and the standard error from the
-    choice of datapoints (:class:`pyro_vae.evaluation.LogPxEstimate`), and the seconds it
-    took; ``log_px_per_datapoint`` is the ``(N,)`` tensor, for paired comparisons."""
-    from pyro_vae.evaluation import estimate_log_px
-
+# --- log p(x) ----------------------------------------------------------------------------------
+def evaluate_log_px(vae: VAE, x: torch.Tensor, num_samples: int, *, seed: int = 0,
+                    progress: str = "off") -> dict:
+    """The IWAE_K estimate of log p(x) (K = ``num_samples``) of :func:`estimate_log_px`,
+    averaged over the rows of ``x``, in nats per datapoint: ``log_px_mean``, its Monte Carlo
+    standard error ``log_px_mean_mc_stderr``, the standard error from the choice of datapoints
+    ``log_px_data_stderr`` (sd / √N), and the seconds it took; ``log_px_per_datapoint`` is the
+    ``(N,)`` tensor, for paired comparisons (pop it before writing JSON)."""
     t0 = time.perf_counter()
-    with torch.no_grad():
-        estimate = estimate_log_px(vae.eval(), x, num_samples=num_samples,
-                                   generator=torch.Generator(device=x.device).manual_seed(seed))
-    vae.train()
-    return {"log_px": float(estimate.mean),
-            "log_px_stderr": float(estimate.stderr),  # Monte Carlo, for these datapoints
-            "log_px_data_stderr": float(estimate.data_stderr),  # sd over datapoints / √N
+    vae.eval()
+    try:
+        estimate = estimate_log_px(vae, x, num_samples=num_samples, seed=seed,
+                                   progress=progress)
+    finally:
+        vae.train()
+    return {"log_px_mean": estimate.mean,
+            "log_px_mean_mc_stderr": estimate.mean_mc_stderr,
+            "log_px_data_stderr": estimate.data_stderr,
             "log_px_samples": int(estimate.num_samples), "log_px_datapoints": int(x.shape[0]),
             "log_px_seconds": time.perf_counter() - t0,
             "log_px_per_datapoint": estimate.log_px.detach().double().cpu()}
 
 
-def count_active_units(vae, x: torch.Tensor, threshold: float = 0.01) -> int:
+def count_active_units(vae: VAE, x: torch.Tensor, threshold: float = 0.01) -> int:
     """Latent dimensions u with Cov_x(E_q[u|x]) > ``threshold`` (Burda et al. 2016, sec. 5.2)."""
-    from pyro_vae.evaluation import active_units
-
-    with torch.no_grad():
-        count, _ = active_units(vae.eval(), x, threshold=threshold)
-    vae.train()
+    vae.eval()
+    try:
+        count, _ = active_units(vae, x, threshold=threshold)
+    finally:
+        vae.train()
     return int(count)
 
 
@@ -271,9 +350,9 @@ def paired_difference(a: torch.Tensor, b: torch.Tensor) -> dict:
             "stderr": float(d.std() / math.sqrt(d.numel())) if d.numel() > 1 else float("nan")}
 
 
-# --- machine and files -----------------------------------------------------------------------
+# --- machine, command line, progress and files -------------------------------------------------
 def machine() -> dict:
-    """What the timings were measured on."""
+    """What the timings were measured on, the load average included."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
         "platform": platform.platform(),
@@ -289,10 +368,58 @@ def machine() -> dict:
     }
 
 
+def load_average() -> float | None:
+    """The one-minute load average (``None`` where the system has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def command_line(module: str, argv: list[str] | None) -> str:
     """The command that reproduces this run."""
     args = sys.argv[1:] if argv is None else argv
     return " ".join(["python", "-m", module, *map(shlex.quote, args)])
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, default_out: Path | None, *,
+                         threads: int = 1, out_default_text: str | None = None) -> None:
+    """The options every benchmark script takes: threads, output folder, quick mode, quiet.
+    ``default_out`` ``None``: the script chooses, as ``out_default_text`` says."""
+    parser.add_argument("--threads", type=int, default=threads,
+                        help=f"torch intra-op threads (default {threads}; 1: least contention "
+                             "on shared cores)")
+    shown = _shown(default_out) if default_out is not None else out_default_text
+    parser.add_argument("--out", type=Path, default=default_out,
+                        help="output folder" + (f" (default {shown})" if shown else ""))
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny run that checks the script works (tests run it)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress and no logs (default: a bar on a terminal, progress "
+                             "lines in logs)")
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+class Output(NamedTuple):
+    """How a script reports as it runs: ``log`` (print, or nothing with ``--quiet``) and the
+    :class:`pyro_vae.progress.Progress` mode (a bar on a terminal, lines in logs, or off)."""
+
+    log: Callable[..., None]
+    progress: str
+
+
+def output(args: argparse.Namespace) -> Output:
+    if args.quiet:
+        return Output(lambda *a, **k: None, "off")
+    return Output(print, "auto")
+
+
+def fit_progress(mode: str) -> bool | None:
+    """:func:`pyro_vae.training.fit`'s ``progress`` argument for a Progress ``mode``."""
+    return False if mode == "off" else None
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -319,12 +446,3 @@ def fmt(value, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
     return f"{value:.{digits}f}"
-
-
-def add_common_arguments(parser, default_out: Path) -> None:
-    """The options every benchmark script takes: threads, output folder, quick mode, quiet."""
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (1: least contention on shared cores)")
-    parser.add_argument("--out", type=Path, default=default_out, help="output folder")
-    parser.add_argument("--quick", action="store_true", help="a tiny run (< 60 s), for tests")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or logs")

@@ -1,10 +1,10 @@
 """Every estimator of the registry side by side: the same network, data, seed and budget.
 
-    python -m benchmarks.compare_estimators                      # ~10 min on 2 shared cores
+    python -m benchmarks.compare_estimators                      # the table in README.md
     python -m benchmarks.compare_estimators --seconds 60         # a wall-clock budget instead
-    python -m benchmarks.compare_estimators --quick --out /tmp/compare   # smoke run, < 60 s
+    python benchmarks/compare_estimators.py --quick --out /tmp/compare   # smoke run
 
-Every estimator in :data:`pyro_vae.estimators.ESTIMATORS` runs, the IWAE_K ones (``iwae``,
+Every estimator in :data:`pyro_vae.objectives.ESTIMATORS` runs, the IWAE_K ones (``iwae``,
 ``dreg``, any added later) once per K in ``--iwae-ks`` (5 and 50). For each:
 
 1. **Step time.** One training step on one fixed minibatch, timed in interleaved rounds with
@@ -14,7 +14,7 @@ Every estimator in :data:`pyro_vae.estimators.ESTIMATORS` runs, the IWAE_K ones 
 2. **Training** with :func:`pyro_vae.training.fit`, one epoch at a time (resuming from the
    checkpoint, which equals a straight run), for ``--epochs`` epochs or until ``--seconds``
    of training have passed (whole epochs). After each epoch, outside the training clock, the
-   IWAE_K estimate of log p(x) with a small K (``--curve-samples``) on the evaluation images.
+   IWAE_K estimate of log p(x) with a small K (``curve_samples``) on the evaluation images.
 3. **Evaluation** after training: train bound and test ELBO of the last epoch, test log p(x)
    with K = ``--eval-samples`` (5000) on the first ``--eval-size`` test images (the same
    images for all, so differences are paired), its Monte Carlo standard error and the
@@ -27,12 +27,16 @@ All figures are nats per datapoint; an ELBO or IWAE_K is a lower bound (higher i
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a file, python benchmarks/compare_estimators.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
-import copy
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import matplotlib
 import pyro
@@ -40,32 +44,33 @@ import torch
 from matplotlib.figure import Figure
 
 from benchmarks.common import (
+    RESULTS,
     Spec,
     add_common_arguments,
     command_line,
     count_active_units,
     evaluate_log_px,
     fmt,
+    identical_vaes,
     machine,
     make_trainer,
     markdown_table,
+    measure_steps,
+    output,
     paired_difference,
     parse_spec,
     registry_specs,
     save_figure,
     stepper,
-    steps_for_block,
-    time_interleaved,
-    timing_summary,
     write_results,
 )
+from pyro_vae.config import TrainConfig, load_data
 from pyro_vae.data import binarize
-from pyro_vae.estimators import get_estimator
-from pyro_vae.model import VAE
 from pyro_vae.networks import get_preset
-from pyro_vae.training import TrainConfig, fit, prepare_data
+from pyro_vae.progress import Progress
+from pyro_vae.training import fit
 
-DEFAULT_OUT = Path(__file__).parent / "results" / "compare"
+DEFAULT_OUT = RESULTS / "compare"
 BASELINE = Spec("analytic", 1)
 
 
@@ -74,7 +79,8 @@ class CompareConfig:
     iwae_ks: tuple[int, ...] = (5, 50)  # K of every IWAE_K estimator
     estimators: tuple[str, ...] | None = None  # None: the whole registry
     preset: str = "pyro"
-    hidden_sizes: tuple[int, ...] = (200,)  # smaller than the preset's 400: K = 50 is 50×
+    hidden_sizes: tuple[int, ...] = (200,)  # smaller than the preset's 400: K = 50 decodes
+    # 50 samples per image
     latent_dim: int = 20
     batch_size: int = 128
     lr: float = 1e-3
@@ -106,28 +112,18 @@ def train_config(config: CompareConfig, spec: Spec, epochs: int) -> TrainConfig:
 
 
 def time_steps(config: CompareConfig, specs: list[Spec], data) -> dict:
-    """Interleaved step times of every estimator on one fixed minibatch."""
+    """Interleaved step times of every estimator on one fixed minibatch, each on its own copy
+    of the same initial network and validated on its first step, as in ``fit``."""
     pyro.clear_param_store()
-    arch = get_preset(config.preset)
-    kwargs = dict(latent_dim=config.latent_dim, hidden_sizes=config.hidden_sizes,
-                  activation=arch.activation)
-    torch.manual_seed(config.seed)
-    base = VAE(data.train.shape[1], **kwargs)
     x = binarize(data.train[: config.batch_size], torch.Generator().manual_seed(config.seed))
-    steppers = {}
-    for i, spec in enumerate(specs):
-        vae = VAE(data.train.shape[1], prefix=f"t{i}_", **kwargs)
-        vae.load_state_dict(copy.deepcopy(base.state_dict()))
-        trainer = make_trainer(spec, vae, config.lr)
-        steppers[spec.label] = stepper(trainer, x)  # validated on its first step, as in fit
-    for step in steppers.values():
-        for _ in range(3):
-            step()
-    per_block = steps_for_block(steppers, config.block_seconds)
-    timings = time_interleaved(steppers, blocks=1000, steps_per_block=per_block, warmup=0,
-                               budget_seconds=config.timing_seconds)
+    vaes = identical_vaes([s.label for s in specs], x.shape[1], seed=config.seed,
+                          latent_dim=config.latent_dim, hidden_sizes=config.hidden_sizes,
+                          activation=get_preset(config.preset).activation)
+    steppers = {s.label: stepper(make_trainer(s, vaes[s.label], config.lr), x) for s in specs}
+    times = measure_steps(steppers, baseline=BASELINE.label, block_seconds=config.block_seconds,
+                          budget_seconds=config.timing_seconds)
     pyro.clear_param_store()
-    return timing_summary(timings, per_block, BASELINE.label)
+    return times.summary
 
 
 def train(config: CompareConfig, spec: Spec, data, run_dir: Path, eval_x, *, log) -> dict:
@@ -136,16 +132,20 @@ def train(config: CompareConfig, spec: Spec, data, run_dir: Path, eval_x, *, log
     epoch = 0
     while True:
         epoch += 1
+        # fit leaves the previous run's parameters in Pyro's param store, under the same
+        # names; a JIT-compiled ELBO would take them for this VAE's.
+        pyro.clear_param_store()
         result = fit(train_config(config, spec, epoch), run_dir, resume=epoch > 1,
                      progress=False, data=data, log=lambda *a, **k: None)
         record = result.history[-1]
         point = evaluate_log_px(result.vae, eval_x, config.curve_samples, seed=config.seed)
         log(f"{spec.label}: epoch {epoch}, {record['wall_seconds']:.0f} s, test ELBO "
-            f"{record['test_elbo']:.2f}, log p(x) {point['log_px']:.2f} (K = "
+            f"{record['test_elbo']:.2f}, log p(x) {point['log_px_mean']:.2f} (K = "
             f"{config.curve_samples}) nats per datapoint")
         curve.append({"epoch": epoch, "wall_seconds": record["wall_seconds"],
-                      "test_elbo": record["test_elbo"], "train_bound": record["train_elbo"],
-                      "log_px": point["log_px"], "log_px_samples": config.curve_samples})
+                      "test_elbo": record["test_elbo"],
+                      "train_objective_nats": record["train_objective_nats"],
+                      "log_px_mean": point["log_px_mean"], "log_px_samples": config.curve_samples})
         if config.epochs is not None and epoch >= config.epochs:
             break
         if config.seconds is not None and record["wall_seconds"] >= config.seconds:
@@ -157,6 +157,7 @@ def markdown(document: dict) -> str:
     c = document["config"]
     budget = (f"{c['epochs']} epochs" if c["epochs"] is not None
               else f"{c['seconds']:g} s of training (whole epochs)")
+    load = document["machine"]["load_average_1_5_15_min"]
     lines = [
         "# The registry's estimators side by side",
         "",
@@ -165,14 +166,14 @@ def markdown(document: dict) -> str:
         f"lr {c['lr']}, seed {c['seed']}, budget {budget} each. Step: median ms of one "
         "training step on one minibatch (wall-clock), timed in interleaved rounds; × = ratio to "
         "analytic's [quartiles of the per-round ratio], and the same ratio in CPU time of the "
-        "process (without the time spent waiting for a core). Train bound: the training "
-        "objective over the last epoch (ELBO, or IWAE_K for the IWAE_K estimators); test "
-        "ELBO: analytic-KL ELBO "
-        f"on {document['test_images']} test images; log p(x): IWAE_K estimate with K = "
+        "process (without the time spent waiting for a core). Train objective: its value over "
+        "the last epoch (ELBO, or IWAE_K for the IWAE_K estimators); test ELBO: analytic-KL "
+        f"ELBO on {document['test_images']} test images; log p(x): IWAE_K estimate with K = "
         f"{c['eval_samples']} on the first {c['eval_size']} test images, ± Monte Carlo "
         "standard error (standard error from the choice of images); Δ analytic: paired "
         "difference to analytic's log p(x) on the same images ± its standard error. Nats per "
-        "datapoint, higher is better; timed on a machine shared with other jobs.",
+        "datapoint, higher is better; timed on a machine shared with other jobs (load average "
+        f"at the start: {'—' if load is None else f'{load[0]:.2f}'}).",
         "",
         f"Command: `{document['command']}`",
         "",
@@ -182,18 +183,19 @@ def markdown(document: dict) -> str:
         t = r["step"]
         delta = r.get("log_px_minus_analytic")
         rows.append([
-            r["label"], r["bound"], f"{t['median_ms']:.2f}",
+            r["label"], r["train_objective"], f"{t['median_ms']:.2f}",
             f"{t['ratio']:.2f} [{t['round_ratio_q1']:.2f}–{t['round_ratio_q3']:.2f}]",
             f"{t['cpu_ratio']:.2f}",
-            str(r["epochs"]), f"{r['train_seconds']:.0f}", fmt(r["train_bound"]),
+            str(r["epochs"]), f"{r['train_seconds']:.0f}", fmt(r["train_objective_nats"]),
             fmt(r["test_elbo"]),
-            f"{r['log_px']:.2f} ± {r['log_px_stderr']:.2f} ({r['log_px_data_stderr']:.2f})",
+            f"{r['log_px_mean']:.2f} ± {r['log_px_mean_mc_stderr']:.2f} "
+            f"({r['log_px_data_stderr']:.2f})",
             "—" if delta is None else f"{delta['mean']:+.2f} ± {delta['stderr']:.2f}",
             str(r["active_units"]),
         ])
     lines.append(markdown_table(
-        ["estimator", "bound", "step ms", "× analytic", "× (CPU time)", "epochs", "train s",
-         "train bound", "test ELBO", f"test log p(x), K={c['eval_samples']}", "Δ analytic",
+        ["estimator", "objective", "step ms", "× analytic", "× (CPU time)", "epochs", "train s",
+         "train objective", "test ELBO", f"test log p(x), K={c['eval_samples']}", "Δ analytic",
          "active units"],
         rows))
     return "\n".join(lines)
@@ -213,7 +215,7 @@ def plot(document: dict, path: Path) -> None:
                      linestyle=("-", "--", ":", "-.")[ks.index(r["K"]) % 4], label=r["label"])
         epochs = [p["epoch"] for p in r["curve"]]
         seconds = [p["wall_seconds"] for p in r["curve"]]
-        for row, key in enumerate(("test_elbo", "log_px")):
+        for row, key in enumerate(("test_elbo", "log_px_mean")):
             values = [p[key] for p in r["curve"]]
             axes[row, 0].plot(epochs, values, **style)
             axes[row, 1].plot(seconds, values, **style)
@@ -232,16 +234,23 @@ def plot(document: dict, path: Path) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = CompareConfig()
     parser.add_argument("--estimators", nargs="+", metavar="NAME[:K]",
                         help="a subset (default: the whole registry; analytic is always run)")
-    parser.add_argument("--iwae-ks", type=int, nargs="+", help="K of the IWAE_K estimators")
+    parser.add_argument("--iwae-ks", type=int, nargs="+",
+                        help="K of the IWAE_K estimators (default "
+                             f"{' '.join(map(str, default.iwae_ks))})")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, help="epochs per estimator")
+    budget.add_argument("--epochs", type=int, help=f"epochs per estimator (default "
+                                                   f"{default.epochs})")
     budget.add_argument("--seconds", type=float, help="training seconds per estimator")
-    parser.add_argument("--train-size", type=int, help="training images")
-    parser.add_argument("--eval-size", type=int, help="test images of the log p(x) estimates")
-    parser.add_argument("--eval-samples", type=int, help="K of the final log p(x) estimate")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-size", type=int,
+                        help=f"training images (default {default.train_size})")
+    parser.add_argument("--eval-size", type=int, help="test images of the log p(x) estimates "
+                                                      f"(default {default.eval_size})")
+    parser.add_argument("--eval-samples", type=int, help="K of the final log p(x) estimate "
+                                                         f"(default {default.eval_samples})")
+    parser.add_argument("--seed", type=int, default=0, help="default 0")
     add_common_arguments(parser, DEFAULT_OUT)
     return parser.parse_args(argv)
 
@@ -260,16 +269,16 @@ def main(argv=None) -> int:
         config.estimators = tuple(args.estimators)
     config.seed = args.seed
     torch.set_num_threads(args.threads)
-    log = (lambda *a, **k: None) if args.quiet else print
+    log, progress = output(args)
 
     specs = ([parse_spec(s) for s in config.estimators] if config.estimators
              else registry_specs(config.iwae_ks))
     specs = [BASELINE] + [s for s in specs if s != BASELINE]
-    data = prepare_data(train_config(config, BASELINE, 1))
+    data = load_data(train_config(config, BASELINE, 1))
     eval_x = data.test[: config.eval_size]
     document = {
-        "units": "nats per datapoint; *_elbo and train_bound are lower bounds on log p(x), "
-                 "log_px an IWAE_K estimate of it",
+        "units": "nats per datapoint; test_elbo and train_objective_nats are lower bounds on "
+                 "log p(x) (train_objective names which), log_px_mean an IWAE_K estimate of it",
         "command": command_line("benchmarks.compare_estimators", argv),
         "config": {**config.__dict__, "estimators": [s.label for s in specs]},
         "network": f"{data.train.shape[1]}-{'-'.join(map(str, config.hidden_sizes))}-"
@@ -281,7 +290,8 @@ def main(argv=None) -> int:
         f"{config.timing_seconds:g} s")
     steps = time_steps(config, specs, data)
     baseline_log_px = None
-    with tempfile.TemporaryDirectory() as runs:
+    with tempfile.TemporaryDirectory() as runs, \
+            Progress(len(specs), "compare", "estimators", mode=progress) as bar:
         for spec in specs:
             t0 = time.perf_counter()
             trained = train(config, spec, data, Path(runs) / spec.slug, eval_x, log=log)
@@ -292,22 +302,24 @@ def main(argv=None) -> int:
                 baseline_log_px = per_datapoint
             record = {
                 "estimator": spec.name, "K": spec.k, "label": spec.label,
-                "bound": get_estimator(spec.name).bound, "step": steps[spec.label],
+                "bound": spec.bound.value, "step": steps[spec.label],
                 "epochs": len(history), "train_seconds": history[-1]["wall_seconds"],
                 "train_objective": history[-1]["train_objective"],
-                "train_bound": history[-1]["train_elbo"], "test_elbo": history[-1]["test_elbo"],
-                **final,
+                "train_objective_nats": history[-1]["train_objective_nats"],
+                "test_elbo": history[-1]["test_elbo"], **final,
                 "log_px_minus_analytic": paired_difference(per_datapoint, baseline_log_px),
                 "active_units": count_active_units(vae, data.test),
                 "curve": trained["curve"], "seconds_in_all": time.perf_counter() - t0,
             }
             document["results"].append(record)
             log(f"{spec.label}: {record['epochs']} epochs, {record['train_seconds']:.0f} s; "
-                f"test ELBO {record['test_elbo']:.2f}, log p(x) {record['log_px']:.2f} nats")
+                f"test ELBO {record['test_elbo']:.2f}, log p(x) {record['log_px_mean']:.2f} nats")
             write_results(args.out, "compare", document, markdown(document))
+            bar.update(1)
+    document["load_average_end"] = machine()["load_average_1_5_15_min"]
+    write_results(args.out, "compare", document, markdown(document))
     plot(document, args.out / "compare.png")
-    if not args.quiet:
-        print(markdown(document))
+    log(markdown(document))
     return 0
 
 

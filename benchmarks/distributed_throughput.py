@@ -1,16 +1,19 @@
-"""Training throughput (images/s) of data-parallel SVI with 1, 2, … processes on this machine.
+"""Training throughput (images/s) of data-parallel training with 1, 2, … processes on this
+machine, against one process without torch.distributed and against Pyro's own SVI.
 
-    python -m benchmarks.distributed_throughput                         # full run (minutes)
-    python -m benchmarks.distributed_throughput --quick --out /tmp/dt   # smoke run, < 60 s
+    python -m benchmarks.distributed_throughput --threads 1            # every rank 1 thread
+    python -m benchmarks.distributed_throughput                        # threads = CPU count
+    python benchmarks/distributed_throughput.py --quick --out /tmp/dt  # smoke run
     python -m benchmarks.distributed_throughput --device cuda --processes 1 2   # GPUs (nccl)
 
 For each number of processes P the script spawns P ranks of a gloo (CPU) or nccl (GPU)
 process group on the loopback interface, exactly as ``torchrun --nproc-per-node P`` would, and
-times the training loop of :func:`pyro_vae.training.fit` in distributed mode: every rank
+times the training steps of :func:`pyro_vae.training.fit` in distributed mode: every rank
 slices the same global minibatch of ``batch_size`` binarized MNIST images and steps
-:class:`pyro_vae.distributed.DistributedTrainer` (DDP's gradient all-reduce, torch Adam). The
-baseline row, ``1 (no DDP)``, is the one-process trainer the estimator uses without
-torch.distributed (Pyro's SVI for Pyro estimators), so the cost of DDP itself shows.
+:class:`pyro_vae.trainer.Trainer` with its ``world`` (DDP's gradient all-reduce, torch Adam).
+Two one-process rows come first: ``1, Pyro SVI`` (``pyro.infer.SVI`` with ``pyro.optim.Adam``
+and the same ELBO, what a user of Pyro pays) and ``1, no DDP`` (the same ``Trainer`` without
+torch.distributed), so that the cost of DDP itself shows.
 
 Threads: each rank gets ``threads // P`` intra-op threads (at least one; ``threads`` defaults to
 the CPU count), so every row uses the same cores. Images/s = global minibatches × batch_size /
@@ -18,42 +21,57 @@ seconds, after ``warmup`` untimed steps, median of ``repeats`` timed blocks.
 
 Writes ``OUT/distributed_throughput.json`` (every number, with the configuration and machine)
 and ``OUT/distributed_throughput.md`` (the table). Timings on a machine shared with other
-work are noisy: the JSON records the load average before and after.
+work are noisy: the JSON records the load average before and after every row.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a file, python benchmarks/distributed_throughput.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import dataclasses
 import json
 import os
-import platform
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyro
 import torch
 import torch.multiprocessing as mp
 
-from pyro_vae.checkpoint import atomic_write_bytes, atomic_write_json
+from benchmarks.common import (
+    RESULTS,
+    PyroSVI,
+    add_common_arguments,
+    command_line,
+    load_average,
+    machine,
+    markdown_table,
+    output,
+    write_results,
+)
+from pyro_vae.config import TrainConfig, build_vae, load_data
 from pyro_vae.data import binarize
-from pyro_vae.distributed import DistributedTrainer, init_process_group
-from pyro_vae.estimators import make_objective
-from pyro_vae.training import TrainConfig, build_vae, prepare_data, step_checks
+from pyro_vae.distributed import init_process_group
+from pyro_vae.objectives import PyroObjective, make_objective
+from pyro_vae.trainer import Trainer
+from pyro_vae.training import step_checks
 
-DEFAULT_OUT = Path(__file__).parent / "results" / "distributed_throughput"
+DEFAULT_OUT = RESULTS / "distributed_throughput"
 
 
-# --- configuration ---------------------------------------------------------------------------
+# --- configuration -----------------------------------------------------------------------------
 @dataclass
 class ThroughputConfig:
     estimator: str = "meanfield"
-    processes: tuple[int, ...] = (1, 2)  # P values; the no-DDP baseline is added
+    processes: tuple[int, ...] = (1, 2)  # P values; the one-process rows are added
     batch_size: int = 128  # the global minibatch (rows per rank: batch_size / P)
     preset: str = "pyro"  # 784-400-50 softplus: the network of Pyro's VAE example
     hidden_sizes: tuple[int, ...] | None = None  # None: the preset's
@@ -66,19 +84,29 @@ class ThroughputConfig:
     train_size: int = 10_000  # images the minibatches are drawn from
     seed: int = 0
 
-
-QUICK = dict(steps=10, repeats=2, warmup=2, hidden_sizes=(64,), latent_dim=8, train_size=1024)
-
-
-# --- one rank --------------------------------------------------------------------------------
-def _train_config(cfg: ThroughputConfig) -> TrainConfig:
-    return TrainConfig(estimator=cfg.estimator, batch_size=cfg.batch_size, preset=cfg.preset,
-                       hidden_sizes=cfg.hidden_sizes, latent_dim=cfg.latent_dim,
-                       device=cfg.device, train_size=cfg.train_size, test_size=100,
-                       seed=cfg.seed)
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(estimator=self.estimator, batch_size=self.batch_size,
+                           preset=self.preset, hidden_sizes=self.hidden_sizes,
+                           latent_dim=self.latent_dim, device=self.device,
+                           train_size=self.train_size, test_size=100, seed=self.seed)
 
 
-def _time_steps(cfg: ThroughputConfig, trainer, data, sync) -> list[float]:
+QUICK = dict(processes=(2,), steps=10, repeats=2, warmup=2, hidden_sizes=(64,), latent_dim=8,
+             train_size=1024)
+
+
+# --- timing ------------------------------------------------------------------------------------
+def _setup(cfg: ThroughputConfig, threads: int):
+    """This process's threads, its training images and a freshly seeded VAE."""
+    torch.set_num_threads(threads)
+    config = cfg.train_config()
+    data = load_data(config).train
+    pyro.clear_param_store()
+    pyro.set_rng_seed(cfg.seed)
+    return data, build_vae(config, data.shape[1]).to(data.device)
+
+
+def _time_steps(cfg: ThroughputConfig, trainer, data: torch.Tensor, sync) -> list[float]:
     """Seconds of each timed block of ``cfg.steps`` steps, as fit's loop does them."""
     n = data.shape[0]
     generator = torch.Generator(device=data.device).manual_seed(cfg.seed)
@@ -103,22 +131,20 @@ def _time_steps(cfg: ThroughputConfig, trainer, data, sync) -> list[float]:
     return blocks
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def _rank(rank: int, world_size: int, port: int, cfg: ThroughputConfig, out: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    torch.set_num_threads(max(1, cfg.threads // world_size))
     world = init_process_group(device=cfg.device, timeout=120)
-    config = _train_config(cfg)
-    data = prepare_data(config).train
-    pyro.clear_param_store()
-    pyro.set_rng_seed(cfg.seed)
-    vae = build_vae(config, data.shape[1]).to(data.device)
-    trainer = DistributedTrainer(make_objective(cfg.estimator, vae), 1e-3, world=world,
-                                 seed=cfg.seed)
+    data, vae = _setup(cfg, max(1, cfg.threads // world_size))
+    trainer = Trainer(make_objective(cfg.estimator, vae), 1e-3, world=world, seed=cfg.seed)
 
     def sync():
-        if data.device.type == "cuda":
-            torch.cuda.synchronize()
+        _synchronize(data.device)
         torch.distributed.barrier()
 
     blocks = _time_steps(cfg, trainer, data, sync)
@@ -127,21 +153,19 @@ def _rank(rank: int, world_size: int, port: int, cfg: ThroughputConfig, out: Pat
     torch.distributed.destroy_process_group()
 
 
-def _no_ddp(cfg: ThroughputConfig) -> list[float]:
-    """The baseline: this process, the estimator's own one-process trainer."""
-    torch.set_num_threads(cfg.threads)
-    config = _train_config(cfg)
-    data = prepare_data(config).train
-    pyro.clear_param_store()
-    pyro.set_rng_seed(cfg.seed)
-    vae = build_vae(config, data.shape[1]).to(data.device)
-    trainer = make_objective(cfg.estimator, vae).make_trainer(1e-3)
+def _one_process(cfg: ThroughputConfig, make_trainer) -> list[float] | None:
+    """A one-process row: ``make_trainer(objective)`` stepped in this process (``None`` if it
+    returns no trainer)."""
+    data, vae = _setup(cfg, cfg.threads)
+    trainer = make_trainer(make_objective(cfg.estimator, vae))
+    if trainer is None:
+        return None
+    return _time_steps(cfg, trainer, data, lambda: _synchronize(data.device))
 
-    def sync():
-        if data.device.type == "cuda":
-            torch.cuda.synchronize()
 
-    return _time_steps(cfg, trainer, data, sync)
+def _pyro_svi(objective) -> PyroSVI | None:
+    """Pyro's SVI for a Pyro ELBO; nothing for a hand-written loss, which SVI cannot step."""
+    return PyroSVI(objective, 1e-3) if isinstance(objective, PyroObjective) else None
 
 
 def _free_port() -> int:
@@ -150,90 +174,114 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# --- the run ---------------------------------------------------------------------------------
-def run(cfg: ThroughputConfig, *, log=print) -> dict:
-    """Time every row; returns the JSON-ready report."""
+def _spawn(cfg: ThroughputConfig, processes: int, tmp: Path, *, tries: int = 3) -> list[float]:
+    """The timed blocks of ``processes`` ranks. A port found free can be taken by another
+    program before rank 0 binds it: then the ranks fail to meet, and a new port is tried."""
+    for attempt in range(1, tries + 1):
+        try:
+            mp.spawn(_rank, args=(processes, _free_port(), cfg, tmp), nprocs=processes)
+            break
+        except mp.ProcessRaisedException:
+            if attempt == tries:
+                raise
+    return json.loads((tmp / f"p{processes}.json").read_text())
+
+
+# --- the run -----------------------------------------------------------------------------------
+def run(cfg: ThroughputConfig, *, log=print) -> list[dict]:
+    """Time every row; one dict per row."""
     if cfg.device.startswith("cuda") and max(cfg.processes) > torch.cuda.device_count():
         raise SystemExit(f"{max(cfg.processes)} processes need as many GPUs (nccl), found "
                          f"{torch.cuda.device_count()}")
-    load_before = os.getloadavg()
     rows = []
 
-    def add(label, processes, blocks):
+    def add(label, processes, measure):
+        load_before = load_average()
+        blocks = measure()
+        if blocks is None:
+            return
         seconds = statistics.median(blocks)
         rows.append({"processes": label, "world_size": processes,
                      "threads_per_process": max(1, cfg.threads // processes),
                      "seconds_per_block": blocks,
                      "images_per_second": cfg.steps * cfg.batch_size / seconds,
-                     "ms_per_step": 1000 * seconds / cfg.steps})
-        log(f"{label:>12} processes: {rows[-1]['images_per_second']:9.0f} images/s "
+                     "ms_per_step": 1000 * seconds / cfg.steps,
+                     "load_average_before": load_before, "load_average_after": load_average()})
+        log(f"{label:>14}: {rows[-1]['images_per_second']:9.0f} images/s "
             f"({rows[-1]['ms_per_step']:.2f} ms per global step of {cfg.batch_size})")
 
-    add("1 (no DDP)", 1, _no_ddp(cfg))
+    add("1, Pyro SVI", 1, lambda: _one_process(cfg, _pyro_svi))
+    add("1, no DDP", 1, lambda: _one_process(cfg, lambda o: Trainer(o, 1e-3)))
     with tempfile.TemporaryDirectory() as tmp:
         for p in cfg.processes:
-            mp.spawn(_rank, args=(p, _free_port(), cfg, Path(tmp)), nprocs=p)
-            add(str(p), p, json.loads((Path(tmp) / f"p{p}.json").read_text()))
-    base = rows[0]["images_per_second"]
+            add(f"{p} DDP", p, lambda p=p: _spawn(cfg, p, Path(tmp)))
+    base = next(r for r in rows if r["processes"] == "1, no DDP")["images_per_second"]
     for row in rows:
         row["speedup_vs_no_ddp"] = row["images_per_second"] / base
-    return {
-        "benchmark": "distributed_throughput",
-        "units": "images/s = global minibatch rows trained per second (higher is better)",
-        "config": dataclasses.asdict(cfg),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__, "pyro": pyro.__version__,
-                    "gpu": torch.cuda.get_device_name() if cfg.device.startswith("cuda")
-                    else None,
-                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
-        "rows": rows,
-    }
+    return rows
 
 
 def markdown(report: dict) -> str:
-    cfg, machine = report["config"], report["machine"]
+    cfg, rows = report["config"], report["rows"]
+    where = report["machine"]["cuda"] or f"{report['machine']['cpu_count']} CPU cores"
     lines = [
         f"Throughput of `{cfg['estimator']}` training steps, global minibatch "
-        f"{cfg['batch_size']}, preset `{cfg['preset']}`, {cfg['device']} "
-        f"({machine['gpu'] or str(machine['cpu_count']) + ' CPU cores'}; load average "
-        f"{machine['load_average_before'][0]:.1f} before, {machine['load_average_after'][0]:.1f}"
-        " after).",
+        f"{cfg['batch_size']}, preset `{cfg['preset']}`, {cfg['device']} ({where}; load "
+        f"average {rows[0]['load_average_before']:.1f} before, "
+        f"{rows[-1]['load_average_after']:.1f} after).",
         "",
-        "| processes | threads each | images/s | ms per step | vs no DDP |",
-        "|---|---|---|---|---|",
+        f"Command: `{report['command']}`",
+        "",
+        markdown_table(
+            ["processes", "threads each", "images/s", "ms per step", "vs no DDP", "load"],
+            [[r["processes"], str(r["threads_per_process"]), f"{r['images_per_second']:.0f}",
+              f"{r['ms_per_step']:.2f}", f"{r['speedup_vs_no_ddp']:.2f}×",
+              f"{r['load_average_before']:.1f} → {r['load_average_after']:.1f}"]
+             for r in rows]),
     ]
-    for row in report["rows"]:
-        lines.append(f"| {row['processes']} | {row['threads_per_process']} | "
-                     f"{row['images_per_second']:.0f} | {row['ms_per_step']:.2f} | "
-                     f"{row['speedup_vs_no_ddp']:.2f}× |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = ThroughputConfig()
+    parser.add_argument("--estimator", default=default.estimator,
+                        help=f"default {default.estimator}")
+    parser.add_argument("--processes", type=int, nargs="+",
+                        help=f"default {' '.join(map(str, default.processes))} (quick: 2)")
+    parser.add_argument("--batch-size", type=int, default=default.batch_size,
+                        help=f"the global minibatch (default {default.batch_size})")
+    parser.add_argument("--steps", type=int, help=f"timed steps per block (default "
+                                                  f"{default.steps})")
+    parser.add_argument("--device", default="cpu", help="cpu (gloo, default) or cuda (nccl)")
+    add_common_arguments(parser, DEFAULT_OUT, threads=default.threads)
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run with a tiny network")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--estimator", default=ThroughputConfig.estimator)
-    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--batch-size", type=int, default=ThroughputConfig.batch_size)
-    parser.add_argument("--threads", type=int, default=ThroughputConfig.threads)
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     overrides = dict(QUICK) if args.quick else {}
-    overrides.update(estimator=args.estimator, processes=tuple(args.processes),
-                     batch_size=args.batch_size, threads=args.threads, device=args.device)
+    overrides.update(estimator=args.estimator, batch_size=args.batch_size, threads=args.threads,
+                     device=args.device)
+    if args.processes:
+        overrides["processes"] = tuple(args.processes)
     if args.steps:
         overrides["steps"] = args.steps
     cfg = ThroughputConfig(**overrides)
-    report = run(cfg, log=(lambda *a: None) if args.quiet else print)
-    atomic_write_json(args.out / "distributed_throughput.json", report)
-    atomic_write_bytes(args.out / "distributed_throughput.md", markdown(report).encode())
-    if not args.quiet:
-        print(f"wrote {args.out / 'distributed_throughput.json'} and .md", file=sys.stderr)
+    torch.set_num_threads(cfg.threads)  # the one-process rows'; each rank sets its own
+    log, _ = output(args)
+    report = {
+        "benchmark": "distributed_throughput",
+        "units": "images/s = global minibatch rows trained per second (higher is better)",
+        "command": command_line("benchmarks.distributed_throughput", argv),
+        "config": dataclasses.asdict(cfg),
+        "machine": machine(),
+    }
+    report["rows"] = run(cfg, log=log)
+    write_results(args.out, "distributed_throughput", report, markdown(report))
+    log(markdown(report))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

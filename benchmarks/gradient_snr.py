@@ -1,9 +1,9 @@
 """Gradient signal-to-noise ratio of the registry's estimators, per parameter group, against K.
 
-    python -m benchmarks.gradient_snr                                 # MNIST: ~6 min, 2 cores
-    python -m benchmarks.gradient_snr --model ppca                    # control, trained: ~1 min
-    python -m benchmarks.gradient_snr --model ppca --ppca-settings perturbation  # ~1 min
-    python -m benchmarks.gradient_snr --quick --out /tmp/snr --quiet  # smoke run, < 60 s
+    python -m benchmarks.gradient_snr                                 # MNIST
+    python -m benchmarks.gradient_snr --model ppca                    # control, trained
+    python -m benchmarks.gradient_snr --model ppca --ppca-settings perturbation
+    python benchmarks/gradient_snr.py --quick --out /tmp/snr --quiet  # smoke run
 
 Rainforth et al. (2018, "Tighter variational bounds are not necessarily better") show that the
 IWAE_K gradient's signal-to-noise ratio for the inference network falls as O(1/√K) while the
@@ -20,8 +20,10 @@ This script measures both on MNIST:
    per group (encoder φ; decoder θ, with the likelihood's parameters if any) report the
    average of SNR_i over the group's parameters with std_i > 0.
 
-For ``trace``, ``stl`` and ``meanfield`` K particles average K ELBO gradients (SNR should rise
-as √K for both groups); for ``iwae`` and ``dreg`` K is the K of the IWAE_K bound.
+The estimators are the registry's (all of them by default, or ``--estimators``). For an ELBO
+estimator (``trace``, ``stl``, ``meanfield``, …) K particles average K ELBO gradients (SNR
+should rise as √K for both groups); for an IWAE_K estimator (``iwae``, ``dreg``) K is the K of
+the bound.
 
 Both predictions are asymptotic: they hold once K is large enough for Σ_k w_k to concentrate,
 i.e. when the importance weights are not degenerate. Their effective sample size 1/Σ_k w̃_k² is
@@ -46,49 +48,61 @@ reported beside it are in nats per datapoint (ELBO or IWAE_K, higher is better).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a file, python benchmarks/gradient_snr.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import copy
 import dataclasses
-import io
 import math
-import platform
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyro
 import torch
 from matplotlib.figure import Figure
-from tqdm.auto import tqdm
 
-from pyro_vae.checkpoint import atomic_write_bytes, atomic_write_json
-from pyro_vae.estimators import ESTIMATORS, get_estimator, make_objective
+from benchmarks.common import (
+    RESULTS,
+    Spec,
+    add_common_arguments,
+    command_line,
+    fit_progress,
+    machine,
+    output,
+    save_figure,
+    write_results,
+)
+from pyro_vae.config import TrainConfig, load_data
+from pyro_vae.errors import ConfigError
 from pyro_vae.linear_gaussian import (
     PPCAParams,
     kl_to_posterior,
     linear_gaussian_vae,
     sample_ppca,
 )
-from pyro_vae.training import TrainConfig, fit, prepare_data
+from pyro_vae.objectives import ESTIMATORS, IWAE_ELBO, Bound, get_estimator, make_objective
+from pyro_vae.progress import Progress
+from pyro_vae.training import fit
 
-RESULTS = Path(__file__).parent / "results"
 
-
-# --- configuration ---------------------------------------------------------------------------
+# --- configuration -----------------------------------------------------------------------------
 @dataclass
 class SNRConfig:
     model: str = "mnist"  # "mnist" (a trained VAE) or "ppca" (the linear-Gaussian control)
     ppca_settings: str = "training"  # ppca: "training" (snapshots) or "perturbation" (by hand)
-    estimators: tuple[str, ...] = ("trace", "stl", "meanfield", "iwae", "dreg")
+    estimators: tuple[str, ...] = tuple(ESTIMATORS)  # the whole registry
     ks: tuple[int, ...] = (1, 5, 50)  # particles per datapoint (the K of IWAE_K)
     draws: int = 100  # gradient estimates per (setting, estimator, K); see noise_floor
     batch_size: int = 32  # the fixed minibatch (MNIST: the first test images, binarized once)
     seed: int = 0
     # mnist: one setting per snapshot
     snapshot_epochs: tuple[int, ...] = (1, 3, 8)  # early, mid, late in training
-    hidden_sizes: tuple[int, ...] = (200,)  # small: 45 cells of 100 draws fit in minutes on CPU
+    hidden_sizes: tuple[int, ...] = (200,)  # small, so that every cell's draws fit on a CPU
     latent_dim: int = 20
     train_size: int | None = None  # None: all 60 000 training images
     test_size: int | None = None  # test images evaluated after each training epoch
@@ -111,7 +125,7 @@ QUICK = dict(ks=(1, 5), draws=20, batch_size=16, snapshot_epochs=(1, 2), hidden_
              snapshot_steps=(10, 200), ppca_train_size=500)
 
 
-# --- helpers ---------------------------------------------------------------------------------
+# --- helpers -----------------------------------------------------------------------------------
 class RunningMoments:
     """Mean and standard deviation (ddof = 1) of a stream of vectors, by Welford's update in
     float64 (stable when |mean| ≫ std, and no draws kept in memory)."""
@@ -156,26 +170,27 @@ def parameter_groups(vae) -> dict[str, list[torch.nn.Parameter]]:
 
 
 @torch.no_grad()
-def importance_ess(objective, x: torch.Tensor, draws: int = 10) -> float:
+def importance_ess(vae, x: torch.Tensor, k: int, draws: int = 10) -> float:
     """Mean over datapoints and ``draws`` of the effective sample size 1 / Σ_k w̃_k² of the K
-    normalized importance weights of an IWAE_K objective (1: one particle carries all the
-    weight; K: all weights equal)."""
-    args, kwargs = objective.arguments(x)
+    normalized importance weights w_k = p(x, z_k) / q(z_k|x), z_k ~ q(z|x) (1: one particle
+    carries all the weight; K: all weights equal). It depends on the VAE and K only, not on
+    the estimator of the gradient."""
+    elbo = IWAE_ELBO(num_particles=k)
     ess = []
     for _ in range(draws):
-        log_w = objective.elbo.log_weights(objective.model, objective.guide, *args, **kwargs)
+        log_w = elbo.log_weights(vae.model, vae.guide, x)  # (K, B)
         ess.append(1 / torch.softmax(log_w, 0).pow(2).sum(0))  # (B,)
     return float(torch.stack(ess).mean())
 
 
-def measure(vae, name: str, k: int, x: torch.Tensor, draws: int, seed: int) -> dict:
-    """``draws`` gradient estimates of estimator ``name`` with K = ``k`` at the VAE's current
+def measure(vae, spec: Spec, x: torch.Tensor, draws: int, seed: int) -> dict:
+    """``draws`` gradient estimates of ``spec`` (an estimator and its K) at the VAE's current
     parameters: SNR per group, the mean of the bound (nats per datapoint), and for IWAE_K
     estimators the importance weights' effective sample size. Every cell starts from the same
     seed, so estimators at the same K see the same random numbers."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    objective = make_objective(name, vae, num_particles=k)
+    objective = make_objective(spec.name, vae, num_particles=spec.k)
     groups = parameter_groups(vae)
     params = [p for group in groups.values() for p in group]
     moments = {g: RunningMoments(sum(p.numel() for p in ps)) for g, ps in groups.items()}
@@ -186,24 +201,24 @@ def measure(vae, name: str, k: int, x: torch.Tensor, draws: int, seed: int) -> d
         grads = iter(torch.autograd.grad(loss, params))
         for g, ps in groups.items():
             moments[g].update(torch.cat([next(grads).reshape(-1) for _ in ps]))
-        bounds.append(-loss.item())
-    bounds = torch.tensor(bounds, dtype=torch.float64)
-    bound = get_estimator(name).bound
+        bounds.append(float(loss.detach()))
+    bounds = -torch.tensor(bounds, dtype=torch.float64)
+    iwae = spec.bound is Bound.IWAE_K
     return {
-        "estimator": name,
-        "bound": bound,
-        "K": k,
+        "estimator": spec.name,
+        "bound": spec.bound.value,
+        "K": spec.k,
         "draws": draws,
         "encoder": group_snr(moments["encoder"]),
         "decoder": group_snr(moments["decoder"]),
         "bound_mean": float(bounds.mean()),
         "bound_stderr": float(bounds.std() / math.sqrt(draws)),
         "seconds": time.perf_counter() - t0,
-        "importance_ess": importance_ess(objective, x) if bound == "IWAE_K" else None,
+        "importance_ess": importance_ess(vae, x, spec.k) if iwae else None,
     }
 
 
-def mnist_settings(config: SNRConfig, *, progress: bool, log) -> tuple:
+def mnist_settings(config: SNRConfig, *, progress: str, log) -> tuple:
     """Train once, resuming from the checkpoint to each snapshot epoch in turn; returns the
     VAE, the fixed minibatch, one setting per snapshot (with its parameters), and facts."""
     train_config = TrainConfig(
@@ -211,13 +226,13 @@ def mnist_settings(config: SNRConfig, *, progress: bool, log) -> tuple:
         latent_dim=config.latent_dim, estimator="meanfield", batch_size=128, lr=1e-3,
         train_size=config.train_size, test_size=config.test_size, seed=config.seed, epochs=1,
     )
-    data = prepare_data(train_config)
+    data = load_data(train_config)
     settings = []
     with tempfile.TemporaryDirectory() as run_dir:
         for i, epoch in enumerate(config.snapshot_epochs):
             train_config.epochs = epoch
-            result = fit(train_config, run_dir, resume=i > 0, progress=progress, data=data,
-                         log=log)
+            result = fit(train_config, run_dir, resume=i > 0, data=data, log=log,
+                         progress=fit_progress(progress))
             test_elbo = result.history[-1]["test_elbo"]
             settings.append({
                 "label": f"epoch {epoch}", "epoch": epoch, "test_elbo": test_elbo,
@@ -237,7 +252,10 @@ def ppca_problem(config: SNRConfig) -> tuple:
     D, L = config.ppca_dims
     f64 = torch.float64
     Q, _ = torch.linalg.qr(torch.randn(D, L, generator=g, dtype=f64))
-    W = Q * torch.linspace(2.0, 1.0, L, dtype=f64)  # W = Q diag(s): Wᵀ W diagonal
+    # W = Q diag(s): Wᵀ W diagonal. Contiguous: QR's Q is column-major, and pyro.module
+    # registers a contiguous copy of a strided parameter, which a JIT-compiled ELBO then
+    # cannot tell from the module's own.
+    W = (Q * torch.linspace(2.0, 1.0, L, dtype=f64)).contiguous()
     params = PPCAParams(W, torch.randn(D, generator=g, dtype=f64), torch.tensor(0.5, dtype=f64))
     x = sample_ppca(params, config.batch_size, g)
     facts = {"data": f"{config.batch_size} datapoints drawn from a pPCA model (D = {D}, "
@@ -259,6 +277,16 @@ def minibatches(data: torch.Tensor, batch_size: int, generator: torch.Generator)
         order = torch.randperm(len(data), generator=generator)
         for start in range(0, len(data) - batch_size + 1, batch_size):
             yield data[order[start : start + batch_size]]
+
+
+def ppca_setting(vae, x: torch.Tensor, params: PPCAParams, *, label: str, heading: str,
+                 **facts) -> dict:
+    """One setting of the pPCA control: the encoder's KL(q ‖ p(z|x)) on the SNR minibatch,
+    in nats per datapoint, and a copy of the parameters."""
+    kl = encoder_kl_to_posterior(vae, x, params)
+    return {"label": label, **facts, "kl_to_posterior": kl,
+            "heading": f"{heading} (KL(q ‖ p(z|x)) = {kl:.3g} nats/datapoint)",
+            "state": copy.deepcopy(vae.state_dict())}
 
 
 def ppca_trained_settings(config: SNRConfig) -> tuple:
@@ -286,13 +314,9 @@ def ppca_trained_settings(config: SNRConfig) -> tuple:
         optimizer.step()
         schedule.step()
         if step in config.snapshot_steps:
-            kl = encoder_kl_to_posterior(vae, x, params)
-            settings.append({
-                "label": f"step {step}", "step": step, "kl_to_posterior": kl,
-                "heading": f"After {step} steps of training the encoder "
-                           f"(KL(q ‖ p(z|x)) = {kl:.3g} nats/datapoint)",
-                "state": copy.deepcopy(vae.state_dict()),
-            })
+            settings.append(ppca_setting(
+                vae, x, params, label=f"step {step}", step=step,
+                heading=f"After {step} steps of training the encoder"))
     facts["training"] = (
         f"Encoder trained from q(z|x) = N(0, I) by Adam (learning rate {config.ppca_lr:g} / "
         f"(1 + step / {config.ppca_lr_decay})) on the `analytic` ELBO, on minibatches of "
@@ -314,13 +338,9 @@ def ppca_perturbed_settings(config: SNRConfig) -> tuple:
         with torch.no_grad():
             for p in vae.encoder.parameters():
                 p.add_(size * torch.randn(p.shape, generator=g, dtype=torch.float64))
-        kl = encoder_kl_to_posterior(vae, x, params)
-        settings.append({
-            "label": f"perturbation {size}", "perturbation": size, "kl_to_posterior": kl,
-            "heading": f"Encoder = exact posterior + N(0, {size}²) noise on each parameter "
-                       f"(KL(q ‖ p(z|x)) = {kl:.3g} nats/datapoint)",
-            "state": copy.deepcopy(vae.state_dict()),
-        })
+        settings.append(ppca_setting(
+            vae, x, params, label=f"perturbation {size}", perturbation=size,
+            heading=f"Encoder = exact posterior + N(0, {size}²) noise on each parameter"))
     return vae, x, settings, facts
 
 
@@ -352,9 +372,8 @@ def markdown(document: dict) -> str:
             row += [f"{cells[name, k]['encoder']['snr']:.3g}" for k in ks]
             row += [f"{cells[name, k]['decoder']['snr']:.3g}" for k in ks]
             lines.append("| " + " | ".join(row) + " |")
-        ess = {r["K"]: r["importance_ess"] for r in cells.values()
-               if r["importance_ess"] is not None and r["estimator"] == "iwae"}
-        ess = dict(sorted(ess.items()))
+        ess = dict(sorted({r["K"]: r["importance_ess"] for r in cells.values()
+                           if r["importance_ess"] is not None}.items()))
         if ess:
             lines += ["", "Effective sample size 1/Σ w̃² of the K importance weights (mean per "
                       "datapoint): " + ", ".join(f"K={k}: {e:.2f}" for k, e in ess.items()) + "."]
@@ -380,46 +399,48 @@ def plot(document: dict, path: Path) -> None:
             ax.grid(True, which="both", alpha=0.3)
     for ax in axes[-1]:
         ax.set_xlabel("K (particles per datapoint)")
-    axes[0, 0].legend()
+    axes[0, 0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
-# --- the run ---------------------------------------------------------------------------------
-def default_folder(config: SNRConfig) -> str:
-    """gradient_snr_mnist, gradient_snr_ppca_trained (training) or gradient_snr_ppca
-    (perturbation, the folder's name from before the training source existed)."""
-    if config.model == "ppca" and config.ppca_settings == "training":
-        return "gradient_snr_ppca_trained"
-    return f"gradient_snr_{config.model}"
+# --- the run -----------------------------------------------------------------------------------
+def default_folder(config: SNRConfig) -> Path:
+    """results/gradient_snr_mnist, _ppca_trained (training) or _ppca_perturbation."""
+    if config.model == "mnist":
+        return RESULTS / "gradient_snr_mnist"
+    return RESULTS / ("gradient_snr_ppca_trained" if config.ppca_settings == "training"
+                      else "gradient_snr_ppca_perturbation")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = SNRConfig()
     parser.add_argument("--model", choices=("mnist", "ppca"), default="mnist",
-                        help="a trained MNIST VAE, or the linear-Gaussian control")
-    parser.add_argument("--out", type=Path,
-                        help="output folder (default: benchmarks/results/gradient_snr_MODEL)")
-    parser.add_argument("--quick", action="store_true", help="a tiny run (< 60 s), for tests")
-    parser.add_argument("--draws", type=int, help="gradient estimates per cell")
-    parser.add_argument("--ks", type=int, nargs="+", help="particle numbers K")
-    parser.add_argument("--estimators", nargs="+", help="estimator names from the registry")
+                        help="a trained MNIST VAE (default), or the linear-Gaussian control")
+    parser.add_argument("--draws", type=int,
+                        help=f"gradient estimates per cell (default {default.draws})")
+    parser.add_argument("--ks", type=int, nargs="+",
+                        help=f"particle numbers K (default {' '.join(map(str, default.ks))})")
+    parser.add_argument("--estimators", nargs="+",
+                        help="estimator names from the registry (default: all of them)")
     parser.add_argument("--snapshot-epochs", type=int, nargs="+",
-                        help="mnist: training epochs after which to measure, increasing")
+                        help="mnist: training epochs after which to measure, increasing "
+                             f"(default {' '.join(map(str, default.snapshot_epochs))})")
     parser.add_argument("--ppca-settings", choices=("training", "perturbation"),
                         help="ppca: encoder trained to snapshot steps (default), or the exact "
                              "posterior plus noise")
     parser.add_argument("--snapshot-steps", type=int, nargs="+",
-                        help="ppca training: Adam steps after which to measure, increasing")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (1: least contention on shared cores)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or logs")
+                        help="ppca training: Adam steps after which to measure, increasing "
+                             f"(default {' '.join(map(str, default.snapshot_steps))})")
+    add_common_arguments(parser, None, out_default_text="benchmarks/results/gradient_snr_"
+                         "{mnist,ppca_trained,ppca_perturbation} by --model and --ppca-settings")
     args = parser.parse_args(argv)
     for name in args.estimators or ():
-        if name not in ESTIMATORS:
-            parser.error(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
+        try:
+            get_estimator(name)
+        except ConfigError as e:
+            parser.error(str(e))
     for option in ("snapshot_epochs", "snapshot_steps"):
         snapshots = getattr(args, option)
         if snapshots is not None and (snapshots != sorted(set(snapshots)) or snapshots[0] < 1):
@@ -445,8 +466,8 @@ def main(argv=None) -> int:
         if value is not None:
             setattr(config, option, tuple(value) if isinstance(value, list) else value)
     torch.set_num_threads(args.threads)
-    progress = not args.quiet and sys.stderr.isatty()
-    log = (lambda *a, **k: None) if args.quiet else print
+    log, progress = output(args)
+    out = args.out or default_folder(config)
     start = time.perf_counter()
 
     if config.model == "mnist":
@@ -455,18 +476,19 @@ def main(argv=None) -> int:
         vae, x, settings, facts = ppca_trained_settings(config)
     else:
         vae, x, settings, facts = ppca_perturbed_settings(config)
-    cells = [(s, name, k) for s in settings for name in config.estimators for k in config.ks]
+    cells = [(s, Spec(name, k)) for s in settings for name in config.estimators
+             for k in config.ks]
     results = []
-    for setting, name, k in tqdm(cells, desc="gradient SNR", disable=not progress,
-                                 file=sys.stderr):
-        vae.load_state_dict(setting["state"])
-        record = measure(vae, name, k, x, config.draws, config.seed)
-        results.append({"setting": setting["label"], **record})
-        log(f"{setting['label']:18s} {name:9s} K={k:<3d}  SNR encoder "
-            f"{record['encoder']['snr']:.3g}  decoder {record['decoder']['snr']:.3g}  "
-            f"({record['bound']} {record['bound_mean']:.2f} nats/datapoint)")
+    with Progress(len(cells), "gradient SNR", "cells", mode=progress) as bar:
+        for setting, spec in cells:
+            vae.load_state_dict(setting["state"])
+            record = measure(vae, spec, x, config.draws, config.seed)
+            results.append({"setting": setting["label"], **record})
+            log(f"{setting['label']:18s} {spec.name:13s} K={spec.k:<3d}  SNR encoder "
+                f"{record['encoder']['snr']:.3g}  decoder {record['decoder']['snr']:.3g}  "
+                f"({record['bound']} {record['bound_mean']:.2f} nats/datapoint)")
+            bar.update(1)
 
-    command = "python -m benchmarks.gradient_snr " + " ".join(argv or sys.argv[1:])
     document = {
         "description": "gradient SNR = mean over a parameter group of |mean_i| / std_i of the "
                        "gradient of the loss (nats per datapoint) over independent draws on one "
@@ -474,24 +496,20 @@ def main(argv=None) -> int:
         "units": "snr: dimensionless; bound_mean, bound_stderr, test_elbo, kl_to_posterior: "
                  "nats per datapoint (bounds are lower bounds on log p(x): ELBO or IWAE_K, "
                  "higher is better); importance_ess: particles, out of K",
-        "command": command.strip(),
+        "command": command_line("benchmarks.gradient_snr", argv),
         "config": dataclasses.asdict(config),
         **facts,
         "noise_floor": noise_floor(config.draws),
         "settings": [{k: v for k, v in s.items() if k != "state"} for s in settings],
         "results": results,
-        "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                    "pyro": pyro.__version__, "threads": args.threads},
+        "machine": machine(),
         "total_seconds": time.perf_counter() - start,
     }
-    args.out = args.out or RESULTS / default_folder(config)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "gradient_snr.json", document)
-    atomic_write_bytes(args.out / "gradient_snr.md", markdown(document).encode())
-    plot(document, args.out / "gradient_snr.png")
-    log(f"wrote {args.out}/gradient_snr.{{json,md,png}} in {document['total_seconds']:.0f} s")
+    write_results(out, "gradient_snr", document, markdown(document))
+    plot(document, out / "gradient_snr.png")
+    log(f"wrote {out}/gradient_snr.{{json,md,png}} in {document['total_seconds']:.0f} s")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,181 +1,126 @@
-"""The benchmarks' quick modes run and write finite numbers (nothing here judges speed), their
-helpers compute what they say, and the overhead cuts behind them change no number:
-:class:`~pyro_vae.estimators.JointAdam` steps exactly like ``pyro.optim.Adam`` and shares its
-checkpoint format, and the JIT meanfield ELBO compiles once."""
+"""benchmarks/: every script runs in quick mode both as ``python benchmarks/NAME.py`` and as
+``python -m benchmarks.NAME`` and writes the numbers and structure it promises (nothing here
+judges speed); the shared helpers compute what they say; and the steppers the benchmarks
+compare compute the same numbers, so that their times compare like with like."""
 
 import copy
 import json
 import math
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import pyro
-import pyro.distributions as dist
-import pyro.optim
+import pyro.infer
 import pytest
 import torch
 
-from benchmarks import burda, common, compare_estimators, distributed_throughput, overhead
+from benchmarks import burda, common, overhead
 from pyro_vae import ESTIMATORS, VAE, ConfigError, make_objective
-from pyro_vae.estimators import JointAdam, SVITrainer
-from pyro_vae.training import burda_learning_rate
+from pyro_vae.config import burda_learning_rate, load_data
+from pyro_vae.objectives import Bound
+from pyro_vae.trainer import Trainer
 from tests.conftest import assert_close, binary_batch
 
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)  # the benchmarks set their own thread count
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ("overhead", "compare_estimators", "burda", "gradient_snr", "distributed_throughput")
 
 
 def make_vae(**kwargs):
     return VAE(12, latent_dim=3, hidden_sizes=(16,), **kwargs)
 
 
-def train(name, optim, base, x, *, steps=6, lr=1e-2, lr_changes=()):
-    """``steps`` SVI steps of estimator ``name`` on a copy of ``base`` with ``optim``
-    (None: the trainer's default, JointAdam); returns the losses, parameters and trainer."""
+# --- the steppers: Pyro's SVI and the package's Trainer compute the same -----------------------
+def train(make_trainer, base, x, *, steps=4, lr=1e-2):
+    """``steps`` steps of ``make_trainer(vae, lr)`` on a copy of ``base`` from one seed; the
+    losses and the parameters."""
     pyro.clear_param_store()
     vae = copy.deepcopy(base)
-    trainer = SVITrainer(make_objective(name, vae), lr, optim=optim)
+    trainer = make_trainer(vae, lr)
     pyro.set_rng_seed(3)
-    losses = []
-    for step in range(steps):
-        if step in lr_changes:
-            trainer.set_lr(lr_changes[step])
-        losses.append(trainer.step(x))
-    return losses, {k: v.clone() for k, v in vae.state_dict().items()}, trainer
+    losses = [trainer.step(x) for _ in range(steps)]
+    return losses, {k: v.detach().clone() for k, v in vae.state_dict().items()}
 
 
-# --- JointAdam: the same numbers as pyro.optim.Adam --------------------------------------------
-@pytest.mark.parametrize("name", ["meanfield", "trace", "iwae", "jit-meanfield", "jit-trace"])
-def test_joint_adam_steps_exactly_like_pyro_adam(name):
+@pytest.mark.parametrize("name", ["meanfield", "trace", "iwae", "dreg", "jit-meanfield",
+                                  "jit-trace"])
+def test_pyro_svi_steps_like_the_trainer(name):
+    """The overhead benchmark times Pyro's SVI with pyro.optim.Adam against the package's
+    Trainer: the same parameters after every step, so only the time differs."""
     base, x = make_vae(), binary_batch(16, 12)
-    lr_changes = {3: 3e-3}  # set_lr between steps, as the Burda schedule does
-    ours = train(name, None, base, x, lr_changes=lr_changes)
-    pyros = train(name, pyro.optim.Adam({"lr": 1e-2}), base, x, lr_changes=lr_changes)
-    assert ours[0] == pyros[0]
-    for key in pyros[1]:
-        assert torch.equal(ours[1][key], pyros[1][key]), key
-    assert isinstance(ours[2].optim, pyro.optim.PyroOptim)
-
-
-def test_joint_adam_state_has_pyro_format_and_values():
-    base, x = make_vae(), binary_batch(16, 12)
-    ours = train("meanfield", None, base, x)[2].state_dict()
-    pyros = train("meanfield", pyro.optim.Adam({"lr": 1e-2}), base, x)[2].state_dict()
-    assert ours.keys() == pyros.keys()
-    for name, state in pyros.items():
-        assert ours[name]["param_groups"] == state["param_groups"]
-        assert ours[name]["state"].keys() == state["state"].keys() == {0}
-        for key, value in state["state"][0].items():
-            assert torch.equal(ours[name]["state"][0][key], value), (name, key)
-
-
-@pytest.mark.parametrize("first, second", [("joint", "pyro"), ("pyro", "joint")])
-def test_checkpoint_moves_between_joint_and_pyro_adam(first, second):
-    """Three steps with one optimizer, its state saved and loaded into the other for three
-    more steps: the same parameters as six steps straight."""
-    make = {"joint": lambda: None, "pyro": lambda: pyro.optim.Adam({"lr": 1e-2})}
-    base, x = make_vae(), binary_batch(16, 12)
-    straight = train("meanfield", make[first](), base, x, steps=6)[1]
-
-    _, state, trainer = train("meanfield", make[first](), base, x, steps=3)
-    saved = copy.deepcopy(trainer.state_dict())
-    rng = torch.get_rng_state()
-    pyro.clear_param_store()
-    vae = copy.deepcopy(base)
-    vae.load_state_dict(state)
-    resumed = SVITrainer(make_objective("meanfield", vae), 1e-2, optim=make[second]())
-    resumed.load_state_dict(saved)
-    torch.set_rng_state(rng)
-    for _ in range(3):
-        resumed.step(x)
-    for key, value in straight.items():
-        assert torch.equal(vae.state_dict()[key], value), key
-
-
-def test_joint_adam_matches_pyro_when_a_parameter_drops_out_of_the_trace():
-    """Pyro keeps a zero gradient on a parameter once stepped, and so keeps moving it (Adam's
-    momentum) while it gets no gradient; a parameter absent from a step's trace is not
-    stepped. Both exactly as pyro.optim.Adam, on a model whose structure changes."""
-
-    def model(x, use_b):
-        a = pyro.param("a", torch.tensor([0.5, -0.2]))
-        loc = a.sum()
-        if use_b == 1:
-            loc = loc + pyro.param("b", torch.tensor(0.3))
-        elif use_b == 2:
-            pyro.param("b", torch.tensor(0.3))  # in the trace, reached by no gradient
-        pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
-
-    def guide(x, use_b):
-        pass
-
-    def run(optim):
-        pyro.clear_param_store()
-        svi = pyro.infer.SVI(model, guide, optim, pyro.infer.Trace_ELBO())
-        for i, use_b in enumerate((1, 1, 2, 0, 2, 1)):
-            if i == 3:  # a gradient from outside SVI, on a parameter the next step leaves out
-                (2 * pyro.param("b")).backward()
-            svi.step(torch.tensor(2.0), use_b)
-        return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
-
-    ours, pyros = run(JointAdam({"lr": 0.1})), run(pyro.optim.Adam({"lr": 0.1}))
-    assert ours.keys() == pyros.keys() == {"a", "b"}
+    svi_losses, svi = train(lambda v, lr: common.PyroSVI(make_objective(name, v), lr), base, x)
+    ours_losses, ours = train(lambda v, lr: Trainer(make_objective(name, v), lr), base, x)
+    assert_close(svi_losses, ours_losses, rtol=1e-6)
     for key in ours:
-        assert torch.equal(ours[key], pyros[key]), key
+        assert_close(svi[key], ours[key], rtol=1e-5, atol=1e-7, msg=key)
+    assert svi_losses[-1] < svi_losses[0]  # and both train
 
 
-def test_joint_adam_before_any_parameter():
-    optim = JointAdam({"lr": 0.1})
-    optim([])  # a trace without parameters: nothing to step, as with pyro.optim.Adam
-    assert optim.get_state() == {} == pyro.optim.Adam({"lr": 0.1}).get_state()
+def test_pyro_svi_with_pyros_own_elbo_class_steps_like_the_registrys():
+    base, x = make_vae(), binary_batch(16, 12)
+    own = train(lambda v, lr: common.PyroSVI(
+        make_objective("meanfield", v), lr,
+        elbo=pyro.infer.TraceMeanField_ELBO(max_plate_nesting=1)), base, x)
+    registry = train(lambda v, lr: common.PyroSVI(make_objective("meanfield", v), lr), base, x)
+    assert own[0] == registry[0]
+    for key in own[1]:
+        assert torch.equal(own[1][key], registry[1][key]), key
 
 
-def test_joint_adam_rejects_per_parameter_arguments():
-    with pytest.raises(ConfigError):
-        JointAdam(lambda name: {"lr": 1e-3})
+def test_pyro_svi_refuses_a_hand_written_loss():
+    with pytest.raises(ConfigError, match="not a Pyro ELBO"):
+        common.PyroSVI(make_objective("analytic", make_vae()), 1e-3)
 
 
-# --- JIT meanfield compiles once ---------------------------------------------------------------
-def test_jit_meanfield_compiles_once_and_equals_meanfield():
-    vae, x = make_vae(), binary_batch(8, 12)
-    calls = []
-    model = vae.model
+def test_jit_meanfield_compiles_once_where_pyros_class_recompiles():
+    """What the overhead table's jit-meanfield rows measure: the registry's class traces the
+    model once, Pyro 1.9.2's at every step."""
+    x = binary_batch(8, 12)
 
-    def counting_model(*args, **kwargs):
-        calls.append(1)
-        return model(*args, **kwargs)
+    def model_calls(make_trainer):
+        pyro.clear_param_store()  # the two VAEs share their parameters' names
+        vae = make_vae()
+        calls = []
+        model = vae.model
 
-    vae.model = counting_model
-    objective = make_objective("jit-meanfield", vae)
-    trainer = objective.make_trainer(1e-3)
-    trainer.step(x)
-    compiled, after_first = objective.elbo._differentiable_loss, len(calls)
-    for _ in range(4):
+        def counting_model(*args, **kwargs):
+            calls.append(1)
+            return model(*args, **kwargs)
+
+        vae.model = counting_model
+        trainer = make_trainer(make_objective("jit-meanfield", vae))
         trainer.step(x)
-    assert objective.elbo._differentiable_loss is compiled and len(compiled.compiled) == 1
-    assert len(calls) == after_first  # Pyro 1.9.2's class re-traces the model at every step
-    vae.model = model
-    meanfield = make_objective("meanfield", vae)
-    for seed in (1, 2):
-        pyro.set_rng_seed(seed)
-        jit_loss = objective.differentiable_loss(x)
-        pyro.set_rng_seed(seed)
-        assert_close(jit_loss, meanfield.differentiable_loss(x), rtol=1e-5)
+        after_first = len(calls)
+        for _ in range(4):
+            trainer.step(x)
+        return len(calls) - after_first
+
+    assert model_calls(lambda o: Trainer(o, 1e-3)) == 0
+    pyros = pyro.infer.JitTraceMeanField_ELBO(max_plate_nesting=1, ignore_jit_warnings=True)
+    assert model_calls(lambda o: common.PyroSVI(o, 1e-3, elbo=pyros)) >= 4
 
 
-# --- helpers -----------------------------------------------------------------------------------
+def test_identical_vaes_start_equal_and_train_apart():
+    vaes = common.identical_vaes(["a", "b"], 12, seed=0, latent_dim=3, hidden_sizes=(16,))
+    a, b = vaes["a"].state_dict(), vaes["b"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    x = binary_batch(16, 12)
+    common.make_trainer(common.Spec("meanfield", 1), vaes["a"], 1e-2).step(x)
+    assert not torch.equal(vaes["a"].state_dict()["encoder.loc.weight"], b["encoder.loc.weight"])
+
+
+# --- helpers -------------------------------------------------------------------------------------
 def test_registry_specs_cover_every_estimator_and_k():
     specs = common.registry_specs((5, 50))
     assert {s.name for s in specs} == set(ESTIMATORS)
     for name, estimator in ESTIMATORS.items():
         ks = sorted(s.k for s in specs if s.name == name)
-        assert ks == ([5, 50] if estimator.bound == "IWAE_K" else [1])
+        assert ks == ([5, 50] if estimator.bound is Bound.IWAE_K else [1])
     assert common.parse_spec("iwae:50") == common.Spec("iwae", 50)
     assert common.parse_spec("iwae") == common.Spec("iwae", 5)
     assert common.Spec("iwae", 50).label == "iwae K=50"
+    assert common.Spec("dreg", 5).bound is Bound.IWAE_K
     with pytest.raises(ConfigError):
         common.parse_spec("iwae:0")
     with pytest.raises(ConfigError):
@@ -193,6 +138,18 @@ def test_time_interleaved_runs_blocks_in_turn():
         assert all(t >= 0 for t in times["a"] + times["b"])
 
 
+def test_measure_steps_counts_rounds_and_compares_with_the_baseline():
+    calls = {"a": 0, "b": 0}
+    steppers = {name: (lambda name=name: calls.__setitem__(name, calls[name] + 1))
+                for name in calls}
+    times = common.measure_steps(steppers, baseline="a", block_seconds=1.0,
+                                 budget_seconds=60.0, max_rounds=3, warmup=2)
+    assert times.steps_per_block == {"a": 50, "b": 50}  # instant steps: the most per block
+    assert times.rounds == 3
+    assert calls == {"a": 2 + 1 + 3 * 50, "b": 2 + 1 + 3 * 50}  # warm-up, probe, rounds
+    assert times.summary["a"]["ratio"] == 1.0 and times.summary["a"]["steps"] == 150
+
+
 def test_round_ratios_known_answer():
     times = {"base": [1.0, 1.0, 2.0, 2.0], "x": [1.5, 3.0]}
     ratios = common.round_ratios(times, {"base": 2, "x": 1}, "base")
@@ -206,6 +163,31 @@ def test_paired_difference_known_answer():
     d = common.paired_difference(a, a - torch.tensor([0.0, 1.0, 0.0, 1.0]))
     assert d["mean"] == pytest.approx(0.5)
     assert d["stderr"] == pytest.approx(math.sqrt(1 / 3) / 2)
+
+
+def test_evaluate_log_px_is_a_bound_below_zero_with_its_errors():
+    vae, x = make_vae(), binary_batch(20, 12)
+    result = common.evaluate_log_px(vae, x, 50, seed=0)
+    per_datapoint = result.pop("log_px_per_datapoint")
+    assert per_datapoint.shape == (20,)
+    assert result["log_px_mean"] == pytest.approx(float(per_datapoint.mean()))
+    assert result["log_px_data_stderr"] == pytest.approx(
+        float(per_datapoint.std()) / math.sqrt(20))
+    assert -12 * math.log(2) - 5 < result["log_px_mean"] < 0  # 12 Bernoulli pixels
+    assert 0 < result["log_px_mean_mc_stderr"] < result["log_px_data_stderr"]
+    assert vae.training  # evaluation leaves the VAE in training mode
+    assert json.dumps(result)  # every other field is plain data
+
+
+def test_seconds_per_epoch_probes_fits_steps_and_leaves_no_parameters():
+    """What burda --minutes plans with: one epoch's steps at the probed speed, plus the test
+    ELBO; a positive time, and Pyro's param store empty again."""
+    config = burda.train_config(burda.BurdaConfig(train_size=64, eval_size=32, batch_size=16),
+                                common.Spec("meanfield", 1), 1)
+    data = load_data(config)
+    seconds = common.seconds_per_epoch(config, data, probe_seconds=0.0)
+    assert math.isfinite(seconds) and seconds > 0
+    assert not list(pyro.get_param_store().keys())
 
 
 def test_burda_setup_is_the_papers():
@@ -231,70 +213,154 @@ def test_burda_setup_is_the_papers():
     assert (even.lr_schedule, even.lr, even.batch_size) == ("burda-even", 2e-3, 20)
 
 
-# --- quick modes -------------------------------------------------------------------------------
-def test_compare_quick_run(tmp_path, one_thread):
-    assert compare_estimators.main(["--quick", "--quiet", "--out", str(tmp_path)]) == 0
-    document = json.loads((tmp_path / "compare.json").read_text())
-    labels = [r["label"] for r in document["results"]]
-    assert labels[0] == "analytic"
-    assert {"iwae K=5", "iwae K=50", "meanfield", "analytic"} <= set(labels)
-    assert len(labels) == len(common.registry_specs((5, 50)))
-    for r in document["results"]:
-        assert r["epochs"] == len(r["curve"]) == document["config"]["epochs"]
-        for key in ("train_bound", "test_elbo", "log_px", "log_px_stderr"):
-            assert math.isfinite(r[key]), (r["label"], key)
-        assert r["log_px"] < 0 and r["step"]["median_ms"] > 0
-        assert 0 <= r["active_units"] <= document["config"]["latent_dim"]
-    assert (tmp_path / "compare.png").stat().st_size > 0
-    assert "| analytic |" in (tmp_path / "compare.md").read_text()
+def test_overhead_variants_name_what_they_step():
+    labels = {v.label: v for v in overhead.variants(("meanfield", "jit-meanfield"),
+                                                    pyro_twins=True)}
+    assert list(labels) == ["analytic", "meanfield", "meanfield [Pyro SVI]",
+                            "meanfield [Pyro's ELBO class]", "jit-meanfield",
+                            "jit-meanfield [Pyro SVI]"]
+    vae = make_vae()
+    assert isinstance(labels["meanfield"].trainer(vae, 1e-3), Trainer)
+    svi = labels["jit-meanfield [Pyro SVI]"].trainer(vae, 1e-3)
+    assert type(svi.elbo) is pyro.infer.JitTraceMeanField_ELBO  # Pyro's, recompiling
+    own = labels["meanfield [Pyro's ELBO class]"].trainer(vae, 1e-3)
+    assert type(own.objective.elbo) is pyro.infer.TraceMeanField_ELBO
+    assert [v.label for v in overhead.variants(("meanfield",), pyro_twins=False)] == [
+        "analytic", "meanfield"]
 
 
-def test_overhead_quick_run(tmp_path, one_thread):
-    assert overhead.main(["--quick", "--quiet", "--out", str(tmp_path)]) == 0
-    document = json.loads((tmp_path / "overhead.json").read_text())
+# --- every script, both ways of running it, in quick mode ----------------------------------------
+def run_script(name: str, form: str, out: Path, *options: str) -> str:
+    """``python benchmarks/NAME.py`` (form "file") or ``python -m benchmarks.NAME`` (form
+    "module") from the repository root, in quick mode; its standard output."""
+    target = [f"benchmarks/{name}.py"] if form == "file" else ["-m", f"benchmarks.{name}"]
+    result = subprocess.run(
+        [sys.executable, *target, "--quick", "--threads", "1", "--out", str(out), *options],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def read(out: Path, stem: str) -> tuple[dict, str]:
+    document = json.loads((out / f"{stem}.json").read_text())
+    assert document["machine"]["load_average_1_5_15_min"] is not None
+    assert document["machine"]["torch_threads"] == 1
+    return document, (out / f"{stem}.md").read_text()
+
+
+def check_overhead(out: Path) -> None:
+    document, table = read(out, "overhead")
     assert [r["batch_size"] for r in document["results"]] == list(overhead.QUICK["batch_sizes"])
     for r in document["results"]:
         assert r["steppers"]["analytic"]["ratio"] == 1.0
-        assert {"meanfield", "meanfield [pyro Adam]", "meanfield [pyro ELBO]",
-                "jit-meanfield"} <= set(r["steppers"])
-        assert all(s["median_ms"] > 0 for s in r["steppers"].values())
-    assert document["profiles"] and document["validation"]
-    # every Pyro stepper's time is attributed to its own parts (Pyro's ELBO class or the
-    # registry's subclass), once: no part is missing, none exceeds the step
+        assert set(r["steppers"]) == {v.label for v in overhead.variants(
+            overhead.OverheadConfig.estimators, pyro_twins=True)}
+        assert all(s["median_ms"] > 0 and s["q1_ms"] <= s["median_ms"] <= s["q3_ms"]
+                   for s in r["steppers"].values())
+        assert r["rounds"] >= 2
+    # every meanfield stepper's time is attributed to its own parts, once: no part is
+    # missing, none exceeds the step; only Pyro's SVI pays for pyro.optim's wrapper
     parts = document["profiles"][0]["ms_per_step"]
-    for label in ("meanfield", "meanfield [pyro ELBO]", "meanfield [pyro Adam]"):
+    for label in ("meanfield", "meanfield [Pyro's ELBO class]", "meanfield [Pyro SVI]"):
         part = {name.split(" (")[0]: ms for name, ms in parts[label].items()}
         assert 0 < part["ELBO from the traces"] < part["trace model and guide"] < part["total"]
+        assert 0 < part["zeroing gradients"] < part["total"]
+        assert (part["pyro.optim wrapper"] > 0) == (label == "meanfield [Pyro SVI]")
+    assert set(document["validation"][0]["steppers"]) == {
+        "analytic", "analytic, validated every step", "meanfield",
+        "meanfield, validated every step"}
+    assert "| meanfield [Pyro SVI] |" in table and "Command: `python -m benchmarks.overhead" \
+        in table
 
 
-def test_burda_quick_run_then_resume(tmp_path, one_thread):
-    argv = ["--quick", "--quiet", "--out", str(tmp_path)]
-    assert burda.main(argv) == 0
-    document = json.loads((tmp_path / "burda.json").read_text())
+def check_compare_estimators(out: Path) -> None:
+    document, table = read(out, "compare")
+    labels = [r["label"] for r in document["results"]]
+    assert labels[0] == "analytic"
+    assert sorted(labels) == sorted(s.label for s in common.registry_specs((5, 50)))
+    for r in document["results"]:
+        assert r["epochs"] == len(r["curve"]) == document["config"]["epochs"]
+        for key in ("train_objective_nats", "test_elbo", "log_px_mean", "log_px_mean_mc_stderr"):
+            assert math.isfinite(r[key]), (r["label"], key)
+        assert r["train_objective"] == Bound(r["bound"]).label(r["K"])
+        assert r["log_px_mean"] < 0 and r["step"]["median_ms"] > 0
+        assert 0 <= r["active_units"] <= document["config"]["latent_dim"]
+    analytic = document["results"][0]
+    assert analytic["log_px_minus_analytic"] == {"mean": 0.0, "stderr": 0.0}
+    # meanfield trains like analytic sample for sample: the same log p(x), to float error
+    meanfield = next(r for r in document["results"] if r["label"] == "meanfield")
+    assert abs(meanfield["log_px_minus_analytic"]["mean"]) < 1e-3
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| analytic | ELBO |" in table and "| iwae K=50 | IWAE_50 |" in table
+
+
+def check_burda(out: Path) -> dict:
+    document, table = read(out, "burda")
     assert [r["label"] for r in document["results"]] == ["meanfield", "iwae K=5"]
     for r in document["results"]:
-        assert r["nll"] == -r["log_px"] > 0 and math.isfinite(r["log_px_stderr"])
+        assert r["nll"] == -r["log_px_mean"] > 0 and math.isfinite(r["log_px_mean_mc_stderr"])
         assert r["paper"]["nll"] in (86.76, 85.54)
-    # run again: the finished runs are resumed, not retrained, and evaluated the same way
-    first = [r["nll"] for r in document["results"]]
-    assert burda.main(argv) == 0
-    again = json.loads((tmp_path / "burda.json").read_text())
-    assert [r["nll"] for r in again["results"]] == first
+        assert (out / r["estimator"] if r["K"] == 1 else out / f"iwae-{r['K']}").is_dir()
+    assert "| iwae K=5 | 2 | 20 | burda from 0.001 |" in table
+    return document
+
+
+def check_gradient_snr(out: Path) -> None:
+    document, table = read(out, "gradient_snr")
+    assert document["config"]["estimators"] == list(ESTIMATORS)
+    assert len(document["results"]) == (len(document["settings"]) * len(ESTIMATORS)
+                                        * len(document["config"]["ks"]))
+    assert all(math.isfinite(r["encoder"]["snr"]) for r in document["results"])
+    for name in ESTIMATORS:
+        assert table.count(f"| {name} |") == len(document["settings"])
+
+
+def check_distributed_throughput(out: Path) -> None:
+    """2 gloo ranks spawned on the loopback interface: every row timed and consistent."""
+    report, table = read(out, "distributed_throughput")
+    rows = report["rows"]
+    assert [r["processes"] for r in rows] == ["1, Pyro SVI", "1, no DDP", "2 DDP"]
+    assert [r["world_size"] for r in rows] == [1, 1, 2]
+    assert [r["threads_per_process"] for r in rows] == [1, 1, 1]
+    steps, batch = report["config"]["steps"], report["config"]["batch_size"]
+    for r in rows:
+        seconds = statistics.median(r["seconds_per_block"])
+        assert len(r["seconds_per_block"]) == report["config"]["repeats"]
+        assert r["ms_per_step"] == pytest.approx(1e3 * seconds / steps)
+        assert r["images_per_second"] == pytest.approx(steps * batch / seconds)
+    assert rows[1]["speedup_vs_no_ddp"] == 1.0
+    assert table.count("\n| ") == 1 + len(rows)  # the header's separator, then one per row
+
+
+CHECKS = {"overhead": check_overhead, "compare_estimators": check_compare_estimators,
+          "gradient_snr": check_gradient_snr,
+          "distributed_throughput": check_distributed_throughput}
+OPTIONS = {"gradient_snr": ("--model", "ppca", "--ppca-settings", "perturbation")}
+
+
+@pytest.mark.parametrize("form", ["file", "module"])
+@pytest.mark.parametrize("name", [s for s in SCRIPTS if s != "burda"])
+def test_quick_run(tmp_path, name, form):
+    run_script(name, form, tmp_path, "--quiet", *OPTIONS.get(name, ()))
+    CHECKS[name](tmp_path)
+
+
+def test_burda_quick_run_as_a_file_then_resumed_as_a_module(tmp_path):
+    """The second run finds the finished runs, resumes them without training and evaluates
+    them the same way: the same NLLs."""
+    run_script("burda", "file", tmp_path, "--quiet")
+    first = check_burda(tmp_path)
+    run_script("burda", "module", tmp_path, "--quiet")
+    again = check_burda(tmp_path)
+    assert [r["nll"] for r in again["results"]] == [r["nll"] for r in first["results"]]
     assert all(r["epochs_chosen"] == "from the checkpoint" for r in again["results"])
 
 
-def test_distributed_throughput_quick_run(tmp_path, one_thread):
-    """2 gloo ranks spawned on the loopback interface: every row is timed and consistent."""
-    out = tmp_path / "dt"
-    assert distributed_throughput.main(["--quick", "--quiet", "--out", str(out)]) == 0
-    report = json.loads((out / "distributed_throughput.json").read_text())
-    rows = report["rows"]
-    assert [r["world_size"] for r in rows] == [1, 1, 2]
-    for r in rows:
-        seconds = statistics.median(r["seconds_per_block"])
-        steps = report["config"]["steps"]
-        assert r["ms_per_step"] == pytest.approx(1e3 * seconds / steps)
-        assert r["images_per_second"] == pytest.approx(
-            steps * report["config"]["batch_size"] / seconds)
-    assert rows[0]["speedup_vs_no_ddp"] == 1.0
-    assert (out / "distributed_throughput.md").read_text().count("\n| ") >= 4
+def test_output_logs_and_shows_progress_unless_quiet():
+    """Progress comes as a bar on a terminal and as lines in logs (issue 17): mode "auto"."""
+    assert common.output(overhead.parse_args([])).progress == "auto"
+    quiet = common.output(overhead.parse_args(["--quiet"]))
+    assert quiet.progress == "off" and quiet.log("anything") is None
+    assert common.fit_progress("auto") is None and common.fit_progress("off") is False
+

@@ -1,6 +1,6 @@
-"""benchmarks/gradient_snr.py: its quick mode runs and writes finite numbers (nothing here
-judges the SNR values), its pPCA training brings q towards the exact posterior, and its
-running moments equal torch's."""
+"""benchmarks/gradient_snr.py: its quick mode runs every estimator of the registry and writes
+finite numbers (nothing here judges the SNR values), its pPCA training brings q towards the
+exact posterior, and its running moments equal torch's."""
 
 import json
 import math
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchmarks import gradient_snr
+from pyro_vae.objectives import ESTIMATORS
 
 
 def test_running_moments_equal_torch_mean_and_std():
@@ -61,6 +62,7 @@ def test_quick_run_writes_json_markdown_and_png(tmp_path, one_thread, source):
     assert gradient_snr.main(["--quick", "--quiet", *options, "--out", str(tmp_path)]) == 0
     document = json.loads((tmp_path / "gradient_snr.json").read_text())
     config, settings = document["config"], document["settings"]
+    assert config["estimators"] == list(ESTIMATORS)  # the registry, unless --estimators
     assert len(settings) == len(config[listing])
     assert len(document["results"]) == len(settings) * len(config["estimators"]) * len(
         config["ks"]
