@@ -62,7 +62,7 @@ class TrainConfig:
     learn_likelihood_scale: bool = False  # gaussian only: learn one σ shared by all features
     estimator: str = "meanfield"  # a name from pyro_vae.ESTIMATORS
     num_particles: int | None = None  # samples per datapoint; None: the estimator's default
-    epochs: int = 10  # under a minute on 2 CPU cores with the default network
+    epochs: int = 10  # the Quickstart's run (README.md says how long it takes)
     batch_size: int = 128
     lr: float = 1e-3  # Adam's learning rate (the first one, for the burda schedules)
     lr_schedule: str = "constant"  # "burda": 10^(-i/7) decay over passes of 3^i epochs;

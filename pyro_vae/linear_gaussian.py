@@ -47,12 +47,14 @@ class LinearDecoder(nn.Module):
 
     def __init__(self, W: torch.Tensor, mu: torch.Tensor, *, trainable: bool = True):
         super().__init__()
+        # contiguous copies: pyro.module would register a contiguous copy of a strided W
+        # (e.g. from torch.linalg.qr), which SVI would then step instead of this one
         if trainable:
-            self.W = nn.Parameter(W.clone())
-            self.mu = nn.Parameter(mu.clone())
+            self.W = nn.Parameter(W.clone().contiguous())
+            self.mu = nn.Parameter(mu.clone().contiguous())
         else:
-            self.register_buffer("W", W.clone())
-            self.register_buffer("mu", mu.clone())
+            self.register_buffer("W", W.clone().contiguous())
+            self.register_buffer("mu", mu.clone().contiguous())
 
     def forward(self, z, context=None):
         return z @ self.W.T + self.mu

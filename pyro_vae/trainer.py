@@ -24,7 +24,6 @@ a run can be resumed in one process or in any number of them.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.distributed as dist
@@ -76,13 +75,11 @@ class Trainer:
         nats (times ``num_data / B`` with ``num_data``, as :meth:`pyro.infer.SVI.step`). A
         non-finite loss is returned before any update (on every rank alike)."""
         self.optim.zero_grad(set_to_none=True)
-        with warnings.catch_warnings():  # a non-finite loss is returned, and reported by fit
-            warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]?inf)")
-            if self.world is None:
-                loss = self.objective.differentiable_loss(x, num_data=num_data)
-                total, backward = float(loss.detach()), loss
-            else:
-                total, backward = self._distributed_loss(x, num_data)
+        if self.world is None:
+            loss = self.objective.differentiable_loss(x, num_data=num_data)
+            total, backward = float(loss.detach()), loss
+        else:
+            total, backward = self._distributed_loss(x, num_data)
         self.steps += 1
         if not math.isfinite(total):
             return total

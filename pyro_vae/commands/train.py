@@ -122,7 +122,7 @@ def _optimization_options(opt) -> None:
                    const=True, help="scale minibatch losses to the full-data ELBO")
     _config_option(opt, "--validate-every-step", field="validate_every_step",
                    action="store_const", const=True, help="run Pyro's and torch's validation "
-                   "checks on every step, not only the first (they cost 5-10%% of a step)")
+                   "checks on every step, not only the first (their cost: benchmarks/README.md)")
     _config_option(opt, "--seed", field="seed", type=seed, metavar="S",
                    help="decides the initial weights, the data order and every sample")
     _config_option(opt, "--device", field="device", help="cpu or cuda")

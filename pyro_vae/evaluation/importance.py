@@ -23,7 +23,7 @@ does not grow with K or N: the N × K log-weights are never held at once.
 **Threads and processes.** Block ``i`` draws from a generator seeded with
 ``derive_seed(seed, i)``, so the result does not depend on how the blocks are shared out: on
 CPU among ``num_workers`` threads (each op on one thread, no barrier per op, which on busy
-shared cores made torch's intra-op threading 2-5× slower than one thread), and under
+shared cores made torch's intra-op threading slower than one thread), and under
 ``torchrun`` among the ranks of ``world`` (block ``i`` on rank ``i mod world_size``).
 """
 
