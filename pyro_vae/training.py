@@ -12,8 +12,8 @@ Validation: Pyro's checks (site shapes, model/guide agreement) and torch.distrib
 :func:`fit` call, where a mistake in a model, a guide or the data shows up, and then stop:
 their cost per step is measured in ``benchmarks/README.md``, and what they would catch later,
 a parameter turning NaN or infinite, the divergence checks catch (the loss after every step,
-the parameters after every epoch). ``validate_every_step=True`` keeps them on; with validation disabled
-globally (``pyro.enable_validation(False)``) none run.
+the parameters after every epoch). ``validate_every_step=True`` keeps them on; with validation
+disabled globally (``pyro.enable_validation(False)``) none run.
 """
 
 from __future__ import annotations
