@@ -89,10 +89,10 @@ def image_grid(images, image_shape: Sequence[int], *, ncols: int | None = None, 
 
 
 @torch.no_grad()
-def decoder_mean(vae, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+def decoder_mean(vae, z: torch.Tensor) -> torch.Tensor:
     """E[x | z] under the decoder, ``(..., x_dim)``: Bernoulli probabilities, the continuous
     Bernoulli's mean, or the Gaussian's location. ``z`` is ``(..., latent_dim)``."""
-    return vae.decode(z, context).mean
+    return vae.decode(z).mean
 
 
 class PriorSample(NamedTuple):
@@ -105,8 +105,7 @@ class PriorSample(NamedTuple):
 
 @torch.no_grad()
 def sample_prior(vae, num_samples: int, *, temperature: float = 1.0,
-                 generator: torch.Generator | None = None,
-                 context: torch.Tensor | None = None) -> PriorSample:
+                 generator: torch.Generator | None = None) -> PriorSample:
     """Draw z = T·ε, ε ~ N(0, I) (T = ``temperature``; T = 1 is the prior p(z)) and decode it.
 
     T < 1 trades diversity for typical-looking images (Kingma & Dhariwal 2018, Glow, sec. 5).
@@ -126,7 +125,7 @@ def sample_prior(vae, num_samples: int, *, temperature: float = 1.0,
     eps = torch.randn(num_samples, vae.latent_dim, generator=generator,
                       device=generator.device if generator is not None else device)
     z = temperature * eps.to(device)
-    return PriorSample(z, decoder_mean(vae, z, context))
+    return PriorSample(z, decoder_mean(vae, z))
 
 
 def normal_quantile_grid(steps: int, latent_dim: int = 2) -> torch.Tensor:
@@ -201,14 +200,13 @@ def plot_images(images, image_shape: Sequence[int], path, *, title: str = "",
 
 @torch.no_grad()
 def plot_reconstructions(vae, x: torch.Tensor, image_shape: Sequence[int], path, *,
-                         num_images: int = 32, context: torch.Tensor | None = None) -> Path:
+                         num_images: int = 32) -> Path:
     """Save the first ``num_images`` rows of ``x`` beside their reconstructions: the decoder's
     mean at the posterior mean, E[x | z = E_q[z|x]]. Each reconstruction sits at the same
     place in the right panel as its input in the left one."""
     x = x[:num_images]
-    context = None if context is None else context[:num_images]
-    loc, _ = vae.encode(x, context)
-    reconstruction = decoder_mean(vae, loc, context)
+    loc, _ = vae.encode(x)
+    reconstruction = decoder_mean(vae, loc)
     ncols = min(8, x.shape[0])
     left = image_grid(x, image_shape, ncols=ncols)
     right = image_grid(reconstruction, image_shape, ncols=ncols)
