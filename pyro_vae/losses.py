@@ -5,11 +5,24 @@ networks and the likelihood's distribution object are shared with :class:`pyro_v
 Both return the **loss = −ELBO summed over the minibatch** (nats), multiplied by
 ``num_data / B`` when ``num_data`` is given: the same scale as Pyro's ``SVI.step``.
 The per-datapoint functions return the ELBO (higher is better) in nats, shape ``(B,)``.
+
+They cover the one-layer :class:`~pyro_vae.VAE` and the :class:`~pyro_vae.HierarchicalVAE`
+with Gaussian guides; for L layers, with z_0 = x and z_1..z_L drawn layer by layer,
+
+    mc:        log p(x|z_1) + β Σ_l [log p(z_l|z_(l+1)) − log q(z_l|z_(l-1))],
+               with p(z_L|z_(L+1)) = p(z_L) = N(0, I);
+    analytic:  the same with the top layer's log p(z_L) − log q(z_L|z_(L-1)) replaced by
+               −KL(q(z_L|z_(L-1)) ‖ N(0, I)) in closed form, the only layer where that KL is the
+               ELBO's term (see :mod:`pyro_vae.hierarchical`).
+
+A guide with a flow has no Gaussian log-density to write by hand: they refuse it.
 """
 
 from __future__ import annotations
 
 import torch
+
+from pyro_vae.errors import ConfigError
 
 __all__ = [
     "analytic_elbo",
@@ -54,8 +67,11 @@ def sample_posterior(loc, scale, num_particles: int = 1, generator=None) -> torc
 
 def analytic_elbo(vae, x, *, num_particles: int = 1, generator=None, beta=None):
     """E_q[log p(x|z)] (Monte Carlo over ``num_particles``) − β KL(q(z|x) ‖ p(z)) (closed
-    form), per datapoint: ``(B,)`` nats. β defaults to ``vae.beta``; β = 1 is the ELBO."""
+    form), per datapoint: ``(B,)`` nats. β defaults to ``vae.beta``; β = 1 is the ELBO.
+    (Several layers: see the module docstring.)"""
     beta = vae.beta if beta is None else beta
+    if _layers(vae) > 1:
+        return _hierarchical_elbo(vae, x, num_particles, generator, beta, closed_form_top=True)
     loc, scale = vae.encoder(x)
     z = sample_posterior(loc, scale, num_particles, generator)
     log_px_given_z = vae.likelihood(vae.decoder(z)).log_prob(x).sum(-1)  # (K, B)
@@ -65,14 +81,57 @@ def analytic_elbo(vae, x, *, num_particles: int = 1, generator=None, beta=None):
 def mc_elbo(vae, x, *, num_particles: int = 1, generator=None, beta=None):
     """log p(x|z) + β [log p(z) − log q(z|x)] on reparameterized samples, averaged over
     ``num_particles``, per datapoint: ``(B,)`` nats. The log-densities of the Gaussians are
-    written out, so this shares nothing with Pyro but the networks."""
+    written out, so this shares nothing with Pyro but the networks. (Several layers: see the
+    module docstring.)"""
     beta = vae.beta if beta is None else beta
+    if _layers(vae) > 1:
+        return _hierarchical_elbo(vae, x, num_particles, generator, beta, closed_form_top=False)
     loc, scale = vae.encoder(x)
     z = sample_posterior(loc, scale, num_particles, generator)
     log_px_given_z = vae.likelihood(vae.decoder(z)).log_prob(x).sum(-1)
     log_pz = _standard_normal_log_prob(z)
     log_qz = _normal_log_prob(z, loc, scale)
     return (log_px_given_z + beta * (log_pz - log_qz)).mean(0)
+
+
+def _layers(vae) -> int:
+    """The number of stochastic layers; refuses guides these formulas do not describe."""
+    structure = getattr(vae, "structure", None)
+    if structure is None:  # a model of one's own with the VAE's networks
+        return 1
+    if structure.flow is not None:
+        raise ConfigError(f"the hand-written losses write q's Gaussian log-density by hand; "
+                          f"{structure.describe()} has none in closed form (use a Pyro "
+                          "estimator: trace, meanfield or iwae)")
+    return structure.stochastic_layers
+
+
+def _rsample(loc, scale, generator) -> torch.Tensor:
+    """loc + scale·ε with ε of loc's shape, drawn as Normal(loc, scale).rsample() draws it."""
+    if generator is None:
+        return torch.distributions.Normal(loc, scale).rsample()
+    return loc + scale * torch.randn(loc.shape, generator=generator, device=loc.device)
+
+
+def _hierarchical_elbo(vae, x, num_particles, generator, beta, *, closed_form_top: bool):
+    """The L-layer ELBO of the module docstring, averaged over ``num_particles``: ``(B,)``."""
+    below, log_q, samples = x, [], []
+    for layer, encoder in enumerate(vae.encoders):  # z_1, ..., z_L, each (K, B, d_l)
+        loc, scale = encoder(below)
+        z = (sample_posterior(loc, scale, num_particles, generator) if layer == 0
+             else _rsample(loc, scale, generator))
+        log_q.append(_normal_log_prob(z, loc, scale))
+        samples.append(z)
+        below = z
+    log_p = [_normal_log_prob(z, *prior(above))
+             for z, prior, above in zip(samples, vae.priors, samples[1:], strict=False)]
+    latent = sum(p - q for p, q in zip(log_p, log_q, strict=False))  # layers 1..L-1
+    if closed_form_top:
+        latent = latent - gaussian_kl_to_standard_normal(loc, scale)
+    else:
+        latent = latent + _standard_normal_log_prob(below) - log_q[-1]
+    log_px_given_z = vae.likelihood(vae.decoder(samples[0])).log_prob(x).sum(-1)  # (K, B)
+    return (log_px_given_z + beta * latent).mean(0)
 
 
 def _to_loss(elbo: torch.Tensor, num_data: int | None) -> torch.Tensor:

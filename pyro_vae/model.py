@@ -37,7 +37,7 @@ from pyro_vae.likelihoods import Likelihood, make_likelihood
 from pyro_vae.networks import GaussianEncoder, MLPDecoder, get_preset
 from pyro_vae.structure import Structure
 
-__all__ = ["VAE", "check_data", "check_input", "data_plate"]
+__all__ = ["VAE", "check_data", "check_input", "data_plate", "init_output_bias", "latent_weight"]
 
 
 class VAE(nn.Module):
@@ -155,7 +155,7 @@ class VAE(nn.Module):
         return data_plate(self.plate_name, batch_size, num_data, plate, device)
 
     def _kl_weight(self):
-        return poutine.scale(scale=self.beta) if self.beta != 1.0 else contextlib.nullcontext()
+        return latent_weight(self.beta)
 
     def model(self, x, context=None, *, num_data: int | None = None, plate: bool = True):
         """p(z) p_θ(x|z) for a minibatch ``x`` of shape ``(B, x_dim)``.
@@ -203,8 +203,9 @@ class VAE(nn.Module):
         return self.flow(dist.Normal(loc, scale).to_event(1), h)
 
     def _check_input(self, x, plate: bool) -> None:
-        check_input(x, x_dim=self.x_dim, dtype=next(self.encoder.parameters(), x).dtype,
-                    plate=plate)
+        if pyro.infer.util.is_validation_enabled():  # else free
+            check_input(x, x_dim=self.x_dim, dtype=next(self.encoder.parameters(), x).dtype,
+                        plate=plate)
 
     # --- plain-PyTorch conveniences ----------------------------------------------------
     def encode(self, x, context=None):
@@ -243,6 +244,14 @@ def data_plate(name: str, batch_size: int, num_data: int | None, plate: bool, de
     stack.enter_context(plate_)
     stack.enter_context(poutine.scale(scale=num_data / batch_size))
     return stack
+
+
+def latent_weight(beta: float):
+    """The context of a latent site under the KL weight β: its log-densities (and a closed-form
+    KL) times β; at β = 0, where :func:`pyro.poutine.scale` refuses, masked out instead."""
+    if beta == 1.0:
+        return contextlib.nullcontext()
+    return poutine.scale(scale=beta) if beta > 0 else poutine.mask(mask=False)
 
 
 def check_input(x, *, x_dim: int, dtype: torch.dtype, plate: bool) -> None:

@@ -35,13 +35,37 @@ ACTIVATIONS = {
 
 @dataclass(frozen=True)
 class Architecture:
-    """Sizes of a one-stochastic-layer VAE; the decoder mirrors the encoder's hidden sizes."""
+    """Sizes of a VAE; each generative network mirrors the hidden sizes of its inference
+    network. ``hidden_sizes`` and ``latent_dim`` are those of the first stochastic layer
+    (x → z_1); a hierarchical VAE has more (:class:`~pyro_vae.HierarchicalVAE`)."""
 
     hidden_sizes: tuple[int, ...]
     latent_dim: int
     activation: str
     init_output_bias: bool  # decoder output bias := likelihood parameter of the data mean
     reference: str
+    # (hidden sizes, latent size) of z_2, z_3, ...: the network z_(l-1) → z_l of each layer
+    upper_layers: tuple[tuple[tuple[int, ...], int], ...] = ()
+
+    @property
+    def stochastic_layers(self) -> int:
+        return 1 + len(self.upper_layers)
+
+    @property
+    def latent_dims(self) -> tuple[int, ...]:
+        """Sizes of z_1, ..., z_L."""
+        return (self.latent_dim, *(size for _, size in self.upper_layers))
+
+    @property
+    def layer_hidden_sizes(self) -> tuple[tuple[int, ...], ...]:
+        """Hidden sizes of the inference network of each stochastic layer."""
+        return (self.hidden_sizes, *(hidden for hidden, _ in self.upper_layers))
+
+    def describe(self) -> str:
+        """The layer sizes, e.g. ``x-200-200-100-100-100-50``."""
+        sizes = [str(s) for hidden, latent in zip(self.layer_hidden_sizes, self.latent_dims,
+                                                  strict=True) for s in (*hidden, latent)]
+        return "-".join(["x", *sizes])
 
 
 PRESETS = {
@@ -51,6 +75,12 @@ PRESETS = {
     # the decoder output bias set to the logit of the training mean.
     "burda": Architecture(
         (200, 200), 50, "tanh", True, "Burda et al. (2016), Importance Weighted Autoencoders"
+    ),
+    # Burda et al. (2016), two stochastic layers (their appendix): x-200-200-z_1(100) and
+    # z_1-100-100-z_2(50), tanh; the generative networks mirror them.
+    "burda2": Architecture(
+        (200, 200), 100, "tanh", True, "Burda et al. (2016), two stochastic layers",
+        upper_layers=(((100, 100), 50),),
     ),
 }
 
@@ -88,8 +118,11 @@ def mlp(in_dim: int, hidden_sizes: tuple[int, ...], activation: str) -> nn.Seque
 def _with_context(h: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
     if context is None:
         return h
-    # context: (B, c) broadcast against h: (..., B, d), e.g. a particle dimension in front.
-    return torch.cat([h, context.expand(h.shape[:-1] + context.shape[-1:])], dim=-1)
+    # context (..., B, c) and h (..., B, d) broadcast against each other, e.g. a particle
+    # dimension in front of h, or an enumerated label in front of the context.
+    batch = torch.broadcast_shapes(h.shape[:-1], context.shape[:-1])
+    return torch.cat([h.expand(batch + h.shape[-1:]), context.expand(batch + context.shape[-1:])],
+                     dim=-1)
 
 
 class GaussianEncoder(nn.Module):
@@ -111,11 +144,19 @@ class GaussianEncoder(nn.Module):
         super().__init__()
         self.body = mlp(x_dim + context_dim, tuple(hidden_sizes), activation)
         last = hidden_sizes[-1] if hidden_sizes else x_dim + context_dim
+        self.features_dim = last  # size of h, what a flow guide conditions on
         self.loc = nn.Linear(last, latent_dim)
         self.log_scale = nn.Linear(last, latent_dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None):
-        h = self.body(_with_context(x, context))
+        return self.heads(self.features(x, context))
+
+    def features(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """The last hidden layer h(x), ``(..., features_dim)``."""
+        return self.body(_with_context(x, context))
+
+    def heads(self, h: torch.Tensor):
+        """``(loc, scale)`` from the last hidden layer ``h``."""
         return self.loc(h), self.log_scale(h).exp()
 
 

@@ -30,7 +30,7 @@ def test_pyro_preset_is_784_400_50_softplus():
 def test_presets_follow_the_data_size_and_overrides():
     vae = VAE.from_preset("burda", 30, latent_dim=4)
     assert linear_sizes(vae.decoder)[-1] == (200, 30) and vae.latent_dim == 4
-    assert set(PRESETS) == {"pyro", "burda"}
+    assert set(PRESETS) == {"pyro", "burda", "burda2"}
 
 
 def test_output_bias_is_the_logit_of_the_training_mean():
@@ -59,5 +59,5 @@ def test_bad_architecture_arguments():
         mlp(3, (4,), "sigmoidish")
     with pytest.raises(ConfigError, match="positive"):
         mlp(3, (0,), "tanh")
-    with pytest.raises(ConfigError, match="known presets: burda, pyro"):
+    with pytest.raises(ConfigError, match="known presets: burda, burda2, pyro"):
         VAE.from_preset("resnet", 784)

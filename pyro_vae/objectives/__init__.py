@@ -17,11 +17,12 @@ from pyro_vae.objectives.base import Objective, PyroObjective, TorchObjective
 from pyro_vae.objectives.dreg import DReG_ELBO
 from pyro_vae.objectives.iwae import IWAE_ELBO
 from pyro_vae.objectives.jit import JitTrace_ELBO, JitTraceMeanField_ELBO
-from pyro_vae.objectives.meanfield import TraceMeanField_ELBO
+from pyro_vae.objectives.meanfield import TraceMeanField_ELBO, closed_form_kl_sites
 from pyro_vae.objectives.registry import (
     ESTIMATORS,
     Bound,
     Estimator,
+    check_compatible,
     get_estimator,
     make_objective,
     register,
@@ -42,6 +43,8 @@ __all__ = [
     "PyroObjective",
     "TorchObjective",
     "TraceMeanField_ELBO",
+    "check_compatible",
+    "closed_form_kl_sites",
     "get_estimator",
     "log_prob_stop_q",
     "make_objective",

@@ -4,37 +4,83 @@ from __future__ import annotations
 
 import pyro
 import pyro.infer
+import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.infer.util import check_fully_reparametrized, is_validation_enabled, torch_item
 from pyro.poutine.util import prune_subsample_sites
+from torch.distributions import kl_divergence
 
-__all__ = ["TraceMeanField_ELBO"]
+__all__ = ["TraceMeanField_ELBO", "closed_form_kl_sites"]
 
 
 def _is_observed(name, site) -> bool:
     return site["is_observed"]
 
 
+def closed_form_kl_sites(model_trace, guide_trace) -> set[str]:
+    """The latent sites whose closed-form KL(q ‖ p) may stand for E_q[log p − log q]: those
+    that the model samples after no latent site that the guide samples after them.
+
+    Pyro's condition (:class:`pyro.infer.TraceMeanField_ELBO`) is that a site's parents in the
+    model are not its descendants in the guide; this rule checks a sufficient form of it from
+    the program order, the only dependency the traces record: every latent the model draws
+    before z (its possible parents) is drawn by the guide before z (so it is not z's
+    descendant there). In the one-layer VAE, z qualifies. In the hierarchical VAE only the top
+    layer does: the model draws z_2 before z_1, the guide after it, and from it.
+    """
+    order = [name for name, site in guide_trace.nodes.items()
+             if site["type"] == "sample" and name in model_trace.nodes]
+    position = {name: i for i, name in enumerate(order)}
+    valid, latest = set(), -1
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or name not in position:
+            continue
+        if position[name] > latest:
+            valid.add(name)
+        latest = max(latest, position[name])
+    return valid
+
+
+def _kl_sum(guide_site, model_site):
+    """Σ KL(q ‖ p) over the site's batch, scaled and masked like the site (Pyro's code)."""
+    kl_qp = kl_divergence(guide_site["fn"], model_site["fn"])
+    kl_qp = scale_and_mask(kl_qp, scale=guide_site["scale"], mask=guide_site["mask"])
+    if torch.is_tensor(kl_qp):
+        assert (torch._C._get_tracing_state()
+                or kl_qp.shape == guide_site["fn"].batch_shape)
+        return kl_qp.sum()
+    return kl_qp * torch.Size(guide_site["fn"].batch_shape).numel()
+
+
 class TraceMeanField_ELBO(pyro.infer.TraceMeanField_ELBO):
-    """:class:`pyro.infer.TraceMeanField_ELBO` without the log-densities it computes and never
-    uses: the same loss and gradients, bit for bit, in less time per step (measured in
+    """:class:`pyro.infer.TraceMeanField_ELBO` that takes the closed-form KL only where it is
+    the ELBO's term, without the log-densities it computes and never uses: on the one-layer VAE
+    the same loss and gradients, bit for bit, in less time per step (measured in
     ``benchmarks/README.md``).
 
-    Pyro's class builds its traces with :func:`pyro.infer.enum.get_importance_trace`, which
-    evaluates log p(z) at every latent site of the model and log q(z|x) at every site of the
-    guide; where a closed-form KL(q ‖ p) exists (the VAE's Gaussian z) the estimator uses the
-    KL instead and drops both. This class evaluates only the observed sites' log-densities up
-    front. A latent site without a registered KL, or an auxiliary guide site, needs the
-    others: then they are computed and Pyro's estimator runs again on the complete traces.
+    **Where the KL is used.** For a latent site z the estimator replaces log p(z|·) − log q(z|·)
+    by −KL(q ‖ p) when torch knows that KL and :func:`closed_form_kl_sites` admits z; elsewhere
+    it keeps the Monte Carlo term, as Pyro does where no KL is registered (an IAF guide: its
+    loss is then :class:`pyro.infer.Trace_ELBO`'s). Pyro's class takes the KL at every site
+    and only warns, under validation, when the model and guide sample in different orders; on
+    the hierarchical VAE its KL(q(z_1|x) ‖ p(z_1|z_2)) would bias the ELBO. Here that site gets
+    the Monte Carlo term and the top layer the KL.
 
-    With validation enabled (:func:`pyro.enable_validation`) it is Pyro's class unchanged,
-    so that every check of :func:`get_importance_trace` runs.
+    **Leaner.** Pyro's class builds its traces with :func:`pyro.infer.enum.get_importance_trace`,
+    which evaluates log p(z) at every latent site of the model and log q(z|x) at every site of
+    the guide; where the KL is used, both are dropped. This class evaluates only the observed
+    sites' log-densities up front, and the others when a site needs them (a Monte Carlo term,
+    an auxiliary guide site). With validation enabled (:func:`pyro.enable_validation`) every
+    check of :func:`get_importance_trace` runs.
     """
 
     def _get_trace(self, model, guide, args, kwargs):
-        if pyro.infer.util.is_validation_enabled() or isinstance(
-            poutine.unwrap(guide), poutine.messenger.Messenger
-        ):
-            return super()._get_trace(model, guide, args, kwargs)
+        if is_validation_enabled() or isinstance(poutine.unwrap(guide),
+                                                 poutine.messenger.Messenger):
+            # Trace_ELBO's traces and checks; the order check of Pyro's mean-field class is
+            # replaced by closed_form_kl_sites.
+            return pyro.infer.Trace_ELBO._get_trace(self, model, guide, args, kwargs)
         guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
         model_trace = poutine.trace(
             poutine.replay(model, trace=guide_trace), graph_type="flat"
@@ -45,9 +91,39 @@ class TraceMeanField_ELBO(pyro.infer.TraceMeanField_ELBO):
         return model_trace, guide_trace
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
-        try:
-            return super()._differentiable_loss_particle(model_trace, guide_trace)
-        except KeyError:  # a site that needs the log-densities skipped in _get_trace
-            model_trace.compute_log_prob()
-            guide_trace.compute_score_parts()
-            return super()._differentiable_loss_particle(model_trace, guide_trace)
+        """Pyro's computation, term for term, with the KL only at :func:`closed_form_kl_sites`."""
+        closed_form = closed_form_kl_sites(model_trace, guide_trace)
+        elbo_particle = 0
+        for name, model_site in model_trace.nodes.items():
+            if model_site["type"] != "sample":
+                continue
+            if model_site["is_observed"]:
+                elbo_particle = elbo_particle + model_site["log_prob_sum"]
+                continue
+            guide_site = guide_trace.nodes[name]
+            if is_validation_enabled():
+                check_fully_reparametrized(guide_site)
+            try:
+                if name not in closed_form:
+                    raise NotImplementedError
+                elbo_particle = elbo_particle - _kl_sum(guide_site, model_site)
+            except NotImplementedError:  # no closed form, or not the ELBO's term
+                _complete(model_trace, guide_trace)
+                entropy_term = guide_site["score_parts"].entropy_term
+                elbo_particle = elbo_particle + model_site["log_prob_sum"] - entropy_term.sum()
+        for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites
+            if guide_site["type"] == "sample" and name not in model_trace.nodes:
+                assert guide_site["infer"].get("is_auxiliary")
+                if is_validation_enabled():
+                    check_fully_reparametrized(guide_site)
+                _complete(model_trace, guide_trace)
+                elbo_particle = elbo_particle - guide_site["score_parts"].entropy_term.sum()
+        loss = -(elbo_particle.detach() if torch._C._get_tracing_state()
+                 else torch_item(elbo_particle))
+        return loss, -elbo_particle
+
+
+def _complete(model_trace, guide_trace) -> None:
+    """The log-densities that the lean traces skipped (each is computed once)."""
+    model_trace.compute_log_prob()
+    guide_trace.compute_score_parts()

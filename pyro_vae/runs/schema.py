@@ -131,10 +131,12 @@ def _check_model_state(state, config: TrainConfig, x_dim: int, path) -> list[tor
         raise _bad(path, "entry model_state", f"does not match the saved configuration: "
                    f"missing {missing[:4]}, unexpected {extra[:4]}")
     for name, tensor in state.items():
-        if tensor.shape != wanted[name].shape or not tensor.is_floating_point():
+        floating = wanted[name].is_floating_point()  # not so: an IAF's ordering of z
+        if tensor.shape != wanted[name].shape or tensor.is_floating_point() != floating:
+            kind = "floating point" if floating else str(wanted[name].dtype)
             raise _bad(path, f"entry model_state[{name!r}]", f"has shape {tuple(tensor.shape)} "
                        f"and dtype {tensor.dtype}, expected {tuple(wanted[name].shape)}, "
-                       "floating point, for the saved configuration")
+                       f"{kind}, for the saved configuration")
         if not torch.isfinite(tensor).all():
             raise _bad(path, f"entry model_state[{name!r}]", "holds NaN or infinite values")
     named = dict(expected.named_parameters())
