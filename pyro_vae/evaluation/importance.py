@@ -171,6 +171,12 @@ def importance_pass(
         raise ConfigError(f"memory_mb must be positive, got {memory_mb!r}")
     if pareto_k and num_samples < MIN_PSIS_SAMPLES:
         raise ConfigError(f"Pareto k̂ needs num_samples >= {MIN_PSIS_SAMPLES}, got {num_samples}")
+    structure = getattr(vae, "structure", None)
+    if structure is not None and (structure.flow is not None or structure.stochastic_layers > 1):
+        raise ConfigError(
+            f"the fast importance sampler takes the one-layer VAE with a Gaussian guide; this "
+            f"{type(vae).__name__} (structure {getattr(vae, 'structure', '?')}) needs the "
+            "generic one, pyro_vae.evaluation.generic")
     vae.check_data(x, where="evaluation data")
     K, N, L = num_samples, x.shape[0], vae.latent_dim
     workers = (torch.get_num_threads() if x.device.type == "cpu" else 1) if num_workers is None \
