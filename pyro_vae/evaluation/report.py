@@ -1,6 +1,9 @@
 """The evaluation report of a trained VAE, from one importance-sampling pass: log p(x) with its
 standard errors and Pareto k̂, the test ELBO in two forms, the gap between them, the KL to the
 prior per latent dimension, and the active units. Every figure is in nats per datapoint.
+
+:func:`ais_report` is the same report with log p(x) from AIS (:mod:`.ais`); :func:`bdmc_section`
+and :func:`gaps_section` add BDMC bounds (:mod:`.bdmc`) and the inference gaps (:mod:`.gaps`).
 """
 
 from __future__ import annotations
@@ -10,12 +13,19 @@ import time
 import warnings
 
 import torch
+from torch.distributions import Normal, kl_divergence
 
 from pyro_vae.distributed import World
+from pyro_vae.evaluation.ais import AISSettings, ais
+from pyro_vae.evaluation.bdmc import BDMCResult
+from pyro_vae.evaluation.gaps import GapsResult
+from pyro_vae.evaluation.generic import generic_importance_pass
 from pyro_vae.evaluation.importance import PassResult, importance_pass
 from pyro_vae.evaluation.psis import MIN_PSIS_SAMPLES, pareto_k_summary
+from pyro_vae.evaluation.targets import target_for
 
-__all__ = ["ReliabilityWarning", "active_units", "evaluate"]
+__all__ = ["ReliabilityWarning", "active_units", "ais_report", "bdmc_section", "evaluate",
+           "gaps_section", "generic_is_report"]
 
 
 class ReliabilityWarning(UserWarning):
@@ -167,4 +177,188 @@ def evaluate(
                    "bound")
         report["warnings"].append(message)
         warnings.warn(message, ReliabilityWarning, stacklevel=2)
+    return report
+
+
+# --- AIS, BDMC and the inference gaps -------------------------------------------------------
+def ais_settings_dict(settings: AISSettings, start: str, seed: int) -> dict:
+    """The settings of an AIS run, for a report; ``start`` in words."""
+    return {**settings._asdict(), "start": start, "seed": seed,
+            "gradient_evaluations_per_chain": settings.gradient_evaluations}
+
+
+@torch.no_grad()
+def _kl_to_prior(vae, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """KL(q(z|x) ‖ N(0, I)) per latent dimension, closed form, averaged over ``x``: ``(L,)``."""
+    total = 0.0
+    for start in range(0, x.shape[0], batch_size):
+        loc, scale = vae.encode(x[start : start + batch_size])
+        total = total + kl_divergence(Normal(loc, scale), Normal(0.0, 1.0)).double().sum(0)
+    return total / x.shape[0]
+
+
+def _pareto_k_report(pareto_k: torch.Tensor | None, chains: int, report: dict) -> None:
+    if pareto_k is None:
+        report["notes"].append(f"Pareto k-hat not computed: it needs at least "
+                               f"{MIN_PSIS_SAMPLES} chains (--chains), got {chains}")
+        return
+    report["pareto_k"] = pareto_k_summary(pareto_k)
+    if (frac := report["pareto_k"]["fraction_above_0.7"]) > 0.01:
+        message = (f"{100 * frac:.1f}% of the datapoints have Pareto k-hat > 0.7 over their "
+                   "AIS chains: their log p(x) and its standard error are unreliable; the mean "
+                   "is still a stochastic lower bound")
+        report["warnings"].append(message)
+        warnings.warn(message, ReliabilityWarning, stacklevel=3)
+
+
+def ais_report(vae, x: torch.Tensor, settings: AISSettings | None = None, *,
+               start: str = "guide", seed: int = 0, memory_mb: float = 128.0,
+               world: World | None = None, pareto_k: bool = True,
+               active_threshold: float = 0.01, progress: str = "off") -> dict:
+    """The evaluation report with log p(x) from AIS (:func:`~.ais.ais` on
+    :func:`~.targets.target_for` the model), as a JSON-ready dict in nats per datapoint:
+    ``log_px`` (a stochastic lower bound), the HMC ``acceptance``, ``kl_to_prior``,
+    ``active_units``, ``pareto_k`` over the chains (C ≥ 21), and ``per_datapoint`` values in
+    data order."""
+    t0 = time.perf_counter()
+    settings = (settings or AISSettings()).validate()
+    target = target_for(vae, start=start)
+    est = ais(target, x, settings, seed=seed, memory_mb=memory_mb, world=world,
+              pareto_k=pareto_k, progress=progress)
+    count, variances = active_units(vae, x, threshold=active_threshold)
+    kl_per_dim = _kl_to_prior(vae, x)
+    n, se2 = est.log_px.numel(), est.log_px_mc_stderr.pow(2)
+    report = {
+        "units": "nats per datapoint",
+        "method": "ais",
+        "settings": ais_settings_dict(settings, target.describe_start(), seed),
+        "num_datapoints": n,
+        "log_px": {
+            "what": f"AIS estimate of log p(x) (Neal 2001; Wu et al. 2017): from "
+            f"{target.describe_start()} through {settings.num_steps} annealed targets, "
+            f"{settings.num_chains} chains per datapoint; a stochastic lower bound "
+            "(E[log p_hat] <= log p(x))",
+            "mean": est.mean, "mc_stderr": _mc_se(se2, n), "data_stderr": _data_se(est.log_px),
+            "mean_mc_stderr_per_datapoint": _mean(est.log_px_mc_stderr)},
+        "acceptance": {"what": "HMC acceptance probability, mean over transitions and chains",
+                       "target": settings.target_accept, "mean": _mean(est.acceptance_rate),
+                       "min": float(est.acceptance_rate.min()),
+                       "max": float(est.acceptance_rate.max())},
+        "kl_to_prior": {"what": "KL(q(z|x) || p(z)) in closed form, averaged over the data",
+                        "total": float(kl_per_dim.sum()), "per_dimension": kl_per_dim.tolist()},
+        "active_units": {"what": "latent dimensions d with Cov_x(E_q[z_d]) > threshold "
+                         "(Burda et al. 2016)", "count": count, "threshold": active_threshold,
+                         "latent_dim": vae.latent_dim, "variances": variances.tolist()},
+        "pareto_k": None,
+        "per_datapoint": {
+            "what": "in the order of the data: log_px (AIS), its standard error over the "
+            "chains, the mean HMC acceptance probability and the last step size",
+            "log_px": est.log_px.tolist(),
+            "log_px_mc_stderr": [_none_if_nan(v) for v in est.log_px_mc_stderr.tolist()],
+            "acceptance_rate": est.acceptance_rate.tolist(),
+            "step_size": est.step_size.tolist()},
+        "warnings": [],
+        "notes": [],
+    }
+    if pareto_k:
+        _pareto_k_report(est.pareto_k, settings.num_chains, report)
+    report["seconds"] = time.perf_counter() - t0
+    return report
+
+
+def bdmc_section(result: BDMCResult, *, start: str, seed: int = 0) -> dict:
+    """BDMC bounds (:func:`~.bdmc.bdmc`) as a JSON-ready dict, nats per datapoint; ``start``
+    says in words where the chains started."""
+    n = result.lower.numel()
+    return {
+        "what": "BDMC (Grosse et al. 2015) on datapoints simulated from the model: forward "
+        "AIS is a stochastic lower bound on log p(x), reverse AIS from the exact posterior "
+        "sample a stochastic upper bound; their gap bounds the error of AIS with these "
+        "settings",
+        "settings": ais_settings_dict(result.settings, start, seed),
+        "num_datapoints": n,
+        "lower": {"mean": result.mean_lower, "mc_stderr": _mc_se(result.lower_mc_stderr**2, n)},
+        "upper": {"mean": result.mean_upper, "mc_stderr": _mc_se(result.upper_mc_stderr**2, n)},
+        "gap": {"mean": result.mean_gap, "mc_stderr": _none_if_nan(result.gap_mc_stderr),
+                "median": float(result.gap.median()), "max": float(result.gap.max())},
+        "acceptance": {"forward": _mean(result.forward_acceptance),
+                       "reverse": _mean(result.reverse_acceptance)},
+        "per_datapoint": {"what": "simulated datapoints in order: the bounds and their gap",
+                          "lower": result.lower.tolist(), "upper": result.upper.tolist(),
+                          "gap": result.gap.tolist()},
+    }
+
+
+def gaps_section(result: GapsResult, *, log_px_from: str) -> dict:
+    """The inference gaps (:func:`~.gaps.inference_gaps`) as a JSON-ready dict, nats per
+    datapoint; ``log_px_from`` says which estimate of log p(x) they rest on."""
+    names = ("log_px", "encoder_elbo", "fitted_elbo", "amortization", "approximation")
+    return {
+        "what": "log p(x) - ELBO(encoder) = amortization gap (ELBO of a diagonal Gaussian "
+        "fitted to each x alone - ELBO of the encoder) + approximation gap (log p(x) - that "
+        "fitted ELBO) (Cremer, Li & Duvenaud 2018)",
+        "log_px_from": log_px_from,
+        "settings": result.settings._asdict(),
+        **{name: {"mean": result.means[name],
+                  "mc_stderr": _none_if_nan(result.mean_mc_stderrs[name])} for name in names},
+        "total": result.means["total"],
+        "per_datapoint": {"what": "in the order of the data", **{
+            name: getattr(result, name).tolist() for name in names}},
+    }
+
+
+def generic_is_report(vae, x: torch.Tensor, *, num_samples: int = 5000, seed: int = 0,
+                      memory_mb: float = 128.0, world: World | None = None,
+                      pareto_k: bool = True, active_threshold: float = 0.01,
+                      progress: str = "off") -> dict:
+    """The importance-sampling report of a model without the fast path (a hierarchical VAE, a
+    flow guide, a context): generic IS on its Pyro model and guide
+    (:func:`~.generic.generic_importance_pass`), with the guide's Monte Carlo ELBO and the gap
+    on the same samples; ``kl_to_prior`` and ``active_units`` are those of ``vae.encode`` (for
+    a hierarchical VAE, its top layer; with a flow, the Gaussian the flow transforms)."""
+    t0 = time.perf_counter()
+    K = num_samples
+    want_k = pareto_k and K >= MIN_PSIS_SAMPLES
+    r = generic_importance_pass(vae.model, vae.guide, x, num_samples=K, seed=seed,
+                                memory_mb=memory_mb, world=world, pareto_k=want_k,
+                                progress=progress)
+    n, gap = r.log_px.numel(), r.log_px - r.elbo_mc
+    count, variances = active_units(vae, x, threshold=active_threshold)
+    kl_per_dim = _kl_to_prior(vae, x)
+    report = {
+        "units": "nats per datapoint", "method": "is",
+        "settings": {"num_samples": K, "seed": seed,
+                     "proposal": "the guide q(z|x), generic path (Pyro's traces)"},
+        "num_samples": K, "num_datapoints": n,
+        "log_px": _log_px_section(r, K),
+        "elbo": {"what": "test ELBO of the guide, E_q[log p(x,z) - log q(z|x)], on the same K "
+                 "samples per datapoint", "monte_carlo": {
+                     "mean": _mean(r.elbo_mc), "mc_stderr": _mc_se(r.elbo_mc_var / K, n),
+                     "data_stderr": _data_se(r.elbo_mc)}},
+        "gap": {"what": "log_px - elbo.monte_carlo (same samples): an estimate of the mean "
+                "KL(q(z|x) || p(z|x)), low by the IWAE_K bias", "mean": _mean(gap),
+                "data_stderr": _data_se(gap)},
+        "kl_to_prior": {"what": "KL(q || p(z)) in closed form of vae.encode's Gaussian, "
+                        "averaged over the data", "total": float(kl_per_dim.sum()),
+                        "per_dimension": kl_per_dim.tolist()},
+        "active_units": {"what": "latent dimensions d with Cov_x(E_q[z_d]) > threshold "
+                         "(Burda et al. 2016)", "count": count, "threshold": active_threshold,
+                         "latent_dim": vae.latent_dim, "variances": variances.tolist()},
+        "pareto_k": pareto_k_summary(r.pareto_k) if want_k else None,
+        "per_datapoint": {
+            "what": "in the order of the data: log_px (IWAE_K), its Monte Carlo standard "
+            "error, and the Monte Carlo ELBO",
+            "log_px": r.log_px.tolist(),
+            "log_px_mc_stderr": [_none_if_nan(v) for v in r.log_px_mc_stderr.tolist()],
+            "elbo_monte_carlo": r.elbo_mc.tolist()},
+        "warnings": [],
+    }
+    if want_k and (frac := report["pareto_k"]["fraction_above_0.7"]) > 0.01:
+        message = (f"{100 * frac:.1f}% of the datapoints have Pareto k-hat > 0.7: their "
+                   "importance weights are too heavy-tailed for log p(x) and its standard "
+                   "error to be reliable (Yao et al. 2018); the mean is still a valid lower "
+                   "bound")
+        report["warnings"].append(message)
+        warnings.warn(message, ReliabilityWarning, stacklevel=2)
+    report["seconds"] = time.perf_counter() - t0
     return report

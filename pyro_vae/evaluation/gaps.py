@@ -1,0 +1,195 @@
+"""The inference gap per datapoint, split in two (Cremer, Li & Duvenaud 2018):
+
+    log p(x) − ELBO[q_φ(z|x)] = KL(q_φ(z|x) ‖ p(z|x))
+        = (log p(x) − ELBO[q*_x])          the approximation gap: the limit of the family
+        + (ELBO[q*_x] − ELBO[q_φ(z|x)])    the amortization gap: the price of one encoder
+
+where q_φ is the encoder and q*_x the best member of the family for this x alone. The family
+here is the diagonal Gaussian on the unconstrained latents (that of the built-in VAE's
+encoder, where these are Cremer et al.'s gaps; for a richer guide, such as a flow, the
+"amortization gap" is measured against a diagonal Gaussian and may be negative). q*_x is
+found by stochastic gradient ascent on its ELBO, per datapoint (the datapoints' objectives
+are independent, so one vectorized Adam fits them all), from the guide's mean and standard
+deviation, with reparameterized samples and the Gaussian entropy in closed form:
+
+    ELBO[N(m, diag s²)] = E_ε[log p(x, m + s ε) + log |det ∂z/∂u|] + Σ_d log s_d + P/2 log(2πe).
+
+log p(x) comes from AIS (:mod:`.ais`); the ELBOs are estimated with ``eval_samples`` draws
+each, and every figure carries its Monte Carlo standard error. Since the fitted ELBO is
+itself a lower bound found by a finite optimization, the approximation gap is an upper
+estimate and the amortization gap a lower one; their sum, log p(x) − ELBO[q_φ], is not
+affected by the fit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from pyro_vae.distributed import World, derive_seed, owns, sum_across
+from pyro_vae.errors import ConfigError
+from pyro_vae.evaluation.ais import block_size_for, rows_for
+from pyro_vae.evaluation.program import as_data, slice_data
+from pyro_vae.progress import Progress
+
+__all__ = ["GapSettings", "GapsResult", "fit_diagonal_gaussian", "inference_gaps"]
+
+
+class GapSettings(NamedTuple):
+    """How q*_x is fitted and the ELBOs estimated."""
+
+    num_steps: int = 500  # Adam steps of the per-datapoint fit
+    num_samples: int = 16  # reparameterized samples per step
+    lr: float = 0.02  # Adam's learning rate, decayed linearly to lr/20 over the steps
+    eval_samples: int = 1000  # samples per ELBO estimate
+
+    def validate(self) -> GapSettings:
+        for name in ("num_steps", "num_samples", "eval_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"gap {name} must be a positive integer, got {value!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"gap lr must be a positive number, got {self.lr!r}")
+        return self
+
+
+class GapsResult(NamedTuple):
+    """Per datapoint ``(N,)`` (float64, CPU), nats per datapoint; ``mean_*`` over datapoints
+    and ``*_mc_stderr`` their Monte Carlo standard errors."""
+
+    log_px: torch.Tensor  # given (AIS)
+    encoder_elbo: torch.Tensor  # ELBO of the guide q_φ(z|x)
+    encoder_elbo_mc_stderr: torch.Tensor
+    fitted_elbo: torch.Tensor  # ELBO of the diagonal Gaussian fitted to x alone
+    fitted_elbo_mc_stderr: torch.Tensor
+    amortization: torch.Tensor  # fitted_elbo − encoder_elbo
+    approximation: torch.Tensor  # log_px − fitted_elbo
+    means: dict  # name → mean over datapoints, for every field above
+    mean_mc_stderrs: dict  # name → Monte Carlo standard error of that mean
+    settings: GapSettings
+
+
+def _mean_and_se(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard error over the samples (dim 0) of ``(S, B)`` values."""
+    S = values.shape[0]
+    return values.mean(0), values.std(0) / math.sqrt(S) if S > 1 else torch.full_like(
+        values[0], math.nan)
+
+
+def _estimate(log_values, draw, num_samples: int, chunk: int) -> tuple[torch.Tensor, ...]:
+    """Mean and standard error of ``log_values(u)`` over ``num_samples`` draws ``draw(n)``,
+    ``chunk`` draws at a time."""
+    values = torch.cat([log_values(draw(min(chunk, num_samples - s))).double()
+                        for s in range(0, num_samples, chunk)])
+    return _mean_and_se(values)
+
+
+def fit_diagonal_gaussian(density, settings: GapSettings | None = None, on_step=None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loc, log scale) ``(B, P)`` of the diagonal Gaussian on u fitted to each datapoint of
+    a bound density (:mod:`.targets`) by Adam on its ELBO, from the guide's mean and standard
+    deviation (see the module docstring); ``on_step()`` after every step."""
+    settings = (settings or GapSettings()).validate()
+    loc0, scale0 = density.guide_gaussian(256)
+    loc = loc0.detach().clone().requires_grad_(True)
+    log_scale = scale0.detach().clamp_min(1e-6).log().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([loc, log_scale], lr=settings.lr)
+    for step in range(settings.num_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * (1 - 0.95 * step / settings.num_steps)
+        eps = torch.randn((settings.num_samples, *loc.shape), dtype=loc.dtype,
+                          device=loc.device)
+        with torch.enable_grad():
+            u = loc + log_scale.exp() * eps  # (S, B, P)
+            elbo = density.log_joint(u).mean(0) + log_scale.sum(-1)  # (B,) up to a constant
+            loc.grad, log_scale.grad = torch.autograd.grad(-elbo.sum(), [loc, log_scale])
+        optimizer.step()
+        if on_step is not None:
+            on_step()
+    return loc.detach(), log_scale.detach()
+
+
+def _block(target, xb: tuple, settings: GapSettings, chunk: int, on_step) -> torch.Tensor:
+    """``(B, 4)``: encoder ELBO, its se, fitted ELBO, its se."""
+    density = target.bind(xb)
+
+    def encoder_log_weight(n: int) -> torch.Tensor:
+        u, log_q = density.sample_guide(n)
+        return density.log_joint(u) - log_q
+
+    with torch.no_grad():
+        encoder, encoder_se = _estimate(lambda w: w, encoder_log_weight, settings.eval_samples,
+                                        chunk)
+    loc, log_scale = fit_diagonal_gaussian(density, settings, on_step)
+    entropy = (log_scale.sum(-1) + 0.5 * loc.shape[-1] * (1 + math.log(2 * math.pi))).double()
+    with torch.no_grad():
+        fitted, fitted_se = _estimate(
+            density.log_joint,
+            lambda n: loc + log_scale.exp() * torch.randn((n, *loc.shape), dtype=loc.dtype,
+                                                          device=loc.device),
+            settings.eval_samples, chunk)
+    return torch.stack([encoder, encoder_se, fitted + entropy, fitted_se], 1).cpu()
+
+
+def inference_gaps(
+    target,
+    data,
+    log_px: torch.Tensor,
+    settings: GapSettings | None = None,
+    *,
+    log_px_mc_stderr: torch.Tensor | None = None,
+    seed: int = 0,
+    block_size: int | None = None,
+    memory_mb: float = 128.0,
+    world: World | None = None,
+    progress: str = "off",
+) -> GapsResult:
+    """The amortization and approximation gaps of every datapoint of ``data``.
+
+    :param target: :class:`~.targets.VAETarget` or :class:`~.targets.ProgramTarget`.
+    :param log_px: log p(x) per datapoint ``(N,)``, from AIS (:func:`~.ais.ais`) or, on a
+        model where it is known, exactly.
+    :param log_px_mc_stderr: its standard errors, added in quadrature to the approximation
+        gap's.
+    :param seed: block ``i`` draws from ``derive_seed(seed, i)``. The other arguments are
+        those of :func:`~.ais.ais`.
+    """
+    settings = (settings or GapSettings()).validate()
+    data = as_data(data)
+    N = data[0].shape[0]
+    log_px = torch.as_tensor(log_px, dtype=torch.float64).reshape(-1).cpu()
+    if log_px.shape[0] != N:
+        raise ConfigError(f"log_px has {log_px.shape[0]} values for {N} datapoints")
+    block = block_size or block_size_for(target, data, settings.num_samples, memory_mb)
+    chunk = max(1, rows_for(target, data, memory_mb) // block)
+    values = torch.zeros(N, 4, dtype=torch.float64)
+    mine = [i for i in range(math.ceil(N / block)) if owns(world, i)]
+    with Progress(len(mine) * settings.num_steps, "inference gaps: fitting q per datapoint",
+                  "steps", mode=progress) as bar:
+        for i in mine:
+            xb = slice_data(data, i * block, (i + 1) * block)
+            with torch.random.fork_rng(devices=[d.device for d in xb if d.is_cuda]):
+                torch.manual_seed(derive_seed(seed, i))
+                values[i * block : i * block + xb[0].shape[0]] = _block(
+                    target, xb, settings, chunk, lambda: bar.update(1))
+    values = sum_across(values, world)
+    return _result(log_px, log_px_mc_stderr, values, settings)
+
+
+def _result(log_px, log_px_se, values: torch.Tensor, settings) -> GapsResult:
+    N = log_px.shape[0]
+    encoder, encoder_se, fitted, fitted_se = values.unbind(1)
+    log_px_se = (torch.zeros_like(log_px) if log_px_se is None
+                 else torch.as_tensor(log_px_se, dtype=torch.float64).reshape(-1).cpu())
+    fields = {"log_px": (log_px, log_px_se), "encoder_elbo": (encoder, encoder_se),
+              "fitted_elbo": (fitted, fitted_se),
+              "amortization": (fitted - encoder, (fitted_se**2 + encoder_se**2).sqrt()),
+              "approximation": (log_px - fitted, (log_px_se**2 + fitted_se**2).sqrt())}
+    means = {k: float(v.mean()) for k, (v, _) in fields.items()}
+    ses = {k: float(se.pow(2).sum().sqrt()) / N for k, (_, se) in fields.items()}
+    means["total"] = means["amortization"] + means["approximation"]
+    return GapsResult(log_px, encoder, encoder_se, fitted, fitted_se,
+                      fields["amortization"][0], fields["approximation"][0], means, ses,
+                      settings)

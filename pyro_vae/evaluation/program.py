@@ -1,0 +1,271 @@
+"""Any Pyro model and guide read as per-datapoint log-densities: what generic importance
+sampling (:mod:`.generic`), AIS (:mod:`.ais`), BDMC (:mod:`.bdmc`) and the inference gaps
+(:mod:`.gaps`) need from a program whose observations sit in a data plate.
+
+Conventions, checked by :func:`inspect_program`:
+
+* The model and the guide take the data as their positional arguments, each a tensor whose
+  first dimension indexes the datapoints (``x``, and e.g. a per-datapoint ``context``); the
+  observations sit in a vectorized plate over that dimension, the *data plate*.
+* Every latent site is local, inside the data plate. A global latent couples the datapoints,
+  so that log p(x_1..x_N) no longer splits into one term per datapoint: it is refused.
+* Log-densities are the distributions' own, masks kept but **scales ignored**:
+  ``poutine.scale`` (minibatch scaling, a KL weight β, a loss weight) is a training device,
+  and log p(x) is that of the generative model itself.
+* Particles (importance samples, AIS chains) are vectorized in a plate left of the program's
+  plates, as Pyro's ``vectorize_particles`` does. Discrete latents enumerated in parallel
+  (``infer={"enumerate": "parallel"}``, :func:`pyro.infer.config_enumerate`) get enumeration
+  dimensions left of that, as in :class:`pyro.infer.TraceEnum_ELBO`, and are summed out
+  exactly: log-sum-exp over those dimensions of the per-datapoint log-density.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import NamedTuple
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import prune_subsample_sites
+
+from pyro_vae.errors import ConfigError
+
+__all__ = [
+    "PARTICLE_PLATE",
+    "ProgramInfo",
+    "as_data",
+    "enumerated",
+    "inspect_program",
+    "log_density",
+    "log_weights",
+    "particles",
+    "quiet_validation",
+    "sample_sites",
+    "simulate",
+    "site_log_prob",
+    "slice_data",
+    "trace_bytes",
+]
+
+PARTICLE_PLATE = "_pyro_vae_particles"
+_ACTIVATION_FACTOR = 3  # trace tensors → working memory (hidden activations, temporaries)
+
+
+class ProgramInfo(NamedTuple):
+    """The structure of a model and guide that the evaluation relies on."""
+
+    data_plate: str  # name of the plate over the datapoints
+    data_dim: int  # its dim (negative)
+    max_plate_nesting: int  # of the program, not counting the particle plate
+    latent_sites: tuple[str, ...]  # the model's unobserved sample sites, in program order
+    discrete_sites: tuple[str, ...]  # those of them with a discrete support
+    observed_sites: tuple[str, ...]  # the model's observed sample sites
+
+    @property
+    def particle_dim(self) -> int:
+        """The dim of the particle (chain) plate: left of every plate of the program."""
+        return -self.max_plate_nesting - 1
+
+    @property
+    def first_enum_dim(self) -> int:
+        """The first dim left for parallel enumeration, left of the particle plate."""
+        return -self.max_plate_nesting - 2
+
+
+def as_data(data) -> tuple[torch.Tensor, ...]:
+    """``data`` (a tensor, or a tuple of tensors with one row per datapoint) as a tuple."""
+    data = (data,) if torch.is_tensor(data) else tuple(data)
+    if not data or not all(torch.is_tensor(d) and d.dim() >= 1 for d in data):
+        raise ConfigError("data must be a tensor, or a tuple of tensors, whose first "
+                          "dimension indexes the datapoints")
+    rows = {d.shape[0] for d in data}
+    if len(rows) != 1 or 0 in rows:
+        raise ConfigError(f"every data tensor needs the same, non-zero number of rows; got "
+                          f"shapes {[tuple(d.shape) for d in data]}")
+    return data
+
+
+def slice_data(data: tuple, start: int, stop: int) -> tuple[torch.Tensor, ...]:
+    """Rows ``start:stop`` of every data tensor."""
+    return tuple(d[start:stop] for d in data)
+
+
+def particles(fn, num: int, info: ProgramInfo):
+    """``fn`` inside a plate of ``num`` vectorized particles, left of the program's plates."""
+    return pyro.plate(PARTICLE_PLATE, num, dim=info.particle_dim)(fn)
+
+
+def sample_sites(trace) -> list[dict]:
+    """The sample sites of ``trace``, without plates' subsample sites."""
+    return [s for s in prune_subsample_sites(trace).nodes.values() if s["type"] == "sample"]
+
+
+def enumerated(site: dict) -> bool:
+    """Whether a sample site is enumerated in parallel (its values fill an enumeration dim)."""
+    return site["infer"].get("enumerate") == "parallel" and not site["is_observed"]
+
+
+def _plates(site: dict) -> dict:
+    return {f.name: f for f in site["cond_indep_stack"] if f.vectorized}
+
+
+def _choose_data_plate(observed: list[dict], num_rows: int, name: str | None):
+    common = set.intersection(*(set(_plates(s)) for s in observed))
+    frames = _plates(observed[0])
+    if name is not None:
+        if name not in common:
+            raise ConfigError(f"data_plate {name!r} is not a vectorized plate around every "
+                              f"observed site; plates around all of them: {sorted(common)}")
+        return frames[name]
+    candidates = [frames[n] for n in common if frames[n].size == num_rows]
+    if len(candidates) != 1:
+        found = "none" if not candidates else ", ".join(repr(f.name) for f in candidates)
+        raise ConfigError(f"cannot tell the data plate: plates of size {num_rows} (the number "
+                          f"of datapoints) around every observed site: {found}; pass "
+                          "data_plate=NAME")
+    return candidates[0]
+
+
+def _check_sites(sites: list[dict], plate, where: str) -> None:
+    for site in sites:
+        plates = _plates(site)
+        if plate.name not in plates:
+            raise ConfigError(
+                f"{where} site {site['name']!r} is outside the data plate {plate.name!r}: "
+                "per-datapoint log p(x) needs every latent variable local to its datapoint "
+                "(a global latent couples the datapoints)")
+        if site["infer"].get("enumerate") == "sequential":
+            raise ConfigError(f"{where} site {site['name']!r} is enumerated sequentially; only "
+                              "parallel enumeration is supported (infer={'enumerate': "
+                              "'parallel'})")
+        if site["fn"].support.is_discrete and set(plates) != {plate.name}:
+            raise ConfigError(f"discrete {where} site {site['name']!r} lies in plates "
+                              f"{sorted(plates)}; a discrete latent can be summed out per "
+                              f"datapoint only inside the data plate {plate.name!r} alone")
+
+
+def inspect_program(model, guide, data: tuple, *, data_plate: str | None = None
+                    ) -> ProgramInfo:
+    """Run ``guide`` and ``model`` (replayed against it) once on ``data``, find the data plate
+    (the plate of size N around every observed site, or ``data_plate``) and check the
+    conventions of the module docstring; :class:`ConfigError` says which one fails. Uses its
+    own random numbers: the caller's stream is left as it was."""
+    data = as_data(data)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(*data)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*data)
+    model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
+    observed = [s for s in model_sites if s["is_observed"]]
+    if not observed:
+        raise ConfigError("the model has no observed sample site: nothing to evaluate")
+    plate = _choose_data_plate(observed, data[0].shape[0], data_plate)
+    if plate.full_size not in (None, plate.size):
+        raise ConfigError(f"the data plate {plate.name!r} subsamples {plate.size} of "
+                          f"{plate.full_size}; evaluate on the datapoints themselves")
+    latent = [s for s in model_sites if not s["is_observed"]]
+    _check_sites(latent, plate, "model")
+    _check_sites([s for s in guide_sites if not s["is_observed"]], plate, "guide")
+    nesting = max(-f.dim for s in model_sites + guide_sites
+                  for f in s["cond_indep_stack"] if f.vectorized)
+    return ProgramInfo(
+        data_plate=plate.name, data_dim=plate.dim, max_plate_nesting=nesting,
+        latent_sites=tuple(s["name"] for s in latent),
+        discrete_sites=tuple(s["name"] for s in latent if s["fn"].support.is_discrete),
+        observed_sites=tuple(s["name"] for s in observed))
+
+
+def site_log_prob(site: dict, info: ProgramInfo) -> torch.Tensor:
+    """log-density of a sample site, masked, unscaled, summed over every plate but the
+    particle and data plates: ``(enum..., P | 1, B | 1)`` nats."""
+    log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    log_prob = torch.as_tensor(scale_and_mask(log_prob, mask=site["mask"]))
+    n = info.max_plate_nesting
+    while log_prob.dim() < n + 1:
+        log_prob = log_prob.unsqueeze(0)
+    inner = [d for d in range(-n, 0) if d != info.data_dim]
+    if inner:
+        log_prob = log_prob.sum(inner, keepdim=True)
+    return log_prob.reshape((*log_prob.shape[: -n - 1], log_prob.shape[-n - 1],
+                             log_prob.shape[info.data_dim]))
+
+
+def log_density(terms: list[torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
+    """The sum of per-site ``terms`` (:func:`site_log_prob`), summed out over the enumeration
+    dims (log-sum-exp) and expanded to ``shape`` = (particles, datapoints)."""
+    total = sum(terms[1:], terms[0])
+    enum_dims = tuple(range(total.dim() - 2))
+    if enum_dims:
+        total = torch.logsumexp(total, enum_dims)
+    return total.expand(shape)
+
+
+def _enumerated_traces(model, guide, data: tuple, num_particles: int, info: ProgramInfo):
+    """The guide's trace (enumerated sites in parallel, K particles) and the model's replayed
+    against it, as :class:`pyro.infer.TraceEnum_ELBO` runs them."""
+    guide_fn = poutine.enum(particles(guide, num_particles, info),
+                            first_available_dim=info.first_enum_dim)
+    model_fn = poutine.enum(particles(model, num_particles, info))  # continues the guide's dims
+    guide_trace = poutine.trace(guide_fn).get_trace(*data)
+    model_trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(*data)
+    return model_trace, guide_trace
+
+
+def log_weights(model, guide, data: tuple, num_particles: int, info: ProgramInfo
+                ) -> torch.Tensor:
+    """log p(x, z_k) − log q(z_k|x) per particle and datapoint, ``(K, B)`` nats, z_k drawn
+    from the guide with the global torch generator, K particles vectorized.
+
+    Discrete sites that the guide enumerates in parallel are summed out exactly: with y
+    enumerated, the weight is Σ_y p(x, y, z_k) / q(z_k | x, y), an unbiased estimate of p(x)
+    (q(y|x) cancels), as in :class:`pyro.infer.TraceEnum_ELBO`'s enumeration."""
+    model_trace, guide_trace = _enumerated_traces(model, guide, data, num_particles, info)
+    terms = [site_log_prob(s, info) for s in sample_sites(model_trace)]
+    terms += [-site_log_prob(s, info) for s in sample_sites(guide_trace)
+              if not s["is_observed"] and not enumerated(s)]
+    return log_density(terms, (num_particles, data[0].shape[0]))
+
+
+def simulate(model, data: tuple, info: ProgramInfo) -> tuple[tuple, dict]:
+    """Draw (z, x) from the model: every latent site from its prior and the observed site
+    from p(x|z), with the global torch generator; returns the data with ``data[0]`` replaced
+    by the simulated observations, and the latent values (``{site: (B, ...)}``), an exact
+    sample of p(z|x) for those observations. Needs exactly one observed site, holding
+    ``data[0]``."""
+    if len(info.observed_sites) != 1:
+        raise ConfigError(f"simulating data needs a model with one observed site (the "
+                          f"data), found {list(info.observed_sites)}")
+    with torch.no_grad():
+        trace = poutine.trace(poutine.uncondition(model)).get_trace(*data)
+    x = trace.nodes[info.observed_sites[0]]["value"]
+    if x.shape != data[0].shape:
+        raise ConfigError(f"the observed site {info.observed_sites[0]!r} has shape "
+                          f"{tuple(x.shape)}, the data {tuple(data[0].shape)}: simulating "
+                          "needs the data to be that site's value")
+    latents = {name: trace.nodes[name]["value"] for name in info.latent_sites}
+    return (x.to(data[0].dtype), *data[1:]), latents
+
+
+def trace_bytes(model, guide, data: tuple, info: ProgramInfo) -> int:
+    """Estimated bytes of one particle of one datapoint going through guide and model (with
+    their enumerated sites): every sample site's value and its distribution's batch × event
+    size, for both traces, times a factor for the activations a trace does not hold."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        traces = _enumerated_traces(model, guide, data, 1, info)
+    total = 0
+    for site in sample_sites(traces[0]) + sample_sites(traces[1]):
+        value = torch.as_tensor(site["value"])
+        fn = site["fn"]
+        total += value.numel() * value.element_size()
+        total += 2 * math.prod(fn.batch_shape + fn.event_shape) * value.element_size()
+    return max(1, _ACTIVATION_FACTOR * total // data[0].shape[0])
+
+
+@contextlib.contextmanager
+def quiet_validation(first: bool):
+    """Pyro's and torch's argument checks on the first evaluation only (``first``), then off:
+    they cost as much as the model on every HMC step."""
+    with contextlib.nullcontext() if first else pyro.validation_enabled(False):
+        yield
