@@ -3,17 +3,21 @@ inference gaps on request.
 
 Rebuilds the test set exactly as training did (the same data set, test size and, for the
 Bernoulli likelihood, the same fixed-seed binarization) and writes a JSON report (nats per
-datapoint). --method is (the default): the IWAE_K estimate of log p(x) with the encoder as
-proposal (a lower bound, biased low, see docs/evaluation.md), its Monte Carlo standard error,
-the Pareto k-hat summary, the test ELBO on the same K samples, the gap log p(x) - ELBO, the KL
-to the prior per latent dimension and the active units. --method ais: log p(x) by annealed
-importance sampling from the encoder (a stochastic lower bound that does not depend on how
-good the encoder is), with HMC acceptance rates and k-hat over the chains. --bdmc N adds
+datapoint). --method ais (the default): log p(x) by annealed importance sampling from the
+encoder, a stochastic lower bound that does not depend on how good the encoder is, with HMC
+acceptance rates and k-hat over the chains. --method is (the default when -K is given): the
+IWAE_K estimate with the encoder as proposal (a lower bound, biased low, see
+docs/evaluation.md; its Pareto k-hat flags most test images of a trained VAE as unreliable,
+which is why AIS is the default), its Monte Carlo standard error, the Pareto k-hat summary,
+the test ELBO on the same K samples, the gap log p(x) - ELBO, the KL to the prior per latent
+dimension and the active units. --bdmc N adds
 forward and reverse AIS bounds on N datapoints simulated from the model; --gaps adds the
 amortization and approximation gaps of every test image. Under torchrun the test images are
 split across the processes, with the same numbers as one process.
 
-Example: pyro-vae evaluate runs/meanfield --method ais --ais-steps 500 --chains 16
+Examples: pyro-vae evaluate runs/meanfield                  # AIS, T = 100, 16 chains
+          pyro-vae evaluate runs/meanfield -K 5000          # importance sampling
+          torchrun --standalone --nproc-per-node 2 -m pyro_vae evaluate runs/meanfield
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from pyro_vae.commands.options import existing_path, positive_float, positive_int, seed
 from pyro_vae.config import check_device, load_data
 from pyro_vae.distributed import process_group
+from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import (
     SCHEDULES,
     AISSettings,
@@ -50,6 +55,10 @@ from pyro_vae.runs import RunFolder, load_checkpoint, vae_from_checkpoint
 
 _AIS = AISSettings()
 _GAPS = GapSettings()
+DEFAULT_IMPORTANCE_SAMPLES = 5000  # K of --method is (Burda et al. 2016's evaluation)
+# T of the command's AIS: within 0.06 nats of T = 500 on test images, a BDMC gap of 0.09 on a
+# Burda model's samples, at a fifth of its cost (benchmarks/README.md, log p(x) section).
+DEFAULT_AIS_STEPS = 100
 _STARTS = {"encoder": "guide", "prior": "prior"}
 
 
@@ -64,12 +73,13 @@ def _probability(text: str) -> float:
 def add_arguments(p) -> None:
     p.add_argument("checkpoint", type=existing_path, metavar="CHECKPOINT",
                    help="a checkpoint.pt, or the run folder that holds one")
-    p.add_argument("--method", choices=("is", "ais"), default="is",
-                   help="is: importance sampling with the encoder as proposal (fast); ais: "
-                   "annealed importance sampling (slower, tighter) (default: is)")
-    p.add_argument("--importance-samples", "-K", type=positive_int, default=5000,
-                   metavar="K", help="importance samples per test image, --method is "
-                   "(default: 5000)")
+    p.add_argument("--method", choices=("is", "ais"), default=None,
+                   help="ais: annealed importance sampling (tighter; its figure does not "
+                   "depend on the encoder); is: importance sampling with the encoder as "
+                   "proposal (faster) (default: ais, or is when -K is given)")
+    p.add_argument("--importance-samples", "-K", type=positive_int, default=None,
+                   metavar="K", help=f"importance samples per test image, --method is "
+                   f"(default: {DEFAULT_IMPORTANCE_SAMPLES})")
     _add_ais_arguments(p)
     p.add_argument("--bdmc", type=positive_int, metavar="N",
                    help="also run BDMC on N datapoints simulated from the model, with the AIS "
@@ -98,8 +108,9 @@ def add_arguments(p) -> None:
 
 
 def _add_ais_arguments(p) -> None:
-    p.add_argument("--ais-steps", type=positive_int, default=_AIS.num_steps, metavar="T",
-                   help=f"AIS: intermediate distributions (default: {_AIS.num_steps})")
+    p.add_argument("--ais-steps", type=positive_int, default=DEFAULT_AIS_STEPS, metavar="T",
+                   help=f"AIS: intermediate distributions (default: {DEFAULT_AIS_STEPS}; "
+                   f"the library's is {_AIS.num_steps}: docs/evaluation.md compares them)")
     p.add_argument("--chains", type=positive_int, default=_AIS.num_chains, metavar="C",
                    help=f"AIS: chains per datapoint; Pareto k-hat needs 21 or more "
                    f"(default: {_AIS.num_chains})")
@@ -127,9 +138,22 @@ def _ais_settings(args) -> AISSettings:
 
 
 def run(args) -> int:
+    _resolve_method(args)
     device = check_device(args.device)
     with process_group(device=str(device)) as world:
         return _run(args, device, world)
+
+
+def _resolve_method(args) -> None:
+    """``--method``: AIS unless ``-K`` asks for importance sampling; ``-K`` with AIS is a
+    contradiction."""
+    if args.method is None:
+        args.method = "is" if args.importance_samples is not None else "ais"
+    if args.method == "ais" and args.importance_samples is not None:
+        raise ConfigError("-K/--importance-samples sets importance sampling's K; with "
+                          "--method ais set --ais-steps and --chains instead")
+    if args.importance_samples is None:
+        args.importance_samples = DEFAULT_IMPORTANCE_SAMPLES
 
 
 def _run(args, device, world) -> int:
