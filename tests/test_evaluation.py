@@ -337,3 +337,18 @@ def test_evaluate_command_errors(tmp_path, capsys):
     assert exit_info.value.code == 2
     with pytest.raises(SystemExit):
         main(["evaluate", str(bad), "-K", "0"])
+
+
+def test_the_bound_at_smaller_k_comes_from_the_same_samples():
+    """IWAE_k for k < K from the first k samples: exact for every k when q is the posterior,
+    and rising with k (on average) for an encoder away from it, ending at the IWAE_K figure."""
+    params = orthogonal_ppca()
+    x = sample_ppca(params, 40, seeded(0))
+    exact = evaluate(ppca_vae(params), x, num_samples=300, seed=1, pareto_k=False)
+    assert list(exact["log_px_by_k"]) == ["1", "3", "10", "30", "100"]
+    for value in exact["log_px_by_k"].values():
+        assert_close(value["mean"], float(log_marginal(x, params).mean()), rtol=0, atol=1e-9)
+    off = evaluate(ppca_vae(params, shrink=0.7, widen=0.4), x, num_samples=300, seed=1,
+                   pareto_k=False)
+    means = [v["mean"] for v in off["log_px_by_k"].values()] + [off["log_px"]["mean"]]
+    assert means[0] < means[2] < means[4] < means[5]

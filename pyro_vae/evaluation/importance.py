@@ -43,7 +43,8 @@ from pyro_vae.evaluation.psis import MIN_PSIS_SAMPLES, pareto_k_hat
 from pyro_vae.progress import Progress
 from pyro_vae.resources import check_fits, format_bytes
 
-__all__ = ["Layout", "LogPxEstimate", "PassResult", "estimate_log_px", "importance_pass"]
+__all__ = ["Layout", "LogPxEstimate", "PassResult", "estimate_log_px", "importance_pass",
+           "subset_sizes"]
 
 _MB = 2**20
 
@@ -73,6 +74,17 @@ class PassResult(NamedTuple):
     loglik_var: torch.Tensor  # var_k log p(x|z_k)
     kl: torch.Tensor  # (N, L) KL(q(z_d|x) ‖ N(0, 1)), closed form
     pareto_k: torch.Tensor | None
+    log_px_by_k: dict  # k → (N,) IWAE_k from the first k of the same K samples, k < K
+
+
+def subset_sizes(num_samples: int) -> list[int]:
+    """The k < K at which IWAE_k is also reported (from the first k of the K samples):
+    1, 3, 10, 30, … — the curve of the bound against K at no extra cost.
+
+    >>> subset_sizes(5000)
+    [1, 3, 10, 30, 100, 300, 1000, 3000]
+    """
+    return [k for k in (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000) if k < num_samples]
 
 
 class Layout(NamedTuple):
@@ -110,8 +122,8 @@ class Layout(NamedTuple):
 
 def _block(vae, xb: torch.Tensor, K: int, layout: Layout, generator, want_k: bool,
            progress: Progress) -> torch.Tensor:
-    """The pass over one block ``xb (B, D)``: ``(B, 6 + L [+ 1])`` columns of
-    :class:`PassResult`, in its field order."""
+    """The pass over one block ``xb (B, D)``: ``(B, 6 + S + L [+ 1])`` columns: those of
+    :class:`PassResult` in its field order, with the S subset bounds after the first six."""
     B, L = xb.shape[0], vae.latent_dim
     loc, scale = vae.encode(xb)  # (B, L) each
     log_w = xb.new_empty(K, B)
@@ -140,6 +152,7 @@ def _block(vae, xb: torch.Tensor, K: int, layout: Layout, generator, want_k: boo
         log_lik.mean(0),
         log_lik.var(0) if K > 1 else nan,
     ]
+    columns += [torch.logsumexp(log_w[:k], 0) - math.log(k) for k in subset_sizes(K)]
     out = torch.cat([torch.stack(columns, 1),
                      kl_divergence(Normal(loc, scale), Normal(0.0, 1.0))], 1)
     if want_k:  # in slices: ArviZ copies its input about four times in float64
@@ -186,7 +199,8 @@ def importance_pass(
     layout = Layout.fit(vae, N, K, x.element_size(), memory_mb, block_size)
     starts = list(range(0, N, layout.block))
     mine = [i for i in range(len(starts)) if owns(world, i)]
-    values = torch.zeros(N, 6 + L + int(pareto_k), dtype=torch.float64)
+    ks = subset_sizes(K)
+    values = torch.zeros(N, 6 + len(ks) + L + int(pareto_k), dtype=torch.float64)
 
     with Progress(N, f"log p(x), K={K}", "datapoints", mode=progress) as bar:
 
@@ -211,8 +225,10 @@ def importance_pass(
                 torch.set_num_threads(threads)
     values = sum_across(values, world)
     fields = [values[:, i] for i in range(6)]
-    return PassResult(*fields, kl=values[:, 6 : 6 + L],
-                      pareto_k=values[:, -1] if pareto_k else None)
+    S = len(ks)
+    return PassResult(*fields, kl=values[:, 6 + S : 6 + S + L],
+                      pareto_k=values[:, -1] if pareto_k else None,
+                      log_px_by_k={k: values[:, 6 + i] for i, k in enumerate(ks)})
 
 
 def estimate_log_px(

@@ -148,6 +148,7 @@ def evaluate(
         "num_samples": K,
         "num_datapoints": r.log_px.numel(),
         "log_px": _log_px_section(r, K),
+        "log_px_by_k": {str(k): {"mean": _mean(v)} for k, v in r.log_px_by_k.items()},
         "elbo": elbo,
         "gap": gap,
         "kl_to_prior": {"what": "KL(q(z|x) || p(z)) in closed form, averaged over the data",
