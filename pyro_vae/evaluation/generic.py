@@ -179,13 +179,4 @@ def estimate_log_px_generic(
     r = generic_importance_pass(model, guide, data, num_samples=num_samples, seed=seed,
                                 block_size=block_size, memory_mb=memory_mb, world=world,
                                 pareto_k=pareto_k, data_plate=data_plate, progress=progress)
-    n = r.log_px.shape[0]
-    return LogPxEstimate(
-        log_px=r.log_px,
-        log_px_mc_stderr=r.log_px_mc_stderr,
-        mean=float(r.log_px.mean()),
-        mean_mc_stderr=float(r.log_px_mc_stderr.pow(2).sum().sqrt()) / n,
-        data_stderr=float(r.log_px.std()) / math.sqrt(n) if n > 1 else math.nan,
-        num_samples=num_samples,
-        pareto_k=r.pareto_k,
-    )
+    return LogPxEstimate.of(r.log_px, r.log_px_mc_stderr, num_samples, r.pareto_k)

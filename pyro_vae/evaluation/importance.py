@@ -61,6 +61,16 @@ class LogPxEstimate(NamedTuple):
     num_samples: int  # K, importance samples per datapoint
     pareto_k: torch.Tensor | None  # (N,) Pareto k̂ of each datapoint's weights, if asked for
 
+    @classmethod
+    def of(cls, log_px: torch.Tensor, log_px_mc_stderr: torch.Tensor, num_samples: int,
+           pareto_k: torch.Tensor | None = None) -> LogPxEstimate:
+        """The estimate of these per-datapoint values, with its means and standard errors."""
+        n = log_px.shape[0]
+        return cls(log_px=log_px, log_px_mc_stderr=log_px_mc_stderr, mean=float(log_px.mean()),
+                   mean_mc_stderr=float(log_px_mc_stderr.pow(2).sum().sqrt()) / n,
+                   data_stderr=float(log_px.std()) / math.sqrt(n) if n > 1 else math.nan,
+                   num_samples=num_samples, pareto_k=pareto_k)
+
 
 class PassResult(NamedTuple):
     """Per-datapoint results of one importance-sampling pass, each ``(N,)`` (``kl``:
@@ -271,13 +281,4 @@ def estimate_log_px(
     r = importance_pass(vae, x, num_samples=num_samples, seed=seed, memory_mb=memory_mb,
                         block_size=block_size, num_workers=num_workers, world=world,
                         pareto_k=pareto_k, progress=progress)
-    n = r.log_px.shape[0]
-    return LogPxEstimate(
-        log_px=r.log_px,
-        log_px_mc_stderr=r.log_px_mc_stderr,
-        mean=float(r.log_px.mean()),
-        mean_mc_stderr=float(r.log_px_mc_stderr.pow(2).sum().sqrt()) / n,
-        data_stderr=float(r.log_px.std()) / math.sqrt(n) if n > 1 else math.nan,
-        num_samples=num_samples,
-        pareto_k=r.pareto_k,
-    )
+    return LogPxEstimate.of(r.log_px, r.log_px_mc_stderr, num_samples, r.pareto_k)

@@ -102,6 +102,42 @@ def _elbo_and_gap_sections(r: PassResult, K: int) -> tuple[dict, dict]:
     return elbo, gap
 
 
+def _encoder_sections(vae, x: torch.Tensor, kl_per_dim: torch.Tensor, threshold: float,
+                      kl_what: str) -> dict:
+    """``kl_to_prior`` and ``active_units``: what the encoder does with each latent unit."""
+    count, variances = active_units(vae, x, threshold=threshold)
+    return {
+        "kl_to_prior": {"what": kl_what, "total": float(kl_per_dim.sum()),
+                        "per_dimension": kl_per_dim.tolist()},
+        "active_units": {"what": "latent dimensions d with Cov_x(E_q[z_d]) > threshold "
+                         "(Burda et al. 2016)", "count": count, "threshold": threshold,
+                         "latent_dim": vae.latent_dim, "variances": variances.tolist()},
+    }
+
+
+def _is_per_datapoint(r) -> dict:
+    return {"what": "in the order of the data: log_px (IWAE_K), its Monte Carlo standard "
+            "error, and the Monte Carlo ELBO",
+            "log_px": r.log_px.tolist(),
+            "log_px_mc_stderr": [_none_if_nan(v) for v in r.log_px_mc_stderr.tolist()],
+            "elbo_monte_carlo": r.elbo_mc.tolist()}
+
+
+def _warn_if_unreliable(report: dict, pareto_k: bool, K: int) -> None:
+    """List (and warn) when k̂ was asked for and not computed, or flags over 1 % of the data."""
+    if pareto_k and report["pareto_k"] is None:
+        report["warnings"].append(
+            f"Pareto k-hat not computed: it needs num_samples >= {MIN_PSIS_SAMPLES}, got {K}")
+    if report["pareto_k"] is not None and (frac := report["pareto_k"]["fraction_above_0.7"]
+                                           ) > 0.01:
+        message = (f"{100 * frac:.1f}% of the datapoints have Pareto k-hat > 0.7: their "
+                   "importance weights are too heavy-tailed for log p(x) and its standard "
+                   "error to be reliable (Yao et al. 2018); the mean is still a valid lower "
+                   "bound, and AIS (pyro-vae evaluate --method ais) a tighter one")
+        report["warnings"].append(message)
+        warnings.warn(message, ReliabilityWarning, stacklevel=3)
+
+
 def evaluate(
     vae,
     x: torch.Tensor,
@@ -139,8 +175,6 @@ def evaluate(
                         num_workers=num_workers, world=world, pareto_k=want_k,
                         progress=progress)
     elbo, gap = _elbo_and_gap_sections(r, K)
-    count, variances = active_units(vae, x, threshold=active_threshold)
-    kl_per_dim = r.kl.mean(0)
     report = {
         "units": "nats per datapoint",
         "method": "is",
@@ -151,33 +185,14 @@ def evaluate(
         "log_px_by_k": {str(k): {"mean": _mean(v)} for k, v in r.log_px_by_k.items()},
         "elbo": elbo,
         "gap": gap,
-        "kl_to_prior": {"what": "KL(q(z|x) || p(z)) in closed form, averaged over the data",
-                        "total": float(kl_per_dim.sum()),
-                        "per_dimension": kl_per_dim.tolist()},
-        "active_units": {"what": "latent dimensions d with Cov_x(E_q[z_d]) > threshold "
-                         "(Burda et al. 2016)", "count": count, "threshold": active_threshold,
-                         "latent_dim": vae.latent_dim, "variances": variances.tolist()},
+        **_encoder_sections(vae, x, r.kl.mean(0), active_threshold,
+                            "KL(q(z|x) || p(z)) in closed form, averaged over the data"),
         "pareto_k": pareto_k_summary(r.pareto_k) if want_k else None,
-        "per_datapoint": {
-            "what": "in the order of the data: log_px (IWAE_K), its Monte Carlo standard "
-            "error, and the Monte Carlo ELBO",
-            "log_px": r.log_px.tolist(),
-            "log_px_mc_stderr": [_none_if_nan(v) for v in r.log_px_mc_stderr.tolist()],
-            "elbo_monte_carlo": r.elbo_mc.tolist(),
-        },
+        "per_datapoint": _is_per_datapoint(r),
         "warnings": [],
         "seconds": time.perf_counter() - t0,
     }
-    if pareto_k and not want_k:
-        report["warnings"].append(
-            f"Pareto k-hat not computed: it needs num_samples >= {MIN_PSIS_SAMPLES}, got {K}")
-    if want_k and (frac := report["pareto_k"]["fraction_above_0.7"]) > 0.01:
-        message = (f"{100 * frac:.1f}% of the datapoints have Pareto k-hat > 0.7: their "
-                   "importance weights are too heavy-tailed for log p(x) and its standard "
-                   "error to be reliable (Yao et al. 2018); the mean is still a valid lower "
-                   "bound")
-        report["warnings"].append(message)
-        warnings.warn(message, ReliabilityWarning, stacklevel=2)
+    _warn_if_unreliable(report, pareto_k, K)
     return report
 
 
@@ -324,8 +339,6 @@ def generic_is_report(vae, x: torch.Tensor, *, num_samples: int = 5000, seed: in
                                 memory_mb=memory_mb, world=world, pareto_k=want_k,
                                 progress=progress)
     n, gap = r.log_px.numel(), r.log_px - r.elbo_mc
-    count, variances = active_units(vae, x, threshold=active_threshold)
-    kl_per_dim = _kl_to_prior(vae, x)
     report = {
         "units": "nats per datapoint", "method": "is",
         "settings": {"num_samples": K, "seed": seed,
@@ -339,27 +352,13 @@ def generic_is_report(vae, x: torch.Tensor, *, num_samples: int = 5000, seed: in
         "gap": {"what": "log_px - elbo.monte_carlo (same samples): an estimate of the mean "
                 "KL(q(z|x) || p(z|x)), low by the IWAE_K bias", "mean": _mean(gap),
                 "data_stderr": _data_se(gap)},
-        "kl_to_prior": {"what": "KL(q || p(z)) in closed form of vae.encode's Gaussian, "
-                        "averaged over the data", "total": float(kl_per_dim.sum()),
-                        "per_dimension": kl_per_dim.tolist()},
-        "active_units": {"what": "latent dimensions d with Cov_x(E_q[z_d]) > threshold "
-                         "(Burda et al. 2016)", "count": count, "threshold": active_threshold,
-                         "latent_dim": vae.latent_dim, "variances": variances.tolist()},
+        **_encoder_sections(vae, x, _kl_to_prior(vae, x), active_threshold,
+                            "KL(q || p(z)) in closed form of vae.encode's Gaussian, averaged "
+                            "over the data"),
         "pareto_k": pareto_k_summary(r.pareto_k) if want_k else None,
-        "per_datapoint": {
-            "what": "in the order of the data: log_px (IWAE_K), its Monte Carlo standard "
-            "error, and the Monte Carlo ELBO",
-            "log_px": r.log_px.tolist(),
-            "log_px_mc_stderr": [_none_if_nan(v) for v in r.log_px_mc_stderr.tolist()],
-            "elbo_monte_carlo": r.elbo_mc.tolist()},
+        "per_datapoint": _is_per_datapoint(r),
         "warnings": [],
     }
-    if want_k and (frac := report["pareto_k"]["fraction_above_0.7"]) > 0.01:
-        message = (f"{100 * frac:.1f}% of the datapoints have Pareto k-hat > 0.7: their "
-                   "importance weights are too heavy-tailed for log p(x) and its standard "
-                   "error to be reliable (Yao et al. 2018); the mean is still a valid lower "
-                   "bound")
-        report["warnings"].append(message)
-        warnings.warn(message, ReliabilityWarning, stacklevel=2)
+    _warn_if_unreliable(report, pareto_k, K)
     report["seconds"] = time.perf_counter() - t0
     return report
