@@ -21,7 +21,7 @@ from pyro_vae.hierarchical import HierarchicalVAE
 from pyro_vae.likelihoods import LIKELIHOODS, make_likelihood
 from pyro_vae.model import VAE
 from pyro_vae.networks import ACTIVATIONS, get_preset
-from pyro_vae.objectives import check_compatible, get_estimator
+from pyro_vae.objectives import ESTIMATORS, check_compatible, get_estimator
 from pyro_vae.structure import Structure
 
 __all__ = [
@@ -62,6 +62,9 @@ class TrainConfig:
     learn_likelihood_scale: bool = False  # gaussian only: learn one σ shared by all features
     estimator: str = "meanfield"  # a name from pyro_vae.ESTIMATORS
     num_particles: int | None = None  # samples per datapoint; None: the estimator's default
+    estimator_options: dict = field(default_factory=dict)  # the estimator's options by name
+    # (alpha for renyi, num_estimates for miwae and piwae, ciwae_beta for ciwae); the registry's
+    # default for each one not given. Saved with every default filled in (to_dict).
     epochs: int = 10  # the Quickstart's run (README.md says how long it takes)
     batch_size: int = 128
     lr: float = 1e-3  # Adam's learning rate (the first one, for the burda schedules)
@@ -106,7 +109,10 @@ class TrainConfig:
                               f"likelihood's σ; the {self.likelihood} likelihood has none")
         if self.activation is not None:
             _check_choice("activation", self.activation, ACTIVATIONS)
-        get_estimator(self.estimator)
+        if not all(isinstance(k, str) for k in self.estimator_options):
+            raise ConfigError(f"estimator_options must map option names to values, got "
+                              f"{self.estimator_options!r}")
+        get_estimator(self.estimator).resolve(self.num_particles, self.estimator_options)
         get_preset(self.preset)
         if self.hidden_sizes is not None and any(h <= 0 for h in self.hidden_sizes):
             raise ConfigError(f"hidden_sizes must be positive integers, got {self.hidden_sizes}")
@@ -144,9 +150,19 @@ class TrainConfig:
                 tuple(self.hidden_sizes or arch.hidden_sizes),
                 self.activation or arch.activation)
 
+    @property
+    def objective_options(self) -> dict:
+        """``estimator_options`` with the registry's default for each option not given (as
+        given, unchecked, for an unknown estimator)."""
+        estimator = ESTIMATORS.get(self.estimator) if isinstance(self.estimator, str) else None
+        if estimator is None or not isinstance(self.estimator_options, dict):
+            return self.estimator_options
+        return {**{o.name: o.default for o in estimator.options}, **self.estimator_options}
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["hidden_sizes"] = None if self.hidden_sizes is None else list(self.hidden_sizes)
+        d["estimator_options"] = dict(self.objective_options)
         return d
 
     @classmethod
@@ -171,7 +187,7 @@ _TYPES = {
     "latent_dim": (int, type(None)), "hidden_sizes": (tuple, type(None)),
     "activation": (str, type(None)), "likelihood": (str,), "likelihood_scale": (float, int),
     "learn_likelihood_scale": (bool,), "flow": (str, type(None)), "flow_layers": (int,),
-    "estimator": (str,),
+    "estimator": (str,), "estimator_options": (dict,),
     "num_particles": (int, type(None)), "epochs": (int,), "batch_size": (int,),
     "lr": (float, int), "lr_schedule": (str,), "beta": (float, int),
     "beta_warmup_epochs": (int,), "scale_to_data": (bool,), "seed": (int,), "device": (str,),

@@ -311,3 +311,21 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     mode = (tmp_path / "m.json").stat().st_mode & 0o777
     assert mode == 0o666 & ~_UMASK == (tmp_path / "plain").stat().st_mode & 0o777
     assert os.access(tmp_path / "m.json", os.R_OK)
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "metrics.json"
+    atomic_write_json(path, {"epochs": [1]})
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.os, "fsync", full)
+    with pytest.raises(OSError, match=rf"cannot write {path}: No space left on device; the "
+                                      r"previous version of the file, if any, is unchanged"):
+        atomic_write_json(path, {"epochs": [1, 2]})
+    monkeypatch.setattr(checkpoint_module.os, "fsync", real_fsync)
+    assert json.loads(path.read_text()) == {"epochs": [1]} and temporaries(tmp_path) == []

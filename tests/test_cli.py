@@ -41,3 +41,32 @@ def test_validate_every_step_reaches_the_saved_config(tmp_path):
     results = [json.loads((tmp_path / run / "metrics.json").read_text())["epochs"][0]
                for run in ("a", "b")]
     assert results[0]["test_elbo"] == results[1]["test_elbo"]
+
+
+def test_terminal_output_is_plain_ascii(tmp_path, capsys):
+    """One notation per medium: the terminal and logs get ASCII (k-hat, >=, sigma); pictures
+    and documents keep the mathematical symbols."""
+    run = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(run), *TINY]) == 0
+    assert main(["evaluate", str(run), "-K", "30", "--quiet"]) == 0
+    assert main(["evaluate", str(run), "--ais-steps", "3", "--chains", "2", "--test-size", "4",
+                 "--quiet", "-o", str(tmp_path / "ais.json")]) == 0
+    assert main(["sample", str(run), "-n", "4", "--seed", "1"]) == 0
+    assert main(["plot", str(run), "--curves-only"]) == 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert text and all(ord(c) < 128 for c in text), sorted({c for c in text if ord(c) > 127})
+
+
+def test_ctrl_c_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, capsys,
+                                                                   monkeypatch):
+    from pyro_vae.commands import train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "fit", interrupted)
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path / "run"), *TINY]) == 130
+    err = capsys.readouterr().err
+    assert "pyro-vae: interrupted (exit status 130). No epoch had finished: nothing was " \
+           "saved." in err

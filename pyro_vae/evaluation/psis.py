@@ -52,7 +52,7 @@ def pareto_k_hat(log_weights) -> torch.Tensor:
     num_samples = lw.shape[-1]
     if num_samples < MIN_PSIS_SAMPLES:
         raise ConfigError(
-            f"Pareto k̂ needs at least {MIN_PSIS_SAMPLES} importance samples per datapoint, "
+            f"Pareto k-hat needs at least {MIN_PSIS_SAMPLES} importance samples per datapoint, "
             f"got {num_samples}"
         )
     if not np.isfinite(lw).all():

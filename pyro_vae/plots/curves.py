@@ -190,7 +190,7 @@ def plot_pareto_k(pareto_k: Sequence[float], path, *, num_samples: int | None = 
     undefined = int((~np.isfinite(k)).sum())  # NaN: not computed; −∞: bounded weights
     k = k[np.isfinite(k)]
     if k.size == 0:
-        raise DataError("no finite Pareto k̂ values to plot")
+        raise DataError("no finite Pareto k-hat values to plot")
     fig = figure(6.5, 4.5)
     ax = fig.add_subplot()
     ax.hist(k, bins=min(50, max(10, k.size // 20)), color="tab:blue", alpha=0.8)
