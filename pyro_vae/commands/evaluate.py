@@ -193,7 +193,8 @@ def _run(args, device, world) -> int:
     report = {
         "checkpoint": str(checkpoint.path), "epoch": checkpoint.epoch,
         "dataset": data.dataset.name, "data_source": data.dataset.source,
-        "likelihood": config.likelihood, "device": str(device),
+        "likelihood": config.likelihood, "log_px_is": vae.likelihood.density,
+        "device": str(device),
         "processes": 1 if world is None else world.world_size,
         "wall_seconds": time.perf_counter() - t0,
         **report,
@@ -265,5 +266,7 @@ def _print_summary(report: dict) -> None:
         print(f"inference gap by {g['log_px_from'].split()[0]}: {_fmt(g['total'])} = "
               f"amortization {_fmt(g['amortization']['mean'])} + approximation "
               f"{_fmt(g['approximation']['mean'])} nats/datapoint")
+    if report["likelihood"] != "bernoulli":
+        print(f"(log p(x) here is {report['log_px_is']})")
     for message in report["warnings"]:
         print(f"pyro-vae: warning: {message}", file=sys.stderr)
