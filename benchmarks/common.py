@@ -43,45 +43,69 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # --- estimators and their steppers -------------------------------------------------------------
 class Spec(NamedTuple):
-    """An estimator of the registry with its number of particles K."""
+    """An estimator of the registry with its number of particles K and the options given
+    (``(("alpha", 0.2),)``; the others take the registry's defaults)."""
 
     name: str
     k: int
+    options: tuple[tuple[str, int | float], ...] = ()
 
     @property
     def label(self) -> str:
-        """``name`` for the one-particle ELBOs, ``name K=k`` otherwise."""
-        return self.name if self.k == 1 else f"{self.name} K={self.k}"
+        """``name`` for the one-particle ELBOs, ``name K=k`` otherwise, then the options
+        given (``renyi K=5 alpha=0.2``)."""
+        label = self.name if self.k == 1 else f"{self.name} K={self.k}"
+        return label + "".join(f" {n}={v:g}" for n, v in self.options)
 
     @property
     def slug(self) -> str:
-        """A file-name-safe form: ``name`` or ``name-k``."""
-        return self.name if self.k == 1 else f"{self.name}-{self.k}"
+        """A file-name-safe form: ``name``, ``name-k``, then ``-option=value`` each."""
+        slug = self.name if self.k == 1 else f"{self.name}-{self.k}"
+        return slug + "".join(f"-{n}={v:g}" for n, v in self.options)
 
     @property
     def bound(self) -> Bound:
         """What −loss estimates (:class:`pyro_vae.objectives.Bound`)."""
         return get_estimator(self.name).bound
 
+    @property
+    def all_options(self) -> dict:
+        """Every option of the estimator: those given, and the defaults."""
+        return get_estimator(self.name).resolve(self.k, dict(self.options))[1]
+
 
 def parse_spec(text: str) -> Spec:
-    """``"meanfield"`` or ``"iwae:50"`` → :class:`Spec`; the K defaults to the estimator's."""
-    name, _, k = text.partition(":")
+    """``"meanfield"``, ``"iwae:50"`` or ``"renyi:5,alpha=0.2"`` (``NAME[:K][,OPTION=VALUE]
+    ...``) → :class:`Spec`; K defaults to the estimator's, options to the registry's. A bad K
+    or option raises :class:`ConfigError`."""
+    head, *assignments = text.split(",")
+    name, _, k = head.partition(":")
     estimator = get_estimator(name)
-    if not k:
-        return Spec(name, estimator.default_num_particles)
-    if not k.isdigit() or int(k) <= 0:
+    if k and (not k.isdigit() or int(k) <= 0):
         raise ConfigError(f"bad estimator spec {text!r}: K must be a positive integer")
-    return Spec(name, int(k))
+    known = {o.name: o for o in estimator.options}
+    options = []
+    for assignment in assignments:
+        option, _, value = assignment.partition("=")
+        try:
+            options.append((option, known[option].kind(value)))
+        except (KeyError, ValueError):
+            raise ConfigError(f"bad estimator spec {text!r}: {assignment!r} is not "
+                              f"OPTION=VALUE with an option of {name} "
+                              f"({', '.join(known) or 'it has none'})") from None
+    spec = Spec(name, int(k) if k else estimator.default_num_particles, tuple(options))
+    estimator.resolve(spec.k, dict(spec.options))  # K and values in range
+    return spec
 
 
 def registry_specs(iwae_ks: tuple[int, ...] = (5, 50)) -> list[Spec]:
-    """Every registered estimator, in registry order: the ELBOs with K = 1 and every IWAE_K
-    estimator (``iwae``, ``dreg``, any added later) once per K in ``iwae_ks``."""
+    """Every registered estimator, in registry order, with its default options: the ELBOs with
+    K = 1 and every multi-sample estimator (``iwae``, ``dreg``, ``renyi``, ``rws``, ``miwae``,
+    ..., any whose bound is not the ELBO) once per K in ``iwae_ks`` that it takes."""
     specs = []
     for name, estimator in ESTIMATORS.items():
-        if estimator.bound is Bound.IWAE_K:
-            specs += [Spec(name, k) for k in iwae_ks]
+        if estimator.bound is not Bound.ELBO:
+            specs += [Spec(name, k) for k in iwae_ks if k >= estimator.min_particles]
         else:
             specs.append(Spec(name, 1))
     return specs
@@ -89,7 +113,8 @@ def registry_specs(iwae_ks: tuple[int, ...] = (5, 50)) -> list[Spec]:
 
 def make_trainer(spec: Spec, vae: VAE, lr: float) -> Trainer:
     """The package's trainer (torch Adam over the VAE's parameters) for ``spec``."""
-    return Trainer(make_objective(spec.name, vae, num_particles=spec.k), lr)
+    return Trainer(make_objective(spec.name, vae, num_particles=spec.k, **dict(spec.options)),
+                   lr)
 
 
 class PyroSVI:
@@ -293,7 +318,8 @@ def seconds_per_epoch(config: TrainConfig, data: PreparedData, *,
     if get_preset(config.preset).init_output_bias:
         vae.init_output_bias(train.mean(0))
     k = config.num_particles or get_estimator(config.estimator).default_num_particles
-    trainer = make_trainer(Spec(config.estimator, k), vae, config.lr)
+    trainer = make_trainer(Spec(config.estimator, k, tuple(config.estimator_options.items())),
+                           vae, config.lr)
     generator = torch.Generator().manual_seed(config.seed)
     binary = vae.likelihood.needs_binary_data
     trainer.step(random_minibatch(train, config.batch_size, generator, binary))  # warm-up

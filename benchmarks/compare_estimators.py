@@ -4,8 +4,10 @@
     python -m benchmarks.compare_estimators --seconds 60         # a wall-clock budget instead
     python benchmarks/compare_estimators.py --quick --out /tmp/compare   # smoke run
 
-Every estimator in :data:`pyro_vae.objectives.ESTIMATORS` runs, the IWAE_K ones (``iwae``,
-``dreg``, any added later) once per K in ``--iwae-ks`` (5 and 50). For each:
+Every estimator in :data:`pyro_vae.objectives.ESTIMATORS` runs, the multi-sample ones (``iwae``,
+``dreg``, ``renyi``, ``rws``, ``miwae``, ``ciwae``, ``piwae``, any whose bound is not the ELBO)
+once per K in ``--iwae-ks`` (5 and 50), with the registry's default options; ``--estimators``
+picks some, with K and options: ``renyi:5,alpha=0.2 miwae:8,num_estimates=8``. For each:
 
 1. **Step time.** One training step on one fixed minibatch, timed in interleaved rounds with
    all the other estimators (each on its own copy of the same initial network), so that the
@@ -105,6 +107,7 @@ def train_config(config: CompareConfig, spec: Spec, epochs: int) -> TrainConfig:
     return TrainConfig(
         dataset="mnist", preset=config.preset, hidden_sizes=config.hidden_sizes,
         latent_dim=config.latent_dim, estimator=spec.name, num_particles=spec.k,
+        estimator_options=dict(spec.options),
         batch_size=config.batch_size, lr=config.lr, epochs=epochs,
         train_size=config.train_size, test_size=config.test_size, seed=config.seed,
         extra={"benchmark": "compare_estimators"},
@@ -167,7 +170,7 @@ def markdown(document: dict) -> str:
         "training step on one minibatch (wall-clock), timed in interleaved rounds; × = ratio to "
         "analytic's [quartiles of the per-round ratio], and the same ratio in CPU time of the "
         "process (without the time spent waiting for a core). Train objective: its value over "
-        "the last epoch (ELBO, or IWAE_K for the IWAE_K estimators); test ELBO: analytic-KL "
+        "the last epoch (the bound it names: ELBO, IWAE_K, VR, MIWAE, ...); test ELBO: analytic-KL "
         f"ELBO on {document['test_images']} test images; log p(x): IWAE_K estimate with K = "
         f"{c['eval_samples']} on the first {c['eval_size']} test images, ± Monte Carlo "
         "standard error (standard error from the choice of images); Δ analytic: paired "
@@ -235,10 +238,11 @@ def plot(document: dict, path: Path) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = CompareConfig()
-    parser.add_argument("--estimators", nargs="+", metavar="NAME[:K]",
-                        help="a subset (default: the whole registry; analytic is always run)")
+    parser.add_argument("--estimators", nargs="+", metavar="NAME[:K][,OPTION=VALUE]",
+                        help="a subset, e.g. iwae:50 renyi:5,alpha=0.2 (default: the whole "
+                             "registry; analytic is always run)")
     parser.add_argument("--iwae-ks", type=int, nargs="+",
-                        help="K of the IWAE_K estimators (default "
+                        help="K of the multi-sample estimators (default "
                              f"{' '.join(map(str, default.iwae_ks))})")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, help=f"epochs per estimator (default "
@@ -301,7 +305,8 @@ def main(argv=None) -> int:
             if spec == BASELINE:
                 baseline_log_px = per_datapoint
             record = {
-                "estimator": spec.name, "K": spec.k, "label": spec.label,
+                "estimator": spec.name, "K": spec.k, "options": spec.all_options,
+                "label": spec.label,
                 "bound": spec.bound.value, "step": steps[spec.label],
                 "epochs": len(history), "train_seconds": history[-1]["wall_seconds"],
                 "train_objective": history[-1]["train_objective"],

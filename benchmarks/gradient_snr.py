@@ -20,10 +20,12 @@ This script measures both on MNIST:
    per group (encoder φ; decoder θ, with the likelihood's parameters if any) report the
    average of SNR_i over the group's parameters with std_i > 0.
 
-The estimators are the registry's (all of them by default, or ``--estimators``). For an ELBO
-estimator (``trace``, ``stl``, ``meanfield``, …) K particles average K ELBO gradients (SNR
-should rise as √K for both groups); for an IWAE_K estimator (``iwae``, ``dreg``) K is the K of
-the bound.
+The estimators are the registry's (all of them by default, or ``--estimators``, each with its
+options if wanted: ``renyi,alpha=0.2 miwae,num_estimates=8``). For an ELBO estimator
+(``trace``, ``stl``, ``meanfield``, …) K particles average K ELBO gradients (SNR should rise as
+√K for both groups); for a multi-sample estimator (``iwae``, ``dreg``, ``renyi``, ``rws``,
+``miwae``, ``ciwae``, ``piwae``) K is the K of its bound (MIWAE and PIWAE draw M·K). A K below
+an estimator's smallest (``rws`` needs 2) is reported as refused.
 
 Both predictions are asymptotic: they hold once K is large enough for Σ_k w_k to concentrate,
 i.e. when the importance weights are not degenerate. Their effective sample size 1/Σ_k w̃_k² is
@@ -74,6 +76,7 @@ from benchmarks.common import (
     fit_progress,
     machine,
     output,
+    parse_spec,
     save_figure,
     write_results,
 )
@@ -95,7 +98,7 @@ from pyro_vae.training import fit
 class SNRConfig:
     model: str = "mnist"  # "mnist" (a trained VAE) or "ppca" (the linear-Gaussian control)
     ppca_settings: str = "training"  # ppca: "training" (snapshots) or "perturbation" (by hand)
-    estimators: tuple[str, ...] = tuple(ESTIMATORS)  # the whole registry
+    estimators: tuple[str, ...] = tuple(ESTIMATORS)  # the whole registry; NAME[,OPTION=VALUE]
     ks: tuple[int, ...] = (1, 5, 50)  # particles per datapoint (the K of IWAE_K)
     draws: int = 100  # gradient estimates per (setting, estimator, K); see noise_floor
     batch_size: int = 32  # the fixed minibatch (MNIST: the first test images, binarized once)
@@ -185,12 +188,19 @@ def importance_ess(vae, x: torch.Tensor, k: int, draws: int = 10) -> float:
 
 def measure(vae, spec: Spec, x: torch.Tensor, draws: int, seed: int) -> dict:
     """``draws`` gradient estimates of ``spec`` (an estimator and its K) at the VAE's current
-    parameters: SNR per group, the mean of the bound (nats per datapoint), and for IWAE_K
-    estimators the importance weights' effective sample size. Every cell starts from the same
-    seed, so estimators at the same K see the same random numbers."""
+    parameters: SNR per group, the mean of the bound (nats per datapoint), and for the
+    multi-sample estimators the effective sample size of K importance weights. Every cell
+    starts from the same seed, so estimators at the same K see the same random numbers. A K
+    below the estimator's smallest gives a record with ``refused`` (why) and no SNR."""
+    estimator = get_estimator(spec.name)
+    if spec.k < estimator.min_particles:
+        return {"estimator": spec.name, "bound": spec.bound.value, "K": spec.k,
+                "options": dict(spec.options), "draws": draws, "encoder": None, "decoder": None,
+                "refused": f"K = {spec.k} < {estimator.min_particles}: "
+                           f"{estimator.min_particles_reason}"}
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    objective = make_objective(spec.name, vae, num_particles=spec.k)
+    objective = make_objective(spec.name, vae, num_particles=spec.k, **dict(spec.options))
     groups = parameter_groups(vae)
     params = [p for group in groups.values() for p in group]
     moments = {g: RunningMoments(sum(p.numel() for p in ps)) for g, ps in groups.items()}
@@ -203,11 +213,12 @@ def measure(vae, spec: Spec, x: torch.Tensor, draws: int, seed: int) -> dict:
             moments[g].update(torch.cat([next(grads).reshape(-1) for _ in ps]))
         bounds.append(float(loss.detach()))
     bounds = -torch.tensor(bounds, dtype=torch.float64)
-    iwae = spec.bound is Bound.IWAE_K
+    iwae = spec.bound is not Bound.ELBO
     return {
         "estimator": spec.name,
         "bound": spec.bound.value,
         "K": spec.k,
+        "options": dict(objective.options),  # as the objective received them
         "draws": draws,
         "encoder": group_snr(moments["encoder"]),
         "decoder": group_snr(moments["decoder"]),
@@ -365,20 +376,25 @@ def markdown(document: dict) -> str:
             + " | ".join(f"decoder K={k}" for k in ks) + " |")
     for setting in document["settings"]:
         lines += [f"## {setting['heading']}", "", head, "|" + "---|" * (2 + 2 * len(ks))]
-        cells = {(r["estimator"], r["K"]): r for r in document["results"]
+        cells = {(r["entry"], r["K"]): r for r in document["results"]
                  if r["setting"] == setting["label"]}
-        for name in document["config"]["estimators"]:
-            row = [name, cells[name, ks[0]]["bound"]]
-            row += [f"{cells[name, k]['encoder']['snr']:.3g}" for k in ks]
-            row += [f"{cells[name, k]['decoder']['snr']:.3g}" for k in ks]
+        for entry in document["config"]["estimators"]:
+            row = [entry, cells[entry, ks[0]]["bound"]]
+            row += [_snr(cells[entry, k]["encoder"]) for k in ks]
+            row += [_snr(cells[entry, k]["decoder"]) for k in ks]
             lines.append("| " + " | ".join(row) + " |")
         ess = dict(sorted({r["K"]: r["importance_ess"] for r in cells.values()
-                           if r["importance_ess"] is not None}.items()))
+                           if r.get("importance_ess") is not None}.items()))
         if ess:
             lines += ["", "Effective sample size 1/Σ w̃² of the K importance weights (mean per "
                       "datapoint): " + ", ".join(f"K={k}: {e:.2f}" for k, e in ess.items()) + "."]
         lines.append("")
     return "\n".join(lines)
+
+
+def _snr(group: dict | None) -> str:
+    """A table cell: the group's SNR, or "—" for a K the estimator refuses."""
+    return "—" if group is None else f"{group['snr']:.3g}"
 
 
 def plot(document: dict, path: Path) -> None:
@@ -388,10 +404,11 @@ def plot(document: dict, path: Path) -> None:
     axes = fig.subplots(len(settings), 2, squeeze=False, sharex=True)
     for row, setting in zip(axes, settings, strict=True):
         for ax, group in zip(row, ("encoder", "decoder"), strict=True):
-            for name in document["config"]["estimators"]:
+            for entry in document["config"]["estimators"]:
                 cells = sorted((r["K"], r[group]["snr"]) for r in document["results"]
-                               if r["setting"] == setting["label"] and r["estimator"] == name)
-                ax.plot(*zip(*cells, strict=True), marker="o", label=name)
+                               if r["setting"] == setting["label"] and r["entry"] == entry
+                               and r[group] is not None)
+                ax.plot(*zip(*cells, strict=True), marker="o", label=entry)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_title(f"{document['config']['model']}: {group}, {setting['label']}")
@@ -436,9 +453,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_arguments(parser, None, out_default_text="benchmarks/results/gradient_snr_"
                          "{mnist,ppca_trained,ppca_perturbation} by --model and --ppca-settings")
     args = parser.parse_args(argv)
-    for name in args.estimators or ():
+    for entry in args.estimators or ():
         try:
-            get_estimator(name)
+            if ":" in entry:
+                raise ConfigError(f"{entry!r}: give K with --ks, not in the estimator")
+            parse_spec(entry)
         except ConfigError as e:
             parser.error(str(e))
     for option in ("snapshot_epochs", "snapshot_steps"):
@@ -476,17 +495,21 @@ def main(argv=None) -> int:
         vae, x, settings, facts = ppca_trained_settings(config)
     else:
         vae, x, settings, facts = ppca_perturbed_settings(config)
-    cells = [(s, Spec(name, k)) for s in settings for name in config.estimators
-             for k in config.ks]
+    cells = [(s, entry, parse_spec(entry)._replace(k=k)) for s in settings
+             for entry in config.estimators for k in config.ks]
     results = []
     with Progress(len(cells), "gradient SNR", "cells", mode=progress) as bar:
-        for setting, spec in cells:
+        for setting, entry, spec in cells:
             vae.load_state_dict(setting["state"])
             record = measure(vae, spec, x, config.draws, config.seed)
-            results.append({"setting": setting["label"], **record})
-            log(f"{setting['label']:18s} {spec.name:13s} K={spec.k:<3d}  SNR encoder "
-                f"{record['encoder']['snr']:.3g}  decoder {record['decoder']['snr']:.3g}  "
-                f"({record['bound']} {record['bound_mean']:.2f} nats/datapoint)")
+            results.append({"setting": setting["label"], "entry": entry, **record})
+            if "refused" in record:
+                log(f"{setting['label']:18s} {entry:13s} K={spec.k:<3d}  refused: "
+                    f"{record['refused']}")
+            else:
+                log(f"{setting['label']:18s} {entry:13s} K={spec.k:<3d}  SNR encoder "
+                    f"{record['encoder']['snr']:.3g}  decoder {record['decoder']['snr']:.3g}  "
+                    f"({record['bound']} {record['bound_mean']:.2f} nats/datapoint)")
             bar.update(1)
 
     document = {

@@ -154,15 +154,16 @@ class TrainConfig:
     def objective_options(self) -> dict:
         """``estimator_options`` with the registry's default for each option not given (as
         given, unchecked, for an unknown estimator)."""
-        estimator = ESTIMATORS.get(self.estimator) if isinstance(self.estimator, str) else None
-        if estimator is None or not isinstance(self.estimator_options, dict):
+        if not isinstance(self.estimator_options, dict):
             return self.estimator_options
-        return {**{o.name: o.default for o in estimator.options}, **self.estimator_options}
+        estimator = ESTIMATORS.get(self.estimator) if isinstance(self.estimator, str) else None
+        defaults = {} if estimator is None else {o.name: o.default for o in estimator.options}
+        return {**defaults, **self.estimator_options}
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["hidden_sizes"] = None if self.hidden_sizes is None else list(self.hidden_sizes)
-        d["estimator_options"] = dict(self.objective_options)
+        d["estimator_options"] = self.objective_options
         return d
 
     @classmethod

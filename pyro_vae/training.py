@@ -166,7 +166,8 @@ def _start(config: TrainConfig, data: PreparedData, checkpoint, world, log) -> _
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    objective = make_objective(config.estimator, vae, num_particles=config.num_particles)
+    objective = make_objective(config.estimator, vae, num_particles=config.num_particles,
+                               **config.estimator_options)
     state = _State(vae, Trainer(objective, config.lr, world=world, seed=config.seed),
                    generator, [])
     if checkpoint is not None:
@@ -176,7 +177,7 @@ def _start(config: TrainConfig, data: PreparedData, checkpoint, world, log) -> _
 
 def _check_memory(config: TrainConfig, x_dim: int, device) -> None:
     latent_dim, hidden_sizes, _ = config.architecture
-    k = config.num_particles or get_estimator(config.estimator).default_num_particles
+    k = get_estimator(config.estimator).samples(config.num_particles, config.estimator_options)
     check_fits(training_bytes(x_dim, latent_dim, hidden_sizes, config.batch_size, k),
                f"training this model (latent size {latent_dim}, hidden sizes "
                f"{' '.join(map(str, hidden_sizes))}, batch {config.batch_size}, K = {k})",
@@ -209,7 +210,7 @@ def _train_epoch(state: _State, config, data, epoch: int, world, mode: str, run)
     trainer.set_lr(learning_rate(config, epoch))
     n, batch_size = data.train.shape[0], config.batch_size
     label = get_estimator(config.estimator).bound.label(trainer.objective.num_particles,
-                                                        vae.beta)
+                                                        vae.beta, **trainer.objective.options)
     num_data = n if config.scale_to_data else None
     permutation = torch.randperm(n, generator=generator, device=generator.device)
     loss_sum, seen, t0 = 0.0, 0, time.perf_counter()

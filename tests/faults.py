@@ -203,6 +203,23 @@ FLOAT_OPTIONS = ["--lr", "--beta", "--likelihood-scale", "--dist-timeout"]
 BAD_FLOATS = ["0", "-1", "nan", "inf", "-inf", "abc", "1e400"]
 CHOICE_OPTIONS = ["--estimator", "--likelihood", "--preset", "--activation", "--lr-schedule",
                   "--dataset", "--device"]
+ESTIMATOR_OPTION_FAULTS = {  # (estimator, its option's flag): bad values
+    ("renyi", "--alpha"): ["0", "1", "-0.5", "nan", "inf", "abc", ""],
+    ("miwae", "-M"): ["0", "-1", "1.5", "abc"],
+    ("piwae", "--num-estimates"): ["0", "1e3"],
+    ("ciwae", "--ciwae-beta"): ["-0.1", "1.5", "nan"],
+}
+
+
+def _saved_options(expected: dict):
+    def check(folder: Path) -> str | None:
+        import json
+
+        saved = json.loads((folder / "new" / "metrics.json").read_text())["config"]
+        return None if saved["estimator_options"] == expected else (
+            f"saved estimator_options {saved['estimator_options']}, expected {expected}")
+
+    return check
 
 
 def argument_faults() -> list[Fault]:
@@ -223,6 +240,24 @@ def argument_faults() -> list[Fault]:
         for value in ("nonsense", ""):
             faults.append(_cli("argument", f"train {option} {value!r}",
                                ["train", option, value, "--out", "new", *TINY]))
+    for option, values in ESTIMATOR_OPTION_FAULTS.items():
+        estimator, flag = option
+        for value in values:
+            faults.append(_cli("argument", f"train --estimator {estimator} {flag} {value!r}",
+                               ["train", "--estimator", estimator, flag, value, "--out", "new",
+                                *TINY]))
+    faults += [
+        _cli("argument", "--alpha with an estimator that takes none (meanfield)",
+             ["train", "--alpha", "0.5", "--out", "new", *TINY]),
+        _cli("argument", "--ciwae-beta with miwae", ["train", "--estimator", "miwae",
+                                                     "--ciwae-beta", "0.5", "--out", "new",
+                                                     *TINY]),
+        _cli("argument", "--estimator rws -K 1", ["train", "--estimator", "rws", "-K", "1",
+                                                  "--out", "new", *TINY]),
+        _cli("argument", "--estimator renyi --alpha 0.3 (valid)",
+             ["train", "--estimator", "renyi", "--alpha", "0.3", "--epochs", "1", "--out", "new",
+              *TINY], succeeds=True, check=_saved_options({"alpha": 0.3})),
+    ]
     seeds = ["-1", str(2**64), str(2**63), str(2**32), "4294967295.5"]
     faults += [_cli("argument", f"train --seed {s}", ["train", "--seed", s, "--out", "new", *TINY])
                for s in seeds]
@@ -532,7 +567,7 @@ RESUME_CONFLICTS = [["--estimator", "iwae"], ["--lr", "0.5"], ["--batch-size", "
                     ["--hidden-sizes", "9"], ["--latent-dim", "5"], ["--seed", "3"],
                     ["--likelihood", "continuous-bernoulli"], ["-K", "3"],
                     ["--preset", "burda"], ["--train-size", "40"], ["--beta", "0.5"],
-                    ["--lr-schedule", "burda"]]
+                    ["--lr-schedule", "burda"], ["--alpha", "0.3"], ["-M", "3"]]
 
 
 def run_folder_faults() -> list[Fault]:
@@ -617,6 +652,18 @@ def api_faults() -> list[Fault]:
                                                                   num_particles=0),
         "make_objective(num_particles=2.5)": lambda: make_objective("iwae", vae(),
                                                                     num_particles=2.5),
+        "make_objective('renyi', alpha=1.0)": lambda: make_objective("renyi", vae(), alpha=1.0),
+        "make_objective('iwae', alpha=0.5)": lambda: make_objective("iwae", vae(), alpha=0.5),
+        "make_objective('rws', num_particles=1)": lambda: make_objective("rws", vae(),
+                                                                         num_particles=1),
+        "make_objective('miwae', num_estimates=True)": lambda: make_objective(
+            "miwae", vae(), num_estimates=True),
+        "TrainConfig(estimator_options=[]).validate()": lambda: TrainConfig(
+            estimator_options=[]).validate(),
+        "TrainConfig(estimator='renyi', estimator_options={'alpha': 'x'}).validate()":
+            lambda: TrainConfig(estimator="renyi", estimator_options={"alpha": "x"}).validate(),
+        "TrainConfig(estimator_options={1: 2}).validate()": lambda: TrainConfig(
+            estimator_options={1: 2}).validate(),
         "estimate_log_px(x of the wrong width)": lambda: estimate_log_px(
             vae(), torch.ones(3, 10), num_samples=10),
         "estimate_log_px(num_samples=0)": lambda: estimate_log_px(vae(), ones,

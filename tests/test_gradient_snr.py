@@ -68,6 +68,9 @@ def test_quick_run_writes_json_markdown_and_png(tmp_path, one_thread, source):
         config["ks"]
     )
     for cell in document["results"]:
+        if "refused" in cell:  # rws at K = 1
+            assert cell["K"] < ESTIMATORS[cell["estimator"]].min_particles
+            continue
         for group in ("encoder", "decoder"):
             assert math.isfinite(cell[group]["snr"]) and cell[group]["snr"] >= 0
             assert cell[group]["parameters"] > cell[group]["zero_variance"]
@@ -82,6 +85,25 @@ def test_quick_run_writes_json_markdown_and_png(tmp_path, one_thread, source):
         assert table.count(f"| {name} |") == len(settings)
     assert "nan" not in table.lower()
     assert (tmp_path / "gradient_snr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_estimator_options_reach_the_objectives(tmp_path, one_thread):
+    """--estimators NAME,OPTION=VALUE: each cell's objective gets the option (recorded as it
+    received it) and a K below the estimator's smallest is refused, shown as —."""
+    assert gradient_snr.main(["--quick", "--quiet", "--model", "ppca", "--ppca-settings",
+                              "perturbation", "--ks", "1", "3", "--estimators",
+                              "renyi,alpha=0.2", "miwae,num_estimates=3", "piwae", "rws",
+                              "--out", str(tmp_path)]) == 0
+    document = json.loads((tmp_path / "gradient_snr.json").read_text())
+    options = {(r["entry"], r["K"]): r["options"] for r in document["results"]}
+    assert options["renyi,alpha=0.2", 3] == {"alpha": 0.2}
+    assert options["miwae,num_estimates=3", 1] == {"num_estimates": 3}
+    assert options["piwae", 3] == {"num_estimates": 2}  # the registry's default
+    refused = [(r["entry"], r["K"]) for r in document["results"] if "refused" in r]
+    assert refused == [("rws", 1)]
+    assert "| rws | IWAE_K | — | " in (tmp_path / "gradient_snr.md").read_text()
+    with pytest.raises(SystemExit):
+        gradient_snr.main(["--estimators", "renyi,alpha=1.5"])
 
 
 def test_ppca_training_brings_the_encoder_to_the_posterior(tmp_path, one_thread):

@@ -1,9 +1,11 @@
-"""The linear-Gaussian (pPCA) ground truth: the ELBO identity in closed form, every registry
-estimator against the closed-form ELBO, the importance-weighted estimate against the exact
-log p(x), and SVI against the closed-form maximum likelihood."""
+"""The linear-Gaussian (pPCA) ground truth: the ELBO identity in closed form, the Rényi bound in
+closed form, every registry estimator against the closed-form ELBO (and the multi-sample
+bounds against log p(x) and VR_α), the importance-weighted estimate against the exact log p(x),
+and SVI against the closed-form maximum likelihood."""
 
 import math
 
+import pyro
 import pytest
 import torch
 from torch.distributions import MultivariateNormal, Normal
@@ -13,6 +15,7 @@ from pyro_vae.evaluation import estimate_log_px
 from pyro_vae.linear_gaussian import (
     PPCAParams,
     closed_form_elbo,
+    closed_form_renyi_bound,
     exact_posterior,
     kl_to_posterior,
     linear_gaussian_vae,
@@ -114,20 +117,28 @@ def test_set_to_posterior_is_exact_with_orthogonal_columns():
 # --- every estimator against the closed form ----------------------------------------------------
 
 
-def monte_carlo_elbo(name, vae, x, *, num_particles, replicas=200, repeats=25):
+def monte_carlo_elbo(name, vae, x, *, num_particles, replicas=200, repeats=25, **options):
     """Mean and standard error of −loss per datapoint: ``x`` replicated ``replicas`` times in
     one batch, the loss evaluated ``repeats`` times."""
-    objective = make_objective(name, vae, num_particles=num_particles)
+    objective = make_objective(name, vae, num_particles=num_particles, **options)
     batch = x.repeat(replicas, 1)
     values = torch.tensor([-objective.loss(batch) / batch.shape[0] for _ in range(repeats)],
                           dtype=F64)
     return float(values.mean()), float(values.std() / math.sqrt(repeats))
 
 
+# The options with which one particle makes each kind of bound the ELBO: log w for IWAE_1,
+# VR_α,1 = (1 − α) log w / (1 − α), MIWAE(M, 1) (the mean of M log-weights), CIWAE at K = 1;
+# PIWAE's IWAE_MK needs M = 1 too.
+ELBO_AT_ONE_PARTICLE = {Bound.ELBO: {}, Bound.IWAE_K: {}, Bound.VR_K: {}, Bound.MIWAE: {},
+                        Bound.CIWAE: {}, Bound.IWAE_MK: {"num_estimates": 1}}
+
+
 @pytest.mark.parametrize("name", list(ESTIMATORS))
 def test_every_estimator_matches_the_closed_form_elbo(name):
-    """With one particle every registry estimator's −loss is an unbiased estimate of the ELBO;
-    the IWAE_K estimators with more particles lie above it and below log p(x)."""
+    """With one particle every registry estimator's −loss is an unbiased estimate of the ELBO
+    (rws needs two); the multi-sample bounds with more particles lie above it and below
+    log p(x), and VR_α,K below the closed-form VR_α too."""
     params = ppca()
     vae = off_posterior_vae(params)
     x = sample_ppca(params, 4, torch.Generator().manual_seed(5))
@@ -135,13 +146,87 @@ def test_every_estimator_matches_the_closed_form_elbo(name):
     log_px = float(log_marginal(x, params).mean())
     assert log_px - elbo > 0.3  # the ELBO is not tight here, so the checks can tell them apart
 
-    bound = ESTIMATORS[name].bound
-    assert bound in (Bound.ELBO, Bound.IWAE_K), f"add a closed-form check for bound {bound!r}"
-    mean, se = monte_carlo_elbo(name, vae, x, num_particles=1)
-    assert abs(mean - elbo) < 4 * se, (name, mean, elbo, se)
-    if bound is Bound.IWAE_K:
+    estimator = ESTIMATORS[name]
+    bound = estimator.bound
+    assert bound in ELBO_AT_ONE_PARTICLE, f"add a closed-form check for bound {bound!r}"
+    if estimator.min_particles == 1:
+        mean, se = monte_carlo_elbo(name, vae, x, num_particles=1, **ELBO_AT_ONE_PARTICLE[bound])
+        assert abs(mean - elbo) < 4 * se, (name, mean, elbo, se)
+    if bound is not Bound.ELBO:
+        _, options = estimator.resolve()
+        upper = log_px
+        if bound is Bound.VR_K:
+            upper = float(closed_form_renyi_bound(x, *encoder_q(vae, x), params,
+                                                  options["alpha"]).mean())
+            assert elbo < upper < log_px
         mean_k, se_k = monte_carlo_elbo(name, vae, x, num_particles=10, repeats=10)
-        assert elbo + 4 * se < mean_k < log_px + 4 * se_k, (name, elbo, mean_k, log_px)
+        assert elbo + 4 * se_k < mean_k < upper + 4 * se_k, (name, elbo, mean_k, upper)
+
+
+def posterior_vae(seed=0):
+    """pPCA with orthogonal columns of W, and the VAE with its encoder at the exact posterior
+    (mean-field there): every importance weight p(x, z)/q(z|x) is p(x)."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(D, L, generator=g, dtype=F64))
+    params = PPCAParams((Q * torch.tensor([2.0, 0.7], dtype=F64)).contiguous(),
+                        torch.randn(D, generator=g, dtype=F64), torch.tensor(0.5, dtype=F64))
+    vae = linear_gaussian_vae(params, learn_model=False)
+    vae.encoder.set_to_posterior(params)
+    return params, vae
+
+
+@pytest.mark.parametrize("name", [n for n, e in ESTIMATORS.items() if e.bound is not Bound.ELBO])
+def test_every_multi_sample_bound_is_log_px_at_the_exact_posterior(name):
+    """q(z|x) = p(z|x): every log-weight is log p(x), so every bound of them (IWAE_K, VR_α,
+    MIWAE, CIWAE, IWAE_MK) is log p(x) for every sample, exactly."""
+    params, vae = posterior_vae()
+    x = sample_ppca(params, 6, torch.Generator().manual_seed(1))
+    objective = make_objective(name, vae, num_particles=4)
+    for seed in range(3):
+        pyro.set_rng_seed(seed)
+        assert_close(-objective.loss(x), log_marginal(x, params).sum(), rtol=1e-12, atol=1e-9)
+
+
+# --- the Rényi bound in closed form --------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_renyi_bound_lies_between_the_elbo_and_log_px_and_falls_with_alpha(seed):
+    """D_α(q ‖ p) ≥ 0 rises with α (Li & Turner 2016, van Erven & Harremoës 2014): VR_α falls
+    from log p(x) (α = 0) to the ELBO (α → 1), where VR_α − ELBO shrinks in proportion to
+    1 − α (its derivative, Var_q[log w] / 2); tight at the exact posterior."""
+    params = ppca(seed=seed)
+    x = sample_ppca(params, 8, torch.Generator().manual_seed(seed))
+    q = random_gaussian(8, L, seed + 10)
+    alphas = [0.0, 0.1, 0.5, 0.9, 1 - 1e-6, 1 - 1e-7]
+    bounds = torch.stack([closed_form_renyi_bound(x, *q, params, a) for a in alphas])
+    elbo = closed_form_elbo(x, *q, params)
+    assert (bounds[:-1] > bounds[1:]).all() and (bounds[-1] > elbo).all()
+    assert_close(bounds[0], log_marginal(x, params), rtol=0, atol=1e-9)
+    assert_close(bounds[-2] - elbo, 10 * (bounds[-1] - elbo), rtol=1e-2, atol=0)
+    post = exact_posterior(x, params)
+    assert_close(closed_form_renyi_bound(x, *post, params, 0.5), log_marginal(x, params),
+                 rtol=0, atol=1e-9)
+
+
+def test_renyi_bound_is_the_monte_carlo_mean_of_its_weights():
+    """The closed form against its definition: 1/(1 − α) log of the sample mean of w^(1−α)
+    over 200,000 draws of z ~ q, within 4 standard errors (delta method)."""
+    params = ppca()
+    x = sample_ppca(params, 3, torch.Generator().manual_seed(7))
+    q_loc, q_cov = random_gaussian(3, L, 17)
+    alpha, n = 0.4, 200_000
+    g = torch.Generator().manual_seed(8)
+    chol = torch.linalg.cholesky(q_cov)
+    z = q_loc + (chol @ torch.randn(3, L, n, generator=g, dtype=F64)).permute(2, 0, 1)
+    W, mu, sigma = params
+    log_w = (Normal(0.0, 1.0).log_prob(z).sum(-1) + Normal(z @ W.T + mu, sigma).log_prob(x)
+             .sum(-1) - MultivariateNormal(q_loc, q_cov).log_prob(z))  # (n, 3)
+    scaled = ((1 - alpha) * (log_w - log_w.max(0).values)).exp()
+    estimate = (scaled.mean(0).log() / (1 - alpha)) + log_w.max(0).values
+    se = scaled.std(0) / scaled.mean(0) / math.sqrt(n) / (1 - alpha)
+    exact = closed_form_renyi_bound(x, q_loc, q_cov, params, alpha)
+    assert ((estimate - exact).abs() < 4 * se).all(), (estimate, exact, se)
 
 
 # --- the importance-weighted estimate against the exact log p(x) -----------------------------

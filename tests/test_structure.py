@@ -38,6 +38,8 @@ REFUSED = {
     ("dreg", "vae+iaf"): "inverting it",
     ("dreg", "hierarchical"): "weighted twice",
     ("dreg", "hierarchical+iaf"): "weighted twice",
+    ("rws", "vae+iaf"): "inverting it",
+    ("rws", "hierarchical+iaf"): "inverting it",
 }
 
 

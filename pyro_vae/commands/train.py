@@ -13,6 +13,7 @@ Examples:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -33,7 +34,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.flows import FLOWS
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.networks import ACTIVATIONS, PRESETS
-from pyro_vae.objectives import ESTIMATORS
+from pyro_vae.objectives import ESTIMATORS, estimator_options
 from pyro_vae.runs import RunFolder
 from pyro_vae.training import fit
 
@@ -59,9 +60,11 @@ def _config_option(group, *flags: str, field: str, help: str, **kwargs) -> None:
 
 
 def estimators_epilog() -> str:
-    """The registry as a table: name, what −loss estimates, and how."""
+    """The registry as a table: name, what −loss estimates, and how (and its options)."""
     width = max(map(len, ESTIMATORS))
-    lines = [f"  {name:<{width}}  {e.bound.value:<6}  {e.summary}"
+    bound_width = max(len(e.bound.value) for e in ESTIMATORS.values())
+    lines = [f"  {name:<{width}}  {e.bound.value:<{bound_width}}  {e.summary}"
+             + "".join(f"; {o.flags[0]} (default {o.default})" for o in e.options)
              for name, e in ESTIMATORS.items()]
     return "estimators (--estimator NAME; the bound that -loss estimates, and how):\n" + \
         "\n".join(lines)
@@ -80,6 +83,7 @@ def _model_options(model) -> None:
                    metavar="NAME", help="training objective, listed below")
     _config_option(model, "--num-particles", "-K", field="num_particles", type=positive_int,
                    metavar="K", help="samples per datapoint")
+    _estimator_options(model)
     _config_option(model, "--preset", field="preset", choices=list(PRESETS),
                    help="architecture: pyro = 784-400-50 softplus, burda = 784-200-200-50 tanh, "
                    "burda2 = 784-200-200-100-100-100-50 tanh with two stochastic layers")
@@ -106,6 +110,35 @@ def _model_options(model) -> None:
                    help="KL weight (1: the ELBO; other values: the beta-VAE objective)")
     _config_option(model, "--beta-warmup", field="beta_warmup_epochs", type=non_negative_int,
                    metavar="EPOCHS", help="raise beta linearly over this many epochs")
+
+
+def _estimator_options(model) -> None:
+    """One flag per option that the registry's estimators declare (--alpha, -M, ...): each
+    value goes into the config's ``estimator_options``, checked against the option's range."""
+    for option in estimator_options():
+        takers = [name for name, e in ESTIMATORS.items() if option in e.options]
+        model.add_argument(*option.flags, dest=f"estimator_option_{option.name}", default=None,
+                           type=_option_type(option), metavar=option.metavar,
+                           help=f"{', '.join(takers)}: {option.help} (default: {option.default}; "
+                           f"{option.describe()})")
+
+
+def _option_type(option):
+    """argparse type: a value of ``option``'s kind within its range."""
+
+    def parse(text: str):
+        try:
+            value = option.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {option.describe()}, got {text!r}"
+                                             ) from None
+        try:
+            return option.check(value)
+        except ConfigError:
+            raise argparse.ArgumentTypeError(f"expected {option.describe()}, got {text}"
+                                             ) from None
+
+    return parse
 
 
 def _optimization_options(opt) -> None:
@@ -163,6 +196,11 @@ def _given(args) -> dict:
              if getattr(args, field) is not None}
     if "hidden_sizes" in given:
         given["hidden_sizes"] = tuple(given["hidden_sizes"])
+    options = {o.name: getattr(args, f"estimator_option_{o.name}")
+               for o in estimator_options()
+               if getattr(args, f"estimator_option_{o.name}") is not None}
+    if options:
+        given["estimator_options"] = options
     return given
 
 
@@ -187,7 +225,8 @@ def run(args) -> int:
     with folder.lock() if main_rank else contextlib.nullcontext():
         if config is None:
             checkpoint = folder.load_checkpoint()
-            config = resumed_config(checkpoint.config, given, names=OPTION_NAMES)
+            config = resumed_config(checkpoint.config, given, names={
+                **OPTION_NAMES, "estimator_options": "estimator options"})
         else:
             checkpoint = None
             if main_rank:

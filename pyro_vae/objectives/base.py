@@ -11,7 +11,8 @@ and the ELBO to :class:`pyro.infer.SVI`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 import torch
 from pyro import poutine
@@ -23,8 +24,9 @@ class Objective(abc.ABC):
     """An estimator bound to one VAE (see the module docstring for the loss's scale)."""
 
     name: str
-    num_particles: int
+    num_particles: int  # the K of the bound (MIWAE and PIWAE draw M·K samples)
     vae: torch.nn.Module
+    options: Mapping = MappingProxyType({})  # the estimator's options, e.g. {"alpha": 0.5}
 
     @abc.abstractmethod
     def differentiable_loss(self, x: torch.Tensor, *, num_data: int | None = None
@@ -53,9 +55,11 @@ class PyroObjective(Objective):
     another size, or a new β from a warm-up schedule, then compiles its own trace.
     """
 
-    def __init__(self, name: str, vae, elbo, *, jit: bool = False):
+    def __init__(self, name: str, vae, elbo, *, jit: bool = False,
+                 num_particles: int | None = None, options: Mapping | None = None):
         self.name, self.vae, self.elbo, self.jit = name, vae, elbo, jit
-        self.num_particles = elbo.num_particles
+        self.num_particles = elbo.num_particles if num_particles is None else num_particles
+        self.options = MappingProxyType(dict(options or {}))
         if jit:
 
             def model(*args, _static=None, **kwargs):

@@ -12,7 +12,7 @@ import math
 import pyro.infer
 import torch
 
-from pyro_vae.objectives.util import trace_log_weight
+from pyro_vae.objectives.util import particle_log_weights
 
 __all__ = ["IWAE_ELBO"]
 
@@ -37,13 +37,7 @@ class IWAE_ELBO(pyro.infer.RenyiELBO):
 
     def log_weights(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """log p(x, z_k) − log q(z_k|x) per particle and datapoint: ``(K, B)`` nats."""
-        per_particle = [
-            trace_log_weight(model_trace, guide_trace)
-            for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs)
-        ]
-        if self.vectorize_particles and self.num_particles > 1:
-            return per_particle[0]
-        return torch.stack(per_particle)
+        return particle_log_weights(self, model, guide, args, kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """−IWAE_K, summed over the minibatch, whose gradient is Pyro's IWAE gradient."""

@@ -13,7 +13,16 @@ benchmarks and the tests all take them from here, so a new estimator is one entr
 ``mc``             hand-written PyTorch, −[log p(x,z) − log q(z|x)] on reparameterized samples
 ``stl``            sticking the landing (Roeder et al. 2017): ``trace``'s loss, no score term
 ``dreg``           doubly reparameterized IWAE_K gradient (Tucker et al. 2019)
+``renyi``          :class:`pyro.infer.RenyiELBO`, α in (0, 1): the VR_α bound (Li & Turner 2016)
+``rws``            :class:`pyro.infer.ReweightedWakeSleep`: wake-θ IWAE_K, wake-φ (Le et al. 2019)
+``miwae``          MIWAE(M, K): the mean of M IWAE_K bounds (Rainforth et al. 2018)
+``ciwae``          CIWAE(β) = β ELBO + (1 − β) IWAE_K on the same K samples (the same paper)
+``piwae``          PIWAE(M, K): θ on IWAE_MK, φ on MIWAE(M, K), the same samples (the same)
 =================  ==================================================================
+
+Some take options (α, M, β), declared with their defaults and ranges (:class:`Option`):
+:func:`make_objective` takes them as keywords, :class:`~pyro_vae.config.TrainConfig` in its
+``estimator_options`` and the command line as flags (``--alpha``, ``-M``, ``--ciwae-beta``).
 
 Not every estimator trains every model and guide (:class:`~pyro_vae.structure.Structure`);
 each says which it cannot train, and why, and :func:`make_objective` (and
@@ -28,6 +37,7 @@ estimator          one-layer, IAF     hierarchical        why not
 ``mc``             no                 yes                 written for Gaussian guides
 ``stl``            no (cost)          yes                 log q at fixed parameters
 ``dreg``           no (cost)          no (biased)         the same; hooks weight z_1 twice
+``rws``            no (cost)          yes                 wake-φ: log q at fixed samples
 others             yes                yes
 =================  =================  ==================  ==================================
 """
@@ -35,7 +45,7 @@ others             yes                yes
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import pyro.infer
@@ -47,11 +57,15 @@ from pyro_vae.objectives.dreg import DReG_ELBO
 from pyro_vae.objectives.iwae import IWAE_ELBO
 from pyro_vae.objectives.jit import JitTrace_ELBO, JitTraceMeanField_ELBO
 from pyro_vae.objectives.meanfield import TraceMeanField_ELBO
+from pyro_vae.objectives.multisample import CIWAE_ELBO, MIWAE_ELBO, PIWAE_ELBO
+from pyro_vae.objectives.options import Option
+from pyro_vae.objectives.renyi import Renyi_ELBO
+from pyro_vae.objectives.rws import MIN_PARTICLES_REASON, RWS_ELBO, RWSObjective
 from pyro_vae.objectives.stl import STL_ELBO
 from pyro_vae.structure import Structure
 
-__all__ = ["ESTIMATORS", "Bound", "Estimator", "check_compatible", "get_estimator",
-           "make_objective", "register"]
+__all__ = ["ESTIMATORS", "Bound", "Estimator", "Option", "check_compatible", "estimator_options",
+           "get_estimator", "make_objective", "register"]
 
 
 class Bound(enum.Enum):
@@ -59,11 +73,24 @@ class Bound(enum.Enum):
 
     ELBO = "ELBO"  # E_q[log p(x, z) − log q(z|x)]
     IWAE_K = "IWAE_K"  # E[log (1/K) Σ_k p(x, z_k)/q(z_k|x)] (Burda et al. 2016)
+    VR_K = "VR_alpha,K"  # E[1/(1 − α) log (1/K) Σ_k w_k^(1−α)] (Li & Turner 2016)
+    MIWAE = "MIWAE_M,K"  # E[(1/M) Σ_m log (1/K) Σ_k w_mk] (Rainforth et al. 2018)
+    CIWAE = "CIWAE_beta,K"  # β ELBO + (1 − β) IWAE_K on the same K samples (the same)
+    IWAE_MK = "IWAE_MK"  # IWAE_K with M·K samples: PIWAE's bound for the model (the same)
 
-    def label(self, num_particles: int = 1, beta: float = 1.0) -> str:
-        """The name of the training objective, e.g. ``ELBO``, ``IWAE_5`` or ``beta-ELBO``
-        (β ≠ 1 weights the KL: not a bound on log p(x) when β < 1)."""
-        name = f"IWAE_{num_particles}" if self is Bound.IWAE_K else self.value
+    def label(self, num_particles: int = 1, beta: float = 1.0, **options) -> str:
+        """The name of the training objective with its parameters, e.g. ``ELBO``,
+        ``IWAE_5``, ``VR_5(alpha=0.5)``, ``MIWAE_2x5``, ``CIWAE_5(beta=0.5)``, ``IWAE_10``
+        (PIWAE, M = 2), or ``beta-ELBO`` (β ≠ 1 weights the KL: not a bound on log p(x) when
+        β < 1). ``options`` are the estimator's (:class:`Option`), all of them."""
+        k = num_particles
+        name = {
+            Bound.IWAE_K: lambda: f"IWAE_{k}",
+            Bound.VR_K: lambda: f"VR_{k}(alpha={options['alpha']:g})",
+            Bound.MIWAE: lambda: f"MIWAE_{options['num_estimates']}x{k}",
+            Bound.CIWAE: lambda: f"CIWAE_{k}(beta={options['ciwae_beta']:g})",
+            Bound.IWAE_MK: lambda: f"IWAE_{options['num_estimates'] * k}",
+        }.get(self, lambda: self.value)()
         return name if beta == 1 else f"beta-{name}"
 
 
@@ -73,9 +100,9 @@ def _trains_all(structure: Structure) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class Estimator:
-    """A named estimator: ``build(vae, num_particles)`` returns its :class:`Objective`;
-    ``refuses(structure)`` says why it cannot train a model and guide of that
-    :class:`~pyro_vae.structure.Structure` (``None``: it can)."""
+    """A named estimator: ``build(vae, num_particles, **options)`` returns its
+    :class:`Objective`; ``refuses(structure)`` says why it cannot train a model and guide of
+    that :class:`~pyro_vae.structure.Structure` (``None``: it can)."""
 
     name: str
     summary: str  # one line, for the command line's help
@@ -83,6 +110,42 @@ class Estimator:
     build: Callable[..., Objective]
     default_num_particles: int = 1
     refuses: Callable[[Structure], str | None] = _trains_all
+    options: tuple[Option, ...] = ()  # what build takes besides K, with defaults and ranges
+    min_particles: int = 1  # the smallest K it trains with ...
+    min_particles_reason: str = ""  # ... and why
+
+    def resolve(self, num_particles: int | None = None, options: Mapping | None = None
+                ) -> tuple[int, dict]:
+        """K (the default if ``None``) and every option's value (the default where not given),
+        checked; :class:`ConfigError` names a bad one, or an option this estimator lacks."""
+        k = self.default_num_particles if num_particles is None else num_particles
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise ConfigError(f"num_particles must be a positive integer, got {k!r}")
+        if k < self.min_particles:
+            raise ConfigError(f"the {self.name} estimator needs num_particles (-K) >= "
+                              f"{self.min_particles}, got {k}: {self.min_particles_reason}")
+        options = dict(options or {})
+        known = {o.name: o for o in self.options}
+        for name in options:
+            if name not in known:
+                takers = [e.name for e in ESTIMATORS.values()
+                          if name in {o.name for o in e.options}]
+                whose = (f" ({_OPTIONS[name].flags[0]} is for {' and '.join(takers)})"
+                         if takers else "")
+                theirs = ", ".join(f"{o.name} ({o.flags[0]})" for o in self.options)
+                raise ConfigError(f"the {self.name} estimator takes no option {name!r}{whose}; "
+                                  + (f"its options: {theirs}" if theirs else "it has none"))
+        return k, {name: o.check(options[name]) if name in options else o.default
+                   for name, o in known.items()}
+
+    def samples(self, num_particles: int | None = None, options: Mapping | None = None) -> int:
+        """The samples drawn per datapoint and step: K, times M for MIWAE and PIWAE (unchecked
+        values taken as they are, for estimates of memory)."""
+        k = self.default_num_particles if num_particles is None else num_particles
+        for option in self.options:
+            if option.multiplies_particles:
+                k *= (options or {}).get(option.name, option.default)
+        return k
 
 
 ESTIMATORS: dict[str, Estimator] = {}
@@ -95,8 +158,22 @@ def register(estimator: Estimator) -> Estimator:
     if not isinstance(estimator.bound, Bound):
         raise TypeError(f"estimator {estimator.name!r}: bound must be a Bound, not "
                         f"{estimator.bound!r}")
+    for option in estimator.options:
+        if _OPTIONS.get(option.name, option) != option:
+            raise ValueError(f"estimator {estimator.name!r}: option {option.name!r} differs "
+                             "from the one of that name another estimator declares")
+    for option in estimator.options:
+        _OPTIONS.setdefault(option.name, option)
     ESTIMATORS[estimator.name] = estimator
     return estimator
+
+
+_OPTIONS: dict[str, Option] = {}
+
+
+def estimator_options() -> tuple[Option, ...]:
+    """Every option the registered estimators declare, once each, in registry order."""
+    return tuple(_OPTIONS.values())
 
 
 def get_estimator(name: str) -> Estimator:
@@ -119,16 +196,16 @@ def check_compatible(name: str, structure: Structure | None) -> None:
                           f"{reason}")
 
 
-def make_objective(name: str, vae, *, num_particles: int | None = None) -> Objective:
+def make_objective(name: str, vae, *, num_particles: int | None = None, **options
+                   ) -> Objective:
     """Bind estimator ``name`` to ``vae`` with ``num_particles`` samples per datapoint
-    (default: the estimator's own, 1 for the ELBOs and 5 for the IWAE_K estimators); a model
-    it cannot train is refused (:func:`check_compatible`)."""
+    (default: the estimator's own, 1 for the ELBOs and 5 for the multi-sample bounds) and its
+    ``options`` (e.g. ``alpha=0.2`` for ``renyi``; the defaults where not given); a model it
+    cannot train is refused (:func:`check_compatible`), as are a bad option or K."""
     estimator = get_estimator(name)
     check_compatible(name, getattr(vae, "structure", None))
-    k = estimator.default_num_particles if num_particles is None else num_particles
-    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        raise ConfigError(f"num_particles must be a positive integer, got {k!r}")
-    return estimator.build(vae, k)
+    k, options = estimator.resolve(num_particles, options)
+    return estimator.build(vae, k, **options)
 
 
 def _pyro_elbo(name: str, elbo_class, *, jit: bool = False) -> Callable[..., Objective]:
@@ -147,6 +224,36 @@ def _iwae(name: str, elbo_class) -> Callable[..., Objective]:
 
 def _torch(name: str, loss_fn) -> Callable[..., Objective]:
     return lambda vae, k: TorchObjective(name, vae, loss_fn, k)
+
+
+def _renyi(vae, k, *, alpha: float) -> Objective:
+    return PyroObjective("renyi", vae, Renyi_ELBO(alpha=alpha, num_particles=k),
+                         options={"alpha": alpha})
+
+
+def _rws(vae, k) -> Objective:
+    return RWSObjective("rws", vae, RWS_ELBO(num_particles=k))
+
+
+def _grouped(name: str, elbo_class) -> Callable[..., Objective]:
+    """MIWAE, CIWAE, PIWAE: K is the bound's K (Pyro draws M·K particles for M groups)."""
+    return lambda vae, k, **options: PyroObjective(name, vae, elbo_class(k, **options),
+                                                   num_particles=k, options=options)
+
+
+ALPHA = Option(name="alpha", flags=("--alpha",), metavar="ALPHA", kind=float, default=0.5,
+               low=0.0, high=1.0, open_low=True, open_high=True,
+               help="the order alpha of the Renyi bound VR_alpha: towards 0 it nears IWAE_K, "
+                    "towards 1 the ELBO")
+NUM_ESTIMATES = Option(name="num_estimates", flags=("--num-estimates", "-M"), metavar="M",
+                       kind=int, default=2, low=1, multiplies_particles=True,
+                       help="M, the independent IWAE_K estimates averaged (each datapoint "
+                            "draws M*K samples): M groups of K raise the encoder gradient's "
+                            "signal-to-noise ratio")
+CIWAE_BETA = Option(name="ciwae_beta", flags=("--ciwae-beta",), metavar="BETA", kind=float,
+                    default=0.5, low=0.0, high=1.0,
+                    help="beta, the ELBO's weight in CIWAE = beta ELBO + (1 - beta) IWAE_K (not "
+                         "the KL weight --beta)")
 
 
 # --- what each estimator cannot train, and why ---------------------------------------------
@@ -177,6 +284,14 @@ def _dreg_refuses(structure: Structure) -> str | None:
                 "detached parameters leaves a term the weights do not average out: the "
                 "gradient would be biased; use iwae")
     return _INVERTING_THE_FLOW if structure.flow is not None else None
+
+
+def _rws_refuses(structure: Structure) -> str | None:
+    if structure.flow is None:
+        return None
+    return ("its wake-phi gradient is grad log q(z|x) at samples held fixed, and log q of a "
+            "fixed z under an inverse autoregressive flow means inverting it: one network pass "
+            "per latent dimension and flow layer at every step; use iwae, miwae or piwae")
 
 
 def _every_layers_kl(structure: Structure) -> str | None:
@@ -216,5 +331,23 @@ for _estimator in (
               "2019), K vectorized particles", bound=Bound.IWAE_K,
               build=_iwae("dreg", DReG_ELBO), default_num_particles=5,
               refuses=_dreg_refuses),
+    Estimator(name="renyi", summary="Pyro RenyiELBO, 0 < alpha < 1: the Renyi bound VR_alpha "
+              "(Li & Turner 2016), K vectorized particles", bound=Bound.VR_K, build=_renyi,
+              default_num_particles=5, options=(ALPHA,)),
+    Estimator(name="rws", summary="Pyro ReweightedWakeSleep: model on IWAE_K (wake-theta), "
+              "guide on wake-phi (Le et al. 2019), per-datapoint weights", bound=Bound.IWAE_K,
+              build=_rws, default_num_particles=5, refuses=_rws_refuses, min_particles=2,
+              min_particles_reason=MIN_PARTICLES_REASON),
+    Estimator(name="miwae", summary="MIWAE(M, K): the mean of M independent IWAE_K bounds "
+              "(Rainforth et al. 2018)", bound=Bound.MIWAE, build=_grouped("miwae", MIWAE_ELBO),
+              default_num_particles=5, options=(NUM_ESTIMATES,)),
+    Estimator(name="ciwae", summary="CIWAE(beta) = beta ELBO + (1 - beta) IWAE_K on the same "
+              "K samples (Rainforth et al. 2018)", bound=Bound.CIWAE,
+              build=_grouped("ciwae", CIWAE_ELBO), default_num_particles=5,
+              options=(CIWAE_BETA,)),
+    Estimator(name="piwae", summary="PIWAE(M, K): model on IWAE_MK, guide on MIWAE(M, K), the "
+              "same samples (Rainforth et al. 2018)", bound=Bound.IWAE_MK,
+              build=_grouped("piwae", PIWAE_ELBO), default_num_particles=5,
+              options=(NUM_ESTIMATES,)),
 ):
     register(_estimator)

@@ -14,7 +14,9 @@ import torch
 from pyro.distributions.util import detach, is_identically_zero, scale_and_mask
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 
-__all__ = ["is_reparameterized", "log_prob_stop_q", "trace_log_weight"]
+from pyro_vae.errors import ConfigError
+
+__all__ = ["is_reparameterized", "log_prob_stop_q", "particle_log_weights", "trace_log_weight"]
 
 
 def trace_log_weight(model_trace, guide_trace) -> torch.Tensor:
@@ -28,6 +30,31 @@ def trace_log_weight(model_trace, guide_trace) -> torch.Tensor:
             if site["type"] == "sample":
                 log_w = log_w + sign * torch_sum(site["log_prob"], sum_dims)
     return log_w
+
+
+def particle_log_weights(elbo, model, guide, args, kwargs, *,
+                         reparameterized_for: str | None = None) -> torch.Tensor:
+    """log p(x, z_k) − log q(z_k|x) of each of ``elbo.num_particles`` particles drawn by the
+    ELBO's traces (vectorized or not): ``(K, B)`` nats, differentiable.
+
+    :param reparameterized_for: an estimator's name: raise :class:`ConfigError` naming it if a
+        latent site of the guide is not reparameterized (its gradient would need a score term).
+    """
+    per_particle = []
+    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
+        if reparameterized_for is not None:
+            _check_reparameterized(guide_trace, reparameterized_for)
+        per_particle.append(trace_log_weight(model_trace, guide_trace))
+    if elbo.vectorize_particles and elbo.num_particles > 1:
+        return per_particle[0]
+    return torch.stack(per_particle)
+
+
+def _check_reparameterized(guide_trace, estimator: str) -> None:
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample" and not is_reparameterized(site):
+            raise ConfigError(f"the {estimator} estimator needs reparameterized guide sites; "
+                              f"{name!r} is not")
 
 
 def log_prob_stop_q(site: dict) -> torch.Tensor:

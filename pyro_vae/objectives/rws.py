@@ -1,0 +1,139 @@
+"""Reweighted wake-sleep (Bornschein & Bengio 2015; Le, Kosiorek, Siddharth, Teh & Wood 2019,
+"Revisiting reweighted wake-sleep for models with stochastic control flow"): with K samples
+z_k ~ q(z|x) and their self-normalized weights w̃_k = w_k / Σ_j w_j, w_k = p(x, z_k) / q(z_k|x),
+
+- wake-θ: the model ascends IWAE_K, whose gradient is Σ_k w̃_k ∇_θ log p_θ(x, z_k);
+- wake-φ: the guide ascends Σ_k w̃_k log q_φ(z_k|x) at the samples held fixed, the
+  self-normalized estimate of E_p(z|x)[log q(z|x)] = −KL(p(z|x) ‖ q(z|x)) − H(p(z|x)): the guide
+  moves towards the posterior in the inclusive KL, and no gradient goes through the samples.
+
+:class:`RWS_ELBO` is :class:`pyro.infer.ReweightedWakeSleep` in wake-φ mode with the two changes
+that make it train a VAE on minibatches (each in its warning), and a ``differentiable_loss``::
+
+    >>> import pyro, torch
+    >>> from pyro_vae import VAE
+    >>> vae = VAE(x_dim=4, latent_dim=2, hidden_sizes=(8,))
+    >>> svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
+    ...                      RWS_ELBO(num_particles=5))
+    >>> wake_theta_loss, wake_phi_loss = svi.step(torch.ones(3, 4))   # as Pyro's class
+    >>> wake_theta_loss > 0   # −IWAE_5 summed over the 3 datapoints, in nats
+    True
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.infer
+import torch
+from pyro.infer.enum import get_importance_trace
+from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled, torch_sum
+from pyro.poutine.messenger import Messenger
+from pyro.util import check_if_enumerated, warn_if_nan
+
+from pyro_vae.errors import ConfigError
+from pyro_vae.objectives.base import PyroObjective
+
+__all__ = ["RWS_ELBO", "RWSObjective"]
+
+
+# Why K = 1 is refused (the registry says it too).
+MIN_PARTICLES_REASON = ("with one particle its self-normalized weight is 1, and the wake-phi "
+                        "gradient -grad log q(z|x) at z ~ q has mean zero: the guide would not "
+                        "learn")
+
+
+class _DetachLatents(Messenger):
+    """Detach every latent sample where it is drawn, so that what the guide computes from it
+    (the parameters of q(z_2|z_1)) depends on φ alone, not on φ through z_1."""
+
+    def _pyro_post_sample(self, msg) -> None:
+        if not msg["is_observed"] and torch.is_tensor(msg["value"]):
+            msg["value"] = msg["value"].detach()
+
+
+class RWS_ELBO(pyro.infer.ReweightedWakeSleep):
+    """Reweighted wake-sleep with wake-φ (``insomnia=1``), K ≥ 2 vectorized particles.
+
+    ``loss`` and ``loss_and_grads`` return Pyro's pair (wake-θ loss, wake-φ loss), as tensors
+    and as floats:
+
+    - the wake-θ loss is −IWAE_K summed over the minibatch (nats), its gradient (w.r.t. θ only:
+      the samples are detached) −Σ_k w̃_k ∇_θ log p_θ(x, z_k), the IWAE gradient of θ;
+    - the wake-φ loss is −Σ_k w̃_k log q_φ(z_k|x) summed over the minibatch, w̃ held fixed, its
+      gradient (w.r.t. φ only) −Σ_k w̃_k ∇_φ log q_φ(z_k|x).
+
+    ``differentiable_loss`` is one scalar: the wake-θ loss's value (−IWAE_K) plus the wake-φ
+    loss minus its own value, so its gradient is both at once, as ``loss_and_grads``
+    back-propagates their sum. There is no sleep-φ (``insomnia < 1``): it runs the guide on data
+    dreamed by the model, passed as ``observations=``, which the VAE's guide does not take.
+
+    .. warning:: Pyro's class (pyro-ppl 1.9.2) sums each particle's log-weight over the whole
+       minibatch ("Mini-batch training is not supported yet"): its weights are those of one
+       datapoint made of all B, whose K joint samples are far more degenerate, and its wake-θ
+       loss is IWAE_K of that joint datapoint. This class weights each datapoint's K particles
+       apart, as :class:`pyro.infer.RenyiELBO` does: its wake-θ loss is the sum of the B
+       IWAE_K bounds.
+
+    .. warning:: Pyro's class detaches the samples after the guide has run, so where the guide
+       computes q(z_2|z_1) from z_1, as the hierarchical VAE's does, the wake-φ gradient also
+       flows through z_1 = z_1(φ, ε): a path term ∂_(z_1) log q(z_2|z_1) ∂_φ z_1 that is not
+       part of ∇_φ log q_φ(z|x) at fixed z. This class detaches each sample where it is drawn.
+       On a one-layer guide and a minibatch of one datapoint the two classes compute the same
+       losses and gradients (the tests check it).
+    """
+
+    def __init__(self, num_particles: int = 5, max_plate_nesting: int = 1):
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or \
+                num_particles < 2:
+            raise ConfigError(f"the rws estimator needs num_particles >= 2, got "
+                              f"{num_particles!r}: {MIN_PARTICLES_REASON}")
+        super().__init__(num_particles=num_particles, insomnia=1.0, vectorize_particles=True,
+                         max_plate_nesting=max_plate_nesting)
+
+    def _get_trace(self, model, guide, args, kwargs):
+        with _DetachLatents():
+            model_trace, guide_trace = get_importance_trace(
+                "flat", self.max_plate_nesting, model, guide, args, kwargs, detach=True)
+        if is_validation_enabled():
+            check_if_enumerated(guide_trace)
+        return model_trace, guide_trace
+
+    def log_densities(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p_θ(x, z_k) and log q_φ(z_k|x) at the detached samples: ``(K, B)`` nats each."""
+        (model_trace, guide_trace), = self._get_traces(model, guide, args, kwargs)
+        sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+        log_p = sum(torch_sum(site["log_prob"], sum_dims) for site in model_trace.nodes.values()
+                    if site["type"] == "sample")
+        log_q = sum(torch_sum(site["log_prob"], sum_dims) for site in guide_trace.nodes.values()
+                    if site["type"] == "sample")
+        return log_p, log_q
+
+    def _loss(self, model, guide, args, kwargs):
+        """(wake-θ loss, wake-φ loss), tensors: see the class docstring."""
+        log_p, log_q = self.log_densities(model, guide, *args, **kwargs)
+        log_weights = log_p - log_q.detach()  # (K, B)
+        log_sum_weight = torch.logsumexp(log_weights, dim=0)  # (B,)
+        wake_theta_loss = -(log_sum_weight - math.log(self.num_particles)).sum()
+        warn_if_nan(wake_theta_loss, "wake theta loss")
+        normalized_weights = (log_weights - log_sum_weight).exp().detach()
+        wake_phi_loss = -(normalized_weights * log_q).sum()
+        warn_if_nan(wake_phi_loss, "wake phi loss")
+        return wake_theta_loss, wake_phi_loss
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """−IWAE_K summed over the minibatch; its gradient is wake-θ's for θ and wake-φ's for
+        φ (the class docstring)."""
+        wake_theta_loss, wake_phi_loss = self._loss(model, guide, args, kwargs)
+        return wake_theta_loss + (wake_phi_loss - wake_phi_loss.detach())
+
+
+class RWSObjective(PyroObjective):
+    """An :class:`RWS_ELBO` bound to a VAE: ``loss`` is the wake-θ loss, −IWAE_K summed over
+    the minibatch, as for every objective; :meth:`PyroObjective.differentiable_loss` is the
+    ELBO's (its value the same, its gradient wake-θ's and wake-φ's)."""
+
+    def loss(self, x, *, num_data=None) -> float:
+        args, kwargs = self.arguments(x, num_data)
+        wake_theta_loss, _ = self.elbo.loss(self.model, self.guide, *args, **kwargs)
+        return float(wake_theta_loss)
