@@ -52,11 +52,13 @@ from benchmarks.common import (
     command_line,
     count_active_units,
     evaluate_log_px,
+    evaluate_log_px_ais,
     fit_progress,
     fmt,
     machine,
     markdown_table,
     output,
+    paired_difference,
     parse_spec,
     seconds_per_epoch,
     write_results,
@@ -108,10 +110,12 @@ class BurdaConfig:
     preset: str = "burda"  # or "burda2": two stochastic layers
     flow: str | None = None  # "iaf": a flow guide (not in the paper)
     flow_layers: int = 2  # TrainConfig's default
+    ais_size: int = 1000  # the first N test images get an AIS estimate too
+    ais_steps: int = 100  # its T (16 chains, 5 leapfrog steps, from the encoder)
 
 
 QUICK = dict(estimators=("meanfield", "iwae:5"), epochs=2, eval_samples=50, eval_size=100,
-             train_size=400)
+             train_size=400, ais_size=10, ais_steps=5)
 
 
 def train_config(config: BurdaConfig, spec: Spec, epochs: int) -> TrainConfig:
@@ -119,7 +123,7 @@ def train_config(config: BurdaConfig, spec: Spec, epochs: int) -> TrainConfig:
     return TrainConfig(
         dataset="mnist", preset=config.preset, flow=config.flow,
         flow_layers=config.flow_layers if config.flow else TrainConfig.flow_layers,
-        likelihood="bernoulli", estimator=spec.name,
+        likelihood="bernoulli", estimator=spec.name, estimator_options=dict(spec.options),
         num_particles=spec.k, batch_size=config.batch_size, lr=config.lr,
         lr_schedule=config.lr_schedule, epochs=epochs,
         train_size=config.train_size, test_size=config.eval_size, seed=config.seed,
@@ -155,7 +159,13 @@ def run_one(config: BurdaConfig, spec: Spec, data, out: Path, *, progress: str, 
         f"{data.test.shape[0]} test images")
     evaluation = evaluate_log_px(result.vae, data.test, config.eval_samples, seed=config.seed,
                                  progress=progress)
-    evaluation.pop("log_px_per_datapoint")
+    is_per_datapoint = evaluation.pop("log_px_per_datapoint")
+    n_ais = min(config.ais_size, data.test.shape[0])
+    log(f"{spec.label}: AIS on the first {n_ais} test images, T = {config.ais_steps}")
+    evaluation.update(evaluate_log_px_ais(result.vae, data.test[:n_ais], steps=config.ais_steps,
+                                          seed=config.seed, progress=progress))
+    evaluation["ais_minus_is_same_images"] = paired_difference(
+        evaluation.pop("ais_log_px_per_datapoint"), is_per_datapoint[:n_ais])
     paper = None if config.flow else (PAPER_TWO_LAYERS if config.preset == "burda2"
                                        else PAPER).get(spec)
     return {
@@ -170,6 +180,7 @@ def run_one(config: BurdaConfig, spec: Spec, data, out: Path, *, progress: str, 
         "test_elbo": history[-1]["test_elbo"],
         **evaluation,
         "nll": -evaluation["log_px_mean"],
+        "ais_nll": -evaluation["ais_log_px_mean"],
         "active_units": count_active_units(result.vae, data.test),
         "paper": None if paper is None else {"row": paper[0], "nll": paper[1],
                                              "active_units": paper[2]},
@@ -186,7 +197,10 @@ def markdown(document: dict) -> str:
         f"{c['eval_samples']} on {document['test_images']} binarized test images (an upper "
         "bound on the true NLL in expectation), nats per datapoint, ± its Monte Carlo standard "
         "error; in brackets the standard error from the choice of test images (sd / √N). "
-        "Test ELBO: the analytic-KL ELBO on the test set after the last "
+        f"AIS NLL: −log p(x) by AIS (T = {c['ais_steps']}, 16 chains, from the encoder) on "
+        f"the first {c['ais_size']} test images, and in brackets its log p(x) minus that of IS "
+        "on the same images, paired (AIS is the tighter bound, and does not lean on the "
+        "encoder). Test ELBO: the analytic-KL ELBO on the test set after the last "
         "epoch (nats, higher is better). Training time: wall-clock seconds of training with "
         "the per-epoch test ELBO, on a machine shared with other jobs.",
         "",
@@ -201,13 +215,16 @@ def markdown(document: dict) -> str:
             f"{r['lr_schedule']} from {r['lr']:g}", f"{r['train_seconds'] / 60:.1f}",
             fmt(r["test_elbo"]),
             f"{r['nll']:.2f} ± {r['log_px_mean_mc_stderr']:.2f} ({r['log_px_data_stderr']:.2f})",
+            f"{r['ais_nll']:.2f} (AIS − IS {r['ais_minus_is_same_images']['mean']:+.2f} ± "
+            f"{r['ais_minus_is_same_images']['stderr']:.2f})",
             str(r["active_units"]), paper.get("row", "—"), fmt(paper.get("nll")),
-            str(paper.get("active_units", "—")),
+            str(paper.get("active_units") or "—"),
             fmt(r["nll"] - paper["nll"]) if paper else "—",
         ])
     lines.append(markdown_table(
         ["estimator", "epochs", "batch", "learning rate", "training min", "test ELBO",
-         f"test NLL (K={c['eval_samples']})", "active units", "paper row", "paper NLL",
+         f"test NLL (K={c['eval_samples']})", f"AIS NLL, {c['ais_size']} images",
+         "active units", "paper row", "paper NLL",
          "paper active units", "NLL − paper"],
         rows))
     return "\n".join(lines)

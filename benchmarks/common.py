@@ -31,7 +31,15 @@ from pyro_vae.checkpoint import atomic_write_bytes, atomic_write_json
 from pyro_vae.config import TrainConfig, build_vae
 from pyro_vae.data import PreparedData, binarize
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation import active_units, estimate_log_px, mean_elbo
+from pyro_vae.evaluation import (
+    AISSettings,
+    active_units,
+    ais,
+    estimate_log_px,
+    estimate_log_px_generic,
+    mean_elbo,
+    target_for,
+)
 from pyro_vae.model import VAE
 from pyro_vae.networks import get_preset
 from pyro_vae.objectives import ESTIMATORS, Bound, PyroObjective, get_estimator, make_objective
@@ -345,10 +353,16 @@ def evaluate_log_px(vae: VAE, x: torch.Tensor, num_samples: int, *, seed: int = 
     ``log_px_data_stderr`` (sd / √N), and the seconds it took; ``log_px_per_datapoint`` is the
     ``(N,)`` tensor, for paired comparisons (pop it before writing JSON)."""
     t0 = time.perf_counter()
+    structure = vae.structure
     vae.eval()
     try:
-        estimate = estimate_log_px(vae, x, num_samples=num_samples, seed=seed,
-                                   progress=progress)
+        if structure.stochastic_layers == 1 and structure.flow is None:  # the fast path
+            estimate = estimate_log_px(vae, x, num_samples=num_samples, seed=seed,
+                                       progress=progress)
+        else:
+            estimate = estimate_log_px_generic(vae.model, vae.guide, x,
+                                               num_samples=num_samples, seed=seed,
+                                               progress=progress)
     finally:
         vae.train()
     return {"log_px_mean": estimate.mean,
@@ -357,6 +371,28 @@ def evaluate_log_px(vae: VAE, x: torch.Tensor, num_samples: int, *, seed: int = 
             "log_px_samples": int(estimate.num_samples), "log_px_datapoints": int(x.shape[0]),
             "log_px_seconds": time.perf_counter() - t0,
             "log_px_per_datapoint": estimate.log_px.detach().double().cpu()}
+
+
+def evaluate_log_px_ais(vae, x: torch.Tensor, *, steps: int = 100, chains: int = 16,
+                        seed: int = 0, progress: str = "off") -> dict:
+    """AIS estimate of log p(x) (:func:`pyro_vae.evaluation.ais`: T = ``steps`` intermediate
+    targets from the encoder, ``chains`` chains, HMC), averaged over the rows of ``x``, nats
+    per datapoint: the same keys as :func:`evaluate_log_px` with the prefix ``ais_``; a
+    stochastic lower bound that, unlike importance sampling with the encoder as proposal, does
+    not depend on how good each model's encoder is."""
+    t0 = time.perf_counter()
+    vae.eval()
+    try:
+        estimate = ais(target_for(vae), x, AISSettings(num_steps=steps, num_chains=chains),
+                       seed=seed, progress=progress, pareto_k=False)
+    finally:
+        vae.train()
+    return {"ais_log_px_mean": estimate.mean,
+            "ais_log_px_mean_mc_stderr": estimate.mean_mc_stderr,
+            "ais_log_px_data_stderr": estimate.data_stderr,
+            "ais_steps": steps, "ais_chains": chains, "ais_datapoints": int(x.shape[0]),
+            "ais_seconds": time.perf_counter() - t0,
+            "ais_log_px_per_datapoint": estimate.log_px.detach().double().cpu()}
 
 
 def count_active_units(vae: VAE, x: torch.Tensor, threshold: float = 0.01) -> int:

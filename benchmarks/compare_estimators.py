@@ -52,6 +52,7 @@ from benchmarks.common import (
     command_line,
     count_active_units,
     evaluate_log_px,
+    evaluate_log_px_ais,
     fmt,
     identical_vaes,
     machine,
@@ -93,6 +94,8 @@ class CompareConfig:
     eval_size: int = 200  # test images of the log p(x) estimates (paired across estimators)
     eval_samples: int = 5000  # K of the final log p(x) estimate
     curve_samples: int = 100  # K of the per-epoch log p(x) estimate
+    ais_steps: int = 100  # T of the AIS estimate on the same images (a yardstick that does not
+    ais_chains: int = 16  # lean on each estimator's own encoder, as importance sampling does)
     timing_seconds: float = 60.0  # budget of the interleaved step timing
     block_seconds: float = 0.3
     seed: int = 0
@@ -100,7 +103,7 @@ class CompareConfig:
 
 QUICK = dict(hidden_sizes=(16,), latent_dim=4, batch_size=32, epochs=2, train_size=128,
              test_size=48, eval_size=16, eval_samples=100, curve_samples=10, timing_seconds=1.0,
-             block_seconds=0.01)
+             block_seconds=0.01, ais_steps=5, ais_chains=2)
 
 
 def train_config(config: CompareConfig, spec: Spec, epochs: int) -> TrainConfig:
@@ -173,8 +176,11 @@ def markdown(document: dict) -> str:
         "the last epoch (the bound it names: ELBO, IWAE_K, VR, MIWAE, ...); test ELBO: analytic-KL "
         f"ELBO on {document['test_images']} test images; log p(x): IWAE_K estimate with K = "
         f"{c['eval_samples']} on the first {c['eval_size']} test images, ± Monte Carlo "
-        "standard error (standard error from the choice of images); Δ analytic: paired "
-        "difference to analytic's log p(x) on the same images ± its standard error. Nats per "
+        "standard error (standard error from the choice of images); AIS: the AIS estimate "
+        f"(T = {c['ais_steps']}, {c['ais_chains']} chains, from the encoder) on the same "
+        "images, a yardstick that does not lean on each estimator's own encoder; Δ analytic: "
+        "paired difference to analytic's log p(x) on the same images ± its standard error, by "
+        "IS and by AIS. Nats per "
         "datapoint, higher is better; timed on a machine shared with other jobs (load average "
         f"at the start: {'—' if load is None else f'{load[0]:.2f}'}).",
         "",
@@ -185,6 +191,7 @@ def markdown(document: dict) -> str:
     for r in document["results"]:
         t = r["step"]
         delta = r.get("log_px_minus_analytic")
+        ais_delta = r.get("ais_log_px_minus_analytic")
         rows.append([
             r["label"], r["train_objective"], f"{t['median_ms']:.2f}",
             f"{t['ratio']:.2f} [{t['round_ratio_q1']:.2f}–{t['round_ratio_q3']:.2f}]",
@@ -194,12 +201,14 @@ def markdown(document: dict) -> str:
             f"{r['log_px_mean']:.2f} ± {r['log_px_mean_mc_stderr']:.2f} "
             f"({r['log_px_data_stderr']:.2f})",
             "—" if delta is None else f"{delta['mean']:+.2f} ± {delta['stderr']:.2f}",
+            f"{r['ais_log_px_mean']:.2f} ± {r['ais_log_px_mean_mc_stderr']:.2f}",
+            "—" if ais_delta is None else f"{ais_delta['mean']:+.2f} ± {ais_delta['stderr']:.2f}",
             str(r["active_units"]),
         ])
     lines.append(markdown_table(
         ["estimator", "objective", "step ms", "× analytic", "× (CPU time)", "epochs", "train s",
          "train objective", "test ELBO", f"test log p(x), K={c['eval_samples']}", "Δ analytic",
-         "active units"],
+         f"test log p(x), AIS T={c['ais_steps']}", "Δ analytic (AIS)", "active units"],
         rows))
     return "\n".join(lines)
 
@@ -293,7 +302,7 @@ def main(argv=None) -> int:
     log(f"timing one step of {len(specs)} estimators, interleaved, "
         f"{config.timing_seconds:g} s")
     steps = time_steps(config, specs, data)
-    baseline_log_px = None
+    baseline_log_px = baseline_ais = None
     with tempfile.TemporaryDirectory() as runs, \
             Progress(len(specs), "compare", "estimators", mode=progress) as bar:
         for spec in specs:
@@ -302,8 +311,11 @@ def main(argv=None) -> int:
             vae, history = trained["result"].vae, trained["result"].history
             final = evaluate_log_px(vae, eval_x, config.eval_samples, seed=config.seed)
             per_datapoint = final.pop("log_px_per_datapoint")
+            final.update(evaluate_log_px_ais(vae, eval_x, steps=config.ais_steps,
+                                             chains=config.ais_chains, seed=config.seed))
+            ais_per_datapoint = final.pop("ais_log_px_per_datapoint")
             if spec == BASELINE:
-                baseline_log_px = per_datapoint
+                baseline_log_px, baseline_ais = per_datapoint, ais_per_datapoint
             record = {
                 "estimator": spec.name, "K": spec.k, "options": spec.all_options,
                 "label": spec.label,
@@ -313,6 +325,8 @@ def main(argv=None) -> int:
                 "train_objective_nats": history[-1]["train_objective_nats"],
                 "test_elbo": history[-1]["test_elbo"], **final,
                 "log_px_minus_analytic": paired_difference(per_datapoint, baseline_log_px),
+                "ais_log_px_minus_analytic": paired_difference(ais_per_datapoint,
+                                                               baseline_ais),
                 "active_units": count_active_units(vae, data.test),
                 "curve": trained["curve"], "seconds_in_all": time.perf_counter() - t0,
             }
