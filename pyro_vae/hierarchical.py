@@ -42,7 +42,14 @@ from torch import nn
 from pyro_vae.errors import ConfigError
 from pyro_vae.flows import make_flow
 from pyro_vae.likelihoods import Likelihood, make_likelihood
-from pyro_vae.model import check_data, check_input, data_plate, init_output_bias, latent_weight
+from pyro_vae.model import (
+    check_data,
+    check_input,
+    data_plate,
+    init_output_bias,
+    latent_weight,
+    register_modules,
+)
 from pyro_vae.networks import GaussianEncoder, MLPDecoder, get_preset
 from pyro_vae.structure import Structure
 
@@ -194,10 +201,8 @@ class HierarchicalVAE(nn.Module):
         """p(z_L) … p(z_1|z_2) p_θ(x|z_1) for a minibatch ``x`` ``(B, x_dim)``; the arguments
         are those of :meth:`pyro_vae.VAE.model`. Returns ``(z_1, ..., z_L)``."""
         self._check_input(x, plate)
-        pyro.module(self.prefix + "priors", self.priors)
-        pyro.module(self.prefix + "decoder", self.decoder)
-        if self._likelihood_has_params:
-            pyro.module(self.prefix + "likelihood", self.likelihood)
+        register_modules(self, priors=self.priors, decoder=self.decoder,
+                         likelihood=self.likelihood if self._likelihood_has_params else None)
         batch_size = x.shape[0]
         with data_plate(self.plate_name, batch_size, num_data, plate, x.device):
             loc = x.new_zeros(batch_size, self.latent_dims[-1])
@@ -215,9 +220,7 @@ class HierarchicalVAE(nn.Module):
         """q(z_1|x) q(z_2|z_1) … q(z_L|z_(L-1)), arguments as in :meth:`model`. Returns
         ``(z_1, ..., z_L)``."""
         self._check_input(x, plate)
-        pyro.module(self.prefix + "encoders", self.encoders)
-        if self.flows is not None:
-            pyro.module(self.prefix + "flows", self.flows)
+        register_modules(self, encoders=self.encoders, flows=self.flows)
         zs, below = [], x
         with data_plate(self.plate_name, x.shape[0], num_data, plate, x.device):
             for i in range(self.num_layers):

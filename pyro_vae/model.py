@@ -168,9 +168,8 @@ class VAE(nn.Module):
             vectorized).
         """
         self._check_input(x, plate)
-        pyro.module(self.prefix + "decoder", self.decoder)
-        if self._likelihood_has_params:
-            pyro.module(self.prefix + "likelihood", self.likelihood)
+        register_modules(self, decoder=self.decoder,
+                         likelihood=self.likelihood if self._likelihood_has_params else None)
         batch_size = x.shape[0]
         with self._data_plate(batch_size, num_data, plate, x.device):
             loc = x.new_zeros(batch_size, self.latent_dim)
@@ -184,9 +183,7 @@ class VAE(nn.Module):
     def guide(self, x, context=None, *, num_data: int | None = None, plate: bool = True):
         """q_φ(z|x) (:meth:`posterior`), arguments as in :meth:`model`."""
         self._check_input(x, plate)
-        pyro.module(self.prefix + "encoder", self.encoder)
-        if self.flow is not None:
-            pyro.module(self.prefix + "flow", self.flow)
+        register_modules(self, encoder=self.encoder, flow=self.flow)
         with self._data_plate(x.shape[0], num_data, plate, x.device):
             q = self.posterior(x, context)
             with self._kl_weight():
@@ -229,6 +226,30 @@ class VAE(nn.Module):
 
 
 # --- what every model of the package shares ---------------------------------------------------
+
+
+def register_modules(vae, **modules) -> None:
+    """``pyro.module(vae.prefix + name, module)`` for each module given (``None``: skipped),
+    unless :func:`modules_unregistered` is in force: SVI and Pyro's JIT-compiled ELBOs find
+    the parameters through Pyro's param store, while a differentiable loss stepped by a torch
+    optimizer over ``vae.parameters()`` does not need it, and registering costs a Pyro message
+    per parameter at every step."""
+    if getattr(vae, "_registers_modules", True):
+        for name, module in modules.items():
+            if module is not None:
+                pyro.module(vae.prefix + name, module)
+
+
+@contextlib.contextmanager
+def modules_unregistered(vae):
+    """Within the block, ``vae``'s model and guide do not register their modules with Pyro's
+    param store (see :func:`register_modules`); the numbers are the same."""
+    previous = getattr(vae, "_registers_modules", True)
+    vae._registers_modules = False
+    try:
+        yield vae
+    finally:
+        vae._registers_modules = previous
 
 
 def data_plate(name: str, batch_size: int, num_data: int | None, plate: bool, device):

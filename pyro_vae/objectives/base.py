@@ -11,11 +11,14 @@ and the ELBO to :class:`pyro.infer.SVI`.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 import torch
 from pyro import poutine
+
+from pyro_vae.model import modules_unregistered
 
 __all__ = ["Objective", "PyroObjective", "TorchObjective"]
 
@@ -81,8 +84,13 @@ class PyroObjective(Objective):
         return (x,), kwargs
 
     def differentiable_loss(self, x, *, num_data=None) -> torch.Tensor:
+        """The ELBO's differentiable loss. Its gradient reaches the VAE's parameters directly,
+        so the model and guide skip registering their modules with Pyro's param store
+        (:func:`pyro_vae.model.modules_unregistered`), except for the JIT-compiled ELBOs,
+        which find their parameters there."""
         args, kwargs = self.arguments(x, num_data)
-        return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+        with contextlib.nullcontext() if self.jit else modules_unregistered(self.vae):
+            return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
 
     def loss(self, x, *, num_data=None) -> float:
         args, kwargs = self.arguments(x, num_data)
