@@ -35,6 +35,7 @@ from pyro_vae.flows import FLOWS
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.networks import ACTIVATIONS, PRESETS
 from pyro_vae.objectives import ESTIMATORS, estimator_options
+from pyro_vae.resources import set_threads
 from pyro_vae.runs import RunFolder
 from pyro_vae.training import fit
 
@@ -185,6 +186,9 @@ def _output_options(out) -> None:
                      help="no progress bar or progress lines (the per-epoch lines remain)")
     out.add_argument("--no-plots", action="store_true",
                      help="write no pictures at the end (see pyro-vae plot)")
+    out.add_argument("--threads", type=positive_int, metavar="N",
+                     help="torch threads per process (default: torch's, one per core or "
+                     "$OMP_NUM_THREADS; on a busy machine, fewer are faster: the run says so)")
     out.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_SECONDS,
                      metavar="SECONDS", help="under torchrun: how long a rank waits for the "
                      f"others before the run fails (default: {DEFAULT_TIMEOUT_SECONDS:g})")
@@ -218,6 +222,7 @@ def _folder(args, given: dict) -> RunFolder:
 def run(args) -> int:
     """Train in one process, or under torchrun in each rank of a data-parallel group (rank 0
     alone prints, holds the folder's lock and writes; see :mod:`pyro_vae.distributed`)."""
+    busy = set_threads(args.threads)
     given = _given(args)
     folder = _folder(args, given)
     main_rank = os.environ.get("RANK", "0") == "0"
@@ -233,10 +238,11 @@ def run(args) -> int:
                 folder.prepare_new(overwrite=args.overwrite,
                                    log=lambda m: print(m, file=sys.stderr))
         with process_group(device=config.device, timeout=args.dist_timeout) as world:
-            return _train(args, config, folder, checkpoint, world)
+            return _train(args, config, folder, checkpoint, world, busy)
 
 
-def _train(args, config: TrainConfig, folder: RunFolder, checkpoint, world) -> int:
+def _train(args, config: TrainConfig, folder: RunFolder, checkpoint, world,
+           busy: str | None) -> int:
     main_process = world is None or world.is_main
     if args.download and main_process:
         load_dataset(config.dataset, config.data_dir, download=True)
@@ -247,6 +253,8 @@ def _train(args, config: TrainConfig, folder: RunFolder, checkpoint, world) -> i
         print(f"training {config.estimator} on {data.dataset.name} ({data.train.shape[0]} "
               f"train / {data.test.shape[0]} test images from {data.dataset.source}) for "
               f"{config.epochs} epochs{processes}, into {folder.path}", file=sys.stderr)
+        if busy and world is None:
+            print(busy, file=sys.stderr)
         if config.likelihood == "bernoulli" and config.dataset != "mnist":
             print(f"note: the bernoulli likelihood models binary pixels, so {config.dataset}'s "
                   "grey levels are binarized at random (a new draw each epoch; the test set "
