@@ -77,7 +77,8 @@ def _check(num_samples: int, memory_mb: float, pareto_k: bool) -> None:
     if not memory_mb > 0:
         raise ConfigError(f"memory_mb must be positive, got {memory_mb!r}")
     if pareto_k and num_samples < MIN_PSIS_SAMPLES:
-        raise ConfigError(f"Pareto k-hat needs num_samples >= {MIN_PSIS_SAMPLES}, got {num_samples}")
+        raise ConfigError(f"Pareto k-hat needs num_samples >= {MIN_PSIS_SAMPLES}, got "
+                          f"{num_samples}")
 
 
 def _block_log_weights(model, guide, data: tuple, K: int, chunk: int, info) -> torch.Tensor:

@@ -193,7 +193,8 @@ def importance_pass(
     if not memory_mb > 0:
         raise ConfigError(f"memory_mb must be positive, got {memory_mb!r}")
     if pareto_k and num_samples < MIN_PSIS_SAMPLES:
-        raise ConfigError(f"Pareto k-hat needs num_samples >= {MIN_PSIS_SAMPLES}, got {num_samples}")
+        raise ConfigError(f"Pareto k-hat needs num_samples >= {MIN_PSIS_SAMPLES}, got "
+                          f"{num_samples}")
     structure = getattr(vae, "structure", None)
     if structure is not None and (structure.flow is not None or structure.stochastic_layers > 1):
         raise ConfigError(
