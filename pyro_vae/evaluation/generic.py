@@ -32,8 +32,7 @@ from typing import NamedTuple
 import torch
 
 from pyro_vae.distributed import World, derive_seed, owns, sum_across
-from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation.importance import LogPxEstimate
+from pyro_vae.evaluation.importance import LogPxEstimate, check_sampling_arguments
 from pyro_vae.evaluation.program import (
     as_data,
     inspect_program,
@@ -41,7 +40,7 @@ from pyro_vae.evaluation.program import (
     slice_data,
     trace_bytes,
 )
-from pyro_vae.evaluation.psis import MIN_PSIS_SAMPLES, pareto_k_hat
+from pyro_vae.evaluation.psis import pareto_k_hat
 from pyro_vae.progress import Progress
 
 __all__ = ["GenericPassResult", "estimate_log_px_generic", "generic_importance_pass",
@@ -71,16 +70,6 @@ def log_mean_exp_stats(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return lse - math.log(K), (sum_sq - 1.0 / K).clamp_min(0).sqrt()
 
 
-def _check(num_samples: int, memory_mb: float, pareto_k: bool) -> None:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
-        raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if not memory_mb > 0:
-        raise ConfigError(f"memory_mb must be positive, got {memory_mb!r}")
-    if pareto_k and num_samples < MIN_PSIS_SAMPLES:
-        raise ConfigError(f"Pareto k-hat needs num_samples >= {MIN_PSIS_SAMPLES}, got "
-                          f"{num_samples}")
-
-
 def _block_log_weights(model, guide, data: tuple, K: int, chunk: int, info) -> torch.Tensor:
     """``(K, B)`` log-weights of one block, ``chunk`` particles at a time."""
     parts = [log_weights(model, guide, data, min(chunk, K - s), info)
@@ -106,7 +95,7 @@ def generic_importance_pass(
     """One pass of K = ``num_samples`` importance samples per datapoint of ``data`` (a tensor
     or a tuple of per-datapoint tensors, the model's and guide's positional arguments); the
     arguments are those of :func:`estimate_log_px_generic`."""
-    _check(num_samples, memory_mb, pareto_k)
+    check_sampling_arguments(num_samples, memory_mb, pareto_k)
     data = as_data(data)
     N, K = data[0].shape[0], num_samples
     block = max(1, min(N, block_size or 128))

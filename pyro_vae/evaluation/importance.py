@@ -173,6 +173,35 @@ def _block(vae, xb: torch.Tensor, K: int, layout: Layout, generator, want_k: boo
 
 
 @torch.no_grad()
+def _run_blocks(run, blocks: list[int], workers: int) -> None:
+    """``run(i)`` for each block ``i``: in this thread, or on ``workers`` threads of one torch
+    thread each (the blocks write disjoint rows)."""
+    if workers == 1 or len(blocks) == 1:
+        for i in blocks:
+            run(i)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, blocks))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def check_sampling_arguments(num_samples: int, memory_mb: float, pareto_k: bool) -> None:
+    """Refuse, with a :class:`ConfigError`, a K that is not a positive integer, a memory
+    budget that is not positive, or Pareto k̂ asked of fewer samples than PSIS needs; shared
+    by this fast path and :mod:`.generic`."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
+        raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if not memory_mb > 0:
+        raise ConfigError(f"memory_mb must be positive, got {memory_mb!r}")
+    if pareto_k and num_samples < MIN_PSIS_SAMPLES:
+        raise ConfigError(f"Pareto k-hat needs num_samples >= {MIN_PSIS_SAMPLES}, got "
+                          f"{num_samples}")
+
+
 def importance_pass(
     vae,
     x: torch.Tensor,
@@ -188,13 +217,7 @@ def importance_pass(
 ) -> PassResult:
     """One pass of K = ``num_samples`` importance samples per datapoint of ``x``
     ``(N, x_dim)`` (see the module docstring); the arguments are :func:`estimate_log_px`'s."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
-        raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if not memory_mb > 0:
-        raise ConfigError(f"memory_mb must be positive, got {memory_mb!r}")
-    if pareto_k and num_samples < MIN_PSIS_SAMPLES:
-        raise ConfigError(f"Pareto k-hat needs num_samples >= {MIN_PSIS_SAMPLES}, got "
-                          f"{num_samples}")
+    check_sampling_arguments(num_samples, memory_mb, pareto_k)
     structure = getattr(vae, "structure", None)
     if structure is not None and (structure.flow is not None or structure.stochastic_layers > 1):
         raise ConfigError(
@@ -223,17 +246,7 @@ def importance_pass(
                              pareto_k, bar)
             values[start : start + out.shape[0]] = out
 
-        if workers == 1 or len(mine) == 1:
-            for i in mine:
-                run(i)
-        else:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with ThreadPoolExecutor(workers) as pool:
-                    list(pool.map(run, mine))
-            finally:
-                torch.set_num_threads(threads)
+        _run_blocks(run, mine, workers)
     values = sum_across(values, world)
     fields = [values[:, i] for i in range(6)]
     S = len(ks)
