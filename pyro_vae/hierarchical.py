@@ -228,6 +228,21 @@ class HierarchicalVAE(nn.Module):
                 zs.append(below)
         return tuple(zs)
 
+    def base_guide(self, x, context=None, *, num_data: int | None = None, plate: bool = True):
+        """The guide without its flows: q_0(z_1|x) q_0(z_2|z_1) …, each layer the diagonal
+        Gaussian that :meth:`guide`'s flow transforms (the same as :meth:`guide` without flows).
+        A normalized density whose value at any z is cheap, where the flow's needs its inverse:
+        where AIS starts (:func:`pyro_vae.evaluation.targets.target_for`)."""
+        self._check_input(x, plate)
+        register_modules(self, encoders=self.encoders)
+        zs, below = [], x
+        with data_plate(self.plate_name, x.shape[0], num_data, plate, x.device):
+            for i in range(self.num_layers):
+                loc, scale = self.encoders[i](below, context)
+                below = self._sample(i, dist.Normal(loc, scale).to_event(1))
+                zs.append(below)
+        return tuple(zs)
+
     def posterior(self, layer: int, below: torch.Tensor, context=None) -> dist.TorchDistribution:
         """q(z_l|z_(l-1)) for ``layer`` = l − 1 (z_0 = x), given the layer below ``(..., B,
         d_(l-1))``: a diagonal Gaussian, pushed through the layer's flow when there is one."""

@@ -168,14 +168,25 @@ class ProgramTarget:
         The guide's density at arbitrary z is needed: a flow without an inverse (planar,
         radial) works with ``"prior"`` only.
     :param data_plate: the data plate's name, where it cannot be told from the program.
+    :param start_guide: with ``start="guide"``, a guide with the same sites to start from in
+        place of ``guide`` (any normalized density will do): for a flow guide, the Gaussians
+        its flows transform, whose density at a given z needs no inverse of the flow (an IAF's
+        inverse is one network pass per latent dimension). ``guide`` still gives the
+        encoder's own ELBO (:meth:`sample_guide`).
     """
 
-    def __init__(self, model, guide, *, start: str = "guide", data_plate: str | None = None):
+    def __init__(self, model, guide, *, start: str = "guide", data_plate: str | None = None,
+                 start_guide=None):
         self.model, self.guide = model, guide
         self.start, self.data_plate = _check_start(start), data_plate
+        self.start_guide = guide if start_guide is None else start_guide
 
     def describe_start(self) -> str:
-        return "the guide q(z|x)" if self.start == "guide" else "the prior p(z)"
+        if self.start == "prior":
+            return "the prior p(z)"
+        if self.start_guide is not self.guide:
+            return "the guide's Gaussians, before their flows"
+        return "the guide q(z|x)"
 
     def info(self, data: tuple) -> ProgramInfo:
         return inspect_program(self.model, self.guide, data, data_plate=self.data_plate)
@@ -209,7 +220,7 @@ def _is_identity(transform) -> bool:
 class _ProgramDensity:
     def __init__(self, target: ProgramTarget, data: tuple, info: ProgramInfo):
         self.data, self.info, self.start = data, info, target.start
-        self.model, self.guide = target.model, target.guide
+        self.model, self.guide, self.start_guide = target.model, target.guide, target.start_guide
         self.num_datapoints = data[0].shape[0]
         self._validated = False
         with torch.random.fork_rng(devices=[]), torch.no_grad():  # shapes from one prior draw
@@ -272,7 +283,7 @@ class _ProgramDensity:
 
     def _guide_log_density(self, values: dict, num_chains: int) -> torch.Tensor:
         try:
-            trace = self._trace(self.guide, values, num_chains)
+            trace = self._trace(self.start_guide, values, num_chains)
             terms = [site_log_prob(s, self.info) for s in sample_sites(trace)]
         except (NotImplementedError, KeyError) as e:  # Pyro's flows without an inverse
             raise ConfigError(f"the guide's density at a given z is not available "
@@ -298,7 +309,7 @@ class _ProgramDensity:
         return self.pack({s.name: trace.nodes[s.name]["value"] for s in self.sites})
 
     def sample_start(self, num_chains: int) -> torch.Tensor:
-        return self._draw(self.guide if self.start == "guide" else self.model, num_chains)
+        return self._draw(self.start_guide if self.start == "guide" else self.model, num_chains)
 
     def sample_guide(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``num_samples`` draws of the guide and their log-density on u (from the guide's own
@@ -319,7 +330,9 @@ class _ProgramDensity:
 def target_for(vae, *, start: str = "guide"):
     """The target of a model of this package: :class:`VAETarget` (the fast path) for the
     one-layer :class:`~pyro_vae.VAE` without context, :class:`ProgramTarget` of its model and
-    guide otherwise (a :class:`~pyro_vae.HierarchicalVAE`, a VAE with context)."""
+    guide otherwise (a :class:`~pyro_vae.HierarchicalVAE`, a VAE with context), started, for
+    a flow guide, from the Gaussians its flows transform (``base_guide``)."""
     if isinstance(vae, VAE) and not vae.context_dim:
         return VAETarget(vae, start=start)
-    return ProgramTarget(vae.model, vae.guide, start=start)
+    base = vae.base_guide if getattr(vae, "flows", None) is not None else None
+    return ProgramTarget(vae.model, vae.guide, start=start, start_guide=base)
