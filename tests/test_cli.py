@@ -70,3 +70,17 @@ def test_ctrl_c_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, cap
     err = capsys.readouterr().err
     assert "pyro-vae: interrupted (exit status 130). No epoch had finished: nothing was " \
            "saved." in err
+
+
+def test_every_option_that_takes_a_value_shows_its_default():
+    """Issue 17: `--help` of every command names each option's default (flags are off unless
+    given; `--resume RUN_DIR` has no default: without it a new run starts)."""
+    from pyro_vae.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(commands) >= {"train", "evaluate", "sample", "plot"}
+    missing = [(name, action.option_strings) for name, sub in commands.items()
+               for action in sub._actions
+               if action.option_strings and action.nargs != 0 and action.dest != "resume"
+               and "default" not in (action.help or "")]
+    assert missing == []
