@@ -238,7 +238,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int,
                         help=f"epochs per estimator (default: the paper's {FULL_EPOCHS})")
-    budget.add_argument("--minutes", type=float, help="training minutes per estimator")
+    budget.add_argument("--minutes", type=float, help="training minutes per estimator "
+                        "(default: none, --epochs)")
     parser.add_argument("--eval-samples", type=int,
                         help=f"K of the log p(x) estimate (default {default.eval_samples})")
     parser.add_argument("--eval-size", type=int, help="test images evaluated (default: all)")

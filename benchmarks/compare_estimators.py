@@ -256,7 +256,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, help=f"epochs per estimator (default "
                                                    f"{default.epochs})")
-    budget.add_argument("--seconds", type=float, help="training seconds per estimator")
+    budget.add_argument("--seconds", type=float, help="training seconds per estimator "
+                        "(default: none, --epochs)")
     parser.add_argument("--train-size", type=int,
                         help=f"training images (default {default.train_size})")
     parser.add_argument("--eval-size", type=int, help="test images of the log p(x) estimates "

@@ -319,8 +319,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"Pyro estimators to time (default {' '.join(default.estimators)})")
     parser.add_argument("--preset", choices=("pyro", "burda"),
                         help=f"network preset (default {default.preset})")
-    parser.add_argument("--hidden-sizes", type=int, nargs="+", help="override the preset's")
-    parser.add_argument("--latent-dim", type=int, help="override the preset's")
+    parser.add_argument("--hidden-sizes", type=int, nargs="+",
+                        help="override the preset's (default: the preset's)")
+    parser.add_argument("--latent-dim", type=int,
+                        help="override the preset's (default: the preset's)")
     parser.add_argument("--seconds", type=float, help="interleaved seconds per batch size "
                         f"(default {default.seconds_per_batch_size:g})")
     parser.add_argument("--no-pyro-svi", action="store_true",

@@ -34,10 +34,12 @@ from pyro_vae.training import fit
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=DefaultsHelpFormatter)
 parser.add_argument("--epochs", type=int, default=10, help="training epochs")
-parser.add_argument("--data-dir", help="folder of the four Fashion-MNIST IDX files")
+parser.add_argument("--data-dir", help="folder of the four Fashion-MNIST IDX files (default: "
+                    "$PYRO_VAE_DATA, else the installed /usr/share/datasets/fashion-mnist)")
 parser.add_argument("--download", action="store_true",
                     help="download Fashion-MNIST (checksum-verified) if it is not installed")
-parser.add_argument("--out", type=Path, help="run folder for metrics, checkpoint and pictures")
+parser.add_argument("--out", type=Path, help="run folder for metrics, checkpoint and pictures "
+                    "(default: none, nothing written)")
 parser.add_argument("--quick", action="store_true",
                     help="3 epochs on 10,000 images, seconds")
 args = parser.parse_args()
