@@ -91,3 +91,38 @@ def test_fashion_example_with_a_damaged_file_is_an_error_in_one_line(tmp_path):
     assert proc.stderr.strip().startswith("fashion_mnist.py: error: ")
     assert "train-images-idx3-ubyte: IDX file has 1 dimensions" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+HELP_OPTION = re.compile(r"^  (-[-\w]+(?:, -[-\w]+)*)( [A-Z_]+.*)?$")
+
+
+def options_without_default(help_text: str) -> list[str]:
+    """The options of an argparse ``--help`` that take a value and do not name a default."""
+    missing, current, takes_value, text = [], None, False, ""
+    for line in [*help_text.split("options:", 1)[-1].splitlines(), "  -end"]:
+        match = HELP_OPTION.match(line)
+        if match or not line.startswith("   "):
+            if current and takes_value and "default" not in text:
+                missing.append(current)
+            current, text = (match.group(1), line) if match else (None, "")
+            takes_value = bool(match and match.group(2) and match.group(2).split()[0].isupper())
+        else:
+            text += line
+    return missing
+
+
+def test_options_without_default_finds_one():
+    text = "options:\n  -h, --help  show\n  --a A       with (default 1)\n  --b B       none\n"
+    assert options_without_default(text) == ["--b"]
+
+
+@pytest.mark.parametrize("script", EXAMPLES + sorted(
+    p for p in (REPO / "benchmarks").glob("*.py") if p.stem not in ("common", "__init__")),
+    ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_option_that_takes_a_value_names_its_default(script):
+    """Issue 17: every example's and benchmark's --help shows each option's default."""
+    proc = subprocess.run([sys.executable, str(script), "--help"], cwd=REPO, text=True,
+                          capture_output=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "100"})
+    assert proc.returncode == 0, proc.stderr
+    assert options_without_default(proc.stdout) == []
