@@ -24,6 +24,7 @@ import hashlib
 import io
 import math
 import os
+import random
 import shutil
 import struct
 import sys
@@ -362,7 +363,7 @@ def _damaged_data(case: str) -> Callable[[Path], None]:
         elif case == "truncated gzip":
             target.write_bytes(raw[: len(raw) // 2])
         elif case == "garbage":
-            target.write_bytes(os.urandom(4096))
+            target.write_bytes(random.Random(0).randbytes(4096))  # fixed: a stable report
         elif case == "html page":
             import gzip
 
@@ -441,7 +442,7 @@ def _checkpoint_damage(case: str) -> Callable[[Path], None]:
             path.write_text("not a checkpoint\n")
             return
         if case == "random bytes":
-            path.write_bytes(os.urandom(len(raw)))
+            path.write_bytes(random.Random(1).randbytes(len(raw)))
             return
         ckpt = torch.load(path, weights_only=True)
         state = dict(ckpt["model_state"])
