@@ -231,3 +231,33 @@ def test_a_two_layer_flow_guide_starts_from_the_gaussians_its_flows_transform():
     # the encoder's own ELBO still comes from the flow guide
     _, log_q = density.sample_guide(3)
     assert log_q.shape == (3, 5) and torch.isfinite(log_q).all()
+
+
+def test_a_flow_vae_anneals_in_its_flows_input_where_the_start_is_q_itself():
+    """VAETarget of a one-layer IAF VAE: u is the flow's input, z = T_x(u). The start is the
+    encoder's Gaussian on u, and ℓ(u) = log p(x, z) − log q(z|x), with log q from the flow's
+    own density at z (through its inverse, computed independently): the first AIS weight is
+    the importance weight of q. Also: pull_back inverts push, and log_joint carries the
+    Jacobian."""
+    torch.manual_seed(0)
+    vae = VAE(x_dim=6, latent_dim=3, hidden_sizes=(5,), flow="iaf")
+    with torch.no_grad():  # a flow far from the identity
+        for p in vae.flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = binary_batch(4, 6, seed=1)
+    target = VAETarget(vae)
+    assert target.describe_start() == "the encoder q(z|x), in its flow's input coordinates"
+    density = target.bind(x)
+    u = density.sample_start(5)
+    log_start, ratio = density.start_and_ratio(u)
+    z, log_det = density.push(u)
+    assert_close(density.pull_back(z), u, rtol=1e-4, atol=1e-5)
+    q = vae.posterior(x)
+    fresh = z.detach().clone()  # no cached pair: the flow's density at z needs its inverse
+    log_q = q.log_prob(fresh)
+    log_pxz = (torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+               + torch.distributions.Bernoulli(logits=vae.decoder(z)).log_prob(x).sum(-1))
+    assert_close(log_start - log_det, log_q, rtol=1e-4, atol=1e-4)
+    assert_close(ratio, log_pxz - log_q, rtol=1e-4, atol=1e-4)
+    assert_close(density.log_joint(u), log_pxz + log_det, rtol=1e-5)
+    assert not torch.allclose(log_det, torch.zeros_like(log_det))

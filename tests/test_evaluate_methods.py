@@ -125,7 +125,7 @@ def test_torchrun_splits_the_datapoints_and_gives_the_numbers_of_one_process(tin
 
 def test_a_flow_guide_checkpoint_is_evaluated_by_the_generic_and_the_fast_path(tmp_path):
     """--method is takes Pyro's traces for a flow guide (the fast path assumes a Gaussian q);
-    --method ais the fast VAE target, started at the Gaussian the flow transforms; both
+    --method ais the fast VAE target, started at q in the flow's input coordinates; both
     give the library's numbers."""
     folder = tmp_path / "flow"
     config = TrainConfig(train_size=128, test_size=6, hidden_sizes=(16,), latent_dim=3,
@@ -140,5 +140,5 @@ def test_a_flow_guide_checkpoint_is_evaluated_by_the_generic_and_the_fast_path(t
     expected = estimate_log_px_generic(vae.model, vae.guide, x, num_samples=25)
     assert_close(report["per_datapoint"]["log_px"], expected.log_px, rtol=1e-10, atol=1e-10)
     report = evaluate(folder, tmp_path, *AIS_ARGS)
-    assert report["settings"]["start"] == "the encoder's Gaussian, before its flow"
+    assert report["settings"]["start"] == "the encoder q(z|x), in its flow's input coordinates"
     assert len(report["per_datapoint"]["log_px"]) == 6

@@ -73,9 +73,12 @@ class VAETarget:
     """The fast path for the one-layer :class:`~pyro_vae.VAE` (no context): z ∈ ℝ^L, the prior
     N(0, I), log p(x|z) from the likelihood's own fast formula.
 
-    :param start: ``"guide"``: the encoder's Gaussian N(loc(x), diag scale(x)²), which is
-        q(z|x) itself, or with a flow guide the Gaussian the flow transforms (its density at
-        any z is cheap, the flow's needs its inverse); ``"prior"``: N(0, I).
+    :param start: ``"guide"``: q(z|x) itself, the encoder's Gaussian N(loc(x), diag
+        scale(x)²); with a flow guide z = T_x(u) pushes that Gaussian through the flow, and
+        the density works in the flow's input u, where q is the Gaussian (its density cheap,
+        the flow's needs its inverse) and the target is p(x, T_x(u)) |det ∂T_x/∂u|: AIS
+        starts at q exactly, its first step is importance sampling with q (NeuTra-style,
+        Hoffman et al. 2019), and the flow preconditions HMC. ``"prior"``: N(0, I), in z.
     """
 
     def __init__(self, vae, *, start: str = "guide"):
@@ -87,7 +90,7 @@ class VAETarget:
         if self.start == "prior":
             return "the prior p(z)"
         if getattr(self.vae, "flow", None) is not None:
-            return "the encoder's Gaussian, before its flow"
+            return "the encoder q(z|x), in its flow's input coordinates"
         return "the encoder q(z|x)"
 
     def bind(self, data) -> _VAEDensity:
@@ -101,7 +104,8 @@ class VAETarget:
         with torch.no_grad():
             z = torch.randn(x.shape[0], self.vae.latent_dim, dtype=x.dtype, device=x.device)
             x_sim = self.vae.decode(z).sample().to(x.dtype)
-        return (x_sim,), z.unsqueeze(0)
+            u = _VAEDensity(self.vae, x_sim, self.start).pull_back(z.unsqueeze(0))
+        return (x_sim,), u
 
     def row_bytes(self, data) -> int:
         """Bytes of working memory per (chain × datapoint) row of a gradient evaluation."""
@@ -112,6 +116,8 @@ class VAETarget:
 
 
 class _VAEDensity:
+    """u = z, or with a flow guide and the guide start, u = the flow's input (z = T_x(u))."""
+
     def __init__(self, vae, x: torch.Tensor, start: str):
         self.vae, self.x, self.start = vae, x, start
         self.num_datapoints, self.dim = x.shape[0], vae.latent_dim
@@ -119,32 +125,51 @@ class _VAEDensity:
             loc, scale = vae.encode(x)
         self.q = Normal(loc, scale, validate_args=False)  # batch (B, L): the encoder's Gaussian
         self.prior = Normal(torch.zeros_like(loc), torch.ones_like(loc), validate_args=False)
+        self.transforms = ()  # T_x, conditioned on the encoder's hidden layer
+        if getattr(vae, "flow", None) is not None and start == "guide":
+            with torch.no_grad():
+                self.transforms = tuple(vae.posterior(x).transforms)
+
+    def push(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z = T_x(u) ``(C, B, L)`` and log |det ∂z/∂u| ``(C, B)`` (zero without a flow)."""
+        z, log_det = u, u.new_zeros(u.shape[:-1])
+        for t in self.transforms:
+            y = t(z)
+            log_det = log_det + t.log_abs_det_jacobian(z, y)
+            z = y
+        return z, log_det
+
+    def pull_back(self, z: torch.Tensor) -> torch.Tensor:
+        """u = T_x⁻¹(z) (the flow's inverse, one network pass per latent dimension)."""
+        for t in reversed(self.transforms):
+            z = t.inv(z)
+        return z
 
     def sample_start(self, num_chains: int) -> torch.Tensor:
         dist = self.q if self.start == "guide" else self.prior
         return dist.sample((num_chains,))  # (C, B, L), from the global generator
 
     def sample_guide(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``num_samples`` draws of q_φ(z|x) (with its flow, if any) and their log-density."""
-        if getattr(self.vae, "flow", None) is None:
-            u = self.q.sample((num_samples,))
-            return u, self.q.log_prob(u).sum(-1)
-        with torch.no_grad():
-            q = self.vae.posterior(self.x)
-            u = q.sample((num_samples,))
-            return u, q.log_prob(u)  # the flow's cache: no inverse for its own sample
+        """``num_samples`` draws of q_φ on u and their log-density (in u, the Gaussian's)."""
+        u = self.q.sample((num_samples,))
+        return u, self.q.log_prob(u).sum(-1)
+
+    def _log_joint(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(x, z) + log |det ∂z/∂u|, log p(z) + log |det ∂z/∂u|) at z = T_x(u)."""
+        z, log_det = self.push(u)
+        log_prior = self.prior.log_prob(z).sum(-1) + log_det
+        return self.vae.likelihood.log_prob_sum(self.vae.decoder(z), self.x) + log_prior, \
+            log_prior
 
     def log_joint(self, u: torch.Tensor) -> torch.Tensor:
-        log_lik = self.vae.likelihood.log_prob_sum(self.vae.decoder(u), self.x)
-        return log_lik + self.prior.log_prob(u).sum(-1)
+        return self._log_joint(u)[0]
 
     def start_and_ratio(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_prior = self.prior.log_prob(u).sum(-1)
-        log_lik = self.vae.likelihood.log_prob_sum(self.vae.decoder(u), self.x)
+        log_joint, log_prior = self._log_joint(u)
         if self.start == "prior":
-            return log_prior, log_lik
+            return log_prior, log_joint - log_prior
         log_q = self.q.log_prob(u).sum(-1)
-        return log_q, log_lik + log_prior - log_q
+        return log_q, log_joint - log_q
 
     def guide_gaussian(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.q.loc, self.q.scale
