@@ -355,9 +355,13 @@ class _ProgramDensity:
 def target_for(vae, *, start: str = "guide"):
     """The target of a model of this package: :class:`VAETarget` (the fast path) for the
     one-layer :class:`~pyro_vae.VAE` without context, :class:`ProgramTarget` of its model and
-    guide otherwise (a :class:`~pyro_vae.HierarchicalVAE`, a VAE with context), started, for
-    a flow guide, from the Gaussians its flows transform (``base_guide``)."""
+    guide otherwise (a :class:`~pyro_vae.HierarchicalVAE`, a VAE with context); a
+    hierarchical VAE with flows started at its guide anneals in the flows' input coordinates
+    (:class:`~pyro_vae.evaluation.flow_target.HierarchicalFlowTarget`)."""
     if isinstance(vae, VAE) and not vae.context_dim:
         return VAETarget(vae, start=start)
-    base = vae.base_guide if getattr(vae, "flows", None) is not None else None
-    return ProgramTarget(vae.model, vae.guide, start=start, start_guide=base)
+    if getattr(vae, "flows", None) is not None and _check_start(start) == "guide":
+        from pyro_vae.evaluation.flow_target import HierarchicalFlowTarget
+
+        return HierarchicalFlowTarget(vae)
+    return ProgramTarget(vae.model, vae.guide, start=start)
