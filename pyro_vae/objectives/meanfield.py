@@ -53,6 +53,14 @@ def _kl_sum(guide_site, model_site):
     return kl_qp * torch.Size(guide_site["fn"].batch_shape).numel()
 
 
+def _closed_form_kl(guide_site, model_site):
+    """KL(q ‖ p) of one latent site summed, in closed form, or None where torch has none."""
+    try:
+        return _kl_sum(guide_site, model_site)
+    except NotImplementedError:
+        return None
+
+
 class TraceMeanField_ELBO(pyro.infer.TraceMeanField_ELBO):
     """:class:`pyro.infer.TraceMeanField_ELBO` that takes the closed-form KL only where it is
     the ELBO's term, without the log-densities it computes and never uses: on the one-layer VAE
@@ -103,14 +111,14 @@ class TraceMeanField_ELBO(pyro.infer.TraceMeanField_ELBO):
             guide_site = guide_trace.nodes[name]
             if is_validation_enabled():
                 check_fully_reparametrized(guide_site)
-            try:
-                if name not in closed_form:
-                    raise NotImplementedError
-                elbo_particle = elbo_particle - _kl_sum(guide_site, model_site)
-            except NotImplementedError:  # no closed form, or not the ELBO's term
-                _complete(model_trace, guide_trace)
-                entropy_term = guide_site["score_parts"].entropy_term
-                elbo_particle = elbo_particle + model_site["log_prob_sum"] - entropy_term.sum()
+            kl = _closed_form_kl(guide_site, model_site) if name in closed_form else None
+            if kl is not None:
+                elbo_particle = elbo_particle - kl
+                continue
+            # no closed form, or not the ELBO's term: Monte Carlo, as Trace_ELBO
+            _complete(model_trace, guide_trace)
+            entropy_term = guide_site["score_parts"].entropy_term
+            elbo_particle = elbo_particle + model_site["log_prob_sum"] - entropy_term.sum()
         for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites
             if guide_site["type"] == "sample" and name not in model_trace.nodes:
                 assert guide_site["infer"].get("is_auxiliary")
