@@ -36,8 +36,7 @@ REFUSED = {
     ("stl", "vae+iaf"): "inverting it",
     ("stl", "hierarchical+iaf"): "inverting it",
     ("dreg", "vae+iaf"): "inverting it",
-    ("dreg", "hierarchical"): "weighted twice",
-    ("dreg", "hierarchical+iaf"): "weighted twice",
+    ("dreg", "hierarchical+iaf"): "inverting it",
     ("rws", "vae+iaf"): "inverting it",
     ("rws", "hierarchical+iaf"): "inverting it",
 }

@@ -19,8 +19,10 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro.infer.util import get_dependent_plate_dims, torch_sum
-from pyro.util import warn_if_nan
+from pyro import poutine
+from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled, torch_sum
+from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_model_guide_match, warn_if_nan
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.objectives.iwae import IWAE_ELBO
@@ -40,12 +42,24 @@ class DReG_ELBO(IWAE_ELBO):
     - guide (φ): Σ_k w̃_k² ∂_z[log p_θ(x, z) − log q_φ̄(z|x)]|_(z_k) ∂_φ z_k, the path term
       only, φ̄ = φ held fixed in log q (the paper's DReG estimator for the IWAE bound).
 
-    Both come from one surrogate, −Σ_kb w̃_kb ℓ_kb with ℓ_kb = log p_θ(x_b, z_kb) −
-    log q_φ̄(z_kb|x_b) and w̃ detached: ∇_θ of it is the model's gradient (z does not depend on
-    θ), and ℓ depends on φ only through z, so scaling the gradient that reaches each z_kb by
-    w̃_kb (a tensor hook; values untouched) turns Σ_k w̃_k ∂_φ ℓ_k into Σ_k w̃_k² ∂_φ ℓ_k.
-    In expectation it equals the IWAE gradient; at K = 1 it is the STL gradient, and it is
-    zero for every sample when q(z|x) = p(z|x).
+    ∂_z is the partial derivative in every latent at once, φ held fixed: on a hierarchical
+    guide q(z_1|x) q(z_2|z_1), z_2 = z_2(ε_2, z_1, φ) and ∂_φ z_k is the whole chain, and
+    ∂_(z_1) takes in log q(z_2|z_1) through q(z_2|z_1)'s parameters (Tucker et al.'s identity
+    E_q[f(z) ∇_φ log q_φ(z)] = E_ε[∂_z f ∂_φ z] holds for the joint reparameterization).
+
+    Both come from one surrogate (w̃ detached),
+
+        −Σ_kb w̃_kb log p_θ(x_b, z̆_kb) + Σ_kb w̃_kb² log q_φ̄(z_kb|x_b),
+
+    z̆ a view of z whose gradient a tensor hook multiplies by w̃ (its value untouched):
+    ∇_θ is Σ_k w̃_k ∇_θ log p_θ (z does not depend on θ), and through the hook and through
+    log q_φ̄, which depends on φ only through z, ∇_φ is Σ_k w̃_k² ∂_z ℓ_k ∂_φ z_k, each path
+    reweighted once. log q_φ̄ keeps the value of log q_φ; with one latent site its gradient
+    comes from detaching q's parameters (they depend on x and φ only), with more from
+    log q_φ(z) − log q_φ(z̄) + log q_φ(z̄)|detached, z̄ the samples detached and the guide run
+    again on them (its gradient is the score term ∂_φ log q_φ(z)|_(z fixed), and
+    ∂_(z_1) log q(z_2|z_1) stays). In expectation it equals the IWAE gradient; at K = 1 it is
+    the STL gradient, and it is zero for every sample when q(z|x) = p(z|x).
 
     .. warning:: Every latent site must be reparameterized; other guides raise
        :class:`~pyro_vae.errors.ConfigError`. The weights are per particle and datapoint when
@@ -55,42 +69,73 @@ class DReG_ELBO(IWAE_ELBO):
     """
 
     def _particles(self, model, guide, args, kwargs):
-        """Per particle: log w and ℓ, each ``(B,)`` (or ``(K, B)`` once when vectorized),
-        and the guide's latent values (whose gradients the hooks rescale)."""
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-            log_p = 0.0
-            for site in model_trace.nodes.values():
-                if site["type"] == "sample":
-                    log_p = log_p + torch_sum(site["log_prob"], sum_dims)
-            log_q, log_q_stop, latents = 0.0, 0.0, []
-            for name, site in guide_trace.nodes.items():
-                if site["type"] != "sample":
-                    continue
-                if not is_reparameterized(site):
-                    raise ConfigError(
-                        f"the dreg estimator needs reparameterized guide sites; {name!r} is "
-                        "not (use iwae, whose gradient has a score-function term)"
-                    )
-                log_q = log_q + torch_sum(site["log_prob"], sum_dims)
-                log_q_stop = log_q_stop + torch_sum(log_prob_stop_q(site), sum_dims)
-                latents.append((name, site["value"]))
-            yield log_p - log_q, log_p - log_q_stop, latents
+        """The traces of each particle (once, vectorized, or one by one), as
+        :meth:`pyro.infer.ELBO._get_traces` draws them, with this estimator's extras."""
+        if self.vectorize_particles:
+            if self.max_plate_nesting == float("inf"):
+                self._guess_max_plate_nesting(model, guide, args, kwargs)
+            model = self._vectorized_num_particles(model)
+            guide = self._vectorized_num_particles(guide)
+            yield self._particle(model, guide, args, kwargs)
+        else:
+            for _ in range(self.num_particles):
+                yield self._particle(model, guide, args, kwargs)
+
+    def _particle(self, model, guide, args, kwargs):
+        """One (or the vectorized) particle: log p(x, z) with the model run on views of the
+        guide's samples, log q(z|x), log q at fixed parameters, and the views, whose gradient
+        the hooks reweight: the log-densities ``(B,)`` (``(K, B)`` vectorized), nats."""
+        full_trace = poutine.trace(guide).get_trace(*args, **kwargs)  # plates' indices too
+        guide_trace = prune_subsample_sites(full_trace)
+        latents = [name for name, site in guide_trace.nodes.items()
+                   if site["type"] == "sample" and not site["is_observed"]]
+        views = {name: guide_trace.nodes[name]["value"].view_as(guide_trace.nodes[name]["value"])
+                 for name in latents}
+        model_trace = poutine.trace(poutine.replay(model, trace=_with_values(full_trace, views))
+                                    ).get_trace(*args, **kwargs)
+        if is_validation_enabled():
+            check_model_guide_match(model_trace, full_trace, self.max_plate_nesting)
+        model_trace = prune_subsample_sites(model_trace)
+        model_trace.compute_log_prob()
+        guide_trace.compute_score_parts()
+        for name in latents:
+            if not is_reparameterized(guide_trace.nodes[name]):
+                raise ConfigError(
+                    f"the dreg estimator needs reparameterized guide sites; {name!r} is "
+                    "not (use iwae, whose gradient has a score-function term)"
+                )
+        sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+        log_p = _sum_log_prob(model_trace, sum_dims)
+        log_q = _sum_log_prob(guide_trace, sum_dims)
+        if len(latents) == 1:  # q's parameters cannot depend on another latent: detach them
+            log_q_fixed = torch_sum(log_prob_stop_q(guide_trace.nodes[latents[0]]), sum_dims)
+        else:  # recompute them from the samples held fixed: ∇ of it is the score term only
+            fixed = {name: guide_trace.nodes[name]["value"].detach() for name in latents}
+            fixed_trace = poutine.trace(poutine.replay(guide, trace=_with_values(
+                full_trace, fixed))).get_trace(*args, **kwargs)
+            fixed_trace = prune_subsample_sites(fixed_trace)
+            fixed_trace.compute_log_prob()
+            score = _sum_log_prob(fixed_trace, sum_dims)
+            log_q_fixed = log_q - (score - score.detach())
+        return log_p, log_q, log_q_fixed, views
 
     def _loss_and_surrogate_loss(self, model, guide, args, kwargs):
         """−IWAE_K (scalar, summed over the batch) and the DReG surrogate loss."""
         vectorized = self.vectorize_particles and self.num_particles > 1
-        log_w, ell, latents = [], [], []
-        particles = self._particles(model, guide, args, kwargs)
-        for k, (log_w_k, ell_k, latents_k) in enumerate(particles):
-            log_w.append(log_w_k)
-            ell.append(ell_k)
-            latents.extend((None if vectorized else k, name, z) for name, z in latents_k)
-        log_w = log_w[0] if vectorized else torch.stack(log_w)  # (K, B)
-        ell = ell[0] if vectorized else torch.stack(ell)  # (K, B)
+        log_p, log_q, log_q_fixed, views = [], [], [], []
+        for k, (log_p_k, log_q_k, fixed_k, views_k) in enumerate(
+                self._particles(model, guide, args, kwargs)):
+            log_p.append(log_p_k)
+            log_q.append(log_q_k)
+            log_q_fixed.append(fixed_k)
+            views.extend((None if vectorized else k, name, z) for name, z in views_k.items())
+        log_p, log_q, log_q_fixed = (
+            (t[0] if vectorized else torch.stack(t)) for t in (log_p, log_q, log_q_fixed)
+        )  # (K, B)
+        log_w = log_p - log_q
         loss = -(torch.logsumexp(log_w, 0) - math.log(self.num_particles)).sum()
         weights = torch.softmax(log_w.detach(), 0)  # w̃, (K, B)
-        for k, name, z in latents:
+        for k, name, z in views:
             w = weights if k is None else weights[k]
             if z.shape[: w.dim()] != w.shape:
                 raise ConfigError(
@@ -100,7 +145,7 @@ class DReG_ELBO(IWAE_ELBO):
             if z.requires_grad:
                 w = w.reshape(w.shape + (1,) * (z.dim() - w.dim()))
                 z.register_hook(lambda grad, w=w: grad * w)
-        surrogate_loss = -(weights * ell).sum()
+        surrogate_loss = -((weights * log_p).sum() - (weights**2 * log_q_fixed).sum())
         warn_if_nan(loss, "loss")
         return loss, surrogate_loss
 
@@ -115,3 +160,21 @@ class DReG_ELBO(IWAE_ELBO):
         if surrogate_loss.requires_grad:
             surrogate_loss.backward(retain_graph=self.retain_graph)
         return float(loss.detach())
+
+
+def _with_values(trace, values: dict) -> poutine.Trace:
+    """A shallow copy of ``trace`` whose sites named in ``values`` take those values (for
+    :func:`pyro.poutine.replay`); ``trace`` itself is untouched."""
+    copy = trace.copy()
+    for name, value in values.items():
+        copy.nodes[name] = {**trace.nodes[name], "value": value}
+    return copy
+
+
+def _sum_log_prob(trace, sum_dims) -> torch.Tensor:
+    """Σ over a trace's sample sites of ``log_prob``, every plate summed but ``sum_dims``."""
+    total = 0.0
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            total = total + torch_sum(site["log_prob"], sum_dims)
+    return total

@@ -36,7 +36,7 @@ estimator          one-layer, IAF     hierarchical        why not
 ``analytic``       no                 yes                 written for Gaussian guides
 ``mc``             no                 yes                 written for Gaussian guides
 ``stl``            no (cost)          yes                 log q at fixed parameters
-``dreg``           no (cost)          no (biased)         the same; hooks weight z_1 twice
+``dreg``           no (cost)          yes (guide twice)   log q at fixed parameters
 ``rws``            no (cost)          yes                 wake-φ: log q at fixed samples
 others             yes                yes
 =================  =================  ==================  ==================================
@@ -272,17 +272,7 @@ _INVERTING_THE_FLOW = ("it needs log q(z|x) at the sampled z with q's parameters
                        "trace, meanfield or iwae")
 
 
-def _stl_refuses(structure: Structure) -> str | None:
-    return _INVERTING_THE_FLOW if structure.flow is not None else None
-
-
-def _dreg_refuses(structure: Structure) -> str | None:
-    if structure.hierarchical:
-        return ("its hooks weight the gradient that reaches each latent sample by the "
-                "normalized importance weight, and here z_2 is computed from z_1, so the "
-                "gradient reaching z_1 through z_2 is weighted twice, and q(z_2|z_1) with "
-                "detached parameters leaves a term the weights do not average out: the "
-                "gradient would be biased; use iwae")
+def _refuses_flows(structure: Structure) -> str | None:
     return _INVERTING_THE_FLOW if structure.flow is not None else None
 
 
@@ -326,11 +316,11 @@ for _estimator in (
               refuses=_gaussian_guides_only),
     Estimator(name="stl", summary="sticking the landing (Roeder et al. 2017): Trace_ELBO "
               "without q's score term", bound=Bound.ELBO, build=_pyro_elbo("stl", STL_ELBO),
-              refuses=_stl_refuses),
+              refuses=_refuses_flows),
     Estimator(name="dreg", summary="doubly reparameterized IWAE_K gradient (Tucker et al. "
               "2019), K vectorized particles", bound=Bound.IWAE_K,
               build=_iwae("dreg", DReG_ELBO), default_num_particles=5,
-              refuses=_dreg_refuses),
+              refuses=_refuses_flows),
     Estimator(name="renyi", summary="Pyro RenyiELBO, 0 < alpha < 1: the Renyi bound VR_alpha "
               "(Li & Turner 2016), K vectorized particles", bound=Bound.VR_K, build=_renyi,
               default_num_particles=5, options=(ALPHA,)),
