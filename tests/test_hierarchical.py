@@ -278,8 +278,8 @@ def test_cli_trains_burda2_with_a_flow_and_refuses_bad_combinations(tmp_path, ca
     assert checkpoint.config.flow_layers == 1
     capsys.readouterr()
     for args, message in (
-        (["--preset", "burda2", "--estimator", "jit-meanfield"], "the jit-meanfield estimator cannot train the "
-         "2-layer hierarchical VAE with a diagonal Gaussian guide: "),
+        (["--preset", "burda2", "--estimator", "jit-meanfield"], "the jit-meanfield estimator "
+         "cannot train the 2-layer hierarchical VAE with a diagonal Gaussian guide: "),
         (["--preset", "burda2", "--latent-dim", "20"], "latent_dim and hidden_sizes"),
         (["--flow-layers", "3"], "flow_layers sets the number of transforms"),
     ):

@@ -238,11 +238,10 @@ def mean_guide_gradient(elbo, vae, x, draws):
 
 
 def test_stl_and_dreg_are_unbiased_on_the_two_layer_guide():
-    """stl detaches q(z_2|z_1)'s parameters, which drops ∂_(z_1) log q(z_2|z_1) at fixed z_2, a
-    term of mean zero given z_1: its mean gradient is Trace_ELBO's. dreg keeps that term (it
-    runs the guide again at the samples held fixed) and reweights each path once: its mean
-    gradient is the IWAE gradient. (Hooks on z_1 and z_2 themselves, the one-layer recipe,
-    missed here by more than 8 standard errors.)"""
+    """Both keep ∂_(z_1) log q(z_2|z_1) (they run the guide again at the samples held fixed)
+    and dreg reweights each path once: their mean guide gradients are Trace_ELBO's and the
+    IWAE gradient. (Hooks on z_1 and z_2 themselves with q's parameters detached, the one-layer
+    recipe, missed the IWAE gradient here by more than 8 standard errors.)"""
     params = chain()
     vae = off_posterior_vae(params)
     x = sample_model(params, 4, torch.Generator().manual_seed(5)).repeat(50, 1)
@@ -317,16 +316,20 @@ def diagonal_chain():
             LayerParams(W2, torch.linspace(0, 1, 3, dtype=F64), torch.tensor(0.6, dtype=F64)))
 
 
-@pytest.mark.parametrize("name, vanishes", [("dreg", True), ("iwae", False)])
-def test_dreg_guide_gradient_vanishes_at_the_exact_two_layer_posterior(name, vanishes):
-    """q = p(z_1, z_2|x): log w = log p(x) for every z, so DReG's guide gradient is zero for
-    every sample (dropping ∂_(z_1) log q(z_2|z_1), as detaching q(z_2|z_1)'s parameters does,
-    would leave it random), while iwae's score term keeps its gradient random."""
+@pytest.mark.parametrize("name, num_particles, vanishes",
+                         [("stl", 1, True), ("stl", 3, True), ("dreg", 5, True),
+                          ("trace", 1, False), ("iwae", 5, False)],
+                         ids=["stl-K1", "stl-K3", "dreg-K5", "trace-K1", "iwae-K5"])
+def test_guide_gradient_at_the_exact_two_layer_posterior(name, num_particles, vanishes):
+    """q = p(z_1, z_2|x): log w = log p(x) for every z, so the path derivative (stl, dreg) is
+    zero for every sample (dropping ∂_(z_1) log q(z_2|z_1), as detaching q(z_2|z_1)'s
+    parameters does, would leave it random), while the score term keeps trace's and iwae's
+    guide gradients random."""
     params = diagonal_chain()
     vae = linear_gaussian_hvae(params)
     set_to_posterior(vae, params)
     x = sample_model(params, 5, torch.Generator().manual_seed(1))
-    objective = make_objective(name, vae, num_particles=5)
+    objective = make_objective(name, vae, num_particles=num_particles)
     grads = []
     for seed in range(5):
         vae.zero_grad()
@@ -338,3 +341,20 @@ def test_dreg_guide_gradient_vanishes_at_the_exact_two_layer_posterior(name, van
         assert grads.abs().max() < 1e-10
     else:
         assert grads.std(0).max() > 1e-2
+
+
+def test_dreg_with_one_particle_is_stl_on_the_two_layer_model():
+    """K = 1: w̃ = 1, and both take log q at fixed parameters the same way: sample by sample."""
+    params = chain()
+    vae = off_posterior_vae(params, learn_model=True)
+    x = sample_model(params, 4, torch.Generator().manual_seed(5))
+    grads = {}
+    for name in ("dreg", "stl"):
+        objective = make_objective(name, vae, num_particles=1)
+        vae.zero_grad()
+        pyro.set_rng_seed(7)
+        objective.elbo.differentiable_loss(objective.model, objective.guide, x).backward()
+        grads[name] = {n: p.grad.clone() for n, p in vae.named_parameters()}
+    for name, g in grads["dreg"].items():
+        assert g.abs().max() > 1e-3, name
+        assert_close(grads["stl"][name], g, rtol=1e-10, atol=1e-12, msg=name)

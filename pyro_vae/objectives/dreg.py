@@ -19,14 +19,16 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro import poutine
-from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled, torch_sum
-from pyro.poutine.util import prune_subsample_sites
-from pyro.util import check_model_guide_match, warn_if_nan
+from pyro.infer.util import get_dependent_plate_dims, torch_sum
+from pyro.util import warn_if_nan
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.objectives.iwae import IWAE_ELBO
-from pyro_vae.objectives.util import is_reparameterized, log_prob_stop_q
+from pyro_vae.objectives.util import (
+    importance_traces,
+    is_reparameterized,
+    log_q_at_fixed_parameters,
+)
 
 __all__ = ["DReG_ELBO"]
 
@@ -59,7 +61,8 @@ class DReG_ELBO(IWAE_ELBO):
     log q_φ(z) − log q_φ(z̄) + log q_φ(z̄)|detached, z̄ the samples detached and the guide run
     again on them (its gradient is the score term ∂_φ log q_φ(z)|_(z fixed), and
     ∂_(z_1) log q(z_2|z_1) stays). In expectation it equals the IWAE gradient; at K = 1 it is
-    the STL gradient, and it is zero for every sample when q(z|x) = p(z|x).
+    the STL gradient (:class:`~pyro_vae.objectives.STL_ELBO`), and it is zero for every sample
+    when q(z|x) = p(z|x).
 
     .. warning:: Every latent site must be reparameterized; other guides raise
        :class:`~pyro_vae.errors.ConfigError`. The weights are per particle and datapoint when
@@ -85,39 +88,20 @@ class DReG_ELBO(IWAE_ELBO):
         """One (or the vectorized) particle: log p(x, z) with the model run on views of the
         guide's samples, log q(z|x), log q at fixed parameters, and the views, whose gradient
         the hooks reweight: the log-densities ``(B,)`` (``(K, B)`` vectorized), nats."""
-        full_trace = poutine.trace(guide).get_trace(*args, **kwargs)  # plates' indices too
-        guide_trace = prune_subsample_sites(full_trace)
-        latents = [name for name, site in guide_trace.nodes.items()
-                   if site["type"] == "sample" and not site["is_observed"]]
-        views = {name: guide_trace.nodes[name]["value"].view_as(guide_trace.nodes[name]["value"])
-                 for name in latents}
-        model_trace = poutine.trace(poutine.replay(model, trace=_with_values(full_trace, views))
-                                    ).get_trace(*args, **kwargs)
-        if is_validation_enabled():
-            check_model_guide_match(model_trace, full_trace, self.max_plate_nesting)
-        model_trace = prune_subsample_sites(model_trace)
-        model_trace.compute_log_prob()
-        guide_trace.compute_score_parts()
-        for name in latents:
-            if not is_reparameterized(guide_trace.nodes[name]):
+        traces = importance_traces(model, guide, args, kwargs, self.max_plate_nesting,
+                                   views=True)
+        for name, site in traces.guide.nodes.items():
+            if site["type"] == "sample" and not is_reparameterized(site):
                 raise ConfigError(
                     f"the dreg estimator needs reparameterized guide sites; {name!r} is "
                     "not (use iwae, whose gradient has a score-function term)"
                 )
-        sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-        log_p = _sum_log_prob(model_trace, sum_dims)
-        log_q = _sum_log_prob(guide_trace, sum_dims)
-        if len(latents) == 1:  # q's parameters cannot depend on another latent: detach them
-            log_q_fixed = torch_sum(log_prob_stop_q(guide_trace.nodes[latents[0]]), sum_dims)
-        else:  # recompute them from the samples held fixed: ∇ of it is the score term only
-            fixed = {name: guide_trace.nodes[name]["value"].detach() for name in latents}
-            fixed_trace = poutine.trace(poutine.replay(guide, trace=_with_values(
-                full_trace, fixed))).get_trace(*args, **kwargs)
-            fixed_trace = prune_subsample_sites(fixed_trace)
-            fixed_trace.compute_log_prob()
-            score = _sum_log_prob(fixed_trace, sum_dims)
-            log_q_fixed = log_q - (score - score.detach())
-        return log_p, log_q, log_q_fixed, views
+        sum_dims = get_dependent_plate_dims(traces.model.nodes.values())
+        log_p = _sum_log_prob(traces.model, sum_dims)
+        log_q = _sum_log_prob(traces.guide, sum_dims)
+        log_q_fixed = sum(torch_sum(value, sum_dims) for value in
+                          log_q_at_fixed_parameters(guide, traces, args, kwargs).values())
+        return log_p, log_q, log_q_fixed, traces.views
 
     def _loss_and_surrogate_loss(self, model, guide, args, kwargs):
         """−IWAE_K (scalar, summed over the batch) and the DReG surrogate loss."""
@@ -160,15 +144,6 @@ class DReG_ELBO(IWAE_ELBO):
         if surrogate_loss.requires_grad:
             surrogate_loss.backward(retain_graph=self.retain_graph)
         return float(loss.detach())
-
-
-def _with_values(trace, values: dict) -> poutine.Trace:
-    """A shallow copy of ``trace`` whose sites named in ``values`` take those values (for
-    :func:`pyro.poutine.replay`); ``trace`` itself is untouched."""
-    copy = trace.copy()
-    for name, value in values.items():
-        copy.nodes[name] = {**trace.nodes[name], "value": value}
-    return copy
 
 
 def _sum_log_prob(trace, sum_dims) -> torch.Tensor:

@@ -35,8 +35,8 @@ estimator          one-layer, IAF     hierarchical        why not
 ``jit-meanfield``  yes (Monte Carlo)  no                  Pyro's class takes each layer's KL
 ``analytic``       no                 yes                 written for Gaussian guides
 ``mc``             no                 yes                 written for Gaussian guides
-``stl``            no (cost)          yes                 log q at fixed parameters
-``dreg``           no (cost)          yes (guide twice)   log q at fixed parameters
+``stl``            no (cost)          yes (guide twice)   log q at fixed parameters
+``dreg``           no (cost)          yes (guide twice)   the same
 ``rws``            no (cost)          yes                 wake-φ: log q at fixed samples
 others             yes                yes
 =================  =================  ==================  ==================================

@@ -23,8 +23,10 @@ noisy at the optimum. :class:`STL_ELBO` keeps only the path derivative::
 from __future__ import annotations
 
 from pyro.infer import Trace_ELBO
+from pyro.infer.util import is_validation_enabled
+from pyro.util import check_if_enumerated
 
-from pyro_vae.objectives.util import is_reparameterized, log_prob_stop_q
+from pyro_vae.objectives.util import importance_traces, log_q_at_fixed_parameters
 
 __all__ = ["STL_ELBO"]
 
@@ -35,27 +37,32 @@ class STL_ELBO(Trace_ELBO):
     The loss is :class:`pyro.infer.Trace_ELBO`'s (−ELBO, the same value for the same sample);
     its gradient drops the score term ∂_φ log q_φ(z|x)|_(z fixed) from every reparameterized
     guide site (the paper's "path derivative" estimator): for each such site the surrogate uses
-    log q(z) evaluated with the distribution's parameters detached, so only the path through
-    z = z_φ(ε) remains. The expected gradient is unchanged (E_q[∂_φ log q_φ(z)] = 0), and when
-    q(z|x) equals p(z|x) the guide's gradient is exactly zero for every sample, because
-    log p(x, z) − log q(z|x) = log p(x) does not depend on z. The model's gradient is that of
-    ``Trace_ELBO``, sample by sample.
+    log q(z) at q's parameters held fixed (``log_q_at_fixed_parameters`` in
+    :mod:`pyro_vae.objectives.util`; on a hierarchical guide ∂_(z_1) log q(z_2|z_1) stays), so
+    only the path through z = z_φ(ε) remains. The expected gradient is unchanged
+    (E_q[∂_φ log q_φ(z)] = 0), and when q(z|x) equals p(z|x) the guide's gradient is exactly
+    zero for every sample, because log p(x, z) − log q(z|x) = log p(x) does not depend on z.
+    The model's gradient is that of ``Trace_ELBO``, sample by sample.
 
     ``loss``, ``differentiable_loss`` and ``loss_and_grads`` are Trace_ELBO's, with
     ``num_particles`` and ``vectorize_particles`` as there; only the per-particle surrogate
-    differs.
+    differs. A guide with more than one latent site runs a second time per step, on the
+    samples held fixed.
 
     .. warning:: Non-reparameterized guide sites keep Trace_ELBO's score-function gradient.
        The lower variance is guaranteed only near the posterior; far from it the score term
        can cancel part of the path term's noise (Roeder et al. 2017), so STL can be noisier.
     """
 
-    def _differentiable_loss_particle(self, model_trace, guide_trace):
-        # A shallow copy of the guide's trace in which each reparameterized site's entropy
-        # term (the −log q(z) that Trace_ELBO differentiates) has q's parameters detached.
-        stl_trace = guide_trace.copy()
-        for name, site in guide_trace.nodes.items():
-            if site["type"] == "sample" and is_reparameterized(site):
-                score_parts = site["score_parts"]._replace(entropy_term=log_prob_stop_q(site))
-                stl_trace.nodes[name] = dict(site, score_parts=score_parts)
-        return super()._differentiable_loss_particle(model_trace, stl_trace)
+    def _get_trace(self, model, guide, args, kwargs):
+        # Trace_ELBO's traces, the guide's with each reparameterized site's entropy term (the
+        # −log q(z) that Trace_ELBO differentiates) taken at q's parameters held fixed.
+        traces = importance_traces(model, guide, args, kwargs, self.max_plate_nesting)
+        if is_validation_enabled():
+            check_if_enumerated(traces.guide)
+        stl_trace = traces.guide.copy()
+        for name, log_q in log_q_at_fixed_parameters(guide, traces, args, kwargs).items():
+            site = traces.guide.nodes[name]
+            score_parts = site["score_parts"]._replace(entropy_term=log_q)
+            stl_trace.nodes[name] = dict(site, score_parts=score_parts)
+        return traces.model, stl_trace

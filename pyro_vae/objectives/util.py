@@ -10,13 +10,20 @@ IWAE bound, the DReG gradient and the generic log p(x) estimate all start from.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+from pyro import poutine
 from pyro.distributions.util import detach, is_identically_zero, scale_and_mask
-from pyro.infer.util import get_dependent_plate_dims, torch_sum
+from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled, torch_sum
+from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_model_guide_match
 
 from pyro_vae.errors import ConfigError
 
-__all__ = ["is_reparameterized", "log_prob_stop_q", "particle_log_weights", "trace_log_weight"]
+__all__ = ["ImportanceTraces", "importance_traces", "is_reparameterized",
+           "log_prob_stop_q", "log_q_at_fixed_parameters", "particle_log_weights",
+           "trace_log_weight"]
 
 
 def trace_log_weight(model_trace, guide_trace) -> torch.Tensor:
@@ -72,3 +79,75 @@ def is_reparameterized(site: dict) -> bool:
     """Whether a guide sample site's gradient flows through its value (``rsample``)."""
     _, score_function, entropy_term = site["score_parts"]
     return is_identically_zero(score_function) and not is_identically_zero(entropy_term)
+
+
+class ImportanceTraces(NamedTuple):
+    """One particle's traces: the guide's as run (its plates' indices too, for replaying it),
+    the model's run against it and the guide's without the plates' indices (``log_prob`` and
+    ``score_parts`` computed), and the views of the samples that the model was given."""
+
+    full_guide: poutine.Trace
+    model: poutine.Trace
+    guide: poutine.Trace
+    views: dict[str, torch.Tensor]
+
+
+def importance_traces(model, guide, args, kwargs, max_plate_nesting: int, *,
+                      views: bool = False) -> ImportanceTraces:
+    """Pyro's ``get_importance_trace("flat", ...)``, keeping the guide's full trace; with
+    ``views``, the model runs on a view of each latent sample (the same values, a tensor of its
+    own, on which a gradient hook sees only what flows back from the model)."""
+    full = poutine.trace(guide).get_trace(*args, **kwargs)
+    guide_trace = prune_subsample_sites(full)
+    values = {name: site["value"].view_as(site["value"])
+              for name, site in _latent_sites(guide_trace)} if views else {}
+    model_trace = poutine.trace(poutine.replay(model, trace=with_values(full, values))
+                                ).get_trace(*args, **kwargs)
+    if is_validation_enabled():
+        check_model_guide_match(model_trace, full, max_plate_nesting)
+    model_trace = prune_subsample_sites(model_trace)
+    model_trace.compute_log_prob()
+    guide_trace.compute_score_parts()
+    return ImportanceTraces(full, model_trace, guide_trace, values)
+
+
+def log_q_at_fixed_parameters(guide, traces: ImportanceTraces, args, kwargs
+                              ) -> dict[str, torch.Tensor]:
+    """log q(z) of each reparameterized latent site at its sample, with the value of
+    ``site["log_prob"]`` (scaled and masked, nats) and as gradient the path term only,
+    ∂_z log q_φ(z) ∂_φ z with φ held fixed and every latent z live (Roeder et al. 2017;
+    Tucker et al. 2019).
+
+    With one latent site, q's parameters depend on the inputs and φ only: detaching them is
+    enough (:func:`log_prob_stop_q`). With more, a site's parameters can depend on another
+    latent (q(z_2|z_1)) and detaching them would also drop ∂_(z_1) log q(z_2|z_1); instead the
+    guide runs again on the samples detached, z̄, and log q_φ(z) − log q_φ(z̄) + log q_φ(z̄),
+    the last detached, keeps the value while its gradient loses the score term
+    ∂_φ log q_φ(z)|_(z fixed), and only that."""
+    latents = _latent_sites(traces.guide)
+    reparameterized = [name for name, site in latents if is_reparameterized(site)]
+    if len(latents) == 1:
+        return {name: log_prob_stop_q(traces.guide.nodes[name]) for name in reparameterized}
+    fixed = {name: site["value"].detach() for name, site in latents}
+    fixed_trace = poutine.trace(poutine.replay(guide, trace=with_values(traces.full_guide, fixed))
+                                ).get_trace(*args, **kwargs)
+    fixed_trace.compute_log_prob()
+    out = {}
+    for name in reparameterized:
+        score = fixed_trace.nodes[name]["log_prob"]
+        out[name] = traces.guide.nodes[name]["log_prob"] - (score - score.detach())
+    return out
+
+
+def with_values(trace: poutine.Trace, values: dict[str, torch.Tensor]) -> poutine.Trace:
+    """A shallow copy of ``trace`` whose sites named in ``values`` take those values (for
+    :func:`pyro.poutine.replay`); ``trace`` itself is untouched."""
+    copy = trace.copy()
+    for name, value in values.items():
+        copy.nodes[name] = {**trace.nodes[name], "value": value}
+    return copy
+
+
+def _latent_sites(trace: poutine.Trace) -> list[tuple[str, dict]]:
+    return [(name, site) for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"]]
