@@ -274,7 +274,8 @@ def _train(args, config: TrainConfig, folder: RunFolder, checkpoint, world,
         print(f"nothing to train: {folder.path} has no epoch to run")
         return 0
     print(f"done: test ELBO {last['test_elbo']:.3f} nats/datapoint (a lower bound on log p(x), "
-          f"{result.vae.likelihood.density}) after {last['epoch']} epochs, "
+          f"{result.vae.likelihood.density}) after {last['epoch']} "
+          f"epoch{'' if last['epoch'] == 1 else 's'}, "
           f"{last['wall_seconds']:.0f} s; wrote {folder.metrics} and {folder.checkpoint}")
     if pictures:
         print(f"pictures in {folder.path}: {', '.join(p.name for p in pictures)}")
