@@ -42,6 +42,7 @@ from torch.distributions import Normal
 from torch.distributions.transforms import ComposeTransform, IndependentTransform
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.evaluation.flow_target import HierarchicalFlowTarget
 from pyro_vae.evaluation.program import (
     ProgramInfo,
     as_data,
@@ -361,7 +362,5 @@ def target_for(vae, *, start: str = "guide"):
     if isinstance(vae, VAE) and not vae.context_dim:
         return VAETarget(vae, start=start)
     if getattr(vae, "flows", None) is not None and _check_start(start) == "guide":
-        from pyro_vae.evaluation.flow_target import HierarchicalFlowTarget
-
         return HierarchicalFlowTarget(vae)
     return ProgramTarget(vae.model, vae.guide, start=start)

@@ -25,9 +25,10 @@ from pyro.util import warn_if_nan
 from pyro_vae.errors import ConfigError
 from pyro_vae.objectives.iwae import IWAE_ELBO
 from pyro_vae.objectives.util import (
+    check_reparameterized,
     importance_traces,
-    is_reparameterized,
     log_q_at_fixed_parameters,
+    sum_log_prob,
 )
 
 __all__ = ["DReG_ELBO"]
@@ -90,15 +91,11 @@ class DReG_ELBO(IWAE_ELBO):
         the hooks reweight: the log-densities ``(B,)`` (``(K, B)`` vectorized), nats."""
         traces = importance_traces(model, guide, args, kwargs, self.max_plate_nesting,
                                    views=True)
-        for name, site in traces.guide.nodes.items():
-            if site["type"] == "sample" and not is_reparameterized(site):
-                raise ConfigError(
-                    f"the dreg estimator needs reparameterized guide sites; {name!r} is "
-                    "not (use iwae, whose gradient has a score-function term)"
-                )
+        check_reparameterized(traces.guide, "dreg",
+                              " (use iwae, whose gradient has a score-function term)")
         sum_dims = get_dependent_plate_dims(traces.model.nodes.values())
-        log_p = _sum_log_prob(traces.model, sum_dims)
-        log_q = _sum_log_prob(traces.guide, sum_dims)
+        log_p = sum_log_prob(traces.model, sum_dims)
+        log_q = sum_log_prob(traces.guide, sum_dims)
         log_q_fixed = sum(torch_sum(value, sum_dims) for value in
                           log_q_at_fixed_parameters(guide, traces, args, kwargs).values())
         return log_p, log_q, log_q_fixed, traces.views
@@ -145,11 +142,3 @@ class DReG_ELBO(IWAE_ELBO):
             surrogate_loss.backward(retain_graph=self.retain_graph)
         return float(loss.detach())
 
-
-def _sum_log_prob(trace, sum_dims) -> torch.Tensor:
-    """Σ over a trace's sample sites of ``log_prob``, every plate summed but ``sum_dims``."""
-    total = 0.0
-    for site in trace.nodes.values():
-        if site["type"] == "sample":
-            total = total + torch_sum(site["log_prob"], sum_dims)
-    return total

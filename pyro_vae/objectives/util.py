@@ -21,9 +21,9 @@ from pyro.util import check_model_guide_match
 
 from pyro_vae.errors import ConfigError
 
-__all__ = ["ImportanceTraces", "importance_traces", "is_reparameterized",
-           "log_prob_stop_q", "log_q_at_fixed_parameters", "particle_log_weights",
-           "trace_log_weight"]
+__all__ = ["ImportanceTraces", "check_reparameterized", "importance_traces",
+           "is_reparameterized", "log_prob_stop_q", "log_q_at_fixed_parameters",
+           "particle_log_weights", "sum_log_prob", "trace_log_weight"]
 
 
 def trace_log_weight(model_trace, guide_trace) -> torch.Tensor:
@@ -31,12 +31,16 @@ def trace_log_weight(model_trace, guide_trace) -> torch.Tensor:
     over every site and every plate except those the weights depend on: ``(B,)`` nats for the
     VAE (``(K, B)`` with vectorized particles), as Pyro's ``RenyiELBO`` sums them."""
     sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-    log_w = 0.0
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                log_w = log_w + sign * torch_sum(site["log_prob"], sum_dims)
-    return log_w
+    return sum_log_prob(model_trace, sum_dims) - sum_log_prob(guide_trace, sum_dims)
+
+
+def sum_log_prob(trace, sum_dims) -> torch.Tensor:
+    """Σ over a trace's sample sites of ``log_prob``, every plate summed but ``sum_dims``."""
+    total = 0.0
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            total = total + torch_sum(site["log_prob"], sum_dims)
+    return total
 
 
 def particle_log_weights(elbo, model, guide, args, kwargs, *,
@@ -50,18 +54,20 @@ def particle_log_weights(elbo, model, guide, args, kwargs, *,
     per_particle = []
     for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
         if reparameterized_for is not None:
-            _check_reparameterized(guide_trace, reparameterized_for)
+            check_reparameterized(guide_trace, reparameterized_for)
         per_particle.append(trace_log_weight(model_trace, guide_trace))
     if elbo.vectorize_particles and elbo.num_particles > 1:
         return per_particle[0]
     return torch.stack(per_particle)
 
 
-def _check_reparameterized(guide_trace, estimator: str) -> None:
+def check_reparameterized(guide_trace, estimator: str, hint: str = "") -> None:
+    """Raise :class:`ConfigError` naming ``estimator`` (and ending with ``hint``) if a sample
+    site of the guide is not reparameterized."""
     for name, site in guide_trace.nodes.items():
         if site["type"] == "sample" and not is_reparameterized(site):
             raise ConfigError(f"the {estimator} estimator needs reparameterized guide sites; "
-                              f"{name!r} is not")
+                              f"{name!r} is not{hint}")
 
 
 def log_prob_stop_q(site: dict) -> torch.Tensor:
