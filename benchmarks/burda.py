@@ -60,12 +60,14 @@ from benchmarks.common import (
     output,
     paired_difference,
     parse_spec,
+    run_main,
     seconds_per_epoch,
     write_results,
 )
+from pyro_vae.commands.options import Parser, positive_float, positive_int, seed
 from pyro_vae.config import LR_SCHEDULES, TrainConfig, load_data
 from pyro_vae.runs import RunFolder
-from pyro_vae.training import fit
+from pyro_vae.training import check_memory, fit
 
 # Long, resumable runs (a run folder per estimator, checkpoints every epoch) go under runs/,
 # which git ignores; benchmarks/README.md's tables archive each run's burda.json in results/.
@@ -231,31 +233,34 @@ def markdown(document: dict) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     default = BurdaConfig()
     parser.add_argument("--estimators", nargs="+", metavar="NAME[:K]",
                         help=f"estimators with their K (default {' '.join(default.estimators)})")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int,
+    budget.add_argument("--epochs", type=positive_int,
                         help=f"epochs per estimator (default: the paper's {FULL_EPOCHS})")
-    budget.add_argument("--minutes", type=float, help="training minutes per estimator "
+    budget.add_argument("--minutes", type=positive_float, help="training minutes per estimator "
                         "(default: none, --epochs)")
-    parser.add_argument("--eval-samples", type=int,
+    parser.add_argument("--eval-samples", type=positive_int,
                         help=f"K of the log p(x) estimate (default {default.eval_samples})")
-    parser.add_argument("--eval-size", type=int, help="test images evaluated (default: all)")
-    parser.add_argument("--train-size", type=int, help="training images (default: all)")
-    parser.add_argument("--batch-size", type=int, help="minibatch size (default: the paper's "
-                        f"{default.batch_size}); the schedule stays in epochs")
+    parser.add_argument("--eval-size", type=positive_int,
+                        help="test images evaluated (default: all)")
+    parser.add_argument("--train-size", type=positive_int,
+                        help="training images (default: all)")
+    parser.add_argument("--batch-size", type=positive_int,
+                        help=f"minibatch size (default: the paper's {default.batch_size}); the "
+                             "schedule stays in epochs")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES[1:],
                         help="burda (the paper's, default) or burda-even (equal passes)")
-    parser.add_argument("--lr", type=float,
+    parser.add_argument("--lr", type=positive_float,
                         help=f"first learning rate (default: the paper's {default.lr:g})")
     parser.add_argument("--preset", choices=("burda", "burda2"), default="burda",
                         help="burda: one stochastic layer (default); burda2: two")
     parser.add_argument("--flow", choices=("iaf",), help="a flow guide (default: none)")
-    parser.add_argument("--flow-layers", type=int, default=TrainConfig.flow_layers,
+    parser.add_argument("--flow-layers", type=positive_int, default=TrainConfig.flow_layers,
                         help=f"transforms of the flow guide (default {TrainConfig.flow_layers})")
-    parser.add_argument("--seed", type=int, default=0, help="default 0")
+    parser.add_argument("--seed", type=seed, default=0, help="default 0")
     parser.add_argument("--device", default="cpu", help="default cpu")
     add_common_arguments(parser, DEFAULT_OUT)
     return parser.parse_args(argv)
@@ -275,6 +280,8 @@ def main(argv=None) -> int:
     config.seed, config.device = args.seed, args.device
     config.preset, config.flow, config.flow_layers = args.preset, args.flow, args.flow_layers
     specs = [parse_spec(s) for s in config.estimators]
+    for spec in specs:  # every row's model, estimator and memory, before the first trains
+        check_memory(train_config(config, spec, 1).validate(), 28 * 28, config.device)
     torch.set_num_threads(args.threads)
     log, progress = output(args)
     pyro.set_rng_seed(config.seed)
@@ -302,4 +309,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main, "benchmarks.burda"))

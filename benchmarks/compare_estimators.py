@@ -63,10 +63,12 @@ from benchmarks.common import (
     paired_difference,
     parse_spec,
     registry_specs,
+    run_main,
     save_figure,
     stepper,
     write_results,
 )
+from pyro_vae.commands.options import Parser, positive_float, positive_int, seed
 from pyro_vae.config import TrainConfig, load_data
 from pyro_vae.data import binarize
 from pyro_vae.networks import get_preset
@@ -245,26 +247,26 @@ def plot(document: dict, path: Path) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     default = CompareConfig()
     parser.add_argument("--estimators", nargs="+", metavar="NAME[:K][,OPTION=VALUE]",
                         help="a subset, e.g. iwae:50 renyi:5,alpha=0.2 (default: the whole "
                              "registry; analytic is always run)")
-    parser.add_argument("--iwae-ks", type=int, nargs="+",
+    parser.add_argument("--iwae-ks", type=positive_int, nargs="+",
                         help="K of the multi-sample estimators (default "
                              f"{' '.join(map(str, default.iwae_ks))})")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, help=f"epochs per estimator (default "
+    budget.add_argument("--epochs", type=positive_int, help=f"epochs per estimator (default "
                                                    f"{default.epochs})")
-    budget.add_argument("--seconds", type=float, help="training seconds per estimator "
+    budget.add_argument("--seconds", type=positive_float, help="training seconds per estimator "
                         "(default: none, --epochs)")
-    parser.add_argument("--train-size", type=int,
+    parser.add_argument("--train-size", type=positive_int,
                         help=f"training images (default {default.train_size})")
-    parser.add_argument("--eval-size", type=int, help="test images of the log p(x) estimates "
-                                                      f"(default {default.eval_size})")
-    parser.add_argument("--eval-samples", type=int, help="K of the final log p(x) estimate "
-                                                         f"(default {default.eval_samples})")
-    parser.add_argument("--seed", type=int, default=0, help="default 0")
+    parser.add_argument("--eval-size", type=positive_int,
+                        help=f"test images of the log p(x) estimates (default {default.eval_size})")
+    parser.add_argument("--eval-samples", type=positive_int,
+                        help=f"K of the final log p(x) estimate (default {default.eval_samples})")
+    parser.add_argument("--seed", type=seed, default=0, help="default 0")
     add_common_arguments(parser, DEFAULT_OUT)
     return parser.parse_args(argv)
 
@@ -344,4 +346,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main, "benchmarks.compare_estimators"))

@@ -55,8 +55,10 @@ from benchmarks.common import (
     machine,
     markdown_table,
     output,
+    run_main,
     write_results,
 )
+from pyro_vae.commands.options import Parser, positive_int
 from pyro_vae.config import TrainConfig, build_vae, load_data
 from pyro_vae.data import binarize
 from pyro_vae.distributed import init_process_group
@@ -243,15 +245,15 @@ def markdown(report: dict) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     default = ThroughputConfig()
     parser.add_argument("--estimator", default=default.estimator,
                         help=f"default {default.estimator}")
-    parser.add_argument("--processes", type=int, nargs="+",
+    parser.add_argument("--processes", type=positive_int, nargs="+",
                         help=f"default {' '.join(map(str, default.processes))} (quick: 2)")
-    parser.add_argument("--batch-size", type=int, default=default.batch_size,
+    parser.add_argument("--batch-size", type=positive_int, default=default.batch_size,
                         help=f"the global minibatch (default {default.batch_size})")
-    parser.add_argument("--steps", type=int, help=f"timed steps per block (default "
+    parser.add_argument("--steps", type=positive_int, help=f"timed steps per block (default "
                                                   f"{default.steps})")
     parser.add_argument("--device", default="cpu", help="cpu (gloo, default) or cuda (nccl)")
     add_common_arguments(parser, DEFAULT_OUT, threads=default.threads)
@@ -284,4 +286,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main, "benchmarks.distributed_throughput"))

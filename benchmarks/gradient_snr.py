@@ -77,9 +77,11 @@ from benchmarks.common import (
     machine,
     output,
     parse_spec,
+    run_main,
     save_figure,
     write_results,
 )
+from pyro_vae.commands.options import Parser, positive_int
 from pyro_vae.config import TrainConfig, load_data
 from pyro_vae.errors import ConfigError
 from pyro_vae.linear_gaussian import (
@@ -431,23 +433,23 @@ def default_folder(config: SNRConfig) -> Path:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     default = SNRConfig()
     parser.add_argument("--model", choices=("mnist", "ppca"), default="mnist",
                         help="a trained MNIST VAE (default), or the linear-Gaussian control")
-    parser.add_argument("--draws", type=int,
+    parser.add_argument("--draws", type=positive_int,
                         help=f"gradient estimates per cell (default {default.draws})")
-    parser.add_argument("--ks", type=int, nargs="+",
+    parser.add_argument("--ks", type=positive_int, nargs="+",
                         help=f"particle numbers K (default {' '.join(map(str, default.ks))})")
     parser.add_argument("--estimators", nargs="+",
                         help="estimator names from the registry (default: all of them)")
-    parser.add_argument("--snapshot-epochs", type=int, nargs="+",
+    parser.add_argument("--snapshot-epochs", type=positive_int, nargs="+",
                         help="mnist: training epochs after which to measure, increasing "
                              f"(default {' '.join(map(str, default.snapshot_epochs))})")
     parser.add_argument("--ppca-settings", choices=("training", "perturbation"),
                         help="ppca: encoder trained to snapshot steps (default), or the exact "
                              "posterior plus noise")
-    parser.add_argument("--snapshot-steps", type=int, nargs="+",
+    parser.add_argument("--snapshot-steps", type=positive_int, nargs="+",
                         help="ppca training: Adam steps after which to measure, increasing "
                              f"(default {' '.join(map(str, default.snapshot_steps))})")
     add_common_arguments(parser, None, out_default_text="benchmarks/results/gradient_snr_"
@@ -535,4 +537,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main, "benchmarks.gradient_snr"))

@@ -58,9 +58,11 @@ from benchmarks.common import (
     machine,
     markdown_table,
     output,
+    run_main,
     save_figure,
     write_results,
 )
+from pyro_vae.commands.options import Parser, positive_int
 from pyro_vae.config import TrainConfig, load_data
 from pyro_vae.data import load_dataset, preprocess
 from pyro_vae.evaluation import (
@@ -493,16 +495,16 @@ def write_report(out: Path, document: dict, published: AISSettings) -> None:
 
 # --- main ------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=PARTS, action="append",
                         help="what to measure (repeatable; default: all, in order)")
     parser.add_argument("--models", type=Path, default=ROOT / "runs" / "log_likelihood_models",
                         help="where trained models are kept (default: runs/log_likelihood_models)")
-    parser.add_argument("--images", type=int, default=100,
+    parser.add_argument("--images", type=positive_int, default=100,
                         help="test images for the paired comparisons (default 100)")
-    parser.add_argument("--bdmc-images", type=int, default=100,
+    parser.add_argument("--bdmc-images", type=positive_int, default=100,
                         help="datapoints simulated for BDMC (default 100)")
-    parser.add_argument("--timing-images", type=int, default=1000,
+    parser.add_argument("--timing-images", type=positive_int, default=1000,
                         help="test images of the Burda model timed at the published budget "
                         "(default 1000)")
     add_common_arguments(parser, ROOT / "benchmarks" / "results" / "log_likelihood")
@@ -545,4 +547,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_main(main, "benchmarks.log_likelihood"))

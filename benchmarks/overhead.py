@@ -65,9 +65,11 @@ from benchmarks.common import (
     markdown_table,
     measure_steps,
     output,
+    run_main,
     stepper,
     write_results,
 )
+from pyro_vae.commands.options import Parser, positive_float, positive_int
 from pyro_vae.data import binarize, load_dataset, preprocess
 from pyro_vae.model import VAE
 from pyro_vae.networks import get_preset
@@ -311,19 +313,19 @@ def markdown(document: dict) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     default = OverheadConfig()
-    parser.add_argument("--batch-sizes", type=int, nargs="+",
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+",
                         help=f"default {' '.join(map(str, default.batch_sizes))}")
     parser.add_argument("--estimators", nargs="+",
                         help=f"Pyro estimators to time (default {' '.join(default.estimators)})")
     parser.add_argument("--preset", choices=("pyro", "burda"),
                         help=f"network preset (default {default.preset})")
-    parser.add_argument("--hidden-sizes", type=int, nargs="+",
+    parser.add_argument("--hidden-sizes", type=positive_int, nargs="+",
                         help="override the preset's (default: the preset's)")
-    parser.add_argument("--latent-dim", type=int,
+    parser.add_argument("--latent-dim", type=positive_int,
                         help="override the preset's (default: the preset's)")
-    parser.add_argument("--seconds", type=float, help="interleaved seconds per batch size "
+    parser.add_argument("--seconds", type=positive_float, help="interleaved seconds per batch size "
                         f"(default {default.seconds_per_batch_size:g})")
     parser.add_argument("--no-pyro-svi", action="store_true",
                         help="skip the Pyro SVI twins")
@@ -394,4 +396,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main, "benchmarks.overhead"))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from pyro_vae.commands.options import Parser
 from pyro_vae.errors import PyroVAEError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -29,21 +30,14 @@ COMMANDS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (no usage block) and exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="pyro-vae",
         description="Variational autoencoders as Pyro programs. All figures are in nats per "
         "datapoint.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_Parser)
+                                parser_class=Parser)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0],

@@ -52,7 +52,7 @@ from pyro_vae.resources import check_fits, training_bytes
 from pyro_vae.runs import Checkpoint, RunFolder
 from pyro_vae.trainer import Trainer
 
-__all__ = ["FitResult", "fit", "step_checks"]
+__all__ = ["FitResult", "check_memory", "fit", "step_checks"]
 
 
 class FitResult(NamedTuple):
@@ -153,7 +153,7 @@ def _config_for(config: TrainConfig | None, checkpoint: Checkpoint | None) -> Tr
 def _start(config: TrainConfig, data: PreparedData, checkpoint, world, log) -> _State:
     """The VAE (initialized from the seed, or restored), its trainer and the data generator."""
     device = check_device(config.device)
-    _check_memory(config, data.train.shape[1], device)
+    check_memory(config, data.train.shape[1], device)
     pyro.set_rng_seed(config.seed)  # the seed decides the initial weights too
     vae = build_vae(config, data.train.shape[1]).to(device)
     source = data.dataset.source
@@ -175,13 +175,24 @@ def _start(config: TrainConfig, data: PreparedData, checkpoint, world, log) -> _
     return state
 
 
-def _check_memory(config: TrainConfig, x_dim: int, device) -> None:
-    latent_dim, hidden_sizes, _ = config.architecture
-    k = get_estimator(config.estimator).samples(config.num_particles, config.estimator_options)
-    check_fits(training_bytes(x_dim, latent_dim, hidden_sizes, config.batch_size, k),
-               f"training this model (latent size {latent_dim}, hidden sizes "
-               f"{' '.join(map(str, hidden_sizes))}, batch {config.batch_size}, K = {k})",
-               "reduce --hidden-sizes, --latent-dim, --batch-size or -K", device=device)
+def check_memory(config: TrainConfig, x_dim: int, device="cpu") -> None:
+    """Raise :class:`ConfigError` if training ``config``'s model on data of ``x_dim`` features
+    needs more memory than ``device`` has free (:func:`~pyro_vae.resources.training_bytes`),
+    naming the sizes and the options that reduce them."""
+    latent_dims, hidden_sizes = config.layer_sizes
+    estimator = get_estimator(config.estimator)
+    k = estimator.samples(config.num_particles, config.estimator_options)
+    _, what = config.memory_bytes(x_dim)
+    multiplied = k != estimator.resolve(config.num_particles, config.estimator_options)[0]
+    samples = f"{k} samples per datapoint" if multiplied else f"K = {k}"
+    nbytes = training_bytes(x_dim, latent_dims, hidden_sizes, config.batch_size, k,
+                            flow_layers=config.flow_layers if config.flow else 0)
+    options = ["--batch-size", "-K", *(["-M"] if multiplied else []),
+               *(["--flow-layers"] if config.flow else []),
+               *([] if get_preset(config.preset).upper_layers else
+                 ["--hidden-sizes", "--latent-dim"])]
+    check_fits(nbytes, f"training this model ({what}, batch {config.batch_size}, {samples})",
+               f"reduce {', '.join(options[:-1])} or {options[-1]}", device=device)
 
 
 def _restore(state: _State, checkpoint: Checkpoint, data: PreparedData, log) -> None:

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT / "pyro_vae" / "datasets" / "mnist"
 TINY = ["--train-size", "48", "--test-size", "16", "--hidden-sizes", "8", "--latent-dim", "2",
         "--batch-size", "16", "--quiet", "--no-plots"]
+TINY_FIXED = TINY[:4] + TINY[8:]  # for a preset of fixed sizes (burda2)
 STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
          "t10k-labels-idx1-ubyte")
 MEMORY_LIMIT_MB = "2000"
@@ -259,6 +260,31 @@ def argument_faults() -> list[Fault]:
              ["train", "--estimator", "renyi", "--alpha", "0.3", "--epochs", "1", "--out", "new",
               *TINY], succeeds=True, check=_saved_options({"alpha": 0.3})),
     ]
+    for value in ("0", "-1", "1.5", "abc", ""):
+        faults.append(_cli("argument", f"train --flow iaf --flow-layers {value!r}",
+                           ["train", "--flow", "iaf", "--flow-layers", value, "--out", "new",
+                            *TINY]))
+    faults += [
+        _cli("argument", "--flow-layers 3 without --flow",
+             ["train", "--flow-layers", "3", "--out", "new", *TINY]),
+        _cli("argument", "--flow maf (unknown)", ["train", "--flow", "maf", "--out", "new", *TINY]),
+        _cli("argument", "--flow iaf --latent-dim 1 (an IAF needs 2 dimensions)",
+             ["train", "--flow", "iaf", "--out", "new", *TINY, "--latent-dim", "1"]),
+        _cli("argument", "--preset burda2 --latent-dim 3 (fixed sizes)",
+             ["train", "--preset", "burda2", "--latent-dim", "3", "--out", "new", *TINY_FIXED]),
+        _cli("argument", "--preset burda2 --hidden-sizes 8 (fixed sizes)",
+             ["train", "--preset", "burda2", "--hidden-sizes", "8", "--out", "new",
+              *TINY_FIXED]),
+        _cli("argument", "--estimator jit-meanfield --preset burda2",
+             ["train", "--estimator", "jit-meanfield", "--preset", "burda2", "--out", "new",
+              *TINY_FIXED]),
+        *[_cli("argument", f"--estimator {name} --flow iaf",
+               ["train", "--estimator", name, "--flow", "iaf", "--out", "new", *TINY])
+          for name in ("stl", "dreg", "rws", "analytic", "mc")],
+        _cli("argument", "--preset burda2 --flow iaf --estimator piwae (valid)",
+             ["train", "--preset", "burda2", "--flow", "iaf", "--flow-layers", "1", "--estimator",
+              "piwae", "--epochs", "1", "--out", "new", *TINY_FIXED], succeeds=True),
+    ]
     seeds = ["-1", str(2**64), str(2**63), str(2**32), "4294967295.5"]
     faults += [_cli("argument", f"train --seed {s}", ["train", "--seed", s, "--out", "new", *TINY])
                for s in seeds]
@@ -330,6 +356,18 @@ def resource_faults() -> list[Fault]:
         _cli("resource", "--batch-size 100000000 -K 100", ["train", *TINY, "--batch-size",
                                                             "100000000", "-K", "100", "--out",
                                                             "new"]),
+        _cli("resource", "--flow iaf --flow-layers 100000", ["train", *TINY, "--flow", "iaf",
+                                                              "--flow-layers", "100000",
+                                                              "--out", "new"]),
+        _cli("resource", "--flow iaf --latent-dim 100000", ["train", *TINY, "--flow", "iaf",
+                                                             "--latent-dim", "100000",
+                                                             "--out", "new"]),
+        _cli("resource", "--preset burda2 --flow iaf --flow-layers 100000",
+             ["train", *TINY_FIXED, "--preset", "burda2", "--flow", "iaf", "--flow-layers",
+              "100000", "--out", "new"]),
+        _cli("resource", "--preset burda2 --batch-size 100000000",
+             ["train", *TINY_FIXED, "--preset", "burda2", "--batch-size", "100000000",
+              "--out", "new"]),
         _cli("resource", "evaluate -K 10000000", ["evaluate", "run", "-K", "10000000"]),
         _cli("resource", "evaluate -K 1000000000", ["evaluate", "run", "-K", "1000000000"]),
         _cli("resource", "evaluate -K 1000000000 --memory-mb 100000",

@@ -4,6 +4,7 @@ judges speed); the shared helpers compute what they say; and the steppers the be
 compare compute the same numbers, so that their times compare like with like."""
 
 import copy
+import importlib
 import json
 import math
 import statistics
@@ -371,3 +372,34 @@ def test_output_logs_and_shows_progress_unless_quiet():
     assert quiet.progress == "off" and quiet.log("anything") is None
     assert common.fit_progress("auto") is None and common.fit_progress("off") is False
 
+
+
+@pytest.mark.parametrize("name, options, named", [
+    ("burda", ["--estimators", "meanfield", "dreg:5", "--flow", "iaf"], "dreg estimator cannot"),
+    ("burda", ["--estimators", "nonsense:5"], "unknown estimator 'nonsense'"),
+    ("burda", ["--minutes", "0"], "--minutes: expected a positive number"),
+    ("burda", ["--flow", "iaf", "--flow-layers", "100000"], "needs about"),
+    ("compare_estimators", ["--estimators", "renyi:5,alpha=2"], "alpha"),
+    ("compare_estimators", ["--seconds", "nan"], "--seconds: expected a positive number"),
+    ("gradient_snr", ["--ks", "0"], "--ks: expected a positive integer"),
+    ("log_likelihood", ["--images", "-1"], "--images: expected a positive integer"),
+    ("overhead", ["--batch-sizes", "0"], "--batch-sizes: expected a positive integer"),
+    ("distributed_throughput", ["--threads", "0"], "--threads: expected a positive integer"),
+])
+def test_a_bad_option_is_one_line_and_exit_status_2_before_any_work(tmp_path, name, options,
+                                                                   named, capsys, monkeypatch):
+    """The fuzz run of this session found tracebacks for an estimator that cannot train the
+    model and a run started for --minutes 0; every script now refuses such input at once,
+    as pyro-vae does, and writes nothing (burda: not even the meanfield row before dreg).
+    Run in-process, through the same ``run_main`` as ``python -m benchmarks.NAME``."""
+    monkeypatch.setenv("PYRO_VAE_MEMORY_LIMIT_MB", "2000")
+    module = importlib.import_module(f"benchmarks.{name}")
+    argv = ["--quick", "--threads", "1", "--out", str(tmp_path / "out"), *options]
+    try:
+        status = common.run_main(lambda: module.main(argv), f"benchmarks.{name}")
+    except SystemExit as e:  # argparse
+        status = e.code
+    assert status == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], lines
+    assert not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 __all__ = [
     "MAX_SEED",
+    "Parser",
     "existing_path",
     "non_negative_float",
     "non_negative_int",
@@ -22,6 +23,13 @@ __all__ = [
 ]
 
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy's legacy generator too: [0, 2³²)
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _integer(text: str, what: str) -> int:
