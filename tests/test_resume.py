@@ -156,6 +156,33 @@ CLI_TINY = ["--train-size", "384", "--test-size", "128", "--hidden-sizes", "24",
             "--latent-dim", "3", "--seed", "3", "--quiet", "--no-plots"]
 
 
+# The command line in a child whose standard output stalls once epoch 2 is reported (before
+# its files are written), so that Ctrl-C arrives at a known point however loaded the machine:
+# sent after the line is read, it once came too late, after the last of the tiny epochs.
+STALL_AFTER_EPOCH_2 = """
+import sys, time
+sys.path.insert(0, {root!r})
+
+class Stalling:
+    def __init__(self, stream):
+        self.stream = stream
+    def write(self, text):
+        written = self.stream.write(text)
+        self.stream.flush()
+        if text.startswith("epoch") and " 2/6 " in text:
+            self.stream.write("\\nstalled\\n")
+            self.stream.flush()
+            time.sleep(600)
+        return written
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+sys.stdout = Stalling(sys.stdout)
+from pyro_vae.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
 def test_cli_ctrl_c_then_resume_equals_uninterrupted(tmp_path):
     """``pyro-vae train`` stopped by SIGINT after its second epoch line, then
     ``pyro-vae train --resume``, against one uninterrupted ``pyro-vae train``."""
@@ -163,14 +190,14 @@ def test_cli_ctrl_c_then_resume_equals_uninterrupted(tmp_path):
     assert main(["train", *args, "--out", str(tmp_path / "whole")]) == 0
 
     cut = tmp_path / "cut"
+    child = STALL_AFTER_EPOCH_2.format(root=str(REPO), argv=["train", *args, "--out", str(cut)])
     proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "pyro_vae", "train", *args, "--out", str(cut)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        [sys.executable, "-c", child], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     try:
         for line in proc.stdout:
-            if line.startswith("epoch") and "2/6" in line:
+            if line.strip() == "stalled":
                 proc.send_signal(signal.SIGINT)
                 break
         _, err = proc.communicate(timeout=120)
@@ -178,7 +205,7 @@ def test_cli_ctrl_c_then_resume_equals_uninterrupted(tmp_path):
         proc.kill()
     assert proc.returncode == 130, err
     assert "interrupted" in err
-    assert 1 <= load_checkpoint(cut).epoch < 6
+    assert load_checkpoint(cut).epoch == 1  # epoch 2 was reported, not yet saved
 
     assert main(["train", "--resume", str(cut), "--quiet", "--no-plots"]) == 0
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())["epochs"]
