@@ -157,8 +157,8 @@ CLI_TINY = ["--train-size", "384", "--test-size", "128", "--hidden-sizes", "24",
 
 
 # The command line in a child whose standard output stalls once epoch 2 is reported (before
-# its files are written), so that Ctrl-C arrives at a known point however loaded the machine:
-# sent after the line is read, it once came too late, after the last of the tiny epochs.
+# its files are written), so that Ctrl-C arrives at a known point, not wherever the tiny epochs
+# have got to when the parent reads the line.
 STALL_AFTER_EPOCH_2 = """
 import sys, time
 sys.path.insert(0, {root!r})
@@ -191,9 +191,13 @@ def test_cli_ctrl_c_then_resume_equals_uninterrupted(tmp_path):
 
     cut = tmp_path / "cut"
     child = STALL_AFTER_EPOCH_2.format(root=str(REPO), argv=["train", *args, "--out", str(cut)])
+    # SIGINT as from a terminal: a test run started in the background by a shell without job
+    # control (`pytest &` in a script) ignores SIGINT, and a child inherits that; the child then
+    # never saw the Ctrl-C, and the test failed for a reason outside the package.
     proc = subprocess.Popen(
         [sys.executable, "-c", child], cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         for line in proc.stdout:
