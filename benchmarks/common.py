@@ -28,10 +28,10 @@ import torch
 from matplotlib.figure import Figure
 
 from pyro_vae.checkpoint import atomic_write_bytes, atomic_write_json
-from pyro_vae.commands.options import positive_int
+from pyro_vae.commands.options import positive_int, run_command
 from pyro_vae.config import TrainConfig, build_vae
 from pyro_vae.data import PreparedData, binarize
-from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import (
     AISSettings,
     active_units,
@@ -443,20 +443,13 @@ def command_line(module: str, argv: list[str] | None) -> str:
 
 
 def run_main(main: Callable[[], int], prog: str) -> int:
-    """Run a benchmark's ``main`` as ``pyro-vae`` runs a command: a bad input the project
-    recognises (an option out of range, an estimator that cannot train the model, a damaged
-    file) or a file-system error ends in one line on stderr and exit status 2, Ctrl-C in exit
-    status 130. What the script had written (results after every finished row, run folders
-    after every epoch) stays, and a rerun with the same options resumes from it."""
-    try:
-        return int(main() or 0)
-    except (PyroVAEError, OSError) as e:
-        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted (exit status 130); results written so far are kept",
-              file=sys.stderr)
-        return 130
+    """Run a benchmark's ``main`` as ``pyro-vae`` runs a command
+    (:func:`~pyro_vae.commands.options.run_command`): a bad input the project recognises (an
+    option out of range, an estimator that cannot train the model, a damaged file) ends in one
+    line on stderr and exit status 2, Ctrl-C in exit status 130. What the script had written
+    (results after every finished row, run folders after every epoch) stays, and a rerun with
+    the same options resumes from it."""
+    return run_command(main, prog, interrupted=lambda: " Results written so far are kept.")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_out: Path | None, *,

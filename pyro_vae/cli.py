@@ -14,10 +14,7 @@ import importlib
 import sys
 from pathlib import Path
 
-import torch
-
-from pyro_vae.commands.options import Parser
-from pyro_vae.errors import PyroVAEError
+from pyro_vae.commands.options import Parser, run_command
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -51,20 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args._run(args) or 0)
-    except (PyroVAEError, OSError) as e:  # OSError: a full disk, a folder we may not write
-        return _fail(str(e))
-    except (MemoryError, torch.OutOfMemoryError) as e:
-        return _fail(f"out of memory ({' '.join(str(e).split())[:200]}); use smaller sizes")
-    except KeyboardInterrupt:
-        print(f"pyro-vae: interrupted (exit status 130).{_saved(args)}", file=sys.stderr)
-        return 130
-
-
-def _fail(message: str) -> int:
-    print(f"pyro-vae: error: {' '.join(message.split())}", file=sys.stderr)  # one line
-    return 2
+    return run_command(lambda: args._run(args), "pyro-vae", interrupted=lambda: _saved(args))
 
 
 def _saved(args) -> str:

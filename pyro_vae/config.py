@@ -22,7 +22,7 @@ from pyro_vae.likelihoods import LIKELIHOODS, make_likelihood
 from pyro_vae.model import VAE
 from pyro_vae.networks import ACTIVATIONS, get_preset
 from pyro_vae.objectives import ESTIMATORS, check_compatible, get_estimator
-from pyro_vae.resources import check_fits, model_bytes
+from pyro_vae.resources import check_fits, model_bytes, reduce_hint
 from pyro_vae.structure import Structure
 
 __all__ = [
@@ -160,16 +160,21 @@ class TrainConfig:
         return ((latent_dim, *arch.latent_dims[1:]),
                 (hidden_sizes, *arch.layer_hidden_sizes[1:]))
 
-    def memory_bytes(self, x_dim: int) -> tuple[int, str]:
-        """Memory of building this model for ``x_dim`` features (:func:`model_bytes`), and
-        what the model is, in the words of the options that size it."""
+    @property
+    def model_description(self) -> str:
+        """What the model is, in the words of the options that size it."""
         latent_dims, hidden_sizes = self.layer_sizes
-        flow_layers = self.flow_layers if self.flow else 0
         what = (f"the {self.preset} preset" if get_preset(self.preset).upper_layers else
                 f"latent size {latent_dims[0]}, hidden sizes {' '.join(map(str, hidden_sizes[0]))}")
-        if flow_layers:
-            what += f", {flow_layers} IAF transforms per layer"
-        return model_bytes(x_dim, latent_dims, hidden_sizes, flow_layers=flow_layers), what
+        flow_layers = self.structure.flow_layers
+        return what + (f", {flow_layers} IAF transforms per layer" if flow_layers else "")
+
+    @property
+    def size_options(self) -> list[str]:
+        """The options that set the model's size (a fixed-size preset has only the flow's)."""
+        return [*(["--flow-layers"] if self.flow else []),
+                *([] if get_preset(self.preset).upper_layers else
+                  ["--hidden-sizes", "--latent-dim"])]
 
     @property
     def objective_options(self) -> dict:
@@ -256,10 +261,9 @@ def check_device(device: str) -> torch.device:
 def build_vae(config: TrainConfig, x_dim: int) -> VAE | HierarchicalVAE:
     """The VAE that ``config`` describes, for data of ``x_dim`` features (on the CPU): a
     :class:`HierarchicalVAE` for a preset with several stochastic layers."""
-    nbytes, what = config.memory_bytes(x_dim)
-    check_fits(nbytes, f"building this model ({what})",
-               "reduce --flow-layers" if get_preset(config.preset).upper_layers else
-               "reduce --flow-layers, --hidden-sizes or --latent-dim")
+    nbytes = model_bytes(x_dim, *config.layer_sizes, flow_layers=config.structure.flow_layers)
+    check_fits(nbytes, f"building this model ({config.model_description})",
+               reduce_hint(config.size_options))
     latent_dim, hidden_sizes, activation = config.architecture
     options = ({"scale": config.likelihood_scale, "learn_scale": config.learn_likelihood_scale,
                 "shared": True} if config.likelihood == "gaussian" else {})

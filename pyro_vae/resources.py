@@ -16,8 +16,8 @@ import torch
 from pyro_vae.errors import ConfigError
 
 __all__ = ["available_bytes", "check_fits", "format_bytes", "idle_cores", "made_buffers",
-           "made_parameters", "mlp_parameters", "model_bytes", "model_parameters", "set_threads",
-           "training_bytes"]
+           "made_parameters", "mlp_parameters", "model_bytes", "model_parameters", "reduce_hint",
+           "set_threads", "training_bytes"]
 
 _FLOAT = 4  # bytes of a float32
 _TRANSFORM_BYTES = 64_000  # a flow transform's modules, masks' bookkeeping, autograd records
@@ -77,6 +77,18 @@ def check_fits(nbytes: float, what: str, hint: str, *, device="cpu",
     if nbytes > limit:
         raise ConfigError(f"{what} needs about {format_bytes(nbytes)} of memory, more than the "
                           f"{format_bytes(limit)} available; {hint}")
+
+
+def reduce_hint(options: list[str]) -> str:
+    """What to do when something cannot fit: ``reduce --a, --b or --c``.
+
+    >>> reduce_hint(["--batch-size", "-K", "--latent-dim"]), reduce_hint([])
+    ('reduce --batch-size, -K or --latent-dim', 'its sizes are fixed')
+    """
+    if not options:
+        return "its sizes are fixed"
+    return "reduce " + (" or ".join(options) if len(options) < 2 else
+                        f"{', '.join(options[:-1])} or {options[-1]}")
 
 
 def mlp_parameters(sizes: list[int]) -> int:

@@ -48,7 +48,7 @@ from pyro_vae.model import VAE
 from pyro_vae.networks import get_preset
 from pyro_vae.objectives import get_estimator, make_objective
 from pyro_vae.progress import Progress
-from pyro_vae.resources import check_fits, training_bytes
+from pyro_vae.resources import check_fits, reduce_hint, training_bytes
 from pyro_vae.runs import Checkpoint, RunFolder
 from pyro_vae.trainer import Trainer
 
@@ -179,20 +179,16 @@ def check_memory(config: TrainConfig, x_dim: int, device="cpu") -> None:
     """Raise :class:`ConfigError` if training ``config``'s model on data of ``x_dim`` features
     needs more memory than ``device`` has free (:func:`~pyro_vae.resources.training_bytes`),
     naming the sizes and the options that reduce them."""
-    latent_dims, hidden_sizes = config.layer_sizes
     estimator = get_estimator(config.estimator)
     k = estimator.samples(config.num_particles, config.estimator_options)
-    _, what = config.memory_bytes(x_dim)
     multiplied = k != estimator.resolve(config.num_particles, config.estimator_options)[0]
     samples = f"{k} samples per datapoint" if multiplied else f"K = {k}"
-    nbytes = training_bytes(x_dim, latent_dims, hidden_sizes, config.batch_size, k,
-                            flow_layers=config.flow_layers if config.flow else 0)
-    options = ["--batch-size", "-K", *(["-M"] if multiplied else []),
-               *(["--flow-layers"] if config.flow else []),
-               *([] if get_preset(config.preset).upper_layers else
-                 ["--hidden-sizes", "--latent-dim"])]
-    check_fits(nbytes, f"training this model ({what}, batch {config.batch_size}, {samples})",
-               f"reduce {', '.join(options[:-1])} or {options[-1]}", device=device)
+    nbytes = training_bytes(x_dim, *config.layer_sizes, config.batch_size, k,
+                            flow_layers=config.structure.flow_layers)
+    check_fits(nbytes, f"training this model ({config.model_description}, batch "
+                       f"{config.batch_size}, {samples})",
+               reduce_hint(["--batch-size", "-K", *(["-M"] if multiplied else []),
+                            *config.size_options]), device=device)
 
 
 def _restore(state: _State, checkpoint: Checkpoint, data: PreparedData, log) -> None:

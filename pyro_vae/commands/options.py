@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
+
+from pyro_vae.errors import PyroVAEError
 
 __all__ = [
     "MAX_SEED",
@@ -18,6 +24,7 @@ __all__ = [
     "non_negative_int",
     "positive_float",
     "positive_int",
+    "run_command",
     "seed",
     "temperature",
 ]
@@ -30,6 +37,28 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def run_command(call: Callable[[], int | None], prog: str, *,
+                interrupted: Callable[[], str] = lambda: "") -> int:
+    """``call()``'s exit status, with every failure a user can cause as one line on stderr and
+    exit status 2: the project's errors, ``OSError`` (a full disk, a folder we may not write)
+    and running out of memory; Ctrl-C ends with exit status 130 and ``interrupted()`` (what
+    was kept)."""
+    try:
+        return int(call() or 0)
+    except (PyroVAEError, OSError) as e:
+        return _fail(prog, str(e))
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        return _fail(prog, f"out of memory ({' '.join(str(e).split())[:200]}); use smaller sizes")
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (exit status 130).{interrupted()}", file=sys.stderr)
+        return 130
+
+
+def _fail(prog: str, message: str) -> int:
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)  # one line
+    return 2
 
 
 def _integer(text: str, what: str) -> int:
