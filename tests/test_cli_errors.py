@@ -124,15 +124,20 @@ def test_missing_data_folder(tmp_path, capsys):
                              "train-images-idx3-ubyte, ")
 
 
-def test_corrupt_data_file(tmp_path, capsys):
+def test_corrupt_data_file(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
     for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        (tmp_path / stem).write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0, 3])
-                                      + b"abc")
-    status, stderr = run_main(["train", "--data-dir", str(tmp_path), "--quiet"], capsys)
+        (data / stem).write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0, 3])
+                                  + b"abc")
+    monkeypatch.chdir(tmp_path)  # the default run folder, runs/meanfield-<time>, goes here
+    status, stderr = run_main(["train", "--data-dir", str(data), "--quiet"], capsys)
     assert status == 2
-    assert stderr == (f"pyro-vae: error: {tmp_path / 'train-images-idx3-ubyte'}: file is "
+    assert stderr == (f"pyro-vae: error: {data / 'train-images-idx3-ubyte'}: file is "
                       "truncated: header says shape (1, 3, 3) = 9 bytes of data, found 3\n")
+    # the run failed before writing anything: neither runs/ nor its folder is left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 @pytest.mark.parametrize("content", ["missing", "text", "foreign dict", "version 99"])

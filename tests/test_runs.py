@@ -233,6 +233,19 @@ def test_a_file_or_a_folder_that_cannot_be_made_is_refused_before_any_work(tmp_p
     assert (tmp_path / "file").read_text() == "x"
 
 
+def test_a_run_that_fails_before_its_first_file_leaves_no_folder_and_no_lock(tmp_path):
+    bad = TrainConfig(epochs=1, **{**TINY, "data_dir": str(tmp_path / "nowhere")})
+    with pytest.raises(DataError, match="no complete set of IDX files"):
+        fit(bad, tmp_path / "runs" / "new", progress=False)
+    assert not (tmp_path / "runs").exists()  # the folder and the parent it made are gone
+    (tmp_path / "mine").mkdir()  # a folder the user made stays, empty as it was
+    with pytest.raises(DataError):
+        fit(bad, tmp_path / "mine", progress=False)
+    assert list((tmp_path / "mine").iterdir()) == []
+    fit(TrainConfig(epochs=1, **TINY), tmp_path / "mine", progress=False, log=lambda *a: None)
+    assert (tmp_path / "mine" / "run.lock").exists()  # a folder with a run keeps its lock
+
+
 HOLDER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})

@@ -131,7 +131,10 @@ class RunFolder:
     def lock(self):
         """Hold this folder's lock (creating the folder) until the block ends; nested uses
         by the same :class:`RunFolder` are free. :class:`RunFolderError` at once if another
-        process holds it, naming that process."""
+        process holds it, naming that process. Where nothing but the lock file was written (a
+        run that failed before its first file: bad data, a refused size), the lock file goes,
+        and the folder too (with the parents) if this lock created it: a failure leaves no
+        debris."""
         if self._lock_depth:
             self._lock_depth += 1
             try:
@@ -139,6 +142,7 @@ class RunFolder:
             finally:
                 self._lock_depth -= 1
             return
+        created = [p for p in (self.path, *self.path.parents) if not p.exists()]
         self._check_folder()
         try:
             fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -162,6 +166,10 @@ class RunFolder:
             if self._lock_fd == fd:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)
+                    if os.listdir(self.path) == [self.lock_file.name]:
+                        self.lock_file.unlink()  # still held: no other process is inside
+                        for folder in created:  # the run folder, then any parents made
+                            folder.rmdir()
                 self._lock_fd, self._lock_depth = None, 0
             os.close(fd)  # releases the flock
 
