@@ -64,10 +64,11 @@ from benchmarks.common import (
     seconds_per_epoch,
     write_results,
 )
+from pyro_vae.build import build_vae, check_training_memory, load_data
 from pyro_vae.commands.options import Parser, positive_float, positive_int, seed
-from pyro_vae.config import LR_SCHEDULES, TrainConfig, load_data
+from pyro_vae.config import LR_SCHEDULES, TrainConfig
+from pyro_vae.fit import fit
 from pyro_vae.runs import RunFolder
-from pyro_vae.training import check_memory, fit
 
 # Long, resumable runs (a run folder per estimator, checkpoints every epoch) go under runs/,
 # which git ignores; benchmarks/README.md's tables archive each run's burda.json in results/.
@@ -281,7 +282,10 @@ def main(argv=None) -> int:
     config.preset, config.flow, config.flow_layers = args.preset, args.flow, args.flow_layers
     specs = [parse_spec(s) for s in config.estimators]
     for spec in specs:  # every row's model, estimator and memory, before the first trains
-        check_memory(train_config(config, spec, 1).validate(), 28 * 28, config.device)
+        row_config = train_config(config, spec, 1).validate()
+        with torch.device("meta"):  # sizes only
+            model = build_vae(row_config, 28 * 28, (28, 28))
+        check_training_memory(row_config, model, config.device)
     torch.set_num_threads(args.threads)
     log, progress = output(args)
     pyro.set_rng_seed(config.seed)

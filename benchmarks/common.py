@@ -27,25 +27,25 @@ import pyro.optim
 import torch
 from matplotlib.figure import Figure
 
-from pyro_vae.checkpoint import atomic_write_bytes, atomic_write_json
+from pyro_vae import VAE
+from pyro_vae.build import build_vae
 from pyro_vae.commands.options import positive_int, run_command
-from pyro_vae.config import TrainConfig, build_vae
+from pyro_vae.config import TrainConfig
 from pyro_vae.data import PreparedData, binarize
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import (
     AISSettings,
+    Execution,
     active_units,
     ais,
     estimate_log_px,
-    estimate_log_px_generic,
     mean_elbo,
-    target_for,
 )
-from pyro_vae.model import VAE
-from pyro_vae.networks import get_preset
+from pyro_vae.files import atomic_write_bytes, atomic_write_json
+from pyro_vae.fit import step_checks
+from pyro_vae.models import get_preset
 from pyro_vae.objectives import ESTIMATORS, Bound, PyroObjective, get_estimator, make_objective
 from pyro_vae.trainer import Trainer
-from pyro_vae.training import step_checks
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -160,7 +160,7 @@ def identical_vaes(labels: list[str], x_dim: int, *, seed: int, device="cpu",
 
 
 def stepper(trainer, x: torch.Tensor, *, validate_every_step: bool = False) -> Callable[[], None]:
-    """A call that takes one ``trainer`` step on ``x`` as :func:`pyro_vae.training.fit` does:
+    """A call that takes one ``trainer`` step on ``x`` as :func:`pyro_vae.fit.fit` does:
     Pyro's and torch's validation checks on the first call only, unless
     ``validate_every_step``; with CUDA, up to a synchronize, so that the time is the work's."""
     first = True
@@ -317,13 +317,13 @@ def random_minibatch(data: torch.Tensor, batch_size: int, generator: torch.Gener
 # --- training within a time budget -------------------------------------------------------------
 def seconds_per_epoch(config: TrainConfig, data: PreparedData, *,
                       probe_seconds: float = 20.0) -> float:
-    """Estimated wall-clock seconds of one :func:`pyro_vae.training.fit` epoch of ``config``:
+    """Estimated wall-clock seconds of one :func:`pyro_vae.fit.fit` epoch of ``config``:
     training steps on random minibatches for ``probe_seconds`` (at least 10 steps), scaled
     to one epoch's steps, plus one test-ELBO evaluation. Uses a throw-away VAE and clears
     Pyro's param store."""
     pyro.clear_param_store()
     train = data.train
-    vae = build_vae(config, train.shape[1])
+    vae = build_vae(config, train.shape[1], data.dataset.image_shape)
     if get_preset(config.preset).init_output_bias:
         vae.init_output_bias(train.mean(0))
     k = config.num_particles or get_estimator(config.estimator).default_num_particles
@@ -339,7 +339,7 @@ def seconds_per_epoch(config: TrainConfig, data: PreparedData, *,
             steps += 1
     per_step = (time.perf_counter() - t0) / steps
     t1 = time.perf_counter()
-    mean_elbo(vae, data.test, batch_size=config.eval_batch_size)
+    mean_elbo(vae, data.test, execution=Execution(block_size=config.eval_batch_size))
     eval_seconds = time.perf_counter() - t1
     pyro.clear_param_store()
     return math.ceil(train.shape[0] / config.batch_size) * per_step + eval_seconds
@@ -354,16 +354,10 @@ def evaluate_log_px(vae: VAE, x: torch.Tensor, num_samples: int, *, seed: int = 
     ``log_px_data_stderr`` (sd / √N), and the seconds it took; ``log_px_per_datapoint`` is the
     ``(N,)`` tensor, for paired comparisons (pop it before writing JSON)."""
     t0 = time.perf_counter()
-    structure = vae.structure
     vae.eval()
     try:
-        if structure.stochastic_layers == 1 and structure.flow is None:  # the fast path
-            estimate = estimate_log_px(vae, x, num_samples=num_samples, seed=seed,
-                                       progress=progress)
-        else:
-            estimate = estimate_log_px_generic(vae.model, vae.guide, x,
-                                               num_samples=num_samples, seed=seed,
-                                               progress=progress)
+        estimate = estimate_log_px(vae, x, num_samples=num_samples,
+                                   execution=Execution(seed=seed, progress=progress))
     finally:
         vae.train()
     return {"log_px_mean": estimate.mean,
@@ -384,8 +378,8 @@ def evaluate_log_px_ais(vae, x: torch.Tensor, *, steps: int = 100, chains: int =
     t0 = time.perf_counter()
     vae.eval()
     try:
-        estimate = ais(target_for(vae), x, AISSettings(num_steps=steps, num_chains=chains),
-                       seed=seed, progress=progress, pareto_k=False)
+        estimate = ais(vae, x, AISSettings(num_steps=steps, num_chains=chains),
+                       pareto_k=False, execution=Execution(seed=seed, progress=progress))
     finally:
         vae.train()
     return {"ais_log_px_mean": estimate.mean,
@@ -491,7 +485,7 @@ def output(args: argparse.Namespace) -> Output:
 
 
 def fit_progress(mode: str) -> bool | None:
-    """:func:`pyro_vae.training.fit`'s ``progress`` argument for a Progress ``mode``."""
+    """:func:`pyro_vae.fit.fit`'s ``progress`` argument for a Progress ``mode``."""
     return False if mode == "off" else None
 
 

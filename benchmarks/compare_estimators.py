@@ -13,7 +13,7 @@ picks some, with K and options: ``renyi:5,alpha=0.2 miwae:8,num_estimates=8``. F
    all the other estimators (each on its own copy of the same initial network), so that the
    load of a shared machine hits all alike: the median, and its ratio to ``analytic``'s in
    the same run, with the quartiles of the round-by-round ratio.
-2. **Training** with :func:`pyro_vae.training.fit`, one epoch at a time (resuming from the
+2. **Training** with :func:`pyro_vae.fit.fit`, one epoch at a time (resuming from the
    checkpoint, which equals a straight run), for ``--epochs`` epochs or until ``--seconds``
    of training have passed (whole epochs). After each epoch, outside the training clock, the
    IWAE_K estimate of log p(x) with a small K (``curve_samples``) on the evaluation images.
@@ -68,12 +68,13 @@ from benchmarks.common import (
     stepper,
     write_results,
 )
+from pyro_vae.build import load_data
 from pyro_vae.commands.options import Parser, positive_float, positive_int, seed
-from pyro_vae.config import TrainConfig, load_data
+from pyro_vae.config import TrainConfig
 from pyro_vae.data import binarize
-from pyro_vae.networks import get_preset
+from pyro_vae.fit import fit
+from pyro_vae.models.networks import get_preset
 from pyro_vae.progress import Progress
-from pyro_vae.training import fit
 
 DEFAULT_OUT = RESULTS / "compare"
 BASELINE = Spec("analytic", 1)

@@ -8,7 +8,7 @@ machine, against one process without torch.distributed and against Pyro's own SV
 
 For each number of processes P the script spawns P ranks of a gloo (CPU) or nccl (GPU)
 process group on the loopback interface, exactly as ``torchrun --nproc-per-node P`` would, and
-times the training steps of :func:`pyro_vae.training.fit` in distributed mode: every rank
+times the training steps of :func:`pyro_vae.fit.fit` in distributed mode: every rank
 slices the same global minibatch of ``batch_size`` binarized MNIST images and steps
 :class:`pyro_vae.trainer.Trainer` with its ``world`` (DDP's gradient all-reduce, torch Adam).
 Two one-process rows come first: ``1, Pyro SVI`` (``pyro.infer.SVI`` with ``pyro.optim.Adam``
@@ -58,13 +58,14 @@ from benchmarks.common import (
     run_main,
     write_results,
 )
+from pyro_vae.build import build_vae, load_data
 from pyro_vae.commands.options import Parser, positive_int
-from pyro_vae.config import TrainConfig, build_vae, load_data
+from pyro_vae.config import TrainConfig
 from pyro_vae.data import binarize
 from pyro_vae.distributed import init_process_group
+from pyro_vae.fit import step_checks
 from pyro_vae.objectives import PyroObjective, make_objective
 from pyro_vae.trainer import Trainer
-from pyro_vae.training import step_checks
 
 DEFAULT_OUT = RESULTS / "distributed_throughput"
 

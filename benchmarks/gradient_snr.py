@@ -11,7 +11,7 @@ generative network's rises as O(√K); the doubly reparameterized gradient of Tu
 (2019) is built to remove the fall (its inference-network SNR grows as O(√K) for large K).
 This script measures both on MNIST:
 
-1. train a small VAE with :func:`pyro_vae.training.fit` (the ``meanfield`` estimator) and keep
+1. train a small VAE with :func:`pyro_vae.fit.fit` (the ``meanfield`` estimator) and keep
    parameter snapshots after an early, a middle and a late epoch;
 2. at each snapshot, for each estimator and K (``num_particles``), draw ``draws`` independent
    gradient estimates of the loss in nats per datapoint on one fixed minibatch of binarized
@@ -30,7 +30,7 @@ an estimator's smallest (``rws`` needs 2) is reported as refused.
 Both predictions are asymptotic: they hold once K is large enough for Σ_k w_k to concentrate,
 i.e. when the importance weights are not degenerate. Their effective sample size 1/Σ_k w̃_k² is
 reported with every IWAE_K cell. ``--model ppca`` is the control where the posterior is known:
-the linear-Gaussian model of :mod:`pyro_vae.linear_gaussian` (float64) with W's columns
+the linear-Gaussian model of :mod:`pyro_vae.models.linear_gaussian` (float64) with W's columns
 orthogonal, so that p(z|x) is mean-field and the linear encoder can equal it; the decoder is
 fixed at the true parameters and the SNR is measured on ``batch_size`` datapoints drawn from
 the model. Its encoder comes from one of two setting sources (``--ppca-settings``):
@@ -81,18 +81,20 @@ from benchmarks.common import (
     save_figure,
     write_results,
 )
+from pyro_vae.build import load_data
 from pyro_vae.commands.options import Parser, positive_int
-from pyro_vae.config import TrainConfig, load_data
+from pyro_vae.config import TrainConfig
 from pyro_vae.errors import ConfigError
-from pyro_vae.linear_gaussian import (
+from pyro_vae.fit import fit
+from pyro_vae.models.linear_gaussian import (
     PPCAParams,
     kl_to_posterior,
     linear_gaussian_vae,
-    sample_ppca,
+    sample_model,
+    set_to_posterior,
 )
 from pyro_vae.objectives import ESTIMATORS, IWAE_ELBO, Bound, get_estimator, make_objective
 from pyro_vae.progress import Progress
-from pyro_vae.training import fit
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -270,7 +272,7 @@ def ppca_problem(config: SNRConfig) -> tuple:
     # cannot tell from the module's own.
     W = (Q * torch.linspace(2.0, 1.0, L, dtype=f64)).contiguous()
     params = PPCAParams(W, torch.randn(D, generator=g, dtype=f64), torch.tensor(0.5, dtype=f64))
-    x = sample_ppca(params, config.batch_size, g)
+    x = sample_model(params, config.batch_size, g)
     facts = {"data": f"{config.batch_size} datapoints drawn from a pPCA model (D = {D}, "
                      f"L = {L}, σ = 0.5, float64)"}
     return params, x, g, facts
@@ -309,7 +311,7 @@ def ppca_trained_settings(config: SNRConfig) -> tuple:
     drawn from the model, one setting per snapshot step. The ELBO's maximum is the exact
     posterior for every x at once, so KL(q ‖ p(z|x)) measures how far training has got."""
     params, x, g, facts = ppca_problem(config)
-    train = sample_ppca(params, config.ppca_train_size, g)  # (N, D), apart from x
+    train = sample_model(params, config.ppca_train_size, g)  # (N, D), apart from x
     vae = linear_gaussian_vae(params)  # decoder parameters kept, for their SNR; never stepped
     encoder = list(vae.encoder.parameters())
     objective = make_objective("analytic", vae)
@@ -347,7 +349,7 @@ def ppca_perturbed_settings(config: SNRConfig) -> tuple:
     vae = linear_gaussian_vae(params)
     settings = []
     for size in config.perturbations:
-        vae.encoder.set_to_posterior(params)
+        set_to_posterior(vae, params)
         with torch.no_grad():
             for p in vae.encoder.parameters():
                 p.add_(size * torch.randn(p.shape, generator=g, dtype=torch.float64))

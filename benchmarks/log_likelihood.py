@@ -62,29 +62,31 @@ from benchmarks.common import (
     save_figure,
     write_results,
 )
+from pyro_vae.build import load_data
 from pyro_vae.commands.options import Parser, positive_int
-from pyro_vae.config import TrainConfig, load_data
+from pyro_vae.config import TrainConfig
 from pyro_vae.data import load_dataset, preprocess
 from pyro_vae.evaluation import (
     AISSettings,
+    Execution,
     GapSettings,
-    VAETarget,
+    LayeredTarget,
     ais,
     bdmc,
     estimate_log_px,
     inference_gaps,
     pareto_k_hat,
-    target_for,
 )
 from pyro_vae.evaluation.ais import block_size_for
-from pyro_vae.linear_gaussian import (
+from pyro_vae.fit import fit
+from pyro_vae.models.linear_gaussian import (
     closed_form_elbo,
     linear_gaussian_vae,
     log_marginal,
     max_likelihood,
+    set_to_posterior,
 )
 from pyro_vae.runs import RunFolder, load_checkpoint, vae_from_checkpoint
-from pyro_vae.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
@@ -113,14 +115,14 @@ def _summary(log_px: torch.Tensor, se: torch.Tensor, pareto_k=None) -> dict:
 
 
 def _run_is(vae, x, task) -> dict:
-    est = estimate_log_px(vae, x, num_samples=task["K"], seed=0, pareto_k=task["K"] >= 21)
+    est = estimate_log_px(vae, x, num_samples=task["K"], pareto_k=task["K"] >= 21)
     return {"method": "is", "settings": {"num_samples": task["K"]},
             **_summary(est.log_px, est.log_px_mc_stderr, est.pareto_k)}
 
 
 def _run_ais(vae, x, task) -> dict:
     settings = AISSettings(**task["settings"])
-    est = ais(target_for(vae), x, settings, seed=0, progress=task["progress"])
+    est = ais(vae, x, settings, execution=Execution(progress=task["progress"]))
     return {"method": "ais", "settings": task["settings"],
             "acceptance": float(est.acceptance_rate.mean()),
             **_summary(est.log_px, est.log_px_mc_stderr, est.pareto_k)}
@@ -128,8 +130,8 @@ def _run_ais(vae, x, task) -> dict:
 
 def _run_bdmc(vae, x, task) -> dict:
     settings = AISSettings(**task["settings"])
-    r = bdmc(target_for(vae), torch.zeros(task["n"], vae.x_dim), settings, seed=1,
-             progress=task["progress"])
+    r = bdmc(vae, torch.zeros(task["n"], vae.x_dim), settings,
+             execution=Execution(seed=1, progress=task["progress"]))
     return {"settings": task["settings"], "num_datapoints": task["n"], "lower": r.mean_lower,
             "upper": r.mean_upper, "gap": r.mean_gap, "gap_mc_stderr": r.gap_mc_stderr,
             "gap_median": float(r.gap.median()),
@@ -138,10 +140,10 @@ def _run_bdmc(vae, x, task) -> dict:
 
 
 def _run_gaps(vae, x, task) -> dict:
-    g = inference_gaps(target_for(vae), x, torch.tensor(task["log_px"], dtype=torch.float64),
+    g = inference_gaps(vae, x, torch.tensor(task["log_px"], dtype=torch.float64),
                        GapSettings(**task["settings"]),
                        log_px_mc_stderr=torch.tensor(task["log_px_se"], dtype=torch.float64),
-                       seed=2, progress=task["progress"])
+                       execution=Execution(seed=2, progress=task["progress"]))
     return {"settings": task["settings"], "means": g.means, "mc_stderrs": g.mean_mc_stderrs}
 
 
@@ -149,10 +151,11 @@ def _run_timing(vae, x, task) -> dict:
     """AIS at the published budget, and its throughput against :func:`matmul_rate` measured
     just before and after, at the row count of AIS's blocks."""
     settings = AISSettings(**task["settings"])
-    rows = block_size_for(VAETarget(vae), (x,), settings.num_chains, 128.0) * settings.num_chains
+    rows = block_size_for(LayeredTarget(vae), (x,), settings.num_chains, 128.0) * \
+        settings.num_chains
     before, load_before = matmul_rate(vae, rows), os.getloadavg()
     t0 = time.perf_counter()
-    est = ais(VAETarget(vae), x, settings, seed=0, progress=task["progress"])
+    est = ais(vae, x, settings, execution=Execution(progress=task["progress"]))
     seconds = time.perf_counter() - t0
     after = matmul_rate(vae, rows)
     weights = sum(m.weight.numel() for m in vae.decoder.modules()
@@ -259,10 +262,10 @@ def linear_gaussian_part(args, budgets, published, log, progress) -> dict:
     x_all = preprocess(load_dataset("mnist").train_images[:n_train]).double()
     params = max_likelihood(x_all, L)
     vae = linear_gaussian_vae(params, learn_model=False)
-    vae.encoder.set_to_posterior(params)
+    set_to_posterior(vae, params)
     with torch.no_grad():
         vae.encoder.A.mul_(0.9)
-        vae.encoder.b.mul_(0.9)
+        vae.encoder.c.mul_(0.9)
         vae.encoder.log_scale.add_(math.log(1.5))
     x = preprocess(load_dataset("mnist").test_images[: args.images]).double()
     truth = log_marginal(x, params)
@@ -274,7 +277,7 @@ def linear_gaussian_part(args, budgets, published, log, progress) -> dict:
     for start, settings in [("guide", s) for s in budgets] + [("prior", published)]:
         log(f"linear-Gaussian: AIS from the {start}, T = {settings.num_steps}")
         t0 = time.perf_counter()
-        est = ais(VAETarget(vae, start=start), x, settings, seed=0, progress=progress)
+        est = ais(vae, x, settings._replace(start=start), execution=Execution(progress=progress))
         error = truth - est.log_px
         rows.append({"start": start, "settings": settings._asdict(),
                      "error_mean": float(error.mean()), "error_mc_stderr": est.mean_mc_stderr,

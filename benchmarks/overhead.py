@@ -15,9 +15,9 @@ minibatch of binarized MNIST images (the data do not change the work). Steppers:
 ``… [Pyro SVI]``                   the same ELBO as a user of Pyro drives it:
                                    ``pyro.infer.SVI`` with ``pyro.optim.Adam`` (one torch
                                    Adam per parameter); ``jit-meanfield [Pyro SVI]`` with
-                                   Pyro's own ``JitTraceMeanField_ELBO``, which recompiles its
+                                   Pyro's own ``CompiledMeanField_ELBO``, which recompiles its
                                    trace at every step (see :mod:`pyro_vae.objectives.jit`)
-``meanfield [Pyro's ELBO class]``  ``meanfield`` with Pyro's own ``TraceMeanField_ELBO``,
+``meanfield [Pyro's ELBO class]``  ``meanfield`` with Pyro's own ``MeanField_ELBO``,
                                    which also computes log-densities that it does not use
 =================================  =========================================================
 
@@ -28,7 +28,7 @@ median step time in ms, and its ratio to ``analytic`` at the same batch size, wi
 spread (quartiles) of the per-round ratios. ``--profile`` adds where meanfield's time goes
 (cProfile, which inflates Python-heavy parts) and the cost of validation.
 
-Validation is timed as :func:`pyro_vae.training.fit` runs it: Pyro's and torch.distributions'
+Validation is timed as :func:`pyro_vae.fit.fit` runs it: Pyro's and torch.distributions'
 checks on a stepper's first step, then ``pyro.validation_enabled(False)`` (which switches off
 the baseline's torch checks alike). The ``--profile`` ablation also times both steppers with
 the checks on every step (``fit(validate_every_step=True)``, Pyro's own default). Writes
@@ -69,10 +69,10 @@ from benchmarks.common import (
     stepper,
     write_results,
 )
+from pyro_vae import VAE
 from pyro_vae.commands.options import Parser, positive_float, positive_int
 from pyro_vae.data import binarize, load_dataset, preprocess
-from pyro_vae.model import VAE
-from pyro_vae.networks import get_preset
+from pyro_vae.models.networks import get_preset
 from pyro_vae.objectives import PyroObjective, make_objective
 from pyro_vae.progress import Progress
 from pyro_vae.trainer import Trainer

@@ -19,11 +19,12 @@ import dataclasses
 
 import torch
 
+from pyro_vae.build import load_data
 from pyro_vae.commands.options import DefaultsHelpFormatter
-from pyro_vae.config import TrainConfig, load_data
+from pyro_vae.config import TrainConfig
 from pyro_vae.evaluation import active_units
+from pyro_vae.fit import fit
 from pyro_vae.losses import analytic_elbo, gaussian_kl_to_standard_normal
-from pyro_vae.training import fit
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=DefaultsHelpFormatter)

@@ -17,7 +17,7 @@ the bound U(x) of their eq. 7 on log p(x). As in their eq. 9 the labelled loss a
 
 Prints the test classification accuracy of q(y|x) and the test ELBO on log p(x) (y summed
 out, one z sample per datapoint), in nats per datapoint. At the end it estimates log p(x)
-itself with ``pyro_vae.evaluation.estimate_log_px_generic``, importance sampling that works
+itself with ``pyro_vae.evaluation.estimate_log_px`` on a ``Program``, importance sampling that works
 from Pyro's traces for any model and guide whose observations sit in a data plate: here the
 guide enumerates y, so y is summed out exactly and only z is sampled, K times per image,
 log p̂(x) = log (1/K) Σ_k Σ_y p(x, y, z_k) / q(z_k | x, y), an IWAE_K lower bound that is
@@ -37,7 +37,7 @@ from torch import nn
 from pyro_vae import VAE
 from pyro_vae.commands.options import DefaultsHelpFormatter
 from pyro_vae.data import binarize, load_dataset, preprocess
-from pyro_vae.evaluation import estimate_log_px_generic
+from pyro_vae.evaluation import Program, estimate_log_px
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=DefaultsHelpFormatter)
@@ -135,8 +135,8 @@ print(f"\nM2 with {num_labelled} labels and {x_unlabelled.shape[0]} unlabelled i
 # model and guide take the images as their first argument; the observations sit in the plate
 # "data"; the guide enumerates y, which is summed out exactly. y_aux is not sampled (y=None).
 images = test[: 200 if args.quick else 1000]  # K = 200 on 1,000 images: about 2 min
-estimate = estimate_log_px_generic(model, guide, images, num_samples=log_px_samples, seed=0,
-                                   pareto_k=True)
+estimate = estimate_log_px(Program(model, guide), images, num_samples=log_px_samples,
+                           pareto_k=True)
 print(f"log p(x) >= IWAE_{log_px_samples} = {estimate.mean:.2f} +- {estimate.mean_mc_stderr:.2f} "
       f"nats per datapoint ({images.shape[0]} test images, y summed out; ELBO on them: "
       f"{-elbo.loss(model, guide, images) / images.shape[0]:.2f}); Pareto k-hat > 0.7 for "

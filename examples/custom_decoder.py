@@ -67,9 +67,9 @@ class ConvDecoder(nn.Module):
 
 
 def train_and_test(vae, name):
-    """Train ``vae`` with Pyro's TraceMeanField_ELBO through SVI; print nats per datapoint."""
+    """Train ``vae`` with Pyro's MeanField_ELBO through SVI; print nats per datapoint."""
     pyro.clear_param_store()
-    objective = make_objective("meanfield", vae)  # the registry's TraceMeanField_ELBO
+    objective = make_objective("meanfield", vae)  # the registry's MeanField_ELBO
     svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": lr}), objective.elbo)
     n = train.shape[0]
     for epoch in range(1, epochs + 1):

@@ -26,15 +26,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # the Agg canvas: n
 from matplotlib.figure import Figure
 
 from pyro_vae.commands.options import DefaultsHelpFormatter
-from pyro_vae.evaluation import estimate_log_px
-from pyro_vae.linear_gaussian import (
+from pyro_vae.evaluation import Execution, estimate_log_px
+from pyro_vae.models.linear_gaussian import (
     PPCAParams,
     closed_form_elbo,
     exact_posterior,
     kl_to_posterior,
     linear_gaussian_vae,
     log_marginal,
-    sample_ppca,
+    sample_model,
 )
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -52,7 +52,7 @@ g = torch.Generator().manual_seed(0)
 Q, _ = torch.linalg.qr(torch.randn(10, 2, generator=g, dtype=F64))
 params = PPCAParams(W=Q * torch.tensor([3.0, 1.5], dtype=F64),  # Wᵀ W diagonal
                     mu=torch.randn(10, generator=g, dtype=F64), sigma=torch.tensor(0.5, dtype=F64))
-x = sample_ppca(params, 1, g)  # (1, 10): one datapoint
+x = sample_model(params, 1, g)  # (1, 10): one datapoint
 log_px = float(log_marginal(x, params))
 post_loc, post_cov = exact_posterior(x, params)  # (1, 2), (2, 2)
 
@@ -77,7 +77,7 @@ vae = linear_gaussian_vae(params, learn_model=False)
 t_q = 0.7
 with torch.no_grad():
     vae.encoder.A.zero_()
-    vae.encoder.b.copy_(t_q * post_loc[0])
+    vae.encoder.c.copy_(t_q * post_loc[0])
     vae.encoder.log_scale.copy_(torch.log((1 - t_q) + t_q * post_sd))
 q_loc, q_scale = vae.encode(x)
 elbo_q = float(closed_form_elbo(x, q_loc.detach(), torch.diag_embed(q_scale.detach() ** 2),
@@ -91,7 +91,7 @@ iwae, iwae_se = [], []
 print(f"q = q_0.7: ELBO {elbo_q:.4f}, KL {log_px - elbo_q:.4f} nats\n")
 print(f"{'K':>6} {'IWAE_K':>10} {'s.e.':>8} {'log p(x) - IWAE_K':>18}  (nats, mean of {repeats})")
 for k in ks:
-    est = estimate_log_px(vae, copies, num_samples=k, seed=k)
+    est = estimate_log_px(vae, copies, num_samples=k, execution=Execution(seed=k))
     iwae.append(est.mean)
     iwae_se.append(float(est.log_px.std()) / math.sqrt(repeats))
     print(f"{k:6d} {est.mean:10.4f} {iwae_se[-1]:8.4f} {log_px - est.mean:18.4f}")

@@ -23,13 +23,14 @@ from pathlib import Path
 import torch
 
 from pyro_vae import DataNotFoundError, PyroVAEError
+from pyro_vae.build import load_data
 from pyro_vae.commands.options import DefaultsHelpFormatter
-from pyro_vae.config import TrainConfig, load_data
+from pyro_vae.config import TrainConfig
 from pyro_vae.data import load_dataset
+from pyro_vae.fit import fit
 from pyro_vae.losses import analytic_elbo
 from pyro_vae.plots import write_run_figures
 from pyro_vae.runs import RunFolder
-from pyro_vae.training import fit
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=DefaultsHelpFormatter)

@@ -18,10 +18,11 @@ since IWAE_K does not push q(z|x) to fit the posterior as tightly, its ELBO can 
 import argparse
 import dataclasses
 
+from pyro_vae.build import load_data
 from pyro_vae.commands.options import DefaultsHelpFormatter
-from pyro_vae.config import TrainConfig, load_data
-from pyro_vae.evaluation import active_units, estimate_log_px, mean_elbo
-from pyro_vae.training import fit
+from pyro_vae.config import TrainConfig
+from pyro_vae.evaluation import Execution, active_units, estimate_log_px, mean_elbo
+from pyro_vae.fit import fit
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=DefaultsHelpFormatter)
@@ -50,7 +51,7 @@ x_eval = data.test[:eval_points]  # (n, 784) binary
 
 def iwae_bound(vae, x, k, seed=1):
     """IWAE_k on ``x``: nats per datapoint (k = 1 is a Monte Carlo ELBO)."""
-    return estimate_log_px(vae, x, num_samples=k, seed=seed).mean
+    return estimate_log_px(vae, x, num_samples=k, execution=Execution(seed=seed)).mean
 
 
 # --- train both ----------------------------------------------------------------------------
@@ -59,7 +60,8 @@ for estimator, k in (("meanfield", 1), ("iwae", args.num_particles)):
     config = dataclasses.replace(base, estimator=estimator, num_particles=k)
     print(f"--- training on {'the ELBO' if k == 1 else f'IWAE_{k}'} ({estimator}) ---")
     vae = fit(config, data=data).vae.eval()
-    estimate = estimate_log_px(vae, x_eval, num_samples=num_eval_samples, seed=2)
+    estimate = estimate_log_px(vae, x_eval, num_samples=num_eval_samples,
+                               execution=Execution(seed=2))
     results[estimator] = {
         "test ELBO": mean_elbo(vae, x_eval),
         f"IWAE_{args.num_particles}": iwae_bound(vae, x_eval, args.num_particles),

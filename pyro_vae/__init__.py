@@ -6,21 +6,28 @@ The public API is exactly what this module exports; see ``README.md`` for the to
 from pyro_vae.errors import (
     CheckpointError,
     ConfigError,
+    ConfigTypeError,
     DataError,
     DataNotFoundError,
+    DataTypeError,
     PyroVAEError,
     RunFolderError,
     TrainingDivergedError,
 )
-from pyro_vae.flows import FLOWS, InverseAutoregressiveFlow
-from pyro_vae.hierarchical import HierarchicalVAE
-from pyro_vae.likelihoods import LIKELIHOODS, make_likelihood
-from pyro_vae.model import VAE
-from pyro_vae.networks import PRESETS
+from pyro_vae.models import (
+    FLOWS,
+    LIKELIHOODS,
+    PRESETS,
+    VAE,
+    Capabilities,
+    InverseAutoregressiveFlow,
+    LayeredModel,
+    VAEModel,
+    make_likelihood,
+)
 from pyro_vae.objectives import ESTIMATORS, Bound, get_estimator, make_objective
-from pyro_vae.structure import Structure
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "ESTIMATORS",
@@ -29,16 +36,19 @@ __all__ = [
     "PRESETS",
     "VAE",
     "Bound",
+    "Capabilities",
     "CheckpointError",
     "ConfigError",
+    "ConfigTypeError",
     "DataError",
     "DataNotFoundError",
-    "HierarchicalVAE",
+    "DataTypeError",
     "InverseAutoregressiveFlow",
+    "LayeredModel",
     "PyroVAEError",
     "RunFolderError",
-    "Structure",
     "TrainingDivergedError",
+    "VAEModel",
     "get_estimator",
     "make_likelihood",
     "make_objective",

@@ -1,22 +1,32 @@
-"""MNIST-format data sets (IDX files, gzip or raw, read by :mod:`pyro_vae.idx`) as tensors, with
-every file checked, and their preparation for training and evaluation.
+"""Data sets as tensors, with every file checked, and their preparation for training and
+evaluation: MNIST-format data sets (IDX files, gzip or raw, read by :mod:`pyro_vae.idx`), and
+a data set of one's own, from an ``.npz`` file or from tensors (:func:`from_arrays`).
 
 The package ships the four canonical MNIST files (11 MB gzip-compressed, CC BY-SA 3.0), so
 training works offline on a fresh clone. Other locations, tried in this order:
-``data_dir`` argument → ``$PYRO_VAE_DATA`` → the data set's system folder (Fashion-MNIST from
-Debian's ``dataset-fashion-mnist``) → the copy shipped with the package (MNIST) → a download
-(only with ``download=True``), verified against the known checksum before it is used.
+``data_dir`` argument → ``$PYRO_VAE_DATA/<name>`` and ``$PYRO_VAE_DATA`` (a folder there that
+holds another data set's files is passed over) → the data set's system folder (Fashion-MNIST
+from Debian's ``dataset-fashion-mnist``) → the copy shipped with the package (MNIST) → a
+download (only with ``download=True``), verified against the known checksum before it is used.
 
-Pixels come back as ``uint8`` tensors of shape ``(N, rows·cols)``; :func:`preprocess` turns
-them into what a likelihood needs (binarized for Bernoulli, grey levels in [0, 1] else).
+**A data set of one's own** (``--dataset FILE.npz``, ``docs/data.md``): an ``.npz`` file with
+``train`` and ``test`` arrays of images, ``(N, H, W)`` or ``(N, D)``, either ``uint8`` grey levels
+0–255 or floats in [0, 1] (binary images are floats of 0 and 1), and optionally
+``train_labels`` and ``test_labels`` (integers, one per image).
+
+Pixels come back as tensors of shape ``(N, D)``, ``uint8`` or float grey levels in [0, 1];
+:func:`preprocess` turns them into floats, and :func:`prepare_data` into what a likelihood
+needs (binarized for Bernoulli, grey levels in [0, 1] else).
 """
 
 from __future__ import annotations
 
 import http.client
+import math
 import os
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -24,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from pyro_vae.errors import ConfigError, DataError, DataNotFoundError
+from pyro_vae.errors import ConfigError, DataError, DataNotFoundError, DataTypeError
 from pyro_vae.idx import check_md5, parse_idx, read_idx, read_idx_bytes
 
 __all__ = [
@@ -33,8 +43,10 @@ __all__ = [
     "Dataset",
     "PreparedData",
     "binarize",
+    "check_dataset_name",
     "check_grey_levels",
     "download",
+    "from_arrays",
     "load_dataset",
     "parse_idx",
     "prepare_data",
@@ -87,15 +99,16 @@ DATASETS = {
 
 
 class Dataset(NamedTuple):
-    """A train/test split: images ``(N, D)`` uint8, labels ``(N,)`` int64."""
+    """A train/test split: images ``(N, D)``, uint8 or float grey levels in [0, 1]; labels
+    ``(N,)`` int64 (``None`` where there are none)."""
 
     name: str
     train_images: torch.Tensor
-    train_labels: torch.Tensor
+    train_labels: torch.Tensor | None
     test_images: torch.Tensor
-    test_labels: torch.Tensor
+    test_labels: torch.Tensor | None
     image_shape: tuple[int, int]
-    source: str  # the folder the files were read from
+    source: str  # the folder or file the data were read from
 
     @property
     def x_dim(self) -> int:
@@ -122,25 +135,41 @@ def _candidate_dirs(name: str, source: _Source, data_dir) -> list[Path]:
     return dirs
 
 
+def check_dataset_name(name) -> str:
+    """``name`` if it names a data set: one of :data:`DATASETS`, or an ``.npz`` file."""
+    if not isinstance(name, str) or (name not in DATASETS and not name.endswith(".npz")):
+        raise ConfigError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}, or an "
+                          ".npz file of your own (docs/data.md)")
+    return name
+
+
 def load_dataset(name: str = "mnist", data_dir=None, *, download: bool = False) -> Dataset:
-    """Load data set ``name`` (``"mnist"`` or ``"fashion-mnist"``), see the module docstring.
+    """Load data set ``name`` (``"mnist"``, ``"fashion-mnist"`` or an ``.npz`` file), see the
+    module docstring.
 
     :raises DataNotFoundError: if no complete set of files is found (the message lists the
         folders looked at).
     :raises DataError: if a file is corrupt, has the wrong checksum, or disagrees with its labels.
     """
-    try:
-        source = DATASETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}") from None
+    if check_dataset_name(name).endswith(".npz"):
+        return load_npz(name)
+    source = DATASETS[name]
     dirs = _candidate_dirs(name, source, data_dir)
+    passed_over: list[DataError] = []
     for folder in dirs:
         if all(_find_file(folder, stem) for stem in source.md5):
-            return _load_from(name, source, folder)
+            try:
+                return _load_from(name, source, folder)
+            except DataError as e:  # $PYRO_VAE_DATA may hold another data set's files
+                if data_dir is not None:
+                    raise
+                passed_over.append(e)
     if download:
         target = Path(data_dir) if data_dir is not None else _default_download_dir(name)
         fetch(name, target)
         return _load_from(name, source, target)
+    if passed_over:
+        raise passed_over[0]
     looked = ", ".join(str(d) for d in dirs) or "(nowhere)"
     missing = [stem for stem in source.md5 if not dirs or not _find_file(dirs[0], stem)]
     raise DataNotFoundError(
@@ -148,6 +177,84 @@ def load_dataset(name: str = "mnist", data_dir=None, *, download: bool = False) 
         f"missing in the first: {', '.join(missing)} (.gz or raw). Pass --data-dir, set "
         "PYRO_VAE_DATA, or use download=True / --download when online"
     )
+
+
+def load_npz(path: str | os.PathLike) -> Dataset:
+    """A data set of one's own from an ``.npz`` file (the module docstring), checked."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except FileNotFoundError:
+        raise DataNotFoundError(f"{path}: no such file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+    missing = [key for key in ("train", "test") if key not in arrays]
+    if missing:
+        raise DataError(f"{path}: no {' and no '.join(repr(k) for k in missing)} array; an "
+                        f".npz data set holds 'train' and 'test' images (found: "
+                        f"{', '.join(sorted(arrays)) or 'nothing'})")
+    return from_arrays(arrays["train"], arrays["test"], train_labels=arrays.get("train_labels"),
+                       test_labels=arrays.get("test_labels"), name=path.stem, source=str(path))
+
+
+def from_arrays(train, test, *, train_labels=None, test_labels=None, name: str = "custom",
+                source: str = "arrays") -> Dataset:
+    """A :class:`Dataset` of one's own from arrays or tensors of images, ``(N, H, W)`` or
+    ``(N, D)``: ``uint8`` grey levels 0–255, or floats in [0, 1]; labels optional. Each
+    problem (a wrong shape, a value out of range, an empty split, labels that do not match)
+    is a one-line :class:`DataError` naming the array."""
+    splits = []
+    for split, images in (("train", train), ("test", test)):
+        images = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
+        if images.dim() not in (2, 3):
+            raise DataError(f"{source}: {split} must be images (N, H, W) or (N, D), found "
+                            f"shape {tuple(images.shape)}")
+        if images.shape[0] == 0 or images[0].numel() == 0:
+            raise DataError(f"{source}: {split} is empty, shape {tuple(images.shape)}")
+        splits.append(_pixels(images, f"{source}: {split}"))
+    if splits[0].shape[1:] != splits[1].shape[1:]:
+        raise DataError(f"{source}: test images have shape {tuple(splits[1].shape[1:])}, the "
+                        f"training images {tuple(splits[0].shape[1:])}")
+    shape = tuple(splits[0].shape[1:])
+    image_shape = shape if len(shape) == 2 else _square(shape[0])
+    labels = [_labels(labels, images.shape[0], f"{source}: {split}_labels")
+              for split, labels, images in (("train", train_labels, splits[0]),
+                                            ("test", test_labels, splits[1]))]
+    return Dataset(name, splits[0].reshape(splits[0].shape[0], -1), labels[0],
+                   splits[1].reshape(splits[1].shape[0], -1), labels[1], image_shape, source)
+
+
+def _pixels(images: torch.Tensor, where: str) -> torch.Tensor:
+    """uint8 as they are; other integers in 0..255 as uint8; floats in [0, 1] as float32."""
+    if images.dtype == torch.uint8:
+        return images
+    if images.dtype == torch.bool:
+        return images.float()
+    if not images.is_floating_point():
+        low, high = int(images.min()), int(images.max())
+        if low < 0 or high > 255:
+            raise DataError(f"{where}: integer pixels must lie in 0..255, found {low}..{high}")
+        return images.to(torch.uint8)
+    check_grey_levels(images.reshape(images.shape[0], -1).float(), where=where)
+    return images.float()
+
+
+def _labels(labels, n: int, where: str) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    labels = torch.as_tensor(np.asarray(labels))
+    if labels.shape != (n,) or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise DataError(f"{where}: expected {n} integer labels, found dtype {labels.dtype}, "
+                        f"shape {tuple(labels.shape)}")
+    return labels.long()
+
+
+def _square(d: int) -> tuple[int, int]:
+    """(side, side) for a square number of pixels, else one row of ``d``."""
+    side = math.isqrt(d)
+    return (side, side) if side * side == d else (1, d)
 
 
 def _default_download_dir(name: str) -> Path:
@@ -271,7 +378,12 @@ def binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> 
 
 
 def preprocess(images: torch.Tensor) -> torch.Tensor:
-    """uint8 grey levels → float32 in [0, 1]."""
+    """Grey levels → float32 in [0, 1]: uint8 pixels divided by 255, floats as they are."""
+    if images.is_floating_point():
+        return images.float()
+    if images.dtype != torch.uint8:
+        raise DataTypeError(f"preprocess: expected uint8 pixels or float grey levels, found "
+                            f"dtype {images.dtype}")
     return images.float() / 255.0
 
 
@@ -309,7 +421,7 @@ class PreparedData(NamedTuple):
 
     train: torch.Tensor | None  # (N, D) float grey levels in [0, 1]; None when not asked for
     test: torch.Tensor  # (M, D) float: what the likelihood models (binarized once for Bernoulli)
-    test_labels: torch.Tensor  # (M,) int64
+    test_labels: torch.Tensor | None  # (M,) int64, or None
     dataset: Dataset
 
 
@@ -343,6 +455,6 @@ def prepare_data(
     return PreparedData(
         train=None if train_images is None else preprocess(train_images).to(device),
         test=test.to(device),
-        test_labels=dataset.test_labels[: test.shape[0]],
+        test_labels=None if dataset.test_labels is None else dataset.test_labels[:test.shape[0]],
         dataset=dataset,
     )

@@ -14,10 +14,10 @@ program and one model is trained::
   gradients with DDP.
 * **Noise.** Streams are keyed by :func:`derive_seed`: per (seed, step, rank) in training,
   per (seed, chunk) in evaluation.
-* **Evaluation.** :func:`map_rows` splits per-datapoint work into chunks, each with its own
-  seed derived from its index, computes each rank's chunks and gathers the values (an exact
-  all-reduce: every entry has one non-zero contribution), so the result does not depend on
-  the number of processes.
+* **Evaluation.** :mod:`pyro_vae.evaluation.runner` splits per-datapoint work into blocks, each
+  with its own seed derived from its index, computes each rank's blocks (:func:`owns`) and
+  gathers the values (:func:`sum_across`, an exact all-reduce: every entry has one non-zero
+  contribution), so the result does not depend on the number of processes.
 * **Files.** Only rank 0 writes checkpoints and metrics. Collectives time out after
   ``timeout`` seconds (:func:`init_process_group`), and a failed collective raises
   :class:`DistributedError`, so a dead rank ends the run with a message instead of a hang.
@@ -31,7 +31,7 @@ import contextlib
 import datetime
 import gc
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -49,7 +49,6 @@ __all__ = [
     "derive_seed",
     "init_process_group",
     "launched",
-    "map_rows",
     "owns",
     "process_group",
     "shard",
@@ -176,33 +175,6 @@ def shard(x: torch.Tensor, world: World) -> torch.Tensor:
     """Rank ``world.rank``'s contiguous slice of the global minibatch ``x`` (rows); sizes
     differ by at most one, and a rank gets no rows when ``x`` has fewer than ``world_size``."""
     return torch.tensor_split(x, world.world_size)[world.rank]
-
-
-def map_rows(
-    fn: Callable[[int, int, int], torch.Tensor],
-    num_rows: int,
-    chunk_size: int,
-    *,
-    world: World | None = None,
-    width: int | None = None,
-) -> torch.Tensor:
-    """``fn(start, stop, index)`` → the ``(stop − start,)`` values (``(stop − start, width)``
-    with ``width``) of rows ``start:stop`` of chunk ``index``, for the chunks of
-    ``chunk_size`` rows; returns all ``(num_rows,)`` (or ``(num_rows, width)``) values as
-    float64 on the CPU.
-
-    With a ``world``, chunk ``i`` is computed by rank ``i mod world_size`` and the values are
-    gathered by :func:`sum_across`, so the result is bit-for-bit that of one process, provided
-    ``fn`` draws its random numbers from a seed derived from ``index`` (e.g.
-    ``derive_seed(seed, index)``), not from a shared stream.
-    """
-    shape = (num_rows,) if width is None else (num_rows, width)
-    values = torch.zeros(shape, dtype=torch.float64)
-    for index, start in enumerate(range(0, num_rows, chunk_size)):
-        if owns(world, index):
-            stop = min(start + chunk_size, num_rows)
-            values[start:stop] = fn(start, stop, index).detach().to(values)
-    return sum_across(values, world)
 
 
 def owns(world: World | None, index: int) -> bool:

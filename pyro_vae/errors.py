@@ -1,15 +1,19 @@
 """The project's error types.
 
 Every failure that a user can cause (a bad file, a bad argument, a run that diverges) raises
-one of these, with a message that names the file or argument, what was expected and what was
-found. The command line turns them into a one-line message and a non-zero exit status.
+one of these, with a one-line message that names the file or argument, what was expected and
+what was found. Each is also a :class:`ValueError` or :class:`TypeError` (or the builtin its
+kind of failure has always raised), so code that catches those keeps working. The command line
+turns them into one line on stderr and a non-zero exit status.
 """
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "ConfigTypeError",
     "DataError",
     "DataNotFoundError",
+    "DataTypeError",
     "PyroVAEError",
     "RunFolderError",
     "TrainingDivergedError",
@@ -19,9 +23,21 @@ __all__ = [
 class PyroVAEError(Exception):
     """Base class of the errors this package raises on purpose."""
 
+    def __str__(self) -> str:
+        # Pyro's trace re-raises a ValueError from inside a model as a new one of the same
+        # type with its trace's shapes appended; show the message that was raised.
+        cause = self.__cause__
+        if type(cause) is type(self):
+            return str(cause)
+        return super().__str__()
+
 
 class DataError(PyroVAEError, ValueError):
     """Input data is missing, malformed, or outside what the model accepts."""
+
+
+class DataTypeError(DataError, TypeError):
+    """Input data of the wrong type or dtype (a list for a tensor, integers for grey levels)."""
 
 
 class DataNotFoundError(DataError):
@@ -30,6 +46,10 @@ class DataNotFoundError(DataError):
 
 class ConfigError(PyroVAEError, ValueError):
     """An argument or configuration value is invalid (caught before any work starts)."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """An argument of the wrong type (a string for a count, a float for an integer)."""
 
 
 class CheckpointError(PyroVAEError, ValueError):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyro_vae.errors import DataError
+from pyro_vae.errors import DataError, DataTypeError
 
 __all__ = ["MAX_IDX_BYTES", "check_md5", "parse_idx", "read_idx", "read_idx_bytes"]
 
@@ -45,6 +45,9 @@ def parse_idx(raw: bytes, *, name: str = "<bytes>", ndim: int | None = None) -> 
     >>> parse_idx(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9])).tolist()
     [7, 8, 9]
     """
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise DataTypeError(f"{name}: expected the bytes of an IDX file, got a "
+                            f"{type(raw).__name__}")
     if len(raw) < 4:
         raise DataError(
             f"{name}: truncated IDX file: {len(raw)} bytes, expected at least a 4-byte header"

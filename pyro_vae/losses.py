@@ -6,14 +6,14 @@ Both return the **loss = −ELBO summed over the minibatch** (nats), multiplied 
 ``num_data / B`` when ``num_data`` is given: the same scale as Pyro's ``SVI.step``.
 The per-datapoint functions return the ELBO (higher is better) in nats, shape ``(B,)``.
 
-They cover the one-layer :class:`~pyro_vae.VAE` and the :class:`~pyro_vae.HierarchicalVAE`
-with Gaussian guides; for L layers, with z_0 = x and z_1..z_L drawn layer by layer,
+They cover :class:`~pyro_vae.VAE` with Gaussian guides, one layer or L; for L layers, with
+z_0 = x and z_1..z_L drawn layer by layer,
 
     mc:        log p(x|z_1) + β Σ_l [log p(z_l|z_(l+1)) − log q(z_l|z_(l-1))],
                with p(z_L|z_(L+1)) = p(z_L) = N(0, I);
     analytic:  the same with the top layer's log p(z_L) − log q(z_L|z_(L-1)) replaced by
                −KL(q(z_L|z_(L-1)) ‖ N(0, I)) in closed form, the only layer where that KL is the
-               ELBO's term (see :mod:`pyro_vae.hierarchical`).
+               ELBO's term (see :mod:`pyro_vae.models.vae`).
 
 A guide with a flow has no Gaussian log-density to write by hand: they refuse it.
 """
@@ -95,15 +95,13 @@ def mc_elbo(vae, x, *, num_particles: int = 1, generator=None, beta=None):
 
 
 def _layers(vae) -> int:
-    """The number of stochastic layers; refuses guides these formulas do not describe."""
-    structure = getattr(vae, "structure", None)
-    if structure is None:  # a model of one's own with the VAE's networks
-        return 1
-    if structure.flow is not None:
+    """The number of stochastic layers; refuses models these formulas do not describe."""
+    capabilities = vae.capabilities
+    if capabilities.flow is not None or not capabilities.layered:
         raise ConfigError(f"the hand-written losses write q's Gaussian log-density by hand; "
-                          f"{structure.describe()} has none in closed form (use a Pyro "
+                          f"{capabilities.describe()} has none in closed form (use a Pyro "
                           "estimator: trace, meanfield or iwae)")
-    return structure.stochastic_layers
+    return capabilities.layers
 
 
 def _rsample(loc, scale, generator) -> torch.Tensor:

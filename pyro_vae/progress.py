@@ -17,7 +17,11 @@ import time
 
 from tqdm.auto import tqdm
 
-__all__ = ["Progress", "format_seconds"]
+from pyro_vae.errors import ConfigError
+
+__all__ = ["PROGRESS_MODES", "Progress", "format_seconds"]
+
+PROGRESS_MODES = ("auto", "bar", "lines", "off")
 
 
 def format_seconds(seconds: float) -> str:
@@ -48,8 +52,9 @@ class Progress:
 
     def __init__(self, total: int, desc: str, unit: str, *, mode: str = "auto", stream=None,
                  every: float = 0.05, min_interval: float = 10.0, leave: bool = False):
-        if mode not in ("auto", "bar", "lines", "off"):
-            raise ValueError(f"unknown progress mode {mode!r}")
+        if mode not in PROGRESS_MODES:
+            raise ConfigError(f"unknown progress mode {mode!r}; known: "
+                              f"{', '.join(PROGRESS_MODES)}")
         self.stream = stream if stream is not None else sys.stderr
         if mode == "auto":
             mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "lines"

@@ -8,16 +8,15 @@ by orders of magnitude (a mistyped ``--hidden-sizes 1000000000``), not to budget
 
 from __future__ import annotations
 
-import itertools
 import os
 
 import torch
 
 from pyro_vae.errors import ConfigError
 
-__all__ = ["available_bytes", "check_fits", "format_bytes", "idle_cores", "made_buffers",
-           "made_parameters", "mlp_parameters", "model_bytes", "model_parameters", "reduce_hint",
-           "set_threads", "training_bytes"]
+__all__ = ["available_bytes", "check_fits", "flow_bytes", "format_bytes", "idle_cores",
+           "made_buffers", "made_parameters", "model_bytes", "reduce_hint", "set_threads",
+           "training_bytes"]
 
 _FLOAT = 4  # bytes of a float32
 _TRANSFORM_BYTES = 64_000  # a flow transform's modules, masks' bookkeeping, autograd records
@@ -91,15 +90,11 @@ def reduce_hint(options: list[str]) -> str:
                         f"{', '.join(options[:-1])} or {options[-1]}")
 
 
-def mlp_parameters(sizes: list[int]) -> int:
-    """Weights and biases of a chain of linear layers ``sizes[0] → sizes[1] → …``."""
-    return sum((a + 1) * b for a, b in itertools.pairwise(sizes))
-
-
 def made_parameters(latent_dim: int, context_dim: int) -> int:
     """Weights and biases of one transform of an IAF guide: Pyro's conditional MADE
     ``(z, context) → 10·latent_dim → (shift, log scale)``."""
-    return mlp_parameters([latent_dim + context_dim, 10 * latent_dim, 2 * latent_dim])
+    hidden = 10 * latent_dim
+    return (latent_dim + context_dim + 1) * hidden + (hidden + 1) * 2 * latent_dim
 
 
 def made_buffers(latent_dim: int, context_dim: int) -> int:
@@ -108,52 +103,32 @@ def made_buffers(latent_dim: int, context_dim: int) -> int:
     return (latent_dim + context_dim) * hidden + hidden * 2 * latent_dim + latent_dim
 
 
-def model_parameters(x_dim: int, latent_dims: tuple[int, ...],
-                     hidden_sizes: tuple[tuple[int, ...], ...], *, flow_layers: int = 0) -> int:
-    """Weights and biases of a VAE with stochastic layers z_1, …, z_L of sizes ``latent_dims``,
-    the inference network of layer l with ``hidden_sizes[l]`` (the generative networks mirror
-    them, as in :class:`~pyro_vae.VAE` and :class:`~pyro_vae.HierarchicalVAE`), and
-    ``flow_layers`` IAF transforms per layer (0: a Gaussian guide)."""
-    total = 0
-    inputs = (x_dim, *latent_dims[:-1])  # what each layer's inference network reads
-    for layer, (d_in, d, hidden) in enumerate(zip(inputs, latent_dims, hidden_sizes,
-                                                  strict=True)):
-        features = hidden[-1] if hidden else d_in
-        top = hidden[0] if hidden else d
-        total += mlp_parameters([d_in, *hidden]) + 2 * mlp_parameters([features, d])  # q(z_l|·)
-        heads = 1 if layer == 0 else 2  # p(x|z_1)'s logits; p(z_(l-1)|z_l)'s mean and scale
-        total += mlp_parameters([d, *reversed(hidden)]) + heads * mlp_parameters([top, d_in])
-        total += flow_layers * made_parameters(d, features)
-    return total
+def flow_bytes(latent_dims: tuple[int, ...], hidden_sizes: tuple[tuple[int, ...], ...],
+               flow_layers: int) -> int:
+    """Memory of the IAF guides of a VAE with these layer sizes (the MADE networks, their masks
+    and each transform's Python objects, about 50 kB each, measured), counted before anything
+    is built: even on the meta device a transform's masks are made on the CPU."""
+    numbers = sum(made_parameters(d, h[-1] if h else d) + made_buffers(d, h[-1] if h else d)
+                  for d, h in zip(latent_dims, hidden_sizes, strict=True))
+    return flow_layers * (_FLOAT * numbers + _TRANSFORM_BYTES * len(latent_dims))
 
 
-def model_bytes(x_dim: int, latent_dims: tuple[int, ...],
-                hidden_sizes: tuple[tuple[int, ...], ...], *, flow_layers: int = 0) -> int:
-    """Memory of building the model: its parameters, the MADE masks of its flows, and the
-    Python objects of each flow transform (about 50 kB each, measured)."""
-    masks = flow_layers * sum(made_buffers(d, h[-1] if h else 0)
-                              for d, h in zip(latent_dims, hidden_sizes, strict=True))
-    return (_FLOAT * (model_parameters(x_dim, latent_dims, hidden_sizes, flow_layers=flow_layers)
-                      + masks) + _TRANSFORM_BYTES * flow_layers * len(latent_dims))
+def model_bytes(model) -> int:
+    """Memory of a model (built on the meta device, say): its parameters and buffers, and the
+    Python objects of each flow transform."""
+    numbers = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+    capabilities = model.capabilities
+    return _FLOAT * numbers + _TRANSFORM_BYTES * capabilities.flow_layers * capabilities.layers
 
 
-def training_bytes(x_dim: int, latent_dims: tuple[int, ...],
-                   hidden_sizes: tuple[tuple[int, ...], ...], batch_size: int,
-                   num_particles: int, *, flow_layers: int = 0) -> int:
-    """Memory of training the model that :func:`model_parameters` describes: the model, three
-    more copies of its parameters (their gradients and Adam's two moments), plus the
-    activations of one step that autograd keeps (about twice the forward pass's: K × B rows
-    through every network but the first encoder, B through that, and through each flow
-    transform ``(z, context) → 10·d → 2·d``)."""
+def training_bytes(model, batch_size: int, num_particles: int) -> int:
+    """Memory of training ``model``: the model, three more copies of its parameters (their
+    gradients and Adam's two moments), and the activations of one step, which autograd keeps
+    (about twice the forward pass's :meth:`~pyro_vae.models.VAEModel.bytes_per_row` for each
+    of the K × B rows)."""
+    params = sum(p.numel() for p in model.parameters())
     rows = batch_size * num_particles
-    params = model_parameters(x_dim, latent_dims, hidden_sizes, flow_layers=flow_layers)
-    hidden = sum(sum(h) for h in hidden_sizes)
-    flows = flow_layers * sum(14 * d + (h[-1] if h else 0)
-                              for d, h in zip(latent_dims, hidden_sizes, strict=True))
-    activations = 2 * (rows * (2 * hidden + 3 * x_dim + 4 * sum(latent_dims) + flows)
-                       + batch_size * (2 * sum(hidden_sizes[0]) + x_dim + 2 * latent_dims[0]))
-    return (model_bytes(x_dim, latent_dims, hidden_sizes, flow_layers=flow_layers)
-            + _FLOAT * (3 * params + activations))
+    return model_bytes(model) + 3 * _FLOAT * params + 2 * rows * model.bytes_per_row()
 
 
 def idle_cores() -> int:

@@ -650,7 +650,7 @@ def api_faults() -> list[Fault]:
     from pyro_vae.config import TrainConfig
     from pyro_vae.data import binarize, check_grey_levels
     from pyro_vae.evaluation import estimate_log_px
-    from pyro_vae.training import fit
+    from pyro_vae.fit import fit
 
     def vae():
         return VAE(784, latent_dim=2, hidden_sizes=(8,))

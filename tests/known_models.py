@@ -18,7 +18,7 @@ from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN
 from torch.distributions import MultivariateNormal
 
-from pyro_vae.linear_gaussian import PPCAParams
+from pyro_vae.models.linear_gaussian import PPCAParams
 
 F64 = torch.float64
 

@@ -9,7 +9,12 @@ import pyro
 import torch
 from torch.distributions import Normal
 
-from pyro_vae.linear_gaussian import PPCAParams, linear_gaussian_vae, sample_ppca
+from pyro_vae.models.linear_gaussian import (
+    PPCAParams,
+    linear_gaussian_vae,
+    sample_model,
+    set_to_posterior,
+)
 
 D, L, B = 5, 2, 6
 F64 = torch.float64
@@ -23,11 +28,11 @@ def ppca_vae(seed=0, dtype=F64, sigma=0.7, encoder_noise=0.4):
                         torch.randn(D, generator=g, dtype=F64).to(dtype),
                         torch.tensor(sigma, dtype=dtype))
     vae = linear_gaussian_vae(params, learn_model=True)
-    vae.encoder.set_to_posterior(params)
+    set_to_posterior(vae, params)
     with torch.no_grad():
         for p in vae.encoder.parameters():
             p.add_(encoder_noise * torch.randn(p.shape, generator=g, dtype=F64).to(dtype))
-    return params, vae, sample_ppca(params, B, torch.Generator().manual_seed(seed + 1))
+    return params, vae, sample_model(params, B, torch.Generator().manual_seed(seed + 1))
 
 
 def hand_written_draws(vae, x, n, seed):
@@ -65,4 +70,4 @@ def gradients(loss, vae) -> dict:
 
 def is_guide(name):
     """Whether a parameter of the VAE belongs to the guide (φ)."""
-    return name.startswith(("encoder", "flows"))
+    return name.startswith(("encoders", "flows"))

@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
-
-from pyro_vae import VAE, ConfigError, HierarchicalVAE
-from pyro_vae.evaluation.ais import AISSettings, ais, anneal, annealing_schedule
 from pyro_vae.evaluation.flow_target import HierarchicalFlowTarget
-from pyro_vae.evaluation.generic import estimate_log_px_generic
-from pyro_vae.evaluation.targets import ProgramTarget, VAETarget, target_for
-from pyro_vae.linear_gaussian import linear_gaussian_vae, log_marginal, sample_ppca
+
+from pyro_vae import VAE, ConfigError
+from pyro_vae.evaluation import estimate_log_px
+from pyro_vae.evaluation.ais import AISSettings, ais, anneal, annealing_schedule
+from pyro_vae.evaluation.targets import LayeredTarget, ProgramTarget, target_for
+from pyro_vae.models.linear_gaussian import linear_gaussian_vae, log_marginal, sample_model
 from tests.conftest import assert_close, binary_batch
 from tests.known_models import FlowGuide, GammaPoisson, Mixture, TwoLayer, random_ppca
 from tests.test_generic_is import float64_default  # noqa: F401 (a fixture)
@@ -27,7 +27,7 @@ def ppca_problem(D, L, *, n=12, seed=0, shrink=1.0):
     vae.encoder.set_to_posterior(params)
     with torch.no_grad():
         vae.encoder.A.mul_(shrink)
-    x = sample_ppca(params, n, torch.Generator().manual_seed(seed + 1))
+    x = sample_model(params, n, torch.Generator().manual_seed(seed + 1))
     return vae, x, log_marginal(x, params)
 
 
@@ -37,7 +37,7 @@ def test_ais_is_within_005_nats_of_the_exact_log_px(D, L):
     from the posterior (its mean shrunk by 10 %): within 0.05 nats per datapoint on average,
     and every datapoint within its reported standard error of the truth."""
     vae, x, truth = ppca_problem(D, L, shrink=0.9)
-    est = ais(VAETarget(vae), x, AISSettings(num_steps=200), seed=1)
+    est = ais(LayeredTarget(vae), x, AISSettings(num_steps=200), seed=1)
     error = truth - est.log_px
     assert abs(float(error.mean())) < 0.05
     assert (error.abs() < 0.05 + 4 * est.log_px_mc_stderr).all()
@@ -50,7 +50,7 @@ def test_ais_converges_as_the_number_of_steps_grows():
     vae, x, truth = ppca_problem(20, 6, n=30)
     errors, stderrs = [], []
     for T in (10, 30, 100, 300):
-        est = ais(VAETarget(vae, start="prior"), x, AISSettings(num_steps=T), seed=2)
+        est = ais(LayeredTarget(vae, start="prior"), x, AISSettings(num_steps=T), seed=2)
         errors.append(float((truth - est.log_px).mean()))
         stderrs.append(est.mean_mc_stderr)
     for k in range(3):
@@ -61,7 +61,7 @@ def test_ais_converges_as_the_number_of_steps_grows():
 @pytest.mark.parametrize("start", ["guide", "prior"])
 def test_fast_vae_target_equals_the_generic_program_target(start):
     vae, x, _ = ppca_problem(6, 2, n=5)
-    fast, generic = VAETarget(vae, start=start).bind(x), ProgramTarget(
+    fast, generic = LayeredTarget(vae, start=start).bind(x), ProgramTarget(
         vae.model, vae.guide, start=start).bind(x)
     u = torch.randn(3, 5, 2, dtype=torch.float64)
     for a, b in zip(fast.start_and_ratio(u), generic.start_and_ratio(u), strict=True):
@@ -76,7 +76,7 @@ def test_fast_vae_target_equals_the_generic_program_target(start):
             assert_close(left, right, rtol=1e-12, atol=1e-12)
     # the whole run, on the same random numbers (short: HMC amplifies rounding differences)
     settings = AISSettings(num_steps=8, num_chains=4)
-    a = ais(VAETarget(vae, start=start), x, settings, seed=3)
+    a = ais(LayeredTarget(vae, start=start), x, settings, seed=3)
     b = ais(ProgramTarget(vae.model, vae.guide, start=start), x, settings, seed=3)
     assert_close(b.log_weights, a.log_weights, rtol=1e-9, atol=1e-9)
     assert_close(b.acceptance_rate, a.acceptance_rate, rtol=1e-9, atol=1e-9)
@@ -91,7 +91,7 @@ def program(name):
         return m.model, m.guide, x, m.log_marginal(x)
     if name in ("flow-guide", "flow-guide-from-prior"):
         params = random_ppca(5, 2)
-        x = sample_ppca(params, 6, torch.Generator().manual_seed(1))
+        x = sample_model(params, 6, torch.Generator().manual_seed(1))
         vae = linear_gaussian_vae(params, learn_model=False)
         return vae.model, FlowGuide(params), x, log_marginal(x, params)
     if name == "positive-latent":
@@ -121,8 +121,8 @@ def test_ais_on_pyro_programs_recovers_the_exact_log_px(name, start, float64_def
 
 def test_step_sizes_adapt_towards_the_target_acceptance():
     vae, x, _ = ppca_problem(10, 3)
-    low = ais(VAETarget(vae), x, AISSettings(num_steps=200, target_accept=0.5), seed=5)
-    high = ais(VAETarget(vae), x, AISSettings(num_steps=200, target_accept=0.9), seed=5)
+    low = ais(LayeredTarget(vae), x, AISSettings(num_steps=200, target_accept=0.5), seed=5)
+    high = ais(LayeredTarget(vae), x, AISSettings(num_steps=200, target_accept=0.9), seed=5)
     assert abs(float(low.acceptance_rate.mean()) - 0.5) < 0.05
     assert abs(float(high.acceptance_rate.mean()) - 0.9) < 0.05
     assert float(high.step_size.mean()) < 0.8 * float(low.step_size.mean())
@@ -130,7 +130,7 @@ def test_step_sizes_adapt_towards_the_target_acceptance():
 
 def test_fixed_step_sizes_are_used_as_given():
     vae, x, _ = ppca_problem(6, 2, n=4)
-    density = VAETarget(vae).bind(x)
+    density = LayeredTarget(vae).bind(x)
     betas = annealing_schedule(20)
     torch.manual_seed(0)
     tiny = anneal(density, betas, density.sample_start(8), AISSettings(),
@@ -151,7 +151,7 @@ def test_annealing_schedules_rise_from_0_to_1(kind):
 
 def test_pareto_k_needs_21_chains_and_settings_are_checked():
     vae, x, _ = ppca_problem(4, 1, n=3)
-    est = ais(VAETarget(vae), x, AISSettings(num_steps=5, num_chains=8))
+    est = ais(LayeredTarget(vae), x, AISSettings(num_steps=5, num_chains=8))
     assert est.pareto_k is None and est.log_weights.shape == (3, 8)
     assert math.isfinite(est.mean)
     for bad, match in [(dict(num_steps=0), "num_steps"), (dict(num_chains=1.5), "num_chains"),
@@ -159,9 +159,9 @@ def test_pareto_k_needs_21_chains_and_settings_are_checked():
                        (dict(target_accept=1.0), "target_accept"),
                        (dict(initial_step_size=-1.0), "initial_step_size")]:
         with pytest.raises(ConfigError, match=match):
-            ais(VAETarget(vae), x, AISSettings(**bad))
+            ais(LayeredTarget(vae), x, AISSettings(**bad))
     with pytest.raises(ConfigError, match="start"):
-        VAETarget(vae, start="posterior")
+        LayeredTarget(vae, start="posterior")
 
 
 def test_a_flow_without_an_inverse_asks_for_the_prior_start():
@@ -179,7 +179,7 @@ def test_a_flow_without_an_inverse_asks_for_the_prior_start():
             base = dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1)
             pyro.sample("z", dist.TransformedDistribution(base, [flow]))
 
-    x = sample_ppca(params, 3)
+    x = sample_model(params, 3)
     with pytest.raises(ConfigError, match="start AIS from the prior"):
         ais(ProgramTarget(vae.model, guide), x, AISSettings(num_steps=3, num_chains=2))
     est = ais(ProgramTarget(vae.model, guide, start="prior"), x,
@@ -194,17 +194,17 @@ def test_ais_and_generic_is_agree_on_every_model_the_package_trains(kind):
     generic ones (hierarchical) or the fast one with a flow guide."""
     torch.manual_seed(0)
     if kind.startswith("hierarchical"):
-        vae = HierarchicalVAE(12, latent_dims=(3, 2), hidden_sizes=((8,), (6,)),
+        vae = VAE(12, latent_dims=(3, 2), hidden_sizes=((8,), (6,)),
                               flow="iaf" if kind.endswith("iaf") else None)
     else:
         vae = VAE(12, latent_dim=3, hidden_sizes=(16,), flow="iaf")
     x = binary_batch(5, 12, seed=3)
     target = target_for(vae)
     expected = {"hierarchical": ProgramTarget, "hierarchical-iaf": HierarchicalFlowTarget,
-                "vae-iaf": VAETarget}[kind]
+                "vae-iaf": LayeredTarget}[kind]
     assert isinstance(target, expected)
     est = ais(target, x, AISSettings(num_steps=30, num_chains=8), seed=1)
-    reference = estimate_log_px_generic(vae.model, vae.guide, x, num_samples=1000)
+    reference = estimate_log_px(vae.model, vae.guide, x, num_samples=1000)
     tolerance = 0.1 + 3 * (est.mean_mc_stderr + reference.mean_mc_stderr)
     assert abs(est.mean - reference.mean) < tolerance
 
@@ -214,7 +214,7 @@ def test_a_two_layer_flow_guide_starts_from_the_gaussians_its_flows_transform():
     Gaussians before the flows (density without the flow's inverse), written out here by
     hand, and ℓ = log p(x, z) − log q_0 with log p(x, z) written out layer by layer."""
     torch.manual_seed(0)
-    vae = HierarchicalVAE(6, latent_dims=(3, 2), hidden_sizes=((5,), (4,)), flow="iaf")
+    vae = VAE(6, latent_dims=(3, 2), hidden_sizes=((5,), (4,)), flow="iaf")
     x = binary_batch(5, 6, seed=1)
     target = ProgramTarget(vae.model, vae.guide, start_guide=vae.base_guide)
     assert target.describe_start() == "the guide's Gaussians, before their flows"
@@ -237,7 +237,7 @@ def test_a_two_layer_flow_guide_starts_from_the_gaussians_its_flows_transform():
 
 
 def test_a_flow_vae_anneals_in_its_flows_input_where_the_start_is_q_itself():
-    """VAETarget of a one-layer IAF VAE: u is the flow's input, z = T_x(u). The start is the
+    """LayeredTarget of a one-layer IAF VAE: u is the flow's input, z = T_x(u). The start is the
     encoder's Gaussian on u, and ℓ(u) = log p(x, z) − log q(z|x), with log q from the flow's
     own density at z (through its inverse, computed independently): the first AIS weight is
     the importance weight of q. Also: pull_back inverts push, and log_joint carries the
@@ -248,7 +248,7 @@ def test_a_flow_vae_anneals_in_its_flows_input_where_the_start_is_q_itself():
         for p in vae.flow.parameters():
             p.add_(0.3 * torch.randn_like(p))
     x = binary_batch(4, 6, seed=1)
-    target = VAETarget(vae)
+    target = LayeredTarget(vae)
     assert target.describe_start() == "the encoder q(z|x), in its flow's input coordinates"
     density = target.bind(x)
     u = density.sample_start(5)
@@ -267,13 +267,13 @@ def test_a_flow_vae_anneals_in_its_flows_input_where_the_start_is_q_itself():
 
 
 def test_a_two_layer_flow_vae_anneals_in_its_flows_inputs_where_the_start_is_q_itself():
-    """target_for(HierarchicalVAE with IAFs): u = (ε_1, ε_2), the flows' inputs. AIS agrees
+    """target_for(VAE with IAFs): u = (ε_1, ε_2), the flows' inputs. AIS agrees
     with the exact log p(x) of this tiny model (prior sampling with 400 000 draws) within its
     noise; with flows pushed far from their initial values, the start density at u minus the
     flows' log-Jacobian is the guide's own log q(z_1, z_2|x) (Pyro's flow densities through
     their inverses, written out here), ℓ = log p(x, z) − log q, and simulate gives finite u."""
     torch.manual_seed(0)
-    vae = HierarchicalVAE(6, latent_dims=(3, 2), hidden_sizes=((5,), (4,)), flow="iaf")
+    vae = VAE(6, latent_dims=(3, 2), hidden_sizes=((5,), (4,)), flow="iaf")
     x = binary_batch(5, 6, seed=1)
     target = target_for(vae)
     assert target.describe_start() == "the guide q(z|x), in its flows' input coordinates"

@@ -8,8 +8,8 @@ import torch
 
 from pyro_vae.evaluation.ais import AISSettings
 from pyro_vae.evaluation.bdmc import bdmc
-from pyro_vae.evaluation.targets import ProgramTarget, VAETarget
-from pyro_vae.linear_gaussian import linear_gaussian_vae, log_marginal
+from pyro_vae.evaluation.targets import LayeredTarget, ProgramTarget
+from pyro_vae.models.linear_gaussian import linear_gaussian_vae, log_marginal
 from tests.known_models import TwoLayer, random_ppca
 
 
@@ -32,7 +32,7 @@ def test_bdmc_brackets_the_exact_log_px_and_the_gap_closes(start):
     template = torch.zeros(20, 10, dtype=torch.float64)  # only the shape matters
     gaps = []
     for T in (5, 50, 300):
-        result = bdmc(VAETarget(vae, start=start), template, AISSettings(num_steps=T), seed=3)
+        result = bdmc(LayeredTarget(vae, start=start), template, AISSettings(num_steps=T), seed=3)
         truth = log_marginal(result.observations, params)
         check_brackets(result, truth)
         assert result.mean_gap == pytest.approx(result.mean_upper - result.mean_lower)

@@ -19,8 +19,9 @@ import torch
 
 from benchmarks import burda, common, overhead
 from pyro_vae import ESTIMATORS, VAE, ConfigError, make_objective
-from pyro_vae.config import burda_learning_rate, load_data
+from pyro_vae.build import load_data
 from pyro_vae.objectives import Bound
+from pyro_vae.schedules import burda_learning_rate
 from pyro_vae.trainer import Trainer
 from tests.conftest import assert_close, binary_batch
 

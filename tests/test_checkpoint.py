@@ -19,17 +19,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pyro_vae.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 
 from pyro_vae import checkpoint as checkpoint_module
-from pyro_vae.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
-    atomic_write_bytes,
-    atomic_write_json,
-    read_checkpoint,
-    save_checkpoint,
-)
 from pyro_vae.errors import CheckpointError
+from pyro_vae.files import atomic_write_bytes, atomic_write_json, read_torch_file, save_torch_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

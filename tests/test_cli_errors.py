@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from pyro_vae import VAE, ConfigError, cli, make_likelihood, make_objective
-from pyro_vae.checkpoint import save_checkpoint
 from pyro_vae.config import TrainConfig
-from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.files import save_torch_file
+from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.objectives import ESTIMATORS, get_estimator
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,14 +6,9 @@ import dataclasses
 import pytest
 
 from pyro_vae import ConfigError
-from pyro_vae.config import (
-    RESUMABLE_FIELDS,
-    TrainConfig,
-    beta_at,
-    burda_learning_rate,
-    check_device,
-    resumed_config,
-)
+from pyro_vae.build import check_device
+from pyro_vae.config import RESUMABLE_FIELDS, TrainConfig, resumed_config
+from pyro_vae.schedules import beta_at, burda_learning_rate
 
 
 def test_burda_schedule_closed_form():

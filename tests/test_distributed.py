@@ -20,19 +20,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pyro_vae import ESTIMATORS, VAE, make_objective
-from pyro_vae.config import TrainConfig, load_data
-from pyro_vae.distributed import (
-    DistributedError,
-    derive_seed,
-    init_process_group,
-    map_rows,
-    shard,
-)
+from pyro_vae.build import load_data
+from pyro_vae.config import TrainConfig
+from pyro_vae.distributed import DistributedError, derive_seed, init_process_group, map_rows, shard
 from pyro_vae.evaluation import estimate_log_px, mean_elbo
-from pyro_vae.likelihoods import Gaussian
+from pyro_vae.fit import fit
+from pyro_vae.models.likelihoods import Gaussian
 from pyro_vae.runs import RunFolder, load_checkpoint
 from pyro_vae.trainer import Trainer
-from pyro_vae.training import fit
 from tests.conftest import assert_close, binary_batch
 
 WORLD_SIZE = 2

@@ -11,8 +11,8 @@ from pyro_vae import ESTIMATORS, VAE, Bound, ConfigError, make_objective
 from pyro_vae.cli import build_parser
 from pyro_vae.commands import train
 from pyro_vae.config import TrainConfig, resumed_config
+from pyro_vae.fit import fit
 from pyro_vae.objectives import Estimator, Option, estimator_options, register
-from pyro_vae.training import fit
 
 
 def test_labels_name_each_bound_with_its_parameters():

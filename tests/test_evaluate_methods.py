@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from pyro_vae.build import load_data
 from pyro_vae.cli import build_parser, main
-from pyro_vae.config import TrainConfig, load_data
-from pyro_vae.evaluation import AISSettings, VAETarget, ais, estimate_log_px_generic
+from pyro_vae.config import TrainConfig
+from pyro_vae.evaluation import AISSettings, LayeredTarget, ais, estimate_log_px
+from pyro_vae.fit import fit
 from pyro_vae.runs import RunFolder, load_checkpoint, vae_from_checkpoint
-from pyro_vae.training import fit
 from tests.conftest import assert_close
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def test_ais_report_records_method_settings_and_per_datapoint_values(tiny_run, t
     checkpoint = load_checkpoint(tiny_run)
     vae, _ = vae_from_checkpoint(checkpoint)
     x = load_data(checkpoint.config, train=False).test
-    est = ais(VAETarget(vae), x, AISSettings(num_steps=12, num_chains=6, num_leapfrog=2),
+    est = ais(LayeredTarget(vae), x, AISSettings(num_steps=12, num_chains=6, num_leapfrog=2),
               seed=3, pareto_k=False)
     assert_close(per["log_px"], est.log_px, rtol=1e-12, atol=1e-12)
     assert report["log_px"]["mean"] == pytest.approx(est.mean, abs=1e-12)
@@ -137,7 +138,7 @@ def test_a_flow_guide_checkpoint_is_evaluated_by_the_generic_and_the_fast_path(t
     checkpoint = load_checkpoint(folder)
     vae, _ = vae_from_checkpoint(checkpoint)
     x = load_data(checkpoint.config, train=False).test
-    expected = estimate_log_px_generic(vae.model, vae.guide, x, num_samples=25)
+    expected = estimate_log_px(vae.model, vae.guide, x, num_samples=25)
     assert_close(report["per_datapoint"]["log_px"], expected.log_px, rtol=1e-10, atol=1e-10)
     report = evaluate(folder, tmp_path, *AIS_ARGS)
     assert report["settings"]["start"] == "the encoder q(z|x), in its flow's input coordinates"

@@ -13,8 +13,9 @@ from pyro.infer import Importance
 from pyro.infer.importance import psis_diagnostic, vectorized_importance_weights
 
 from pyro_vae import VAE, ConfigError, DataError
+from pyro_vae.build import load_data
 from pyro_vae.cli import main
-from pyro_vae.config import TrainConfig, load_data
+from pyro_vae.config import TrainConfig
 from pyro_vae.evaluation import (
     ReliabilityWarning,
     active_units,
@@ -22,17 +23,17 @@ from pyro_vae.evaluation import (
     evaluate,
     pareto_k_hat,
 )
-from pyro_vae.linear_gaussian import (
+from pyro_vae.fit import fit
+from pyro_vae.models.linear_gaussian import (
     PPCAParams,
     closed_form_elbo,
     exact_posterior,
     kl_to_posterior,
     linear_gaussian_vae,
     log_marginal,
-    sample_ppca,
+    sample_model,
 )
 from pyro_vae.runs import RunFolder
-from pyro_vae.training import fit
 from tests.conftest import assert_close, binary_batch
 
 F64 = torch.float64
@@ -121,7 +122,7 @@ def test_exact_posterior_proposal_gives_exact_log_px_in_any_layout(memory_mb, bl
     chunking, and its standard error is zero."""
     params = orthogonal_ppca()
     vae = ppca_vae(params)
-    x = sample_ppca(params, 23, seeded(0))
+    x = sample_model(params, 23, seeded(0))
     est = estimate_log_px(vae, x, num_samples=300, memory_mb=memory_mb, block_size=block_size,
                           num_workers=num_workers, seed=1)
     assert_close(est.log_px, log_marginal(x, params), rtol=0, atol=1e-9)
@@ -134,7 +135,7 @@ def test_exact_posterior_proposal_gives_exact_log_px_in_any_layout(memory_mb, bl
 def test_result_does_not_depend_on_the_number_of_workers(layout):
     params = orthogonal_ppca()
     vae = ppca_vae(params, shrink=0.8, widen=0.3)
-    x = sample_ppca(params, 40, seeded(0))
+    x = sample_model(params, 40, seeded(0))
     runs = [estimate_log_px(vae, x, num_samples=64, num_workers=w, seed=2,
                             **layout) for w in (1, 2, 3)]
     for other in runs[1:]:
@@ -146,7 +147,7 @@ def test_standard_error_matches_the_spread_over_repeated_estimates():
     deviation of 100 independent estimates of it; and stderr = √(Σ se²)/N."""
     params = orthogonal_ppca()
     vae = ppca_vae(params, shrink=0.8, widen=0.3)
-    x = sample_ppca(params, 6, seeded(0))
+    x = sample_model(params, 6, seeded(0))
     runs = [estimate_log_px(vae, x, num_samples=100, seed=100 + r)
             for r in range(100)]
     spread = torch.stack([r.log_px for r in runs]).std(0)
@@ -165,7 +166,7 @@ def test_bias_is_about_minus_half_the_squared_standard_error_and_shrinks_like_on
     5-fold. Averaged over 20 independent repetitions, so that the check has power."""
     params = orthogonal_ppca()
     vae = ppca_vae(params, shrink=0.7, widen=0.4)
-    x = sample_ppca(params, 400, seeded(0))
+    x = sample_model(params, 400, seeded(0))
     truth = log_marginal(x, params)
     bias, predicted, spread = {}, {}, {}
     for k in (20, 100):
@@ -228,7 +229,7 @@ def test_report_figures_against_closed_forms():
     and the gap estimates the mean KL(q ‖ p(z|x))."""
     params = orthogonal_ppca()
     vae = ppca_vae(params, shrink=0.85, widen=0.2)
-    x = sample_ppca(params, 300, seeded(0))
+    x = sample_model(params, 300, seeded(0))
     report = evaluate(vae, x, num_samples=2000, seed=1)
     json.dumps(report, allow_nan=False)  # JSON-ready
     q_loc, q_cov = q_of(vae, x)
@@ -254,7 +255,7 @@ def test_reliability_warning_for_heavy_tailed_weights():
     """q far narrower than the posterior: the weights are heavy-tailed, k̂ > 0.7, warned."""
     params = orthogonal_ppca()
     vae = ppca_vae(params, widen=-2.5)
-    x = sample_ppca(params, 20, seeded(0))
+    x = sample_model(params, 20, seeded(0))
     with pytest.warns(ReliabilityWarning, match="Pareto"):
         report = evaluate(vae, x, num_samples=500, seed=1)
     assert report["pareto_k"]["fraction_above_0.7"] > 0.5
@@ -263,7 +264,7 @@ def test_reliability_warning_for_heavy_tailed_weights():
 
 def test_exact_posterior_weights_raise_no_warning():
     params = orthogonal_ppca()
-    x = sample_ppca(params, 10, seeded(0))
+    x = sample_model(params, 10, seeded(0))
     post_loc, post_cov = exact_posterior(x, params)
     q_loc, q_cov = q_of(ppca_vae(params), x)
     assert_close(q_loc, post_loc)
@@ -343,7 +344,7 @@ def test_the_bound_at_smaller_k_comes_from_the_same_samples():
     """IWAE_k for k < K from the first k samples: exact for every k when q is the posterior,
     and rising with k (on average) for an encoder away from it, ending at the IWAE_K figure."""
     params = orthogonal_ppca()
-    x = sample_ppca(params, 40, seeded(0))
+    x = sample_model(params, 40, seeded(0))
     exact = evaluate(ppca_vae(params), x, num_samples=300, seed=1, pareto_k=False)
     assert list(exact["log_px_by_k"]) == ["1", "3", "10", "30", "100"]
     for value in exact["log_px_by_k"].values():

@@ -1,4 +1,4 @@
-"""pyro_vae.flows: the IAF guide's log-density against the change-of-variables formula computed
+"""pyro_vae.models.flows: the IAF guide's log-density against the change-of-variables formula computed
 independently (the forward map written out, its Jacobian's determinant from autograd), the
 flow inside the VAE's guide, meanfield's Monte Carlo fallback on it, and its checkpoints."""
 
@@ -11,12 +11,13 @@ from pyro.poutine.util import prune_subsample_sites
 from torch.autograd.functional import jacobian
 
 from pyro_vae import VAE, ConfigError, make_objective
-from pyro_vae.config import TrainConfig, build_vae, load_data
+from pyro_vae.build import build_vae, load_data
+from pyro_vae.config import TrainConfig
 from pyro_vae.distributed import derive_seed
-from pyro_vae.flows import InverseAutoregressiveFlow, make_flow
+from pyro_vae.fit import fit
+from pyro_vae.models.flows import InverseAutoregressiveFlow, make_flow
 from pyro_vae.objectives import trace_log_weight
 from pyro_vae.runs import load_checkpoint, vae_from_checkpoint
-from pyro_vae.training import fit
 from tests.conftest import assert_close, binary_batch
 
 F64 = torch.float64

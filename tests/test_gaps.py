@@ -9,14 +9,14 @@ import torch
 from pyro_vae import ConfigError
 from pyro_vae.evaluation.ais import AISSettings, ais
 from pyro_vae.evaluation.gaps import GapSettings, fit_diagonal_gaussian, inference_gaps
-from pyro_vae.evaluation.targets import ProgramTarget, VAETarget
-from pyro_vae.linear_gaussian import (
+from pyro_vae.evaluation.targets import LayeredTarget, ProgramTarget
+from pyro_vae.models.linear_gaussian import (
     PPCAParams,
     closed_form_elbo,
     exact_posterior,
     linear_gaussian_vae,
     log_marginal,
-    sample_ppca,
+    sample_model,
 )
 from tests.conftest import assert_close
 from tests.known_models import F64, TwoLayer, posterior_precision
@@ -37,13 +37,13 @@ def problem():
     params = correlated_ppca()
     vae = linear_gaussian_vae(params, learn_model=False)
     vae.encoder.set_to_posterior(params)  # exact mean, marginal variances: not the best q
-    x = sample_ppca(params, 16, torch.Generator().manual_seed(1))
+    x = sample_model(params, 16, torch.Generator().manual_seed(1))
     return params, vae, x
 
 
 def test_the_fitted_gaussian_is_the_best_diagonal_one(problem):
     params, vae, x = problem
-    loc, log_scale = fit_diagonal_gaussian(VAETarget(vae).bind(x), GapSettings(num_steps=800))
+    loc, log_scale = fit_diagonal_gaussian(LayeredTarget(vae).bind(x), GapSettings(num_steps=800))
     post_loc, _ = exact_posterior(x, params)
     assert_close(loc, post_loc, rtol=0, atol=0.03)
     assert_close((2 * log_scale).exp(), 1 / posterior_precision(params).diagonal(), rtol=0.06)
@@ -58,8 +58,8 @@ def test_measured_gaps_match_their_closed_forms_and_add_up(problem):
         encoder_elbo = closed_form_elbo(x, loc, torch.diag_embed(scale**2), params)
     truth = log_marginal(x, params)
     assert float(approximation) > 0.3  # a gap worth measuring
-    log_px = ais(VAETarget(vae), x, AISSettings(num_steps=300), seed=1)
-    gaps = inference_gaps(VAETarget(vae), x, log_px.log_px,
+    log_px = ais(LayeredTarget(vae), x, AISSettings(num_steps=300), seed=1)
+    gaps = inference_gaps(LayeredTarget(vae), x, log_px.log_px,
                           GapSettings(num_steps=500, eval_samples=20000),
                           log_px_mc_stderr=log_px.log_px_mc_stderr, seed=2)
     se = gaps.mean_mc_stderrs
@@ -97,6 +97,6 @@ def test_gaps_of_a_pyro_program_with_two_latent_sites():
 def test_bad_arguments_are_refused(problem):
     _, vae, x = problem
     with pytest.raises(ConfigError, match="log_px has 3 values for 16 datapoints"):
-        inference_gaps(VAETarget(vae), x, torch.zeros(3))
+        inference_gaps(LayeredTarget(vae), x, torch.zeros(3))
     with pytest.raises(ConfigError, match="num_steps"):
-        inference_gaps(VAETarget(vae), x, torch.zeros(16), GapSettings(num_steps=0))
+        inference_gaps(LayeredTarget(vae), x, torch.zeros(16), GapSettings(num_steps=0))

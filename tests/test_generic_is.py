@@ -10,11 +10,10 @@ import torch
 from pyro.infer import config_enumerate
 
 from pyro_vae import VAE, ConfigError
-from pyro_vae.evaluation import estimate_log_px, importance_pass
-from pyro_vae.evaluation.generic import estimate_log_px_generic, generic_importance_pass
+from pyro_vae.evaluation import estimate_log_px
 from pyro_vae.evaluation.program import inspect_program, log_weights
-from pyro_vae.linear_gaussian import linear_gaussian_vae, log_marginal, sample_ppca
-from pyro_vae.objectives.iwae import IWAE_ELBO
+from pyro_vae.models.linear_gaussian import linear_gaussian_vae, log_marginal, sample_model
+from pyro_vae.objectives.renyi import IWAE_ELBO
 from tests.conftest import assert_close, binary_batch
 from tests.known_models import (
     F64,
@@ -52,7 +51,7 @@ def test_generic_path_equals_the_fast_path_on_the_same_random_numbers(block_size
         assert_close(getattr(generic, name), getattr(fast, name), rtol=1e-10, atol=1e-10,
                      msg=name)
     a = estimate_log_px(vae, x, num_samples=40, seed=7, block_size=block_size, memory_mb=1e3)
-    b = estimate_log_px_generic(vae.model, vae.guide, x, num_samples=40, seed=7,
+    b = estimate_log_px(vae.model, vae.guide, x, num_samples=40, seed=7,
                                 block_size=block_size)
     assert b.mean == pytest.approx(a.mean, abs=1e-10)
     assert b.mean_mc_stderr == pytest.approx(a.mean_mc_stderr, abs=1e-10)
@@ -61,8 +60,8 @@ def test_generic_path_equals_the_fast_path_on_the_same_random_numbers(block_size
 def test_chunks_of_particles_do_not_change_the_estimate_beyond_noise():
     vae = small_vae()
     x = binary_batch(6, 12, seed=3).double()
-    whole = estimate_log_px_generic(vae.model, vae.guide, x, num_samples=400)
-    chunked = estimate_log_px_generic(vae.model, vae.guide, x, num_samples=400,
+    whole = estimate_log_px(vae.model, vae.guide, x, num_samples=400)
+    chunked = estimate_log_px(vae.model, vae.guide, x, num_samples=400,
                                       memory_mb=1e-3)  # one particle per chunk
     assert abs(whole.mean - chunked.mean) < 4 * (whole.mean_mc_stderr + chunked.mean_mc_stderr)
 
@@ -83,9 +82,9 @@ def test_log_weights_equal_those_of_the_iwae_objective():
 def test_scales_are_ignored_log_px_is_the_models():
     """β (poutine.scale on z) and num_data scaling are training devices, not log p(x)."""
     x = binary_batch(6, 12, seed=5).double()
-    plain = estimate_log_px_generic(small_vae().model, small_vae().guide, x, num_samples=30)
+    plain = estimate_log_px(small_vae().model, small_vae().guide, x, num_samples=30)
     scaled_vae = small_vae(beta=3.0)
-    scaled = estimate_log_px_generic(
+    scaled = estimate_log_px(
         lambda x: scaled_vae.model(x, num_data=100), lambda x: scaled_vae.guide(x, num_data=100),
         x, num_samples=30)
     assert_close(scaled.log_px, plain.log_px, rtol=1e-12, atol=1e-12)
@@ -96,7 +95,7 @@ def test_enumerated_label_is_summed_out_exactly():
     particle gives log p(x) = log Σ_y p(x, y) to rounding."""
     mixture = Mixture.random(exact_guide=True)
     x = mixture.sample(7)
-    est = estimate_log_px_generic(mixture.model, mixture.guide, x, num_samples=1)
+    est = estimate_log_px(mixture.model, mixture.guide, x, num_samples=1)
     assert_close(est.log_px, mixture.log_marginal(x), rtol=1e-10, atol=1e-10)
 
 
@@ -104,7 +103,7 @@ def ppca_flow(seed):
     params = random_ppca(5, 2, seed=seed)
     vae = linear_gaussian_vae(params, learn_model=False)
     return vae.model, FlowGuide(params), lambda x: log_marginal(x, params), (
-        lambda n: sample_ppca(params, n, torch.Generator().manual_seed(seed)))
+        lambda n: sample_model(params, n, torch.Generator().manual_seed(seed)))
 
 
 def two_layer(seed):
@@ -137,7 +136,7 @@ PROGRAMS = {"two-latent-sites": two_layer, "flow-guide": ppca_flow,
 def test_generic_is_recovers_the_exact_log_px(name, float64_default):
     model, guide, log_marginal_fn, sample = PROGRAMS[name](0)
     x = sample(8)
-    est = estimate_log_px_generic(model, guide, x, num_samples=2000, pareto_k=True)
+    est = estimate_log_px(model, guide, x, num_samples=2000, pareto_k=True)
     error = log_marginal_fn(x) - est.log_px  # ≥ 0 in expectation: IWAE_K is a lower bound
     assert float(error.mean()) < 0.05
     assert float(error.mean()) > -4 * est.mean_mc_stderr
@@ -181,20 +180,20 @@ def sequential_guide(x):
 def test_refusals_name_what_is_not_supported():
     x = torch.randn(4, dtype=F64)
     with pytest.raises(ConfigError, match="site 'w' is outside the data plate"):
-        estimate_log_px_generic(global_latent_model, global_latent_guide, x, num_samples=2)
+        estimate_log_px(global_latent_model, global_latent_guide, x, num_samples=2)
     m = Mixture.random()
     with pytest.raises(ConfigError, match="enumerated sequentially"):
-        estimate_log_px_generic(m.model, sequential_guide, m.sample(4), num_samples=2)
+        estimate_log_px(m.model, sequential_guide, m.sample(4), num_samples=2)
     vae = small_vae()
     xb = binary_batch(4, 12).double()
     with pytest.raises(ConfigError, match="data_plate 'nope'"):
-        estimate_log_px_generic(vae.model, vae.guide, xb, num_samples=2, data_plate="nope")
+        estimate_log_px(vae.model, vae.guide, xb, num_samples=2, data_plate="nope")
     with pytest.raises(ConfigError, match="num_samples"):
-        estimate_log_px_generic(vae.model, vae.guide, xb, num_samples=0)
+        estimate_log_px(vae.model, vae.guide, xb, num_samples=0)
     with pytest.raises(ConfigError, match="Pareto"):
-        estimate_log_px_generic(vae.model, vae.guide, xb, num_samples=5, pareto_k=True)
+        estimate_log_px(vae.model, vae.guide, xb, num_samples=5, pareto_k=True)
     with pytest.raises(ConfigError, match="same, non-zero number of rows"):
-        estimate_log_px_generic(vae.model, vae.guide, (xb, xb[:2]), num_samples=2)
+        estimate_log_px(vae.model, vae.guide, (xb, xb[:2]), num_samples=2)
 
 
 def test_an_ambiguous_data_plate_must_be_named():
@@ -210,7 +209,7 @@ def test_an_ambiguous_data_plate_must_be_named():
 
     x = torch.randn(3, 3, dtype=F64)
     with pytest.raises(ConfigError, match="cannot tell the data plate"):
-        estimate_log_px_generic(model, guide, x, num_samples=2)
-    est = estimate_log_px_generic(model, guide, x, num_samples=500, data_plate="rows")
+        estimate_log_px(model, guide, x, num_samples=2)
+    est = estimate_log_px(model, guide, x, num_samples=500, data_plate="rows")
     exact = dist.Normal(0.0, 2.0**0.5).log_prob(x).sum(-1)  # z + noise: N(0, 2) per entry
     assert float((exact - est.log_px).abs().max()) < 0.05

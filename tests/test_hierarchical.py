@@ -11,22 +11,23 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
-from pyro_vae import VAE, ConfigError, DataError, HierarchicalVAE, make_objective
+from pyro_vae import VAE, ConfigError, DataError, make_objective
+from pyro_vae.build import load_data
 from pyro_vae.cli import main
-from pyro_vae.config import TrainConfig, load_data
+from pyro_vae.config import TrainConfig
 from pyro_vae.distributed import derive_seed
+from pyro_vae.fit import fit
 from pyro_vae.losses import analytic_elbo, gaussian_kl_to_standard_normal, mc_elbo
-from pyro_vae.networks import get_preset
+from pyro_vae.models.networks import get_preset
 from pyro_vae.objectives import closed_form_kl_sites
 from pyro_vae.runs import load_checkpoint
-from pyro_vae.training import fit
 from tests.conftest import assert_close, binary_batch
 
 
 def make_hvae(likelihood="bernoulli", **kwargs):
     kwargs.setdefault("latent_dims", (4, 3))
     kwargs.setdefault("hidden_sizes", ((16,), (8,)))
-    return HierarchicalVAE(12, likelihood=likelihood, **kwargs)
+    return VAE(12, likelihood=likelihood, **kwargs)
 
 
 def data_for(likelihood, batch_size=16):
@@ -122,18 +123,18 @@ def test_bad_input_and_bad_sizes_are_refused():
     with pytest.raises(DataError, match="binary values"):
         vae.check_data(torch.full((3, 12), 0.5))
     with pytest.raises(ConfigError, match="at least 2 stochastic layers"):
-        HierarchicalVAE(12, latent_dims=(4,), hidden_sizes=((8,),))
+        VAE(12, latent_dims=(4,), hidden_sizes=((8,),))
     with pytest.raises(ConfigError, match="hidden sizes"):
-        HierarchicalVAE(12, latent_dims=(4, 3), hidden_sizes=((8,),))
-    with pytest.raises(ConfigError, match=r"HierarchicalVAE\.from_preset"):
+        VAE(12, latent_dims=(4, 3), hidden_sizes=((8,),))
+    with pytest.raises(ConfigError, match=r"VAE\.from_preset"):
         VAE.from_preset("burda2", 784)
     with pytest.raises(ConfigError, match="build it with VAE"):
-        HierarchicalVAE.from_preset("burda", 784)
+        VAE.from_preset("burda", 784)
 
 
 def test_burda2_is_the_papers_two_layer_architecture():
     """x-200-200-z1(100)-100-100-z2(50) and the mirror image, tanh (Burda et al. 2016)."""
-    vae = HierarchicalVAE.from_preset("burda2", 784)
+    vae = VAE.from_preset("burda2", 784)
     linear = [(m.in_features, m.out_features) for m in vae.encoders.modules()
               if isinstance(m, torch.nn.Linear)]
     assert linear == [(784, 200), (200, 200), (200, 100), (200, 100),
@@ -246,7 +247,7 @@ def test_fit_trains_burda2_and_reports_the_test_elbo_of_the_trained_model(tmp_pa
     layer, β = 1) of the trained model, one sample per test image from the documented seed;
     training raises it."""
     result = fit(dataclasses.replace(TINY, epochs=3), tmp_path, data=data, log=quiet)
-    assert isinstance(result.vae, HierarchicalVAE)
+    assert isinstance(result.vae, VAE)
     history = result.history
     assert history[-1]["test_elbo"] > history[0]["test_elbo"]
     generator = torch.Generator().manual_seed(derive_seed(0, 0))  # one batch of 64 images

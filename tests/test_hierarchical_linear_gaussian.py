@@ -10,12 +10,12 @@ import torch
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
 from pyro_vae import ESTIMATORS, ConfigError, make_objective
-from pyro_vae.hierarchical_linear_gaussian import (
+from pyro_vae.models.linear_gaussian import (
     LayerParams,
     closed_form_elbo,
     exact_posterior,
     guide_joint,
-    linear_gaussian_hvae,
+    linear_gaussian_vae,
     log_marginal,
     prior_joint,
     sample_model,
@@ -47,7 +47,7 @@ def random_guide(vae, seed):
 
 def off_posterior_vae(params, **kwargs):
     """The guide near, not at, the exact posterior, so that the ELBO is not tight."""
-    vae = linear_gaussian_hvae(params, **kwargs)
+    vae = linear_gaussian_vae(params, **kwargs)
     set_to_posterior(vae, params)
     with torch.no_grad():
         for encoder in vae.encoders:
@@ -80,7 +80,7 @@ def test_elbo_plus_kl_to_the_posterior_is_log_px_for_any_guide(seed):
     log p(x) (covariances propagated from the top): three independent computations."""
     params = chain(seed)
     x = sample_model(params, 8, torch.Generator().manual_seed(seed))
-    vae = random_guide(linear_gaussian_hvae(params), seed + 10)
+    vae = random_guide(linear_gaussian_vae(params), seed + 10)
     q_mean, q_cov = guide_joint(vae, x)
     post_mean, post_cov = exact_posterior(x, params)
     elbo = closed_form_elbo(x, q_mean, q_cov, params)
@@ -114,7 +114,7 @@ def test_set_to_posterior_is_exact_when_the_conditionals_are_diagonal():
     W2[0, 0], W2[1, 1] = 1.5, 0.7
     params = (LayerParams(W1, torch.randn(6, dtype=F64), torch.tensor(0.4, dtype=F64)),
               LayerParams(W2, torch.randn(3, dtype=F64), torch.tensor(0.6, dtype=F64)))
-    vae = linear_gaussian_hvae(params)
+    vae = linear_gaussian_vae(params)
     set_to_posterior(vae, params)
     x = sample_model(params, 5)
     q_mean, q_cov = guide_joint(vae, x)
@@ -163,7 +163,7 @@ def test_every_estimator_matches_the_closed_form_elbo_or_refuses(name):
 
 
 def test_pyros_own_mean_field_elbo_is_biased_here_and_ours_is_not():
-    """Pyro's TraceMeanField_ELBO takes KL(q(z_1|x) ‖ p(z_1|z_2)) although the guide draws z_2
+    """Pyro's MeanField_ELBO takes KL(q(z_1|x) ‖ p(z_1|z_2)) although the guide draws z_2
     from z_1: its bound misses the closed form by many standard errors; the registry's
     meanfield (the KL of the top layer only) matches it."""
     params = chain()
@@ -326,7 +326,7 @@ def test_guide_gradient_at_the_exact_two_layer_posterior(name, num_particles, va
     parameters does, would leave it random), while the score term keeps trace's and iwae's
     guide gradients random."""
     params = diagonal_chain()
-    vae = linear_gaussian_hvae(params)
+    vae = linear_gaussian_vae(params)
     set_to_posterior(vae, params)
     x = sample_model(params, 5, torch.Generator().manual_seed(1))
     objective = make_objective(name, vae, num_particles=num_particles)

@@ -12,7 +12,7 @@ from torch.distributions import MultivariateNormal, Normal
 
 from pyro_vae import ESTIMATORS, make_objective
 from pyro_vae.evaluation import estimate_log_px
-from pyro_vae.linear_gaussian import (
+from pyro_vae.models.linear_gaussian import (
     PPCAParams,
     closed_form_elbo,
     closed_form_renyi_bound,
@@ -21,7 +21,7 @@ from pyro_vae.linear_gaussian import (
     linear_gaussian_vae,
     log_marginal,
     max_likelihood,
-    sample_ppca,
+    sample_model,
 )
 from pyro_vae.objectives import Bound
 from pyro_vae.trainer import Trainer
@@ -70,7 +70,7 @@ def encoder_q(vae, x):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_elbo_plus_kl_to_posterior_is_log_px_for_any_gaussian_q(seed):
     params = ppca(seed=seed)
-    x = sample_ppca(params, 8, torch.Generator().manual_seed(seed))
+    x = sample_model(params, 8, torch.Generator().manual_seed(seed))
     q_loc, q_cov = random_gaussian(8, L, seed + 10)
     elbo = closed_form_elbo(x, q_loc, q_cov, params)
     kl = kl_to_posterior(x, q_loc, q_cov, params)
@@ -81,7 +81,7 @@ def test_elbo_plus_kl_to_posterior_is_log_px_for_any_gaussian_q(seed):
 
 def test_elbo_is_tight_at_the_exact_posterior():
     params = ppca()
-    x = sample_ppca(params, 8, torch.Generator().manual_seed(3))
+    x = sample_model(params, 8, torch.Generator().manual_seed(3))
     post_loc, post_cov = exact_posterior(x, params)
     assert_close(closed_form_elbo(x, post_loc, post_cov, params), log_marginal(x, params),
                  rtol=0, atol=1e-10)
@@ -93,7 +93,7 @@ def test_exact_posterior_is_bayes_rule():
     at arbitrary z."""
     params = ppca()
     W, mu, sigma = params
-    x = sample_ppca(params, 4, torch.Generator().manual_seed(4))
+    x = sample_model(params, 4, torch.Generator().manual_seed(4))
     z = torch.randn(5, 4, L, dtype=F64)
     post_loc, post_cov = exact_posterior(x, params)
     log_joint = (Normal(0.0, 1.0).log_prob(z).sum(-1)
@@ -107,7 +107,7 @@ def test_set_to_posterior_is_exact_with_orthogonal_columns():
     params = PPCAParams(W, torch.zeros(D, dtype=F64), torch.tensor(0.3, dtype=F64))
     vae = linear_gaussian_vae(params)
     vae.encoder.set_to_posterior(params)
-    x = sample_ppca(params, 5)
+    x = sample_model(params, 5)
     q_loc, q_cov = encoder_q(vae, x)
     post_loc, post_cov = exact_posterior(x, params)
     assert_close(q_loc, post_loc, rtol=0, atol=1e-10)
@@ -141,7 +141,7 @@ def test_every_estimator_matches_the_closed_form_elbo(name):
     log p(x), and VR_α,K below the closed-form VR_α too."""
     params = ppca()
     vae = off_posterior_vae(params)
-    x = sample_ppca(params, 4, torch.Generator().manual_seed(5))
+    x = sample_model(params, 4, torch.Generator().manual_seed(5))
     elbo = float(closed_form_elbo(x, *encoder_q(vae, x), params).mean())
     log_px = float(log_marginal(x, params).mean())
     assert log_px - elbo > 0.3  # the ELBO is not tight here, so the checks can tell them apart
@@ -180,7 +180,7 @@ def test_every_multi_sample_bound_is_log_px_at_the_exact_posterior(name):
     """q(z|x) = p(z|x): every log-weight is log p(x), so every bound of them (IWAE_K, VR_α,
     MIWAE, CIWAE, IWAE_MK) is log p(x) for every sample, exactly."""
     params, vae = posterior_vae()
-    x = sample_ppca(params, 6, torch.Generator().manual_seed(1))
+    x = sample_model(params, 6, torch.Generator().manual_seed(1))
     objective = make_objective(name, vae, num_particles=4)
     for seed in range(3):
         pyro.set_rng_seed(seed)
@@ -196,7 +196,7 @@ def test_renyi_bound_lies_between_the_elbo_and_log_px_and_falls_with_alpha(seed)
     from log p(x) (α = 0) to the ELBO (α → 1), where VR_α − ELBO shrinks in proportion to
     1 − α (its derivative, Var_q[log w] / 2); tight at the exact posterior."""
     params = ppca(seed=seed)
-    x = sample_ppca(params, 8, torch.Generator().manual_seed(seed))
+    x = sample_model(params, 8, torch.Generator().manual_seed(seed))
     q = random_gaussian(8, L, seed + 10)
     alphas = [0.0, 0.1, 0.5, 0.9, 1 - 1e-6, 1 - 1e-7]
     bounds = torch.stack([closed_form_renyi_bound(x, *q, params, a) for a in alphas])
@@ -213,7 +213,7 @@ def test_renyi_bound_is_the_monte_carlo_mean_of_its_weights():
     """The closed form against its definition: 1/(1 − α) log of the sample mean of w^(1−α)
     over 200,000 draws of z ~ q, within 4 standard errors (delta method)."""
     params = ppca()
-    x = sample_ppca(params, 3, torch.Generator().manual_seed(7))
+    x = sample_model(params, 3, torch.Generator().manual_seed(7))
     q_loc, q_cov = random_gaussian(3, L, 17)
     alpha, n = 0.4, 200_000
     g = torch.Generator().manual_seed(8)
@@ -237,7 +237,7 @@ def test_importance_weighted_estimate_converges_to_exact_log_px():
     the ELBO, at K = 1000 within 3 Monte Carlo standard errors of the exact value."""
     params = ppca()
     vae = off_posterior_vae(params)
-    x = sample_ppca(params, 2000, torch.Generator().manual_seed(6))
+    x = sample_model(params, 2000, torch.Generator().manual_seed(6))
     exact = float(log_marginal(x, params).mean())
     elbo = float(closed_form_elbo(x, *encoder_q(vae, x), params).mean())
     estimates = {
@@ -257,13 +257,13 @@ def test_importance_weighted_estimate_converges_to_exact_log_px():
 
 
 def test_svi_meanfield_reaches_the_maximum_likelihood():
-    """Training the model and the amortized mean-field encoder with TraceMeanField_ELBO on
+    """Training the model and the amortized mean-field encoder with MeanField_ELBO on
     pPCA data reaches the closed-form maximum of the log-likelihood (Tipping & Bishop 1999):
     the linear VAE's ELBO is tight at the optimum, where Wᵀ W is diagonal."""
     torch.manual_seed(0)
     D_, L_, N = 5, 2, 500
     truth = ppca(D_, L_, sigma=0.3, seed=7)
-    X = sample_ppca(truth, N, torch.Generator().manual_seed(8))
+    X = sample_model(truth, N, torch.Generator().manual_seed(8))
     best = float(log_marginal(X, max_likelihood(X, L_)).mean())
 
     start = ppca(D_, L_, sigma=1.0, seed=9)

@@ -5,7 +5,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI, TraceMeanField_ELBO, Trace_ELBO
 
 from pyro_vae import VAE, ConfigError, DataError
 from pyro_vae.losses import gaussian_kl_to_standard_normal

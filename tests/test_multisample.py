@@ -11,7 +11,7 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_vae import VAE, ConfigError, HierarchicalVAE, make_objective
+from pyro_vae import VAE, ConfigError, make_objective
 from pyro_vae.objectives import CIWAE_ELBO, MIWAE_ELBO, PIWAE_ELBO
 from tests.conftest import assert_close, binary_batch
 from tests.ppca import F64, gradients, hand_written_log_weights, is_guide, iwae, ppca_vae
@@ -174,8 +174,8 @@ def test_miwae_has_the_expectation_of_iwae_k():
 MODELS = {
     "vae": lambda: VAE(12, latent_dim=3, hidden_sizes=(16,)),
     "vae+iaf": lambda: VAE(12, latent_dim=3, hidden_sizes=(16,), flow="iaf"),
-    "hierarchical": lambda: HierarchicalVAE(12, latent_dims=(4, 3), hidden_sizes=((16,), (8,))),
-    "hierarchical+iaf": lambda: HierarchicalVAE(12, latent_dims=(4, 3),
+    "hierarchical": lambda: VAE(12, latent_dims=(4, 3), hidden_sizes=((16,), (8,))),
+    "hierarchical+iaf": lambda: VAE(12, latent_dims=(4, 3),
                                                 hidden_sizes=((16,), (8,)), flow="iaf"),
 }
 

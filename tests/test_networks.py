@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from pyro_vae import PRESETS, VAE, ConfigError
-from pyro_vae.networks import GaussianEncoder, MLPDecoder, mlp
+from pyro_vae.models.networks import GaussianEncoder, MLPDecoder, mlp
 from tests.conftest import assert_close
 
 

@@ -12,7 +12,7 @@ from torch.distributions import Normal
 
 from pyro_vae import ESTIMATORS, VAE, ConfigError, make_objective
 from pyro_vae.losses import analytic_elbo, mc_elbo
-from pyro_vae.objectives import Bound, TraceMeanField_ELBO
+from pyro_vae.objectives import Bound, MeanField_ELBO
 from pyro_vae.trainer import Trainer
 from tests.conftest import assert_close, binary_batch
 
@@ -174,7 +174,7 @@ def svi_gradients(objective, x, seed):
 
 def test_jit_trace_equals_trace_including_a_smaller_last_batch():
     """Same seed, same sample: loss and gradients equal, through SVI's path and through
-    differentiable_loss (where pyro 1.9.2's JitTrace_ELBO doubles them; see estimators.py)."""
+    differentiable_loss (where pyro 1.9.2's CompiledTrace_ELBO doubles them; see estimators.py)."""
     vae = make_vae()
     x = data_for("bernoulli", 16)
     jit, eager = make_objective("jit-trace", vae), make_objective("trace", vae)
@@ -253,7 +253,7 @@ def test_every_estimator_with_particles_reports_a_finite_loss_per_datapoint(name
     assert 0 < loss / 8 < 12 * math.log(2) * 10
 
 
-# --- meanfield: Pyro's TraceMeanField_ELBO without the log-densities it does not use ---------
+# --- meanfield: Pyro's MeanField_ELBO without the log-densities it does not use ---------
 def _elbo_loss_and_grads(elbo, model, guide, params, x, seed, **kwargs):
     for p in params:
         p.grad = None
@@ -274,7 +274,7 @@ def test_lean_meanfield_equals_pyro_bit_for_bit(validation, beta, num_data, k):
     params = list(vae.parameters())
     kwargs = {} if num_data is None else {"num_data": num_data}
     elbos = [cls(num_particles=k, vectorize_particles=k > 1, max_plate_nesting=1)
-             for cls in (TraceMeanField_ELBO, pyro.infer.TraceMeanField_ELBO)]
+             for cls in (MeanField_ELBO, pyro.infer.TraceMeanField_ELBO)]
     with pyro.validation_enabled(validation):
         (a_loss, a_grads), (b_loss, b_grads) = (
             _elbo_loss_and_grads(e, vae.model, vae.guide, params, x, 5, **kwargs) for e in elbos
@@ -291,7 +291,7 @@ def test_lean_meanfield_equals_pyro_bit_for_bit(validation, beta, num_data, k):
 def test_lean_meanfield_skips_the_unused_log_densities_only_when_unvalidated():
     vae = make_vae()
     x = data_for("bernoulli")
-    elbo = TraceMeanField_ELBO(max_plate_nesting=1)
+    elbo = MeanField_ELBO(max_plate_nesting=1)
     for validation, computed in ((False, False), (True, True)):
         with pyro.validation_enabled(validation):
             model_trace, guide_trace = elbo._get_trace(vae.model, vae.guide, (x,), {})
@@ -334,7 +334,7 @@ def test_lean_meanfield_falls_back_to_pyro_where_it_needs_the_log_densities(vali
     with pyro.validation_enabled(validation):
         (a_loss, a_grads), (b_loss, b_grads) = (
             _elbo_loss_and_grads(cls(max_plate_nesting=1), model, guide, params, x, 2)
-            for cls in (TraceMeanField_ELBO, pyro.infer.TraceMeanField_ELBO)
+            for cls in (MeanField_ELBO, pyro.infer.TraceMeanField_ELBO)
         )
     assert torch.equal(a_loss, b_loss)
     for a, b in zip(a_grads, b_grads, strict=True):

@@ -12,9 +12,11 @@ import torch
 from matplotlib.image import imread
 
 from pyro_vae import VAE, ConfigError, DataError
+from pyro_vae.build import load_data
 from pyro_vae.cli import main
-from pyro_vae.config import TrainConfig, load_data
+from pyro_vae.config import TrainConfig
 from pyro_vae.evaluation import evaluate
+from pyro_vae.fit import fit
 from pyro_vae.plots import (
     decoder_mean,
     image_grid,
@@ -27,7 +29,6 @@ from pyro_vae.plots import (
     write_run_figures,
 )
 from pyro_vae.runs import RunFolder
-from pyro_vae.training import fit
 from tests.conftest import assert_close
 
 TINY = TrainConfig(train_size=256, test_size=200, batch_size=128, hidden_sizes=(16,),

@@ -19,12 +19,13 @@ import torch
 from pyro_vae import DataError, TrainingDivergedError, cli
 from pyro_vae import config as config_module
 from pyro_vae import training as training_module
-from pyro_vae.config import TrainConfig, load_data
+from pyro_vae.build import load_data
+from pyro_vae.config import TrainConfig
 from pyro_vae.data import load_dataset
 from pyro_vae.evaluation import mean_elbo
+from pyro_vae.fit import fit
 from pyro_vae.runs import RunFolder, load_checkpoint
 from pyro_vae.trainer import Trainer
-from pyro_vae.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_sizes=(16,), latent_dim=2, batch_size=32, train_size=96, test_size=64)
@@ -205,7 +206,7 @@ STALL_AFTER_EPOCH = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from pyro_vae.config import TrainConfig
-    from pyro_vae.training import fit
+    from pyro_vae.fit import fit
 
     def log(line):
         print(line, flush=True)

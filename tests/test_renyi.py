@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from pyro_vae import ConfigError, make_objective
-from pyro_vae.linear_gaussian import closed_form_renyi_bound, sample_ppca
-from pyro_vae.objectives import IWAE_ELBO, Renyi_ELBO
+from pyro_vae.models.linear_gaussian import closed_form_renyi_bound, sample_model
+from pyro_vae.objectives import IWAE_ELBO, VR_ELBO
 from tests.conftest import assert_close
 from tests.ppca import gradients, hand_written_log_weights, iwae, ppca_vae
 
@@ -29,7 +29,7 @@ def test_renyi_equals_hand_written(alpha, k):
     """Per datapoint, the loss and every gradient, on the same draws."""
     _, vae, x = ppca_vae()
     objective = make_objective("renyi", vae, num_particles=k, alpha=alpha)
-    assert isinstance(objective.elbo, Renyi_ELBO) and objective.elbo.alpha == alpha
+    assert isinstance(objective.elbo, VR_ELBO) and objective.elbo.alpha == alpha
     assert objective.options == {"alpha": alpha}
     pyro.set_rng_seed(3)
     per_datapoint = objective.elbo.bound(vae.model, vae.guide, x)
@@ -70,7 +70,7 @@ def test_vr_lies_between_the_elbo_and_iwae_for_every_sample_and_falls_with_alpha
         log_w = IWAE_ELBO(num_particles=8).log_weights(vae.model, vae.guide, x).detach()
         for alpha in (0.8, 0.2):
             pyro.set_rng_seed(seed)
-            bounds[alpha] = Renyi_ELBO(alpha, 8).bound(vae.model, vae.guide, x).detach()
+            bounds[alpha] = VR_ELBO(alpha, 8).bound(vae.model, vae.guide, x).detach()
         assert (log_w.mean(0) < bounds[0.8]).all() and (bounds[0.8] < bounds[0.2]).all()
         assert (bounds[0.2] < iwae(log_w)).all()
 
@@ -81,14 +81,14 @@ def test_vr_rises_with_k_to_the_closed_form():
     it is within 3 standard errors of 0, having closed over 90 % of the gap of K = 1 (with the
     encoder near the posterior: VR_0.5 is 0.6 nats above the ELBO)."""
     params, vae, _ = ppca_vae(encoder_noise=0.1)
-    x = sample_ppca(params, 2000, torch.Generator().manual_seed(9))
+    x = sample_model(params, 2000, torch.Generator().manual_seed(9))
     loc, scale = (t.detach() for t in vae.encode(x))
     exact = closed_form_renyi_bound(x, loc, torch.diag_embed(scale**2), params, 0.5)  # (N,)
     gaps, errors = [], []
     for k in (1, 10, 1000):
         pyro.set_rng_seed(k)
         with torch.no_grad():
-            gap = Renyi_ELBO(0.5, k).bound(vae.model, vae.guide, x) - exact
+            gap = VR_ELBO(0.5, k).bound(vae.model, vae.guide, x) - exact
         gaps.append(float(gap.mean()))
         errors.append(float(gap.std()) / math.sqrt(x.shape[0]))
     assert gaps == sorted(gaps) and gaps[0] < -10 * errors[0], gaps
@@ -102,7 +102,7 @@ def test_alpha_outside_the_open_unit_interval_is_refused():
         with pytest.raises(ConfigError, match="alpha"):
             make_objective("renyi", vae, alpha=alpha)
     with pytest.raises(ConfigError, match=r"alpha must be a number in \(0, 1\)"):
-        Renyi_ELBO(alpha=1.0)
+        VR_ELBO(alpha=1.0)
     with pytest.raises(ConfigError, match="iwae estimator takes no option 'alpha'"):
         make_objective("iwae", vae, alpha=0.5)
 

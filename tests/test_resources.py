@@ -5,7 +5,8 @@ cannot fit are refused before anything is built."""
 import pytest
 
 from pyro_vae import ConfigError
-from pyro_vae.config import TrainConfig, build_vae
+from pyro_vae.build import build_vae
+from pyro_vae.config import TrainConfig
 from pyro_vae.resources import (
     made_buffers,
     made_parameters,

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from pyro_vae.build import load_data
 from pyro_vae.cli import main
-from pyro_vae.config import TrainConfig, load_data
+from pyro_vae.config import TrainConfig
 from pyro_vae.errors import ConfigError
+from pyro_vae.fit import fit
 from pyro_vae.runs import load_checkpoint
-from pyro_vae.training import fit
 from tests.conftest import assert_close
 
 REPO = Path(__file__).resolve().parents[1]

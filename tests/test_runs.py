@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from pyro_vae import CheckpointError, DataError, RunFolderError
-from pyro_vae.checkpoint import read_checkpoint, save_checkpoint
 from pyro_vae.config import TrainConfig
+from pyro_vae.files import read_torch_file, save_torch_file
+from pyro_vae.fit import fit
 from pyro_vae.runs import METRICS_SCHEMA, RunFolder, load_checkpoint
-from pyro_vae.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 V1 = Path(__file__).parent / "data" / "v1"

@@ -13,8 +13,13 @@ from torch.distributions import Normal
 
 from pyro_vae import ConfigError, make_objective
 from pyro_vae.config import TrainConfig
-from pyro_vae.hierarchical_linear_gaussian import LayerParams, linear_gaussian_hvae, sample_model
-from pyro_vae.linear_gaussian import PPCAParams, kl_to_posterior, linear_gaussian_vae, sample_ppca
+from pyro_vae.models.linear_gaussian import (
+    LayerParams,
+    PPCAParams,
+    kl_to_posterior,
+    linear_gaussian_vae,
+    sample_model,
+)
 from pyro_vae.objectives import RWS_ELBO
 from pyro_vae.trainer import Trainer
 from tests.conftest import assert_close
@@ -128,7 +133,7 @@ def two_layer_vae(seed=0):
     params = tuple(LayerParams(torch.randn(dims[i], dims[i + 1], generator=g, dtype=F64),
                                torch.randn(dims[i], generator=g, dtype=F64),
                                torch.tensor(sigmas[i], dtype=F64)) for i in range(2))
-    vae = linear_gaussian_hvae(params, learn_model=True)
+    vae = linear_gaussian_vae(params, learn_model=True)
     with torch.no_grad():
         for encoder in vae.encoders:
             encoder.A.normal_(generator=g)
@@ -188,7 +193,7 @@ def test_wake_phi_trains_the_encoder_to_the_exact_posterior():
     Q, _ = torch.linalg.qr(torch.randn(5, 2, generator=g, dtype=F64))
     params = PPCAParams((Q * torch.tensor([2.0, 1.2], dtype=F64)).contiguous(),
                         torch.randn(5, generator=g, dtype=F64), torch.tensor(0.7, dtype=F64))
-    x = sample_ppca(params, 8, torch.Generator().manual_seed(2))
+    x = sample_model(params, 8, torch.Generator().manual_seed(2))
     vae = linear_gaussian_vae(params, learn_model=False)
     vae.encoder.set_to_posterior(params)
     vae.decoder.train(False)

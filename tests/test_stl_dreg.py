@@ -11,12 +11,12 @@ import torch
 from torch.distributions import Normal
 
 from pyro_vae import ConfigError, make_objective
-from pyro_vae.linear_gaussian import (
+from pyro_vae.models.linear_gaussian import (
     PPCAParams,
     closed_form_elbo,
     kl_to_posterior,
     linear_gaussian_vae,
-    sample_ppca,
+    sample_model,
 )
 from pyro_vae.objectives import STL_ELBO, DReG_ELBO
 from pyro_vae.trainer import Trainer
@@ -59,7 +59,7 @@ def params():
 
 @pytest.fixture
 def x(params):
-    return sample_ppca(params, B, torch.Generator().manual_seed(2))
+    return sample_model(params, B, torch.Generator().manual_seed(2))
 
 
 def gradients(objective, x, seed, *, num_data=None, via="differentiable_loss"):

@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from pyro_vae import ESTIMATORS, VAE, ConfigError, HierarchicalVAE, Structure, make_objective
+from pyro_vae import ESTIMATORS, VAE, Capabilities, ConfigError, make_objective
 from pyro_vae.config import TrainConfig
 from tests.conftest import binary_batch
 
 MODELS = {
     "vae": lambda: VAE(12, latent_dim=3, hidden_sizes=(16,)),
     "vae+iaf": lambda: VAE(12, latent_dim=3, hidden_sizes=(16,), flow="iaf"),
-    "hierarchical": lambda: HierarchicalVAE(12, latent_dims=(4, 3), hidden_sizes=((16,), (8,))),
-    "hierarchical+iaf": lambda: HierarchicalVAE(12, latent_dims=(4, 3),
+    "hierarchical": lambda: VAE(12, latent_dims=(4, 3), hidden_sizes=((16,), (8,))),
+    "hierarchical+iaf": lambda: VAE(12, latent_dims=(4, 3),
                                                 hidden_sizes=((16,), (8,)), flow="iaf"),
 }
 CONFIGS = {
@@ -74,7 +74,7 @@ def test_every_estimator_trains_every_model_or_refuses_at_once(name, model):
 
 
 def test_structure_names_the_model_and_guide():
-    assert Structure().describe() == "the one-layer VAE with a diagonal Gaussian guide"
-    assert not Structure().hierarchical and Structure(2).hierarchical
+    assert Capabilities().describe() == "the one-layer VAE with a diagonal Gaussian guide"
+    assert not Capabilities().hierarchical and Capabilities(2).hierarchical
     assert TrainConfig(preset="burda2", flow="iaf", flow_layers=3).structure == \
-        Structure(2, "iaf", 3)
+        Capabilities(2, "iaf", 3)

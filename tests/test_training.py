@@ -1,15 +1,17 @@
-"""pyro_vae.training.fit: reproducibility, metrics, checkpoints, schedules in use, labels."""
+"""pyro_vae.fit.fit: reproducibility, metrics, checkpoints, schedules in use, labels."""
 
 import json
 
 import pytest
 import torch
 
-from pyro_vae.config import TrainConfig, burda_learning_rate, load_data
+from pyro_vae.build import load_data
+from pyro_vae.config import TrainConfig
 from pyro_vae.data import binarize
 from pyro_vae.evaluation import mean_elbo
+from pyro_vae.fit import fit
 from pyro_vae.runs import RunFolder, load_checkpoint
-from pyro_vae.training import fit
+from pyro_vae.schedules import burda_learning_rate
 from tests.conftest import assert_close
 
 TINY = dict(train_size=512, test_size=128, hidden_sizes=(32,), latent_dim=4, batch_size=64)

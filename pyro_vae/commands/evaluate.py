@@ -32,36 +32,37 @@ from pathlib import Path
 
 import torch
 
+from pyro_vae.build import check_device, load_data
 from pyro_vae.commands.options import existing_path, positive_float, positive_int, seed
-from pyro_vae.config import check_device, load_data
-from pyro_vae.distributed import process_group
+from pyro_vae.distributed import DEFAULT_TIMEOUT_SECONDS, process_group
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import (
     SCHEDULES,
     AISSettings,
+    Execution,
     GapSettings,
     ReliabilityWarning,
-    ais_report,
+    ais,
     bdmc,
     bdmc_section,
-    evaluate,
+    estimate_log_px,
     gaps_section,
-    generic_is_report,
     inference_gaps,
     mean_elbo,
+    report,
 )
-from pyro_vae.evaluation.targets import target_for
-from pyro_vae.model import VAE
 from pyro_vae.resources import set_threads
 from pyro_vae.runs import RunFolder, load_checkpoint, vae_from_checkpoint
 
 _AIS = AISSettings()
 _GAPS = GapSettings()
 DEFAULT_IMPORTANCE_SAMPLES = 5000  # K of --method is (Burda et al. 2016's evaluation)
-# T of the command's AIS: within 0.06 nats of T = 500 on test images, a BDMC gap of 0.09 on a
-# Burda model's samples, at a fifth of its cost (benchmarks/README.md, log p(x) section).
-DEFAULT_AIS_STEPS = 100
 _STARTS = {"encoder": "guide", "prior": "prior"}
+# AIS's options: (flag, destination, default); used by --method ais and by --bdmc.
+AIS_OPTIONS = (("--ais-steps", "ais_steps", _AIS.num_steps), ("--chains", "chains",
+               _AIS.num_chains), ("--leapfrog-steps", "leapfrog_steps", _AIS.num_leapfrog),
+               ("--ais-start", "ais_start", "encoder"), ("--schedule", "schedule",
+               _AIS.schedule), ("--target-accept", "target_accept", _AIS.target_accept))
 
 
 def _probability(text: str) -> float:
@@ -88,12 +89,13 @@ def add_arguments(p) -> None:
                    "settings (default: off)")
     p.add_argument("--gaps", action="store_true", help="also measure the amortization and "
                    "approximation gaps of every test image (default: off)")
-    p.add_argument("--gap-steps", type=positive_int, default=_GAPS.num_steps, metavar="S",
-                   help=f"Adam steps fitting a Gaussian to each image for --gaps "
+    p.add_argument("--gap-steps", type=positive_int, default=None, metavar="S",
+                   help=f"Adam steps fitting a Gaussian to each image, with --gaps "
                    f"(default: {_GAPS.num_steps})")
     p.add_argument("--data-dir", help="folder with the IDX files (default: the one the "
                    "checkpoint was trained with, else $PYRO_VAE_DATA or the packaged copy)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda, whatever the run was trained "
+                   "on (default: cpu)")
     p.add_argument("--test-size", type=positive_int, metavar="N",
                    help="use only the first N test images (default: the checkpoint's test set)")
     p.add_argument("--seed", type=seed, default=0,
@@ -109,28 +111,32 @@ def add_arguments(p) -> None:
                    help="torch threads per process (default: torch's, one per core or "
                    "$OMP_NUM_THREADS; on a busy machine, fewer are faster: the command says "
                    "so)")
+    p.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_SECONDS,
+                   metavar="SECONDS", help="under torchrun: how long a rank waits for the "
+                   f"others before the command fails (default: {DEFAULT_TIMEOUT_SECONDS:g})")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar or progress lines (default: progress on rank 0)")
 
 
 def _add_ais_arguments(p) -> None:
-    p.add_argument("--ais-steps", type=positive_int, default=DEFAULT_AIS_STEPS, metavar="T",
-                   help=f"AIS: intermediate distributions (default: {DEFAULT_AIS_STEPS}; "
-                   f"the library's is {_AIS.num_steps}: docs/evaluation.md compares them)")
-    p.add_argument("--chains", type=positive_int, default=_AIS.num_chains, metavar="C",
-                   help=f"AIS: chains per datapoint; Pareto k-hat needs 21 or more "
-                   f"(default: {_AIS.num_chains})")
-    p.add_argument("--leapfrog-steps", type=positive_int, default=_AIS.num_leapfrog,
-                   metavar="L", help=f"AIS: leapfrog steps per HMC transition "
-                   f"(default: {_AIS.num_leapfrog})")
-    p.add_argument("--ais-start", choices=tuple(_STARTS), default="encoder",
-                   help="AIS: start from the encoder q(z|x) or the prior p(z) "
-                   "(default: encoder)")
-    p.add_argument("--schedule", choices=SCHEDULES, default=_AIS.schedule,
+    """AIS's options, ``None`` unless given (so that a mode they do nothing in refuses them)."""
+    helps = {
+        "ais_steps": ("T", positive_int, "AIS: intermediate distributions"),
+        "chains": ("C", positive_int, "AIS: chains per datapoint; Pareto k-hat needs 21 or "
+                   "more"),
+        "leapfrog_steps": ("L", positive_int, "AIS: leapfrog steps per HMC transition"),
+        "target_accept": ("P", _probability, "AIS: acceptance probability the step sizes adapt "
+                          "towards"),
+    }
+    for flag, dest, default in AIS_OPTIONS:
+        if dest in helps:
+            metavar, kind, text = helps[dest]
+            p.add_argument(flag, dest=dest, type=kind, default=None, metavar=metavar,
+                           help=f"{text} (default: {default})")
+    p.add_argument("--ais-start", dest="ais_start", choices=tuple(_STARTS), default=None,
+                   help="AIS: start from the encoder q(z|x) or the prior p(z) (default: encoder)")
+    p.add_argument("--schedule", dest="schedule", choices=SCHEDULES, default=None,
                    help=f"AIS: annealing schedule (default: {_AIS.schedule})")
-    p.add_argument("--target-accept", type=_probability, default=_AIS.target_accept,
-                   metavar="P", help=f"AIS: acceptance probability the step sizes adapt "
-                   f"towards (default: {_AIS.target_accept})")
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -140,29 +146,43 @@ def _fmt(value, digits: int = 3) -> str:
 def _ais_settings(args) -> AISSettings:
     return AISSettings(num_steps=args.ais_steps, num_chains=args.chains,
                        num_leapfrog=args.leapfrog_steps, schedule=args.schedule,
-                       target_accept=args.target_accept).validate()
+                       target_accept=args.target_accept,
+                       start=_STARTS[args.ais_start]).validate()
 
 
 def run(args) -> int:
-    _resolve_method(args)
+    _resolve_options(args)
     busy = set_threads(args.threads)
     if busy and "RANK" not in os.environ:
         print(busy, file=sys.stderr)
     device = check_device(args.device)
-    with process_group(device=str(device)) as world:
+    with process_group(device=str(device), timeout=args.dist_timeout) as world:
         return _run(args, device, world)
 
 
-def _resolve_method(args) -> None:
-    """``--method``: AIS unless ``-K`` asks for importance sampling; ``-K`` with AIS is a
-    contradiction."""
+def _resolve_options(args) -> None:
+    """``--method``: AIS unless ``-K`` asks for importance sampling. An option that the
+    chosen mode would ignore is refused: ``-K`` with AIS, AIS's options with importance
+    sampling (unless ``--bdmc`` runs AIS), ``--gap-steps`` without ``--gaps``."""
     if args.method is None:
         args.method = "is" if args.importance_samples is not None else "ais"
     if args.method == "ais" and args.importance_samples is not None:
         raise ConfigError("-K/--importance-samples sets importance sampling's K; with "
                           "--method ais set --ais-steps and --chains instead")
+    given = [flag for flag, dest, _ in AIS_OPTIONS if getattr(args, dest) is not None]
+    if args.method == "is" and given and not args.bdmc:
+        raise ConfigError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} AIS, which "
+                          "--method is does not run; drop "
+                          f"{'it' if len(given) == 1 else 'them'}, or use --method ais or --bdmc")
+    if args.gap_steps is not None and not args.gaps:
+        raise ConfigError("--gap-steps sets the fit of --gaps; add --gaps or drop --gap-steps")
+    for _, dest, default in AIS_OPTIONS:
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
     if args.importance_samples is None:
         args.importance_samples = DEFAULT_IMPORTANCE_SAMPLES
+    if args.gap_steps is None:
+        args.gap_steps = _GAPS.num_steps
 
 
 def _run(args, device, world) -> int:
@@ -185,71 +205,64 @@ def _run(args, device, world) -> int:
         print(f"evaluating {checkpoint.path} (epoch {checkpoint.epoch}) on {data.test.shape[0]} "
               f"{data.dataset.name} test images by {how}{processes}", file=sys.stderr)
     t0 = time.perf_counter()
-    common = dict(seed=args.seed, memory_mb=args.memory_mb, world=world,
-                  progress="off" if args.quiet or not main else "auto")
+    execution = Execution(seed=args.seed, memory_mb=args.memory_mb, world=world,
+                          progress="off" if args.quiet or not main else "auto")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ReliabilityWarning)  # listed in the report instead
         if args.method == "ais":
-            report = ais_report(vae, data.test, settings, start=_STARTS[args.ais_start],
-                                pareto_k=not args.no_psis, **common)
-        else:  # the fast path for the one-layer Gaussian VAE, Pyro's traces otherwise
-            fast = isinstance(vae, VAE) and vae.flow is None and not vae.context_dim
-            report = (evaluate if fast else generic_is_report)(
-                vae, data.test, num_samples=args.importance_samples,
-                pareto_k=not args.no_psis, **common)
-    _add_sections(report, args, vae, data.test, settings, common)
-    training_elbo = mean_elbo(vae, data.test, batch_size=config.eval_batch_size, world=world)
-    report = {
+            estimate = ais(vae, data.test, settings, pareto_k=not args.no_psis,
+                           execution=execution)
+        else:
+            estimate = estimate_log_px(vae, data.test, num_samples=args.importance_samples,
+                                       pareto_k=not args.no_psis, execution=execution)
+        test_elbo = mean_elbo(vae, data.test, execution=Execution(
+            block_size=config.eval_batch_size, world=world))
+        out = report(vae, data.test, estimate, execution=execution, test_elbo=test_elbo)
+    _add_sections(out, args, vae, data.test, settings, execution)
+    out = {
         "checkpoint": str(checkpoint.path), "epoch": checkpoint.epoch,
         "dataset": data.dataset.name, "data_source": data.dataset.source,
         "likelihood": config.likelihood, "log_px_is": vae.likelihood.density,
         "device": str(device),
         "processes": 1 if world is None else world.world_size,
         "wall_seconds": time.perf_counter() - t0,
-        **report,
-        "test_elbo_as_in_training": {
-            "what": "the test ELBO as training reports it: analytic KL, one posterior sample "
-            "per image from a fixed seed",
-            "mean": training_elbo,
-        },
+        **out,
         "config": config.to_dict(),
     }
     if main:
-        output = RunFolder(checkpoint.path.parent).write_evaluation(report, args.output)
-        _print_summary(report)
-        print(f"wrote {output} ({report['wall_seconds']:.0f} s)")
+        output = RunFolder(checkpoint.path.parent).write_evaluation(out, args.output)
+        _print_summary(out)
+        print(f"wrote {output} ({out['wall_seconds']:.0f} s)")
     return 0
 
 
-def _add_sections(report: dict, args, vae, x: torch.Tensor, settings: AISSettings,
-                  common: dict) -> None:
+def _add_sections(out: dict, args, vae, x: torch.Tensor, settings: AISSettings,
+                  execution: Execution) -> None:
     """BDMC on simulated data and the inference gaps, when asked for."""
-    target = target_for(vae, start=_STARTS[args.ais_start])
     if args.bdmc:
         template = x.new_zeros(args.bdmc, x.shape[1])  # only the shape: x is simulated
-        report["bdmc"] = bdmc_section(bdmc(target, template, settings, **common),
-                                      start=target.describe_start(), seed=args.seed)
+        out["bdmc"] = bdmc_section(bdmc(vae, template, settings, execution=execution),
+                                   seed=args.seed)
     if args.gaps:
-        per = report["per_datapoint"]
+        per = out["per_datapoint"]
         se = torch.tensor([float("nan") if v is None else v for v in per["log_px_mc_stderr"]],
                           dtype=torch.float64)
-        gaps = inference_gaps(target, x, torch.tensor(per["log_px"], dtype=torch.float64),
-                              GapSettings(num_steps=args.gap_steps), log_px_mc_stderr=se,
-                              **common)
-        report["gaps"] = gaps_section(gaps, log_px_from="AIS" if args.method == "ais" else
-                                      "IS (IWAE_K: a looser lower bound than AIS)")
+        gaps = inference_gaps(vae, x, torch.tensor(per["log_px"], dtype=torch.float64),
+                              GapSettings(num_steps=args.gap_steps, start=settings.start),
+                              log_px_mc_stderr=se, execution=execution)
+        out["gaps"] = gaps_section(gaps, log_px_from="AIS" if args.method == "ais" else
+                                   "IS (IWAE_K: a looser lower bound than AIS)")
 
 
 def _print_summary(report: dict) -> None:
-    lp, au = report["log_px"], report["active_units"]
+    lp, au, n = report["log_px"], report["active_units"], report["num_datapoints"]
     if report["method"] == "is":
-        elbo, K = report["elbo"], report["num_samples"]
+        K = report["settings"]["num_samples"]
         print(f"log p(x) >= IWAE_{K}: {_fmt(lp['mean'])} +- {_fmt(lp['mc_stderr'])} (Monte "
               f"Carlo s.e.; +- {_fmt(lp['data_stderr'])} over test images) nats/datapoint")
-        analytic = elbo.get("analytic_kl", {}).get("mean")
-        print(f"test ELBO: {_fmt(analytic)} (analytic KL, K samples), "
-              f"{_fmt(elbo['monte_carlo']['mean'])} (Monte Carlo) nats/datapoint; gap "
-              f"log p(x) - ELBO ~ E KL(q(z|x) || p(z|x)): {_fmt(report['gap']['mean'])} nats")
+        print(f"test ELBO on these {n} images: {_fmt(report['elbo']['mean'])} nats/datapoint "
+              f"({K} samples each); gap log p(x) - ELBO ~ E KL(q(z|x) || p(z|x)): "
+              f"{_fmt(report['gap']['mean'])} nats")
     else:
         s = report["settings"]
         print(f"log p(x) >= AIS (T={s['num_steps']}, {s['num_chains']} chains, "
@@ -257,10 +270,10 @@ def _print_summary(report: dict) -> None:
               f"{_fmt(lp['mc_stderr'])} (Monte Carlo s.e.; +- {_fmt(lp['data_stderr'])} over "
               f"test images) nats/datapoint; HMC acceptance "
               f"{_fmt(report['acceptance']['mean'], 2)}")
-    print(f"test ELBO as training reports it: "
-          f"{_fmt(report['test_elbo_as_in_training']['mean'])} nats/datapoint; KL(q || p(z)): "
-          f"{report['kl_to_prior']['total']:.3f} nats; active units: {au['count']} of "
-          f"{au['latent_dim']}")
+        print(f"test ELBO on these {n} images: {_fmt(report['test_elbo']['mean'])} "
+              "nats/datapoint (one sample each, as training computes it)")
+    print(f"KL(q || p(z)): {report['kl_to_prior']['total']:.3f} nats; active units: "
+          f"{au['count']} of {au['latent_dim']}")
     if report["pareto_k"] is not None:
         pk = report["pareto_k"]
         print(f"Pareto k-hat: median {_fmt(pk['median'], 2)}, max {_fmt(pk['max'], 2)}, "

@@ -20,6 +20,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from pyro_vae.build import load_data
 from pyro_vae.commands.options import (
     non_negative_float,
     non_negative_int,
@@ -27,17 +28,16 @@ from pyro_vae.commands.options import (
     positive_int,
     seed,
 )
-from pyro_vae.config import LR_SCHEDULES, TrainConfig, load_data, resumed_config
-from pyro_vae.data import DATASETS, load_dataset
+from pyro_vae.config import LR_SCHEDULES, TrainConfig, resumed_config
+from pyro_vae.data import DATASETS, check_dataset_name, load_dataset
 from pyro_vae.distributed import DEFAULT_TIMEOUT_SECONDS, barrier, process_group
 from pyro_vae.errors import ConfigError
-from pyro_vae.flows import FLOWS
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.networks import ACTIVATIONS, PRESETS
+from pyro_vae.fit import fit
+from pyro_vae.models import FLOWS, LIKELIHOODS, PRESETS
+from pyro_vae.models.networks import ACTIVATIONS
 from pyro_vae.objectives import ESTIMATORS, estimator_options
 from pyro_vae.resources import set_threads
 from pyro_vae.runs import RunFolder
-from pyro_vae.training import fit
 
 DEFAULTS = TrainConfig()
 OPTION_NAMES: dict[str, str] = {}  # config field → its option, for messages
@@ -86,8 +86,11 @@ def _model_options(model) -> None:
                    metavar="K", help="samples per datapoint")
     _estimator_options(model)
     _config_option(model, "--preset", field="preset", choices=list(PRESETS),
-                   help="architecture: pyro = 784-400-50 softplus, burda = 784-200-200-50 tanh, "
-                   "burda2 = 784-200-200-100-100-100-50 tanh with two stochastic layers")
+                   help="architecture: " + "; ".join(f"{name} = {arch.summary}"
+                                                       for name, arch in PRESETS.items()))
+    _config_option(model, "--model", field="model", metavar="MODULE:FUNCTION",
+                   help="a model of your own: FUNCTION(x_dim=..., image_shape=..., "
+                   "likelihood=..., beta=...) returns it (docs/models.md)")
     _config_option(model, "--flow", field="flow", choices=list(FLOWS),
                    help="push q(z|x) (each layer's) through an inverse autoregressive flow")
     _config_option(model, "--flow-layers", field="flow_layers", type=positive_int, metavar="K",
@@ -142,6 +145,14 @@ def _option_type(option):
     return parse
 
 
+def dataset_name(text: str) -> str:
+    """argparse type: a data set's name, or an .npz file."""
+    try:
+        return check_dataset_name(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _optimization_options(opt) -> None:
     _config_option(opt, "--epochs", field="epochs", type=positive_int, metavar="N",
                    help="epochs in all (with --resume: to extend the run)")
@@ -163,7 +174,9 @@ def _optimization_options(opt) -> None:
 
 
 def _data_options(data) -> None:
-    _config_option(data, "--dataset", field="dataset", choices=list(DATASETS), help="images")
+    _config_option(data, "--dataset", field="dataset", type=dataset_name,
+                   metavar="NAME|FILE.npz", help=f"{' or '.join(DATASETS)}, or an .npz file of "
+                   "your own with 'train' and 'test' image arrays (docs/data.md)")
     _config_option(data, "--data-dir", field="data_dir", metavar="DIR",
                    help="folder with the four IDX files (.gz or raw); the default looks in "
                    "$PYRO_VAE_DATA, then the copy shipped with the package")

@@ -1,44 +1,40 @@
-"""Evaluation of a trained VAE, or of any Pyro model and guide: log p(x) and the figures
+"""Evaluation of a trained model, or of any Pyro model and guide: log p(x) and the figures
 around it, in nats per datapoint.
 
 =====================  ========================================================
-:mod:`.importance`     IWAE_K estimate of log p(x) for the built-in VAE (fast path)
-:mod:`.generic`        the same for any Pyro model and guide, from Pyro's traces
-:mod:`.program`        a Pyro model and guide read as per-datapoint log-densities
-:mod:`.targets`        p(x, z) and AIS's start distribution on unconstrained latents
-:mod:`.hmc`            HMC transitions with per-datapoint step-size adaptation
+:mod:`.runner`         the loop every evaluator shares (blocks, seeds, ranks)
+:mod:`.importance`     importance sampling: the IWAE_K estimate of log p(x)
 :mod:`.ais`            annealed importance sampling: a stochastic lower bound
 :mod:`.bdmc`           bidirectional Monte Carlo: bounds on both sides, on simulated data
 :mod:`.gaps`           the amortization and approximation gaps per datapoint
-:mod:`.psis`           Pareto k̂ of importance weights (reliability)
 :mod:`.elbo`           the test ELBO that training reports
+:mod:`.targets`        p(x, z) and AIS's start distribution on unconstrained latents
+:mod:`.program`        a Pyro model and guide read as per-datapoint log-densities
+:mod:`.hmc`            HMC transitions with per-datapoint step-size adaptation
+:mod:`.psis`           Pareto k̂ of importance weights (reliability)
 :mod:`.report`         the report of ``pyro-vae evaluate``; active units
 =====================  ========================================================
 
-See ``docs/evaluation.md``.
+Every evaluator takes a model of this package (the fast path where it is layered) or a
+:class:`Program` of one's own, and chooses its path itself. See ``docs/evaluation.md``.
 """
 
-from pyro_vae.evaluation.ais import SCHEDULES, AISEstimate, AISSettings, ais, annealing_schedule
+from pyro_vae.evaluation.ais import SCHEDULES, AISResult, AISSettings, ais, annealing_schedule
 from pyro_vae.evaluation.bdmc import BDMCResult, bdmc
-from pyro_vae.evaluation.elbo import mean_elbo
+from pyro_vae.evaluation.elbo import elbo_per_datapoint, mean_elbo
 from pyro_vae.evaluation.gaps import (
     GapSettings,
     GapsResult,
     fit_diagonal_gaussian,
     inference_gaps,
 )
-from pyro_vae.evaluation.generic import (
-    GenericPassResult,
-    estimate_log_px_generic,
-    generic_importance_pass,
-)
 from pyro_vae.evaluation.importance import (
-    Layout,
+    ISResult,
     LogPxEstimate,
-    PassResult,
     estimate_log_px,
-    importance_pass,
+    subset_sizes,
 )
+from pyro_vae.evaluation.program import Program
 from pyro_vae.evaluation.psis import (
     MIN_PSIS_SAMPLES,
     PARETO_K_THRESHOLDS,
@@ -48,16 +44,15 @@ from pyro_vae.evaluation.psis import (
 from pyro_vae.evaluation.report import (
     ReliabilityWarning,
     active_units,
-    ais_report,
     bdmc_section,
-    evaluate,
     gaps_section,
-    generic_is_report,
+    report,
 )
+from pyro_vae.evaluation.runner import Execution
 from pyro_vae.evaluation.targets import (
     START_DISTRIBUTIONS,
+    LayeredTarget,
     ProgramTarget,
-    VAETarget,
     target_for,
 )
 
@@ -66,35 +61,32 @@ __all__ = [
     "PARETO_K_THRESHOLDS",
     "SCHEDULES",
     "START_DISTRIBUTIONS",
-    "AISEstimate",
+    "AISResult",
     "AISSettings",
     "BDMCResult",
+    "Execution",
     "GapSettings",
     "GapsResult",
-    "GenericPassResult",
-    "Layout",
+    "ISResult",
+    "LayeredTarget",
     "LogPxEstimate",
-    "PassResult",
+    "Program",
     "ProgramTarget",
     "ReliabilityWarning",
-    "VAETarget",
     "active_units",
     "ais",
-    "ais_report",
     "annealing_schedule",
     "bdmc",
     "bdmc_section",
+    "elbo_per_datapoint",
     "estimate_log_px",
-    "estimate_log_px_generic",
-    "evaluate",
     "fit_diagonal_gaussian",
     "gaps_section",
-    "generic_importance_pass",
-    "generic_is_report",
-    "importance_pass",
     "inference_gaps",
     "mean_elbo",
     "pareto_k_hat",
     "pareto_k_summary",
+    "report",
+    "subset_sizes",
     "target_for",
 ]

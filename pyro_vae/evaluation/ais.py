@@ -26,8 +26,8 @@ a given T the path from q is shorter and the bound tighter: on pPCA fitted to MN
 encoder against 1.13 ± 0.06 from the prior (``benchmarks/log_likelihood.py``). Both give a
 valid bound; the prior is the choice when the guide's density at an arbitrary z is
 unavailable (a flow without an inverse) or when it should not matter how good the guide is.
-With an IAF guide the built-in VAE's target starts from the Gaussian its flow transforms
-(:class:`~.targets.VAETarget`).
+With flow guides the built-in VAE's target starts from the Gaussians its flows transform
+(:class:`~.targets.LayeredTarget`).
 
 **Schedule.** ``"sigmoid"`` (the default): β_t = (σ(δ(2t/T − 1)) − σ(−δ)) / (σ(δ) − σ(−δ)),
 δ = 4 (Grosse, Ghahramani & Adams 2015), which spends more steps at both ends, where the
@@ -42,30 +42,31 @@ so that the bound holds only approximately; the effect shrinks with the number o
 is part of what BDMC (:mod:`.bdmc`) measures. For a strict bound, pass ``step_sizes`` fixed
 in advance (e.g. those of an earlier run, as BDMC's reverse runs do).
 
-**Random numbers, blocks and ranks** are those of :mod:`.generic`: block ``i`` of datapoints
+**Random numbers, blocks and ranks** are those of :mod:`.runner`: block ``i`` of datapoints
 draws from ``derive_seed(seed, i)``; under ``torchrun`` each rank runs its blocks.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
-from pyro_vae.distributed import World, derive_seed, owns, sum_across
+from pyro_vae import checks
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation.generic import log_mean_exp_stats
 from pyro_vae.evaluation.hmc import HMCState, StepSizeAdapter, hmc_transition, initial_state
-from pyro_vae.evaluation.program import as_data, slice_data
+from pyro_vae.evaluation.importance import LogPxEstimate, log_mean_exp_stats
 from pyro_vae.evaluation.psis import MIN_PSIS_SAMPLES, pareto_k_hat
-from pyro_vae.progress import Progress
+from pyro_vae.evaluation.runner import MB, Execution, as_data, run_blocks, slice_data
+from pyro_vae.evaluation.targets import START_DISTRIBUTIONS, target_for
+from pyro_vae.resources import available_bytes, check_fits
 
-__all__ = ["SCHEDULES", "AISEstimate", "AISSettings", "AnnealResult", "ais", "anneal",
-           "annealing_schedule", "block_size_for", "rows_for"]
+__all__ = ["SCHEDULES", "AISResult", "AISSettings", "AnnealResult", "ais", "anneal",
+           "annealing_schedule", "block_size_for", "check_chains_fit", "rows_for"]
 
 SCHEDULES = ("sigmoid", "geometric", "linear")
-_MB = 2**20
 
 
 def annealing_schedule(num_steps: int, kind: str = "sigmoid") -> torch.Tensor:
@@ -97,26 +98,23 @@ class AISSettings(NamedTuple):
     """The budget and tuning of an AIS run; the defaults are those of
     ``pyro-vae evaluate --method ais`` (see ``docs/evaluation.md`` for why)."""
 
-    num_steps: int = 500  # T, intermediate distributions
+    num_steps: int = 100  # T, intermediate distributions
     num_chains: int = 16  # C, chains (independent AIS runs) per datapoint
     num_leapfrog: int = 5  # L, leapfrog steps per HMC transition
     schedule: str = "sigmoid"  # β_t: "sigmoid", "geometric" or "linear"
     target_accept: float = 0.65  # acceptance probability the step sizes adapt towards
     initial_step_size: float = 0.05  # ε before adaptation, in units of z
+    start: str = "guide"  # where the chains start: the guide q(z|x), or the prior p(z)
 
     def validate(self) -> AISSettings:
-        for name in ("num_steps", "num_chains", "num_leapfrog"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"AIS {name} must be a positive integer, got {value!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown annealing schedule {self.schedule!r}; choose one of "
-                              f"{', '.join(SCHEDULES)}")
-        if not 0 < self.target_accept < 1:
-            raise ConfigError(f"target_accept must lie in (0, 1), got {self.target_accept!r}")
-        if not (self.initial_step_size > 0 and math.isfinite(self.initial_step_size)):
-            raise ConfigError(f"initial_step_size must be positive, got "
-                              f"{self.initial_step_size!r}")
+        checks.integer("AIS num_steps", self.num_steps)
+        checks.integer("AIS num_chains", self.num_chains)
+        checks.integer("AIS num_leapfrog", self.num_leapfrog)
+        checks.choice("annealing schedule", self.schedule, SCHEDULES)
+        checks.number("target_accept", self.target_accept, low=0, high=1, open_low=True,
+                      open_high=True)
+        checks.number("initial_step_size", self.initial_step_size, low=0, open_low=True)
+        checks.choice("AIS start", self.start, START_DISTRIBUTIONS)
         return self
 
     @property
@@ -132,6 +130,7 @@ class AnnealResult(NamedTuple):
     log_weights: torch.Tensor  # (C, B) float64, Σ_t (β_t − β_{t−1}) ℓ(z_{t−1})
     acceptance: torch.Tensor  # (B,) acceptance probability, mean over transitions and chains
     step_sizes: torch.Tensor  # (T + 1, B) step size of the transition at each β (NaN: none)
+    accept_probs: torch.Tensor  # (T + 1, B) mean acceptance of the transition at each β
     final: HMCState
 
 
@@ -149,6 +148,7 @@ def anneal(density, betas: torch.Tensor, u: torch.Tensor, settings: AISSettings,
         torch.full((B,), settings.initial_step_size, dtype=torch.float64, device=u.device),
         settings.target_accept)
     used = torch.full((len(betas), B), math.nan, dtype=torch.float64, device=u.device)
+    probs = torch.full((len(betas), B), math.nan, dtype=torch.float64, device=u.device)
     accepted = torch.zeros(B, dtype=torch.float64, device=u.device)
     transitions = 0
     last = len(betas) - 1
@@ -159,40 +159,36 @@ def anneal(density, betas: torch.Tensor, u: torch.Tensor, settings: AISSettings,
             state, accept_prob = hmc_transition(density, state, betas[t].item(), used[t],
                                                 settings.num_leapfrog)
             mean_accept = accept_prob.double().mean(0)  # (B,), over the chains
+            probs[t] = mean_accept
             accepted += mean_accept
             transitions += 1
             if adapter is not None:
                 adapter.update(mean_accept)
         if on_step is not None:
             on_step(accepted / max(1, transitions))
-    return AnnealResult(log_w, accepted / max(1, transitions), used, state)
+    return AnnealResult(log_w, accepted / max(1, transitions), used, probs, state)
 
 
-class AISEstimate(NamedTuple):
-    """AIS estimates of log p(x): ``(N,)`` tensors per datapoint (float64, CPU), floats for
-    the mean over the datapoints, nats per datapoint. The first fields are those of
-    :class:`~pyro_vae.evaluation.LogPxEstimate`."""
+@dataclass(frozen=True, kw_only=True)
+class AISResult(LogPxEstimate):
+    """AIS estimates of log p(x) per datapoint (``log_px``: log (1/C) Σ_c w_c, a stochastic
+    lower bound; its standard error over the chains), with the HMC diagnostics."""
 
-    log_px: torch.Tensor  # log (1/C) Σ_c w_c, a stochastic lower bound on log p(x)
-    log_px_mc_stderr: torch.Tensor  # its standard error over the chains (delta method)
-    mean: float
-    mean_mc_stderr: float  # √(Σ se²) / N
-    data_stderr: float  # sd of log_px over the datapoints / √N
     num_chains: int
-    pareto_k: torch.Tensor | None  # k̂ of each datapoint's C weights (C ≥ 21)
-    acceptance_rate: torch.Tensor  # mean HMC acceptance probability
-    step_size: torch.Tensor  # the last step size
+    acceptance_rate: torch.Tensor  # (N,) mean HMC acceptance probability
+    step_size: torch.Tensor  # (N,) the last step size
     log_weights: torch.Tensor  # (N, C)
+    accept_by_step: torch.Tensor  # (N, T + 1) mean acceptance of the transition at each β
+    step_size_by_step: torch.Tensor  # (N, T + 1) its step size (NaN where none ran)
+    betas: torch.Tensor  # (T + 1,) the schedule
     settings: AISSettings
-    start: str  # "guide" or "prior"
+    start: str  # where the chains started, in words
 
 
 def rows_for(target, data: tuple, memory_mb: float) -> int:
     """How many (chain × datapoint) rows of gradient evaluations fit in ``memory_mb``."""
-    if not memory_mb > 0:
-        raise ConfigError(f"memory_mb must be positive, got {memory_mb!r}")
     probe = slice_data(data, 0, min(data[0].shape[0], 64))
-    return int(max(1, memory_mb * _MB // target.row_bytes(probe)))
+    return int(max(1, memory_mb * MB // target.row_bytes(probe)))
 
 
 def block_size_for(target, data: tuple, num_chains: int, memory_mb: float) -> int:
@@ -200,65 +196,62 @@ def block_size_for(target, data: tuple, num_chains: int, memory_mb: float) -> in
     return max(1, min(data[0].shape[0], rows_for(target, data, memory_mb) // num_chains))
 
 
-def _block_columns(run: AnnealResult, want_k: bool) -> torch.Tensor:
-    log_w = run.log_weights  # (C, B)
-    log_px, se = log_mean_exp_stats(log_w)
-    columns = [log_px, se, run.acceptance, run.step_sizes[-2] if run.step_sizes.shape[0] > 2
-               else torch.full_like(log_px, math.nan)]
-    if want_k:
-        columns.append(pareto_k_hat(log_w.T).to(log_px))
-    return torch.cat([torch.stack(columns, 1), log_w.T], 1).cpu()
+def check_chains_fit(target, data: tuple, rows: int, option: str, device) -> None:
+    """Refuse, before anything is allocated, ``rows`` chains of one datapoint that cannot fit
+    in the memory available, naming ``option`` and how many would fit."""
+    row = target.row_bytes(slice_data(data, 0, 1))
+    fits = available_bytes(device) // row
+    check_fits(rows * row, f"{option} {rows} ({rows} chains of one datapoint)",
+               f"lower {option} to at most {fits}", device=device)
 
 
-def ais(
-    target,
-    data,
-    settings: AISSettings | None = None,
-    *,
-    seed: int = 0,
-    block_size: int | None = None,
-    memory_mb: float = 128.0,
-    world: World | None = None,
-    pareto_k: bool = True,
-    progress: str = "off",
-) -> AISEstimate:
+def ais(model, data, settings: AISSettings | None = None, *, pareto_k: bool = True,
+        execution: Execution = Execution()) -> AISResult:
     """AIS estimates of log p(x) for every datapoint of ``data`` (see the module docstring).
 
-    :param target: :class:`~.targets.VAETarget` or :class:`~.targets.ProgramTarget` (which
-        also says where the chains start).
+    :param model: a :class:`~pyro_vae.models.VAEModel` (its layered density where it offers
+        one, :class:`~.targets.LayeredTarget`) or a :class:`~.program.Program` of one's own.
     :param data: a tensor ``(N, ...)`` or a tuple of them (the program's arguments).
-    :param settings: :class:`AISSettings` (T, chains, leapfrog steps, schedule, ...).
-    :param seed: block ``i`` draws from ``derive_seed(seed, i)``.
-    :param block_size: datapoints per block (default: as many as ``memory_mb`` holds).
-    :param world: split the blocks across the ranks; every rank gets the whole result.
+    :param settings: :class:`AISSettings` (T, chains, leapfrog steps, schedule, start, ...).
     :param pareto_k: Pareto k̂ of each datapoint's weights over the chains (needs C ≥ 21).
-    :param progress: ``"auto"``, ``"bar"``, ``"lines"`` or ``"off"``.
+    :param execution: seed, memory budget, blocks, processes, progress
+        (:class:`~.runner.Execution`).
     """
     settings = (settings or AISSettings()).validate()
+    execution = execution.validate()
+    target = target_for(model, start=settings.start)
     data = as_data(data)
     N, C, T = data[0].shape[0], settings.num_chains, settings.num_steps
-    block = block_size or block_size_for(target, data, C, memory_mb)
+    block = execution.block_size or block_size_for(target, data, C, execution.memory_mb)
+    check_chains_fit(target, data, C, "--chains", data[0].device)
+    check_fits(8 * (T + 1) * (1 + 4 * block + 2 * N) + 8 * N * (C + 5),
+               f"AIS with T = {T} steps and {C} chains on {N} datapoints (its schedule and "
+               "per-step diagnostics)", "lower --ais-steps, --chains or --test-size")
     want_k = pareto_k and C >= MIN_PSIS_SAMPLES
     betas = annealing_schedule(T, settings.schedule)
-    values = torch.zeros(N, 4 + int(want_k) + C, dtype=torch.float64)
-    mine = [i for i in range(math.ceil(N / block)) if owns(world, i)]
-    with Progress(len(mine) * T, f"log p(x) by AIS, T={T}, {C} chains", "steps",
-                  mode=progress) as bar:
-        for i in mine:
-            xb = slice_data(data, i * block, (i + 1) * block)
-            with torch.random.fork_rng(devices=[d.device for d in xb if d.is_cuda]):
-                torch.manual_seed(derive_seed(seed, i))
-                density = target.bind(xb)
-                run = anneal(density, betas, density.sample_start(C), settings,
-                             on_step=lambda acc: bar.update(
-                                 1, postfix=f"acceptance {float(acc.mean()):.2f}"))
-            values[i * block : i * block + xb[0].shape[0]] = _block_columns(run, want_k)
-    values = sum_across(values, world)
-    log_px, se = values[:, 0], values[:, 1]
-    return AISEstimate(
-        log_px=log_px, log_px_mc_stderr=se, mean=float(log_px.mean()),
-        mean_mc_stderr=float(se.pow(2).sum().sqrt()) / N,
-        data_stderr=float(log_px.std()) / math.sqrt(N) if N > 1 else math.nan,
-        num_chains=C, pareto_k=values[:, 4] if want_k else None,
-        acceptance_rate=values[:, 2], step_size=values[:, 3], log_weights=values[:, -C:],
-        settings=settings, start=target.start)
+
+    def compute(xb: tuple, generator, bar) -> dict:
+        density = target.bind(xb)
+        run = anneal(density, betas, density.sample_start(C), settings,
+                     on_step=lambda acc: bar.update(1, postfix=f"acceptance "
+                                                    f"{float(acc.mean()):.2f}"))
+        log_px, se = log_mean_exp_stats(run.log_weights)
+        out = {"log_px": log_px, "log_px_mc_stderr": se, "acceptance": run.acceptance,
+               "step_size": run.step_sizes[-2] if T > 1 else torch.full_like(log_px, math.nan),
+               "log_weights": run.log_weights.T, "accept_by_step": run.accept_probs.T,
+               "step_size_by_step": run.step_sizes.T}
+        if want_k:
+            out["pareto_k"] = pareto_k_hat(run.log_weights.T)
+        return out
+
+    columns = {"log_px": 0, "log_px_mc_stderr": 0, "acceptance": 0, "step_size": 0,
+               "log_weights": C, "accept_by_step": T + 1, "step_size_by_step": T + 1,
+               **({"pareto_k": 0} if want_k else {})}
+    out = run_blocks(compute, data, columns, execution, block=block, steps_per_block=lambda b: T,
+                     label=f"log p(x) by AIS, T={T}, {C} chains", unit="steps")
+    return AISResult(log_px=out["log_px"], log_px_mc_stderr=out["log_px_mc_stderr"],
+                     pareto_k=out.get("pareto_k"), num_chains=C,
+                     acceptance_rate=out["acceptance"], step_size=out["step_size"],
+                     log_weights=out["log_weights"], accept_by_step=out["accept_by_step"],
+                     step_size_by_step=out["step_size_by_step"], betas=betas,
+                     settings=settings, start=target.describe_start())

@@ -23,21 +23,21 @@ upper bound is exact in expectation.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 
-from pyro_vae.distributed import World, derive_seed, owns, sum_across
 from pyro_vae.evaluation.ais import (
     AISSettings,
     anneal,
     annealing_schedule,
     block_size_for,
+    check_chains_fit,
 )
-from pyro_vae.evaluation.generic import log_mean_exp_stats
-from pyro_vae.evaluation.program import as_data, slice_data
-from pyro_vae.progress import Progress
+from pyro_vae.evaluation.importance import log_mean_exp_stats
+from pyro_vae.evaluation.runner import Execution, as_data, run_blocks
+from pyro_vae.evaluation.targets import target_for
+from pyro_vae.resources import check_fits
 
 __all__ = ["BDMCResult", "bdmc"]
 
@@ -61,67 +61,57 @@ class BDMCResult(NamedTuple):
     observations: torch.Tensor  # (N, ...) the simulated observations, float64
 
 
-def _block(target, xb: tuple, settings: AISSettings, betas, bar) -> torch.Tensor:
-    """``(B, 6 + D)``: lower, its se, upper, its se, forward and reverse acceptance, and the
-    D numbers of each simulated observation."""
-    C = settings.num_chains
-    data, z_exact = target.simulate(xb)  # (1, B, P)
-    density = target.bind(data)
-
-    def step(acceptance):
-        bar.update(1)
-
-    forward = anneal(density, betas, density.sample_start(C), settings, on_step=step)
-    reverse = anneal(density, betas.flip(0), z_exact.expand(C, *z_exact.shape[1:]).clone(),
-                     settings, step_sizes=forward.step_sizes.flip(0), on_step=step)
-    lower, lower_se = log_mean_exp_stats(forward.log_weights)
-    neg_upper, upper_se = log_mean_exp_stats(reverse.log_weights)
-    columns = torch.stack([lower, lower_se, -neg_upper, upper_se, forward.acceptance,
-                           reverse.acceptance], 1)
-    return torch.cat([columns, data[0].reshape(data[0].shape[0], -1).to(columns)], 1).cpu()
-
-
-def bdmc(
-    target,
-    template,
-    settings: AISSettings | None = None,
-    *,
-    seed: int = 0,
-    block_size: int | None = None,
-    memory_mb: float = 128.0,
-    world: World | None = None,
-    progress: str = "off",
-) -> BDMCResult:
-    """Forward and reverse AIS bounds on log p(x) for datapoints simulated from the model of
-    ``target`` (:class:`~.targets.VAETarget` or :class:`~.targets.ProgramTarget`), one per row
-    of ``template``: the data the program is called with, of which only the shapes of the
+def bdmc(model, template, settings: AISSettings | None = None, *,
+         execution: Execution = Execution()) -> BDMCResult:
+    """Forward and reverse AIS bounds on log p(x) for datapoints simulated from ``model`` (a
+    :class:`~pyro_vae.models.VAEModel` or a :class:`~.program.Program`), one per row of
+    ``template``: the data the program is called with, of which only the shapes of the
     observations matter (they are replaced by the simulated ones), and any other argument
-    (a context) is used as it is. The other arguments are those of :func:`~.ais.ais`;
-    block ``i`` simulates and anneals with ``derive_seed(seed, i)``.
+    (a context) is used as it is. Block ``i`` simulates and anneals with
+    ``derive_seed(execution.seed, i)``.
     """
     settings = (settings or AISSettings()).validate()
+    execution = execution.validate()
+    target = target_for(model, start=settings.start)
     template = as_data(template)
-    N, T = template[0].shape[0], settings.num_steps
-    block = block_size or block_size_for(target, template, settings.num_chains, memory_mb)
+    N, T, C = template[0].shape[0], settings.num_steps, settings.num_chains
+    D = template[0][0].numel()
+    check_fits(8 * N * (6 + D) + 4 * N * D, f"BDMC on {N} simulated datapoints",
+               "lower --bdmc", device=template[0].device)
+    check_chains_fit(target, template, C, "--chains", template[0].device)
+    block = execution.block_size or block_size_for(target, template, C, execution.memory_mb)
     betas = annealing_schedule(T, settings.schedule)
-    values = torch.zeros(N, 6 + template[0][0].numel(), dtype=torch.float64)
-    mine = [i for i in range(math.ceil(N / block)) if owns(world, i)]
-    with Progress(2 * len(mine) * T, f"BDMC, T={T}, {settings.num_chains} chains", "steps",
-                  mode=progress) as bar:
-        for i in mine:
-            xb = slice_data(template, i * block, (i + 1) * block)
-            with torch.random.fork_rng(devices=[d.device for d in xb if d.is_cuda]):
-                torch.manual_seed(derive_seed(seed, i))
-                values[i * block : i * block + xb[0].shape[0]] = _block(target, xb, settings,
-                                                                        betas, bar)
-    values = sum_across(values, world)
-    lower, lower_se, upper, upper_se = values[:, 0], values[:, 1], values[:, 2], values[:, 3]
+
+    def compute(xb: tuple, generator, bar) -> dict:
+        data, z_exact = target.simulate(xb)  # (1, B, P)
+        density = target.bind(data)
+
+        def step(acceptance):
+            bar.update(1)
+
+        forward = anneal(density, betas, density.sample_start(C), settings, on_step=step)
+        reverse = anneal(density, betas.flip(0), z_exact.expand(C, *z_exact.shape[1:]).clone(),
+                         settings, step_sizes=forward.step_sizes.flip(0), on_step=step)
+        lower, lower_se = log_mean_exp_stats(forward.log_weights)
+        neg_upper, upper_se = log_mean_exp_stats(reverse.log_weights)
+        return {"lower": lower, "lower_se": lower_se, "upper": -neg_upper, "upper_se": upper_se,
+                "forward_acceptance": forward.acceptance,
+                "reverse_acceptance": reverse.acceptance,
+                "observations": data[0].reshape(data[0].shape[0], -1)}
+
+    out = run_blocks(compute, template, {"lower": 0, "lower_se": 0, "upper": 0, "upper_se": 0,
+                                         "forward_acceptance": 0, "reverse_acceptance": 0,
+                                         "observations": D},
+                     execution, block=block, steps_per_block=lambda b: 2 * T,
+                     label=f"BDMC, T={T}, {C} chains", unit="steps")
+    lower, upper = out["lower"], out["upper"]
     gap = upper - lower
     return BDMCResult(
-        lower=lower, lower_mc_stderr=lower_se, upper=upper, upper_mc_stderr=upper_se, gap=gap,
-        mean_lower=float(lower.mean()), mean_upper=float(upper.mean()),
-        mean_gap=float(gap.mean()),
-        gap_mc_stderr=float((lower_se.pow(2) + upper_se.pow(2)).sum().sqrt()) / N,
-        forward_acceptance=values[:, 4], reverse_acceptance=values[:, 5],
-        settings=settings, start=target.start,
-        observations=values[:, 6:].reshape(template[0].shape))
+        lower=lower, lower_mc_stderr=out["lower_se"], upper=upper,
+        upper_mc_stderr=out["upper_se"], gap=gap, mean_lower=float(lower.mean()),
+        mean_upper=float(upper.mean()), mean_gap=float(gap.mean()),
+        gap_mc_stderr=float((out["lower_se"].pow(2) + out["upper_se"].pow(2)).sum().sqrt()) / N,
+        forward_acceptance=out["forward_acceptance"],
+        reverse_acceptance=out["reverse_acceptance"], settings=settings,
+        start=target.describe_start(), observations=out["observations"].reshape(
+            template[0].shape))

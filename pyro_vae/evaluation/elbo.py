@@ -1,48 +1,78 @@
-"""The test ELBO that training reports."""
+"""The test ELBO that training reports: one sample of q(z|x) per datapoint, from a fixed seed,
+so that the figure is the same for every run and every estimator evaluated on the same data.
+
+For a layered model (every built-in VAE) it is computed from the model's own log-densities, the
+ones that importance sampling and AIS use:
+
+    ELBO(x) = log p(x|z_1) + Σ_(l<L) [log p(z_l|z_(l+1)) − log q(z_l|z_(l-1))]
+              − KL(q(z_L|·) ‖ N(0, I)),
+
+with the top layer's KL in closed form where it is the ELBO's term (a Gaussian guide; see
+:mod:`pyro_vae.models.vae`), and log p(z_L) − log q(z_L|·) at the sample elsewhere (a flow). For
+a model of one's own, it is log p(x, z) − log q(z|x) at one draw of its Pyro traces.
+"""
 
 from __future__ import annotations
 
 import torch
 from pyro import poutine
+from torch.distributions import Normal, kl_divergence
 
-from pyro_vae.distributed import World, derive_seed, map_rows
-from pyro_vae.losses import analytic_elbo
+from pyro_vae.evaluation.program import as_program
+from pyro_vae.evaluation.runner import Execution, as_data, run_blocks, split_data
 
-__all__ = ["mean_elbo"]
+__all__ = ["elbo_per_datapoint", "mean_elbo"]
+
+
+def elbo_per_datapoint(model, x: torch.Tensor, context=None, *, generator=None) -> torch.Tensor:
+    """The ELBO of each datapoint ``(B,)`` nats at one draw of the layered ``model``'s guide
+    (from ``generator``), with the top layer's KL in closed form where it is the ELBO's term;
+    without the KL weight β."""
+    path = model.guide_path(x, context, num_samples=1, generator=generator)
+    log_prior = model.log_prior(path.zs, context)
+    elbo = model.log_likelihood(x, path.zs[0], context)
+    for log_p, log_q in zip(log_prior[:-1], path.log_q[:-1], strict=True):
+        elbo = elbo + (log_p - log_q)
+    if model.capabilities.closed_form_kl_sites:  # the top layer's: a Gaussian guide
+        q = Normal(path.locs[-1], path.scales[-1], validate_args=False)
+        prior = Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale), validate_args=False)
+        elbo = elbo - kl_divergence(q, prior).sum(-1)
+    else:
+        elbo = elbo + log_prior[-1] - path.log_q[-1] + path.log_det
+    return elbo.mean(0)
 
 
 @torch.no_grad()
-def mean_elbo(vae, x: torch.Tensor, *, batch_size: int = 1000, seed: int = 0,
-              world: World | None = None) -> float:
-    """Mean analytic-KL ELBO (β = 1) over ``x`` in nats per datapoint, one posterior sample
-    per datapoint; batch ``i`` draws from a generator seeded with ``derive_seed(seed, i)``, so
-    the figure is the same for every run and every estimator evaluated on the same ``x``.
-    With ``world`` the batches are split across the ranks and gathered; the result is the same
-    as in one process.
+def mean_elbo(model, data, *, execution: Execution = Execution(block_size=1000)) -> float:
+    """The mean test ELBO over ``data`` (``x``, or ``(x, context)``) in nats per datapoint, one
+    posterior sample per datapoint; block ``i`` of ``execution.block_size`` datapoints draws
+    from ``derive_seed(execution.seed, i)``, so the figure is the same for every run, every
+    estimator and any number of processes (see the module docstring)."""
+    data = as_data(data)
+    execution = execution.validate()
+    block = execution.block_size or 1000
+    if model.capabilities.layered:
 
-    The KL is in closed form where it is the ELBO's term (:func:`pyro_vae.losses.analytic_elbo`:
-    every layer of the one-layer VAE, the top layer of a hierarchical one); a flow guide has
-    no closed form, and its ELBO is log p(x, z) − log q(z|x) at the sample (Pyro's traces, with
-    torch's generator seeded alike)."""
-    flow = vae.structure.flow if hasattr(vae, "structure") else None
+        def compute(xb: tuple, generator, bar) -> dict:
+            x, context = split_data(model, xb)
+            return {"elbo": elbo_per_datapoint(model, x, context, generator=generator)}
 
-    def batch_elbo(start: int, stop: int, index: int) -> torch.Tensor:
-        if flow is not None:
-            return _sampled_elbo(vae, x[start:stop], derive_seed(seed, index))
-        generator = torch.Generator(device=x.device).manual_seed(derive_seed(seed, index))
-        return analytic_elbo(vae, x[start:stop], generator=generator, beta=1.0)  # (stop-start,)
+    else:
+        program = as_program(model)
 
-    return float(map_rows(batch_elbo, x.shape[0], batch_size, world=world).sum()) / x.shape[0]
+        def compute(xb: tuple, generator, bar) -> dict:
+            return {"elbo": _sampled_elbo(program, xb)}
+
+    out = run_blocks(compute, data, {"elbo": 0}, execution, block=block,
+                     label="test ELBO", threaded=model.capabilities.layered)
+    return float(out["elbo"].sum()) / data[0].shape[0]
 
 
-def _sampled_elbo(vae, x: torch.Tensor, seed: int) -> torch.Tensor:
+def _sampled_elbo(program, data: tuple) -> torch.Tensor:
     """log p(x, z) − log q(z|x) per datapoint ``(B,)`` at one z ~ q(z|x) drawn by the guide
-    from torch's generator seeded with ``seed`` (the caller's stream is left as it was); the
-    sites' own log-densities, without the KL weight β."""
-    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-        torch.manual_seed(seed)
-        guide_trace = poutine.trace(vae.guide).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    from torch's global generator; the sites' own log-densities, without the KL weight β."""
+    guide_trace = poutine.trace(program.guide).get_trace(*data)
+    model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(*data)
     log_w = 0.0
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         for site in trace.nodes.values():

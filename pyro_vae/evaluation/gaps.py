@@ -28,11 +28,11 @@ from typing import NamedTuple
 
 import torch
 
-from pyro_vae.distributed import World, derive_seed, owns, sum_across
+from pyro_vae import checks
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation.ais import block_size_for, rows_for
-from pyro_vae.evaluation.program import as_data, slice_data
-from pyro_vae.progress import Progress
+from pyro_vae.evaluation.ais import block_size_for, check_chains_fit, rows_for
+from pyro_vae.evaluation.runner import Execution, as_data, run_blocks
+from pyro_vae.evaluation.targets import target_for
 
 __all__ = ["GapSettings", "GapsResult", "fit_diagonal_gaussian", "inference_gaps"]
 
@@ -45,13 +45,12 @@ class GapSettings(NamedTuple):
     lr: float = 0.02  # Adam's learning rate, decayed linearly to lr/20 over the steps
     eval_samples: int = 1000  # samples per ELBO estimate
 
+    start: str = "guide"  # the coordinates u of the target (targets.py): the guide's base draws
+
     def validate(self) -> GapSettings:
         for name in ("num_steps", "num_samples", "eval_samples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"gap {name} must be a positive integer, got {value!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"gap lr must be a positive number, got {self.lr!r}")
+            checks.integer(f"gap {name}", getattr(self, name))
+        checks.number("gap lr", self.lr, low=0, open_low=True)
         return self
 
 
@@ -111,70 +110,56 @@ def fit_diagonal_gaussian(density, settings: GapSettings | None = None, on_step=
     return loc.detach(), log_scale.detach()
 
 
-def _block(target, xb: tuple, settings: GapSettings, chunk: int, on_step) -> torch.Tensor:
-    """``(B, 4)``: encoder ELBO, its se, fitted ELBO, its se."""
-    density = target.bind(xb)
-
-    def encoder_log_weight(n: int) -> torch.Tensor:
-        u, log_q = density.sample_guide(n)
-        return density.log_joint(u) - log_q
-
-    with torch.no_grad():
-        encoder, encoder_se = _estimate(lambda w: w, encoder_log_weight, settings.eval_samples,
-                                        chunk)
-    loc, log_scale = fit_diagonal_gaussian(density, settings, on_step)
-    entropy = (log_scale.sum(-1) + 0.5 * loc.shape[-1] * (1 + math.log(2 * math.pi))).double()
-    with torch.no_grad():
-        fitted, fitted_se = _estimate(
-            density.log_joint,
-            lambda n: loc + log_scale.exp() * torch.randn((n, *loc.shape), dtype=loc.dtype,
-                                                          device=loc.device),
-            settings.eval_samples, chunk)
-    return torch.stack([encoder, encoder_se, fitted + entropy, fitted_se], 1).cpu()
-
-
-def inference_gaps(
-    target,
-    data,
-    log_px: torch.Tensor,
-    settings: GapSettings | None = None,
-    *,
-    log_px_mc_stderr: torch.Tensor | None = None,
-    seed: int = 0,
-    block_size: int | None = None,
-    memory_mb: float = 128.0,
-    world: World | None = None,
-    progress: str = "off",
-) -> GapsResult:
+def inference_gaps(model, data, log_px: torch.Tensor, settings: GapSettings | None = None, *,
+                   log_px_mc_stderr: torch.Tensor | None = None,
+                   execution: Execution = Execution()) -> GapsResult:
     """The amortization and approximation gaps of every datapoint of ``data``.
 
-    :param target: :class:`~.targets.VAETarget` or :class:`~.targets.ProgramTarget`.
+    :param model: a :class:`~pyro_vae.models.VAEModel` or a :class:`~.program.Program`.
     :param log_px: log p(x) per datapoint ``(N,)``, from AIS (:func:`~.ais.ais`) or, on a
         model where it is known, exactly.
     :param log_px_mc_stderr: its standard errors, added in quadrature to the approximation
         gap's.
-    :param seed: block ``i`` draws from ``derive_seed(seed, i)``. The other arguments are
-        those of :func:`~.ais.ais`.
+    :param execution: block ``i`` draws from ``derive_seed(execution.seed, i)``; as for
+        :func:`~.ais.ais`.
     """
     settings = (settings or GapSettings()).validate()
+    execution = execution.validate()
+    target = target_for(model, start=settings.start)
     data = as_data(data)
     N = data[0].shape[0]
     log_px = torch.as_tensor(log_px, dtype=torch.float64).reshape(-1).cpu()
     if log_px.shape[0] != N:
         raise ConfigError(f"log_px has {log_px.shape[0]} values for {N} datapoints")
-    block = block_size or block_size_for(target, data, settings.num_samples, memory_mb)
-    chunk = max(1, rows_for(target, data, memory_mb) // block)
-    values = torch.zeros(N, 4, dtype=torch.float64)
-    mine = [i for i in range(math.ceil(N / block)) if owns(world, i)]
-    with Progress(len(mine) * settings.num_steps, "inference gaps: fitting q per datapoint",
-                  "steps", mode=progress) as bar:
-        for i in mine:
-            xb = slice_data(data, i * block, (i + 1) * block)
-            with torch.random.fork_rng(devices=[d.device for d in xb if d.is_cuda]):
-                torch.manual_seed(derive_seed(seed, i))
-                values[i * block : i * block + xb[0].shape[0]] = _block(
-                    target, xb, settings, chunk, lambda: bar.update(1))
-    values = sum_across(values, world)
+    check_chains_fit(target, data, settings.num_samples, "gap num_samples", data[0].device)
+    block = execution.block_size or block_size_for(target, data, settings.num_samples,
+                                                   execution.memory_mb)
+    chunk = max(1, rows_for(target, data, execution.memory_mb) // block)
+
+    def compute(xb: tuple, generator, bar) -> dict:
+        density = target.bind(xb)
+
+        def encoder_log_weight(n: int) -> torch.Tensor:
+            u, log_q = density.sample_guide(n)
+            return density.log_joint(u) - log_q
+
+        encoder, encoder_se = _estimate(lambda w: w, encoder_log_weight,
+                                        settings.eval_samples, chunk)
+        loc, log_scale = fit_diagonal_gaussian(density, settings, lambda: bar.update(1))
+        entropy = (log_scale.sum(-1) + 0.5 * loc.shape[-1] * (1 + math.log(2 * math.pi)))
+        fitted, fitted_se = _estimate(
+            density.log_joint,
+            lambda n: loc + log_scale.exp() * torch.randn((n, *loc.shape), dtype=loc.dtype,
+                                                          device=loc.device),
+            settings.eval_samples, chunk)
+        return {"encoder": encoder, "encoder_se": encoder_se,
+                "fitted": fitted + entropy.double(), "fitted_se": fitted_se}
+
+    out = run_blocks(compute, data, {"encoder": 0, "encoder_se": 0, "fitted": 0,
+                                     "fitted_se": 0}, execution, block=block,
+                     steps_per_block=lambda b: settings.num_steps,
+                     label="inference gaps: fitting q per datapoint", unit="steps")
+    values = torch.stack([out["encoder"], out["encoder_se"], out["fitted"], out["fitted_se"]], 1)
     return _result(log_px, log_px_mc_stderr, values, settings)
 
 

@@ -1,5 +1,5 @@
-"""Importance sampling with the encoder as proposal: the IWAE_K estimate of log p(x) per
-datapoint for the built-in :class:`~pyro_vae.VAE`, fast and in bounded memory.
+"""Importance sampling with the guide as proposal: the IWAE_K estimate of log p(x) per datapoint,
+for any model, in bounded memory.
 
 For each datapoint x, draw z_1..z_K ~ q(z|x) and form the log-weights
 log w_k = log p(x, z_k) − log q(z_k|x). Then
@@ -16,75 +16,76 @@ order 1/K²). The per-datapoint Monte Carlo standard error from the same weights
 and the standard error of the mean over N datapoints is √(Σ_i se(x_i)²) / N. Both rest on the
 weights having a finite variance, which the Pareto k̂ (:mod:`.psis`) checks.
 
-**Memory.** The datapoints are processed in blocks, and inside a block the decoder sees chunks
-of (samples × datapoints) rows, both sized from ``memory_mb`` (:class:`Layout`), so peak memory
-does not grow with K or N: the N × K log-weights are never held at once.
-
-**Threads and processes.** Block ``i`` draws from a generator seeded with
-``derive_seed(seed, i)``, so the result does not depend on how the blocks are shared out: on
-CPU among ``num_workers`` threads (each op on one thread, no barrier per op, which on busy
-shared cores made torch's intra-op threading slower than one thread), and under
-``torchrun`` among the ranks of ``world`` (block ``i`` on rank ``i mod world_size``).
+**Two paths, one estimate.** :func:`estimate_log_px` takes the fast path where the model
+offers its layered log-densities (``capabilities.layered``, every built-in VAE: one layer or
+L, Gaussian or flow guides): the model's own log joint on chunks of (samples × datapoints)
+rows sized from the memory budget, on several threads. Elsewhere (a
+:class:`~.program.Program` of one's own) it reads the weights from Pyro's traces
+(:mod:`.program`: several latent sites, flows, discrete latents summed out). The tests check
+that both give the same numbers on the same model.
 """
 
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torch.distributions import Normal, kl_divergence
 
-from pyro_vae.distributed import World, derive_seed, owns, sum_across
+from pyro_vae import checks
 from pyro_vae.errors import ConfigError
+from pyro_vae.evaluation.program import as_program, inspect_program, log_weights, trace_bytes
 from pyro_vae.evaluation.psis import MIN_PSIS_SAMPLES, pareto_k_hat
-from pyro_vae.progress import Progress
+from pyro_vae.evaluation.runner import (
+    MB,
+    Execution,
+    as_data,
+    run_blocks,
+    slice_data,
+    split_data,
+)
 from pyro_vae.resources import check_fits, format_bytes
 
-__all__ = ["Layout", "LogPxEstimate", "PassResult", "estimate_log_px", "importance_pass",
+__all__ = ["ISResult", "LogPxEstimate", "estimate_log_px", "log_mean_exp_stats",
            "subset_sizes"]
 
-_MB = 2**20
+
+@dataclass(frozen=True, kw_only=True)
+class LogPxEstimate:
+    """Per-datapoint estimates of log p(x) ``(N,)`` (float64, CPU), nats per datapoint, and
+    their means; what every estimator of log p(x) returns."""
+
+    log_px: torch.Tensor  # (N,) the estimate of each datapoint
+    log_px_mc_stderr: torch.Tensor  # (N,) its Monte Carlo standard error
+    pareto_k: torch.Tensor | None  # (N,) Pareto k̂ of each datapoint's weights, if computed
+
+    @property
+    def mean(self) -> float:
+        """The mean of ``log_px`` over the N datapoints."""
+        return float(self.log_px.mean())
+
+    @property
+    def mean_mc_stderr(self) -> float:
+        """Monte Carlo standard error of :attr:`mean`, √(Σ se²) / N (NaN for K = 1)."""
+        return float(self.log_px_mc_stderr.pow(2).sum().sqrt()) / self.log_px.shape[0]
+
+    @property
+    def data_stderr(self) -> float:
+        """sd of ``log_px`` over the datapoints / √N: the spread from the choice of data."""
+        n = self.log_px.shape[0]
+        return float(self.log_px.std()) / math.sqrt(n) if n > 1 else math.nan
 
 
-class LogPxEstimate(NamedTuple):
-    """The importance-weighted (IWAE_K) estimate of log p(x), a lower bound in expectation;
-    ``(N,)`` tensors per datapoint, floats in nats per datapoint for the mean."""
+@dataclass(frozen=True, kw_only=True)
+class ISResult(LogPxEstimate):
+    """The importance-weighted (IWAE_K) estimate of log p(x), a lower bound in expectation,
+    and the guide's ELBO on the same samples."""
 
-    log_px: torch.Tensor  # (N,) log (1/K) Σ_k w_k per datapoint
-    log_px_mc_stderr: torch.Tensor  # (N,) Monte Carlo standard error of each log_px
-    mean: float  # mean of log_px over the N datapoints
-    mean_mc_stderr: float  # Monte Carlo standard error of ``mean`` (NaN for K = 1)
-    data_stderr: float  # sd of log_px over datapoints / √N: the spread from the choice of data
     num_samples: int  # K, importance samples per datapoint
-    pareto_k: torch.Tensor | None  # (N,) Pareto k̂ of each datapoint's weights, if asked for
-
-    @classmethod
-    def of(cls, log_px: torch.Tensor, log_px_mc_stderr: torch.Tensor, num_samples: int,
-           pareto_k: torch.Tensor | None = None) -> LogPxEstimate:
-        """The estimate of these per-datapoint values, with its means and standard errors."""
-        n = log_px.shape[0]
-        return cls(log_px=log_px, log_px_mc_stderr=log_px_mc_stderr, mean=float(log_px.mean()),
-                   mean_mc_stderr=float(log_px_mc_stderr.pow(2).sum().sqrt()) / n,
-                   data_stderr=float(log_px.std()) / math.sqrt(n) if n > 1 else math.nan,
-                   num_samples=num_samples, pareto_k=pareto_k)
-
-
-class PassResult(NamedTuple):
-    """Per-datapoint results of one importance-sampling pass, each ``(N,)`` (``kl``:
-    ``(N, L)``), float64 on the CPU."""
-
-    log_px: torch.Tensor  # log (1/K) Σ_k w_k
-    log_px_mc_stderr: torch.Tensor
-    elbo_mc: torch.Tensor  # mean_k log w_k
-    elbo_mc_var: torch.Tensor  # var_k log w_k (over the K samples)
-    expected_loglik: torch.Tensor  # mean_k log p(x|z_k)
-    loglik_var: torch.Tensor  # var_k log p(x|z_k)
-    kl: torch.Tensor  # (N, L) KL(q(z_d|x) ‖ N(0, 1)), closed form
-    pareto_k: torch.Tensor | None
+    elbo: torch.Tensor  # (N,) mean_k log w_k: the guide's ELBO (discrete sites summed out)
+    elbo_var: torch.Tensor  # (N,) var_k log w_k over the K samples
     log_px_by_k: dict  # k → (N,) IWAE_k from the first k of the same K samples, k < K
+    fast: bool  # the layered fast path (else Pyro's traces)
 
 
 def subset_sizes(num_samples: int) -> list[int]:
@@ -97,191 +98,69 @@ def subset_sizes(num_samples: int) -> list[int]:
     return [k for k in (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000) if k < num_samples]
 
 
-class Layout(NamedTuple):
-    """How one pass cuts its work, from the memory budget: it fixes which random numbers each
-    datapoint sees, so it depends on neither the worker count nor the ranks."""
-
-    block: int  # datapoints per block (one seed each)
-    per_chunk: int  # datapoints per decoder chunk
-    samples: int  # samples per decoder chunk
-    budget_bytes: float  # half the memory budget: for the decoder's chunk, or for PSIS
-
-    @classmethod
-    def fit(cls, vae, num_datapoints: int, num_samples: int, itemsize: int,
-            memory_mb: float, block: int | None = None) -> Layout:
-        """Half of ``memory_mb`` for the decoder's chunk of (samples × datapoints) rows and
-        half for the block's two (K, block) buffers."""
-        budget = memory_mb * _MB / 2
-        if 2 * num_samples * itemsize > budget:
-            need = format_bytes(2 * num_samples * itemsize)
-            raise ConfigError(
-                f"K = {num_samples} importance samples need {need} for one datapoint's "
-                f"log-weights, more than half of the {memory_mb:g} MB memory budget "
-                "(--memory-mb); raise the budget or lower K")
-        hidden = sum(m.out_features for m in vae.decoder.modules() if isinstance(m, nn.Linear))
-        row_bytes = itemsize * (4 * vae.latent_dim + 2 * hidden + 3 * vae.x_dim)
-        rows = max(1, int(budget // row_bytes))
-        if block is None:  # at most 128 datapoints, so that workers share and progress moves
-            block = min(128, int(budget // (2 * num_samples * itemsize)))
-        block = max(1, min(num_datapoints, block))
-        if num_samples <= rows:
-            return cls(block, max(1, min(block, rows // num_samples)), num_samples, budget)
-        # split K into equal chunks of at most ``rows`` samples, one datapoint at a time
-        return cls(block, 1, math.ceil(num_samples / math.ceil(num_samples / rows)), budget)
-
-
-def _block(vae, xb: torch.Tensor, K: int, layout: Layout, generator, want_k: bool,
-           progress: Progress) -> torch.Tensor:
-    """The pass over one block ``xb (B, D)``: ``(B, 6 + S + L [+ 1])`` columns: those of
-    :class:`PassResult` in its field order, with the S subset bounds after the first six."""
-    B, L = xb.shape[0], vae.latent_dim
-    loc, scale = vae.encode(xb)  # (B, L) each
-    log_w = xb.new_empty(K, B)
-    log_lik = xb.new_empty(K, B)
-    prior = Normal(0.0, 1.0, validate_args=False)
-    for j0 in range(0, B, layout.per_chunk):
-        j1 = min(B, j0 + layout.per_chunk)
-        q = Normal(loc[j0:j1], scale[j0:j1], validate_args=False)
-        for s0 in range(0, K, layout.samples):
-            s1 = min(K, s0 + layout.samples)
-            eps = torch.randn((s1 - s0, j1 - j0, L), generator=generator, dtype=xb.dtype,
-                              device=xb.device)
-            z = q.loc + q.scale * eps  # (S, b, L)
-            ll = vae.likelihood.log_prob_sum(vae.decoder(z), xb[j0:j1])  # (S, b)
-            log_w[s0:s1, j0:j1] = ll + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1)
-            log_lik[s0:s1, j0:j1] = ll
-        progress.update(j1 - j0)
+def log_mean_exp_stats(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log_w (K, B)`` → (log (1/K) Σ_k w_k, its delta-method standard error), each ``(B,)``:
+    se = sd(w) / (√K mean(w)) = √(Σ_k w̃_k² − 1/K), NaN for K = 1."""
+    K = log_w.shape[0]
     lse = torch.logsumexp(log_w, 0)
+    if K == 1:
+        return lse, torch.full_like(lse, math.nan)
     sum_sq = torch.exp(torch.logsumexp(2 * (log_w - lse), 0))  # Σ_k w̃_k² = 1/ESS
-    nan = torch.full_like(lse, math.nan)
-    columns = [
-        lse - math.log(K),
-        (sum_sq - 1.0 / K).clamp_min(0).sqrt() if K > 1 else nan,
-        log_w.mean(0),
-        log_w.var(0) if K > 1 else nan,
-        log_lik.mean(0),
-        log_lik.var(0) if K > 1 else nan,
-    ]
-    columns += [torch.logsumexp(log_w[:k], 0) - math.log(k) for k in subset_sizes(K)]
-    out = torch.cat([torch.stack(columns, 1),
-                     kl_divergence(Normal(loc, scale), Normal(0.0, 1.0))], 1)
-    if want_k:  # in slices: ArviZ copies its input about four times in float64
-        rows = max(1, min(64, int(layout.budget_bytes // (32 * K))))
-        k = torch.cat([pareto_k_hat(log_w[:, p0 : p0 + rows].T) for p0 in range(0, B, rows)])
-        out = torch.cat([out, k.to(out).unsqueeze(1)], 1)
-    return out.double().cpu()
+    return lse - math.log(K), (sum_sq - 1.0 / K).clamp_min(0).sqrt()
 
 
-@torch.no_grad()
-def _run_blocks(run, blocks: list[int], workers: int) -> None:
-    """``run(i)`` for each block ``i``: in this thread, or on ``workers`` threads of one torch
-    thread each (the blocks write disjoint rows)."""
-    if workers == 1 or len(blocks) == 1:
-        for i in blocks:
-            run(i)
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run, blocks))
-    finally:
-        torch.set_num_threads(threads)
-
-
-def check_sampling_arguments(num_samples: int, memory_mb: float, pareto_k: bool) -> None:
-    """Refuse, with a :class:`ConfigError`, a K that is not a positive integer, a memory
-    budget that is not positive, or Pareto k̂ asked of fewer samples than PSIS needs; shared
-    by this fast path and :mod:`.generic`."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
-        raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if not memory_mb > 0:
-        raise ConfigError(f"memory_mb must be positive, got {memory_mb!r}")
-    if pareto_k and num_samples < MIN_PSIS_SAMPLES:
-        raise ConfigError(f"Pareto k-hat needs num_samples >= {MIN_PSIS_SAMPLES}, got "
-                          f"{num_samples}")
-
-
-def importance_pass(
-    vae,
-    x: torch.Tensor,
-    *,
-    num_samples: int,
-    seed: int = 0,
-    memory_mb: float = 128.0,
-    block_size: int | None = None,
-    num_workers: int | None = None,
-    world: World | None = None,
-    pareto_k: bool = False,
-    progress: str = "off",
-) -> PassResult:
-    """One pass of K = ``num_samples`` importance samples per datapoint of ``x``
-    ``(N, x_dim)`` (see the module docstring); the arguments are :func:`estimate_log_px`'s."""
-    check_sampling_arguments(num_samples, memory_mb, pareto_k)
-    structure = getattr(vae, "structure", None)
-    if structure is not None and (structure.flow is not None or structure.stochastic_layers > 1):
-        raise ConfigError(
-            f"the fast importance sampler takes the one-layer VAE with a Gaussian guide; this "
-            f"{type(vae).__name__} (structure {getattr(vae, 'structure', '?')}) needs the "
-            "generic one, pyro_vae.evaluation.generic")
-    vae.check_data(x, where="evaluation data")
-    K, N, L = num_samples, x.shape[0], vae.latent_dim
-    workers = (torch.get_num_threads() if x.device.type == "cpu" else 1) if num_workers is None \
-        else max(1, int(num_workers))
-    check_fits(memory_mb * _MB * workers, f"a memory budget of {memory_mb:g} MB for each of "
-               f"{workers} worker(s)", "lower the budget (--memory-mb)", device=x.device)
-    layout = Layout.fit(vae, N, K, x.element_size(), memory_mb, block_size)
-    starts = list(range(0, N, layout.block))
-    mine = [i for i in range(len(starts)) if owns(world, i)]
+def _columns(log_w: torch.Tensor, want_k: bool, budget_bytes: float) -> dict[str, torch.Tensor]:
+    """The per-datapoint columns of ``(K, B)`` log-weights, in their dtype."""
+    K = log_w.shape[0]
+    log_px, se = log_mean_exp_stats(log_w)
+    out = {"log_px": log_px, "log_px_mc_stderr": se, "elbo": log_w.mean(0),
+           "elbo_var": log_w.var(0) if K > 1 else torch.full_like(log_px, math.nan)}
     ks = subset_sizes(K)
-    values = torch.zeros(N, 6 + len(ks) + L + int(pareto_k), dtype=torch.float64)
-
-    with Progress(N, f"log p(x), K={K}", "datapoints", mode=progress) as bar:
-
-        def run(i: int) -> None:
-            start = starts[i]
-            generator = torch.Generator(device=x.device).manual_seed(derive_seed(seed, i))
-            with torch.no_grad():  # grad mode is per thread: the workers' must be set again
-                out = _block(vae, x[start : start + layout.block], K, layout, generator,
-                             pareto_k, bar)
-            values[start : start + out.shape[0]] = out
-
-        _run_blocks(run, mine, workers)
-    values = sum_across(values, world)
-    fields = [values[:, i] for i in range(6)]
-    S = len(ks)
-    return PassResult(*fields, kl=values[:, 6 + S : 6 + S + L],
-                      pareto_k=values[:, -1] if pareto_k else None,
-                      log_px_by_k={k: values[:, 6 + i] for i, k in enumerate(ks)})
+    if ks:
+        out["log_px_by_k"] = torch.stack([torch.logsumexp(log_w[:k], 0) - math.log(k)
+                                          for k in ks], 1)
+    if want_k:  # in slices: ArviZ copies its input about four times in float64
+        rows = max(1, min(64, int(budget_bytes // (32 * K))))
+        out["pareto_k"] = torch.cat([pareto_k_hat(log_w[:, p0 : p0 + rows].T)
+                                     for p0 in range(0, log_w.shape[1], rows)])
+    return out
 
 
-def estimate_log_px(
-    vae,
-    x: torch.Tensor,
-    *,
-    num_samples: int = 5000,
-    seed: int = 0,
-    memory_mb: float = 128.0,
-    block_size: int | None = None,
-    num_workers: int | None = None,
-    world: World | None = None,
-    pareto_k: bool = False,
-    progress: str = "off",
-) -> LogPxEstimate:
+def _layout(model, num_datapoints: int, K: int, itemsize: int, execution: Execution
+            ) -> tuple[int, int, int, float]:
+    """(datapoints per block, datapoints per chunk, samples per chunk, half the budget):
+    half of ``memory_mb`` for the chunk of (samples × datapoints) rows through the model, half
+    for the block's (K, block) log-weights. It fixes which random numbers each datapoint sees,
+    so it depends on neither the worker count nor the ranks."""
+    budget = execution.memory_mb * MB / 2
+    if 2 * K * itemsize > budget:
+        raise ConfigError(
+            f"K = {K} importance samples need {format_bytes(2 * K * itemsize)} for one "
+            f"datapoint's log-weights, more than half of the {execution.memory_mb:g} MB memory "
+            f"budget (--memory-mb); raise the budget or lower K to at most "
+            f"{int(budget // (2 * itemsize))}")
+    rows = max(1, int(budget // model.bytes_per_row()))
+    block = execution.block_size or min(128, int(budget // (2 * K * itemsize)))
+    block = max(1, min(num_datapoints, block))
+    if K <= rows:
+        return block, max(1, min(block, rows // K)), K, budget
+    # split K into equal chunks of at most ``rows`` samples, one datapoint at a time
+    return block, 1, math.ceil(K / math.ceil(K / rows)), budget
+
+
+def estimate_log_px(model, data, *, num_samples: int = 5000, pareto_k: bool = False,
+                    execution: Execution = Execution()) -> ISResult:
     """The importance-weighted estimate log (1/K) Σ_k p(x, z_k)/q(z_k|x), z_k ~ q(z|x), of
-    every datapoint of ``x`` ``(N, x_dim)``, in nats: the IWAE_K lower bound on log p(x)
-    (Burda et al. 2016), biased low by about se²/2 per datapoint (see the module docstring).
+    every datapoint of ``data`` (a tensor ``(N, x_dim)``, or a tuple with a context), in nats:
+    the IWAE_K lower bound on log p(x) (Burda et al. 2016), biased low by about se²/2 per
+    datapoint (see the module docstring).
 
+    :param model: a :class:`~pyro_vae.models.VAEModel` (the fast path where it is layered),
+        or a :class:`~.program.Program` of one's own.
     :param num_samples: K, importance samples per datapoint.
-    :param seed: block ``i`` draws from ``derive_seed(seed, i)``.
-    :param memory_mb: approximate bound on each worker's working memory, whatever K and N.
-    :param block_size: datapoints per block (default: as many as ``memory_mb`` allows, ≤ 128).
-    :param num_workers: blocks evaluated at once on CPU, each op on one thread (default:
-        torch's thread count; 1 on CUDA). The result does not depend on it.
-    :param world: split the blocks across the ranks of this process group; every rank gets
-        the whole result, the same as one process computes.
     :param pareto_k: also compute each datapoint's Pareto k̂ (needs K ≥ 21).
-    :param progress: ``"auto"``, ``"bar"``, ``"lines"`` or ``"off"`` (:mod:`pyro_vae.progress`).
+    :param execution: seed, memory budget, blocks, threads, processes, progress
+        (:class:`~.runner.Execution`); the result depends on its seed alone.
 
     >>> from pyro_vae import VAE
     >>> vae = VAE(6, latent_dim=2, hidden_sizes=(8,))
@@ -292,7 +171,76 @@ def estimate_log_px(
     >>> bool(-6 * math.log(2) - 3 < est.mean < 0)  # 6 Bernoulli pixels: around log 2⁻⁶
     True
     """
-    r = importance_pass(vae, x, num_samples=num_samples, seed=seed, memory_mb=memory_mb,
-                        block_size=block_size, num_workers=num_workers, world=world,
-                        pareto_k=pareto_k, progress=progress)
-    return LogPxEstimate.of(r.log_px, r.log_px_mc_stderr, num_samples, r.pareto_k)
+    K = checks.integer("num_samples", num_samples)
+    execution = execution.validate()
+    if pareto_k and K < MIN_PSIS_SAMPLES:
+        raise ConfigError(f"Pareto k-hat needs num_samples >= {MIN_PSIS_SAMPLES}, got {K}")
+    data = as_data(data)
+    if model.capabilities.layered:
+        fast, out = True, _layered(model, data, K, pareto_k, execution)
+    else:
+        fast, out = False, _generic(as_program(model), data, K, pareto_k, execution)
+    ks = subset_sizes(K)
+    return ISResult(log_px=out["log_px"], log_px_mc_stderr=out["log_px_mc_stderr"],
+                    pareto_k=out.get("pareto_k"), num_samples=K, elbo=out["elbo"],
+                    elbo_var=out["elbo_var"], fast=fast,
+                    log_px_by_k={k: out["log_px_by_k"][:, i] for i, k in enumerate(ks)})
+
+
+def _column_widths(K: int, pareto_k: bool) -> dict[str, int]:
+    widths = {"log_px": 0, "log_px_mc_stderr": 0, "elbo": 0, "elbo_var": 0}
+    if subset_sizes(K):
+        widths["log_px_by_k"] = len(subset_sizes(K))
+    if pareto_k:
+        widths["pareto_k"] = 0
+    return widths
+
+
+def _layered(model, data: tuple, K: int, pareto_k: bool, execution: Execution) -> dict:
+    """The fast path: the model's log joint, chunk by chunk, blocks on threads."""
+    x, _ = split_data(model, data)
+    model.check_data(x, where="evaluation data")
+    block, per_chunk, samples, budget = _layout(model, x.shape[0], K, x.element_size(),
+                                                execution)
+    workers = execution.thread_count(x.device)
+    check_fits(execution.memory_mb * MB * workers, f"a memory budget of "
+               f"{execution.memory_mb:g} MB for each of {workers} worker(s)",
+               "lower the budget (--memory-mb)", device=x.device)
+
+    def compute(xb: tuple, generator, bar) -> dict:
+        x, context = split_data(model, xb)
+        B = x.shape[0]
+        log_w = x.new_empty(K, B)
+        for j0 in range(0, B, per_chunk):
+            j1 = min(B, j0 + per_chunk)
+            xj, cj = x[j0:j1], None if context is None else context[j0:j1]
+            for s0 in range(0, K, samples):
+                s1 = min(K, s0 + samples)
+                path = model.guide_path(xj, cj, num_samples=s1 - s0, generator=generator)
+                log_w[s0:s1, j0:j1] = (model.log_likelihood(xj, path.zs[0], cj)
+                                       + sum(model.log_prior(path.zs, cj)) + path.log_det
+                                       - sum(path.log_q))
+            bar.update(j1 - j0)
+        return _columns(log_w, pareto_k, budget)
+
+    return run_blocks(compute, data, _column_widths(K, pareto_k), execution, block=block,
+                      label=f"log p(x), K={K}", threaded=True)
+
+
+def _generic(program, data: tuple, K: int, pareto_k: bool, execution: Execution) -> dict:
+    """Pyro's traces: K particles vectorized, in chunks sized from the bytes of one particle's
+    traces (:func:`~.program.trace_bytes`, an estimate), one block after another."""
+    block = max(1, min(data[0].shape[0], execution.block_size or 128))
+    first = slice_data(data, 0, block)
+    info = inspect_program(program.model, program.guide, first, data_plate=program.data_plate)
+    per_particle = trace_bytes(program.model, program.guide, first, info) * block
+    chunk = max(1, min(K, int(execution.memory_mb * MB // per_particle)))
+
+    def compute(xb: tuple, generator, bar) -> dict:
+        log_w = torch.cat([log_weights(program.model, program.guide, xb, min(chunk, K - s), info)
+                           for s in range(0, K, chunk)], 0).double()  # (K, B)
+        bar.update(xb[0].shape[0])
+        return _columns(log_w, pareto_k, execution.memory_mb * MB / 2)
+
+    return run_blocks(compute, data, _column_widths(K, pareto_k), execution, block=block,
+                      label=f"log p(x) by generic IS, K={K}")

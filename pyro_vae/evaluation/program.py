@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import pyro
@@ -32,11 +33,14 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.evaluation.runner import as_data
+from pyro_vae.models.interface import Capabilities
 
 __all__ = [
     "PARTICLE_PLATE",
+    "Program",
     "ProgramInfo",
-    "as_data",
+    "as_program",
     "enumerated",
     "inspect_program",
     "log_density",
@@ -46,12 +50,39 @@ __all__ = [
     "sample_sites",
     "simulate",
     "site_log_prob",
-    "slice_data",
     "trace_bytes",
 ]
 
 PARTICLE_PLATE = "_pyro_vae_particles"
 _ACTIVATION_FACTOR = 3  # trace tensors → working memory (hidden activations, temporaries)
+
+
+class Program(NamedTuple):
+    """A Pyro ``model`` and ``guide`` of one's own (conventions of the module docstring), for
+    the evaluators: ``estimate_log_px(Program(model, guide), data)``, AIS, BDMC, the gaps.
+
+    ``data_plate`` names the plate over the datapoints where it cannot be told from the
+    program. ``start_guide``, a guide with the same sites (any normalized density will do),
+    is where AIS starts in place of ``guide``: for a flow guide, the Gaussians its flows
+    transform, whose density at a given z needs no inverse of the flow; ``guide`` still gives
+    the encoder's own ELBO.
+    """
+
+    model: Callable
+    guide: Callable
+    data_plate: str | None = None
+    start_guide: Callable | None = None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """A program offers its traces only: the generic paths."""
+        return Capabilities()
+
+
+def as_program(model) -> Program:
+    """``model`` itself if it is a :class:`Program`, else the Pyro program of a model of this
+    package (:class:`~pyro_vae.models.VAEModel`): its ``model`` and ``guide``."""
+    return model if isinstance(model, Program) else Program(model.model, model.guide)
 
 
 class ProgramInfo(NamedTuple):
@@ -73,24 +104,6 @@ class ProgramInfo(NamedTuple):
     def first_enum_dim(self) -> int:
         """The first dim left for parallel enumeration, left of the particle plate."""
         return -self.max_plate_nesting - 2
-
-
-def as_data(data) -> tuple[torch.Tensor, ...]:
-    """``data`` (a tensor, or a tuple of tensors with one row per datapoint) as a tuple."""
-    data = (data,) if torch.is_tensor(data) else tuple(data)
-    if not data or not all(torch.is_tensor(d) and d.dim() >= 1 for d in data):
-        raise ConfigError("data must be a tensor, or a tuple of tensors, whose first "
-                          "dimension indexes the datapoints")
-    rows = {d.shape[0] for d in data}
-    if len(rows) != 1 or 0 in rows:
-        raise ConfigError(f"every data tensor needs the same, non-zero number of rows; got "
-                          f"shapes {[tuple(d.shape) for d in data]}")
-    return data
-
-
-def slice_data(data: tuple, start: int, stop: int) -> tuple[torch.Tensor, ...]:
-    """Rows ``start:stop`` of every data tensor."""
-    return tuple(d[start:stop] for d in data)
 
 
 def particles(fn, num: int, info: ProgramInfo):

@@ -2,10 +2,10 @@
 AIS starts from, as functions of one unconstrained vector per chain and datapoint: what
 :mod:`.ais`, :mod:`.bdmc` and :mod:`.gaps` work on.
 
-A *target* (:class:`ProgramTarget` for any Pyro model and guide, :class:`VAETarget` for the
-built-in :class:`~pyro_vae.VAE`, its fast path) is bound to a block of data and gives a
-*density* with, for u of shape ``(C, B, P)`` (C chains, B datapoints, P unconstrained latent
-dimensions per datapoint) and z = T(u) the latent values:
+A *target* (:class:`LayeredTarget` for a layered model such as :class:`~pyro_vae.VAE`, the
+fast path; :class:`ProgramTarget` for any Pyro model and guide; :func:`target_for` chooses) is
+bound to a block of data and gives a *density* with, for u of shape ``(C, B, P)`` (C chains,
+B datapoints, P unconstrained latent dimensions per datapoint) and z = T(u) the latent values:
 
     log s_u(u) = log s(z) + log |det ∂T/∂u|      the start, s = p(z) or q(z|x)
     ℓ(u)       = log p(x, z) − log s(z)            the log-ratio AIS anneals in, β: 0 → 1
@@ -38,14 +38,14 @@ from pyro import poutine
 from pyro.distributions.transforms import biject_to
 from pyro.distributions.util import sum_rightmost
 from pyro.infer import config_enumerate
-from torch.distributions import Normal
 from torch.distributions.transforms import ComposeTransform, IndependentTransform
 
+from pyro_vae import checks
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation.flow_target import HierarchicalFlowTarget
 from pyro_vae.evaluation.program import (
+    Program,
     ProgramInfo,
-    as_data,
+    as_program,
     inspect_program,
     log_density,
     particles,
@@ -55,125 +55,117 @@ from pyro_vae.evaluation.program import (
     site_log_prob,
     trace_bytes,
 )
-from pyro_vae.model import VAE
+from pyro_vae.evaluation.runner import as_data, split_data
 
-__all__ = ["START_DISTRIBUTIONS", "ProgramTarget", "VAETarget", "target_for"]
+__all__ = ["START_DISTRIBUTIONS", "LayeredTarget", "ProgramTarget", "target_for"]
 
 START_DISTRIBUTIONS = ("guide", "prior")
 
 
-def _check_start(start: str) -> str:
-    if start not in START_DISTRIBUTIONS:
-        raise ConfigError(f"unknown AIS start {start!r}; choose one of "
-                          f"{', '.join(START_DISTRIBUTIONS)}")
-    return start
+def target_for(model, *, start: str = "guide"):
+    """The target of ``model``: :class:`LayeredTarget` where the model offers its layered
+    log-densities (``capabilities.layered``: the fast path), :class:`ProgramTarget` of its
+    Pyro program otherwise (a :class:`~.program.Program` of one's own, say)."""
+    checks.choice("AIS start", start, START_DISTRIBUTIONS)
+    if model.capabilities.layered:
+        return LayeredTarget(model, start=start)
+    return ProgramTarget(as_program(model), start=start)
 
 
-# --- the built-in VAE -------------------------------------------------------------------------
-class VAETarget:
-    """The fast path for the one-layer :class:`~pyro_vae.VAE` (no context): z ∈ ℝ^L, the prior
-    N(0, I), log p(x|z) from the likelihood's own fast formula.
+# --- a layered model --------------------------------------------------------------------------
+class LayeredTarget:
+    """A :class:`~pyro_vae.models.LayeredModel` (every built-in VAE): one density for one
+    layer or L, Gaussian or flow guides, from the model's own log-densities (those that
+    importance sampling and the test ELBO use too).
 
-    :param start: ``"guide"``: q(z|x) itself, the encoder's Gaussian N(loc(x), diag
-        scale(x)²); with a flow guide z = T_x(u) pushes that Gaussian through the flow, and
-        the density works in the flow's input u, where q is the Gaussian (its density cheap,
-        the flow's needs its inverse) and the target is p(x, T_x(u)) |det ∂T_x/∂u|: AIS
-        starts at q exactly, its first step is importance sampling with q (NeuTra-style,
-        Hoffman et al. 2019), and the flow preconditions HMC. ``"prior"``: N(0, I), in z.
+    :param start: ``"guide"``: q(z|x) itself. u is the guide's base draws, z = T(u) each
+        layer's draw pushed through its flow (the identity without flows), so the start is the
+        chain of base Gaussians, whose density is cheap where a flow's needs its inverse, and
+        the target is p(x, T(u)) |det ∂T/∂u|: AIS starts at q exactly, its first weight is q's
+        importance weight, and the flows precondition HMC (NeuTra-style, Hoffman et al. 2019;
+        the Jacobian is block-triangular, so its log-determinant is the sum of the layers').
+        ``"prior"``: p(z), in z.
     """
 
-    def __init__(self, vae, *, start: str = "guide"):
-        if vae.context_dim:
-            raise ConfigError("VAETarget takes VAEs without context; use ProgramTarget")
-        self.vae, self.start = vae, _check_start(start)
+    def __init__(self, model, *, start: str = "guide"):
+        self.model, self.start = model, checks.choice("AIS start", start, START_DISTRIBUTIONS)
 
     def describe_start(self) -> str:
         if self.start == "prior":
             return "the prior p(z)"
-        if getattr(self.vae, "flow", None) is not None:
-            return "the encoder q(z|x), in its flow's input coordinates"
+        if self.model.capabilities.flow is not None:
+            return "the encoder q(z|x), in its flows' input coordinates"
         return "the encoder q(z|x)"
 
-    def bind(self, data) -> _VAEDensity:
-        (x,) = as_data(data)
-        return _VAEDensity(self.vae, x, self.start)
+    def bind(self, data) -> _LayeredDensity:
+        return _LayeredDensity(self.model, *split_data(self.model, as_data(data)), self.start)
 
     def simulate(self, data) -> tuple[tuple, torch.Tensor]:
         """(x, z) drawn from the model for as many datapoints as ``data`` has, with the global
-        generator: the data ``(x,)`` and z as ``(1, B, L)``."""
-        (x,) = as_data(data)
+        generator: the data with the simulated x, and u of z ``(1, B, P)`` (with a flow guide,
+        its inverse: one network pass per latent dimension, once per datapoint)."""
+        x, context = split_data(self.model, as_data(data))
+        model = self.model
         with torch.no_grad():
-            z = torch.randn(x.shape[0], self.vae.latent_dim, dtype=x.dtype, device=x.device)
-            x_sim = self.vae.decode(z).sample().to(x.dtype)
-            u = _VAEDensity(self.vae, x_sim, self.start).pull_back(z.unsqueeze(0))
-        return (x_sim,), u
+            zs = model.sample_prior((x.shape[0],), context)
+            x_sim = model.sample_x(zs[0], context).to(x.dtype)
+            u = model.pull_back(x_sim, zs, context) if self.start == "guide" else torch.cat(zs, -1)
+        return (x_sim,) if context is None else (x_sim, context), u.unsqueeze(0)
 
     def row_bytes(self, data) -> int:
-        """Bytes of working memory per (chain × datapoint) row of a gradient evaluation."""
-        (x,) = as_data(data)
-        hidden = sum(m.out_features for m in self.vae.decoder.modules()
-                     if isinstance(m, torch.nn.Linear))
-        return 3 * x.element_size() * (4 * self.vae.latent_dim + 2 * hidden + 3 * x.shape[1])
+        """Bytes of working memory per (chain × datapoint) row of a gradient evaluation: three
+        times the model's forward pass (the backward pass and its temporaries)."""
+        return 3 * self.model.bytes_per_row()
 
 
-class _VAEDensity:
-    """u = z, or with a flow guide and the guide start, u = the flow's input (z = T_x(u))."""
+class _LayeredDensity:
+    def __init__(self, model, x: torch.Tensor, context, start: str):
+        self.model, self.x, self.context, self.start = model, x, context, start
+        self.num_datapoints, self.dim = x.shape[0], sum(model.latent_dims)
+        self._sizes = list(model.latent_dims)
 
-    def __init__(self, vae, x: torch.Tensor, start: str):
-        self.vae, self.x, self.start = vae, x, start
-        self.num_datapoints, self.dim = x.shape[0], vae.latent_dim
-        with torch.no_grad():
-            loc, scale = vae.encode(x)
-        self.q = Normal(loc, scale, validate_args=False)  # batch (B, L): the encoder's Gaussian
-        self.prior = Normal(torch.zeros_like(loc), torch.ones_like(loc), validate_args=False)
-        self.transforms = ()  # T_x, conditioned on the encoder's hidden layer
-        if getattr(vae, "flow", None) is not None and start == "guide":
-            with torch.no_grad():
-                self.transforms = tuple(vae.posterior(x).transforms)
-
-    def push(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z = T_x(u) ``(C, B, L)`` and log |det ∂z/∂u| ``(C, B)`` (zero without a flow)."""
-        z, log_det = u, u.new_zeros(u.shape[:-1])
-        for t in self.transforms:
-            y = t(z)
-            log_det = log_det + t.log_abs_det_jacobian(z, y)
-            z = y
-        return z, log_det
-
-    def pull_back(self, z: torch.Tensor) -> torch.Tensor:
-        """u = T_x⁻¹(z) (the flow's inverse, one network pass per latent dimension)."""
-        for t in reversed(self.transforms):
-            z = t.inv(z)
-        return z
-
-    def sample_start(self, num_chains: int) -> torch.Tensor:
-        dist = self.q if self.start == "guide" else self.prior
-        return dist.sample((num_chains,))  # (C, B, L), from the global generator
-
-    def sample_guide(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``num_samples`` draws of q_φ on u and their log-density (in u, the Gaussian's)."""
-        u = self.q.sample((num_samples,))
-        return u, self.q.log_prob(u).sum(-1)
-
-    def _log_joint(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log p(x, z) + log |det ∂z/∂u|, log p(z) + log |det ∂z/∂u|) at z = T_x(u)."""
-        z, log_det = self.push(u)
-        log_prior = self.prior.log_prob(z).sum(-1) + log_det
-        return self.vae.likelihood.log_prob_sum(self.vae.decoder(z), self.x) + log_prior, \
-            log_prior
-
-    def log_joint(self, u: torch.Tensor) -> torch.Tensor:
-        return self._log_joint(u)[0]
+    def _terms(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log s_u(u), log p(z), log p(x|z)) at u ``(C, B, P)``, with log |det ∂z/∂u| in
+        log p(z) (in u, the prior term carries the change of variables)."""
+        model, x, context = self.model, self.x, self.context
+        if self.start == "prior":
+            zs = list(u.split(self._sizes, -1))
+            log_prior = sum(model.log_prior(zs, context))
+            return log_prior, log_prior, model.log_likelihood(x, zs[0], context)
+        path = model.guide_path(x, context, u=u)
+        log_prior = sum(model.log_prior(path.zs, context)) + path.log_det
+        return sum(path.log_q), log_prior, model.log_likelihood(x, path.zs[0], context)
 
     def start_and_ratio(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_joint, log_prior = self._log_joint(u)
+        log_start, log_prior, log_lik = self._terms(u)
+        return log_start, log_lik + log_prior - log_start
+
+    def log_joint(self, u: torch.Tensor) -> torch.Tensor:
+        _, log_prior, log_lik = self._terms(u)
+        return log_lik + log_prior
+
+    def sample_start(self, num_chains: int) -> torch.Tensor:
         if self.start == "prior":
-            return log_prior, log_joint - log_prior
-        log_q = self.q.log_prob(u).sum(-1)
-        return log_q, log_joint - log_q
+            shape = (num_chains, self.num_datapoints)
+            return torch.cat(self.model.sample_prior(shape, self.context), -1)
+        return self.model.guide_path(self.x, self.context, num_samples=num_chains).u
+
+    def sample_guide(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``num_samples`` draws of the guide q_φ on u and their log-density there: in the
+        base coordinates, the Gaussians'; in z (the prior start), log q(z) = that − log |det|."""
+        path = self.model.guide_path(self.x, self.context, num_samples=num_samples)
+        if self.start == "prior":
+            return torch.cat(path.zs, -1), sum(path.log_q) - path.log_det
+        return path.u, sum(path.log_q)
 
     def guide_gaussian(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.q.loc, self.q.scale
+        """The guide's mean and standard deviation on u ``(B, P)``: exact for one layer in
+        its base coordinates, from ``num_samples`` draws otherwise."""
+        if len(self._sizes) == 1 and self.start == "guide":
+            path = self.model.guide_path(self.x, self.context, num_samples=1)
+            return path.locs[0], path.scales[0]
+        u = self.sample_guide(num_samples)[0]
+        return u.mean(0), u.std(0)
 
 
 # --- any Pyro program -------------------------------------------------------------------------
@@ -186,26 +178,19 @@ class _Site(NamedTuple):
 
 
 class ProgramTarget:
-    """Any Pyro ``model`` and ``guide`` (conventions of :mod:`.program`): the continuous latent
-    sites of the model packed per datapoint into u ∈ ℝ^P, each through ``biject_to`` of its
-    support; discrete latent sites summed out by parallel enumeration.
+    """Any Pyro program (a :class:`~.program.Program`, conventions of :mod:`.program`): the
+    continuous latent sites of the model packed per datapoint into u ∈ ℝ^P, each through
+    ``biject_to`` of its support; discrete latent sites summed out by parallel enumeration.
 
-    :param start: ``"guide"`` (the guide, with its discrete sites summed out) or ``"prior"``.
-        The guide's density at arbitrary z is needed: a flow without an inverse (planar,
-        radial) works with ``"prior"`` only.
-    :param data_plate: the data plate's name, where it cannot be told from the program.
-    :param start_guide: with ``start="guide"``, a guide with the same sites to start from in
-        place of ``guide`` (any normalized density will do): for a flow guide, the Gaussians
-        its flows transform, whose density at a given z needs no inverse of the flow (an IAF's
-        inverse is one network pass per latent dimension). ``guide`` still gives the
-        encoder's own ELBO (:meth:`sample_guide`).
+    :param start: ``"guide"`` (the program's ``start_guide`` or guide, with its discrete
+        sites summed out) or ``"prior"``. The guide's density at arbitrary z is needed: a flow
+        without an inverse (planar, radial) works with ``"prior"`` only.
     """
 
-    def __init__(self, model, guide, *, start: str = "guide", data_plate: str | None = None,
-                 start_guide=None):
-        self.model, self.guide = model, guide
-        self.start, self.data_plate = _check_start(start), data_plate
-        self.start_guide = guide if start_guide is None else start_guide
+    def __init__(self, program: Program, *, start: str = "guide"):
+        self.model, self.guide, self.data_plate = program.model, program.guide, program.data_plate
+        self.start = checks.choice("AIS start", start, START_DISTRIBUTIONS)
+        self.start_guide = program.start_guide or program.guide
 
     def describe_start(self) -> str:
         if self.start == "prior":
@@ -352,15 +337,3 @@ class _ProgramDensity:
         u = self._draw(self.guide, num_samples)
         return u.mean(0), u.std(0)
 
-
-def target_for(vae, *, start: str = "guide"):
-    """The target of a model of this package: :class:`VAETarget` (the fast path) for the
-    one-layer :class:`~pyro_vae.VAE` without context, :class:`ProgramTarget` of its model and
-    guide otherwise (a :class:`~pyro_vae.HierarchicalVAE`, a VAE with context); a
-    hierarchical VAE with flows started at its guide anneals in the flows' input coordinates
-    (:class:`~pyro_vae.evaluation.flow_target.HierarchicalFlowTarget`)."""
-    if isinstance(vae, VAE) and not vae.context_dim:
-        return VAETarget(vae, start=start)
-    if getattr(vae, "flows", None) is not None and _check_start(start) == "guide":
-        return HierarchicalFlowTarget(vae)
-    return ProgramTarget(vae.model, vae.guide, start=start)

@@ -18,7 +18,7 @@ from types import MappingProxyType
 import torch
 from pyro import poutine
 
-from pyro_vae.model import modules_unregistered
+from pyro_vae.models.vae import modules_unregistered
 
 __all__ = ["Objective", "PyroObjective", "TorchObjective"]
 
@@ -86,7 +86,7 @@ class PyroObjective(Objective):
     def differentiable_loss(self, x, *, num_data=None) -> torch.Tensor:
         """The ELBO's differentiable loss. Its gradient reaches the VAE's parameters directly,
         so the model and guide skip registering their modules with Pyro's param store
-        (:func:`pyro_vae.model.modules_unregistered`), except for the JIT-compiled ELBOs,
+        (:func:`pyro_vae.models.vae.modules_unregistered`), except for the JIT-compiled ELBOs,
         which find their parameters there."""
         args, kwargs = self.arguments(x, num_data)
         with contextlib.nullcontext() if self.jit else modules_unregistered(self.vae):

@@ -19,17 +19,10 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.util import warn_if_nan
 
-from pyro_vae.errors import ConfigError
-from pyro_vae.objectives.iwae import IWAE_ELBO
-from pyro_vae.objectives.util import (
-    check_reparameterized,
-    importance_traces,
-    log_q_at_fixed_parameters,
-    sum_log_prob,
-)
+from pyro_vae.objectives.renyi import IWAE_ELBO
+from pyro_vae.objectives.util import particles, reweight_gradients
 
 __all__ = ["DReG_ELBO"]
 
@@ -72,61 +65,18 @@ class DReG_ELBO(IWAE_ELBO):
        the weights, also as there.
     """
 
-    def _particles(self, model, guide, args, kwargs):
-        """The traces of each particle (once, vectorized, or one by one), as
-        :meth:`pyro.infer.ELBO._get_traces` draws them, with this estimator's extras."""
-        if self.vectorize_particles:
-            if self.max_plate_nesting == float("inf"):
-                self._guess_max_plate_nesting(model, guide, args, kwargs)
-            model = self._vectorized_num_particles(model)
-            guide = self._vectorized_num_particles(guide)
-            yield self._particle(model, guide, args, kwargs)
-        else:
-            for _ in range(self.num_particles):
-                yield self._particle(model, guide, args, kwargs)
-
-    def _particle(self, model, guide, args, kwargs):
-        """One (or the vectorized) particle: log p(x, z) with the model run on views of the
-        guide's samples, log q(z|x), log q at fixed parameters, and the views, whose gradient
-        the hooks reweight: the log-densities ``(B,)`` (``(K, B)`` vectorized), nats."""
-        traces = importance_traces(model, guide, args, kwargs, self.max_plate_nesting,
-                                   views=True)
-        check_reparameterized(traces.guide, "dreg",
-                              " (use iwae, whose gradient has a score-function term)")
-        sum_dims = get_dependent_plate_dims(traces.model.nodes.values())
-        log_p = sum_log_prob(traces.model, sum_dims)
-        log_q = sum_log_prob(traces.guide, sum_dims)
-        log_q_fixed = sum(torch_sum(value, sum_dims) for value in
-                          log_q_at_fixed_parameters(guide, traces, args, kwargs).values())
-        return log_p, log_q, log_q_fixed, traces.views
+    name = "dreg"
 
     def _loss_and_surrogate_loss(self, model, guide, args, kwargs):
-        """−IWAE_K (scalar, summed over the batch) and the DReG surrogate loss."""
-        vectorized = self.vectorize_particles and self.num_particles > 1
-        log_p, log_q, log_q_fixed, views = [], [], [], []
-        for k, (log_p_k, log_q_k, fixed_k, views_k) in enumerate(
-                self._particles(model, guide, args, kwargs)):
-            log_p.append(log_p_k)
-            log_q.append(log_q_k)
-            log_q_fixed.append(fixed_k)
-            views.extend((None if vectorized else k, name, z) for name, z in views_k.items())
-        log_p, log_q, log_q_fixed = (
-            (t[0] if vectorized else torch.stack(t)) for t in (log_p, log_q, log_q_fixed)
-        )  # (K, B)
-        log_w = log_p - log_q
+        """−IWAE_K (scalar, summed over the batch) and the DReG surrogate loss: the model runs
+        on views of the guide's samples, whose gradient is reweighted by w̃ (class docstring)."""
+        p = particles(self, model, guide, args, kwargs, estimator=self.name, views=True,
+                      fixed=True)  # (K, B) each
+        log_w = p.log_p - p.log_q
         loss = -(torch.logsumexp(log_w, 0) - math.log(self.num_particles)).sum()
         weights = torch.softmax(log_w.detach(), 0)  # w̃, (K, B)
-        for k, name, z in views:
-            w = weights if k is None else weights[k]
-            if z.shape[: w.dim()] != w.shape:
-                raise ConfigError(
-                    f"the dreg estimator: latent site {name!r} has shape {tuple(z.shape)}, "
-                    f"which does not start with the log-weights' shape {tuple(w.shape)}"
-                )
-            if z.requires_grad:
-                w = w.reshape(w.shape + (1,) * (z.dim() - w.dim()))
-                z.register_hook(lambda grad, w=w: grad * w)
-        surrogate_loss = -((weights * log_p).sum() - (weights**2 * log_q_fixed).sum())
+        reweight_gradients(p.views, weights, self.name)
+        surrogate_loss = -((weights * p.log_p).sum() - (weights**2 * p.log_q_fixed).sum())
         warn_if_nan(loss, "loss")
         return loss, surrogate_loss
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pyro.infer
 
-__all__ = ["JitTraceMeanField_ELBO", "JitTrace_ELBO"]
+__all__ = ["CompiledMeanField_ELBO", "CompiledTrace_ELBO"]
 
 
-class JitTrace_ELBO(pyro.infer.JitTrace_ELBO):
+class CompiledTrace_ELBO(pyro.infer.JitTrace_ELBO):
     """:class:`pyro.infer.JitTrace_ELBO` with a corrected ``differentiable_loss``.
 
     .. warning:: In pyro-ppl 1.9.2, ``JitTrace_ELBO.differentiable_loss`` returns
@@ -26,7 +26,7 @@ class JitTrace_ELBO(pyro.infer.JitTrace_ELBO):
         return loss.detach() + (surrogate_loss - surrogate_loss.detach())
 
 
-class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
+class CompiledMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
     """:class:`pyro.infer.JitTraceMeanField_ELBO` that compiles once per distinct keyword
     arguments, as documented, instead of at every call.
 

@@ -11,7 +11,7 @@ from pyro.infer.util import check_fully_reparametrized, is_validation_enabled, t
 from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import kl_divergence
 
-__all__ = ["TraceMeanField_ELBO", "closed_form_kl_sites"]
+__all__ = ["MeanField_ELBO", "closed_form_kl_sites"]
 
 
 def _is_observed(name, site) -> bool:
@@ -61,7 +61,7 @@ def _closed_form_kl(guide_site, model_site):
         return None
 
 
-class TraceMeanField_ELBO(pyro.infer.TraceMeanField_ELBO):
+class MeanField_ELBO(pyro.infer.TraceMeanField_ELBO):
     """:class:`pyro.infer.TraceMeanField_ELBO` that takes the closed-form KL only where it is
     the ELBO's term, without the log-densities it computes and never uses: on the one-layer VAE
     the same loss and gradients, bit for bit, in less time per step (measured in

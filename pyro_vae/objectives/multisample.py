@@ -34,22 +34,12 @@ import math
 
 import pyro.infer
 import torch
-from pyro import poutine
-from pyro.infer.enum import get_importance_trace
-from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled, torch_sum
-from pyro.poutine.util import prune_subsample_sites
-from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape, warn_if_nan
+from pyro.util import warn_if_nan
 
-from pyro_vae.errors import ConfigError
-from pyro_vae.objectives.util import is_reparameterized, particle_log_weights
+from pyro_vae import checks
+from pyro_vae.objectives.util import particles, reweight_gradients
 
 __all__ = ["CIWAE_ELBO", "MIWAE_ELBO", "PIWAE_ELBO"]
-
-
-def _count(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 class _GroupedELBO(pyro.infer.ELBO):
@@ -60,25 +50,15 @@ class _GroupedELBO(pyro.infer.ELBO):
 
     def __init__(self, num_particles: int = 5, num_estimates: int = 1,
                  max_plate_nesting: int = 1):
-        k = _count("num_particles", num_particles)
-        m = _count("num_estimates", num_estimates)
-        super().__init__(num_particles=m * k, vectorize_particles=m * k > 1,
+        k = checks.integer("num_particles", num_particles)
+        m = checks.integer("num_estimates", num_estimates)
+        super().__init__(num_particles=m * k, vectorize_particles=True,
                          max_plate_nesting=max_plate_nesting)
         self.particles_per_estimate, self.num_estimates = k, m  # K and M
 
-    def _get_trace(self, model, guide, args, kwargs):
-        """The guide's trace and the model's replayed on it, as :class:`pyro.infer.RenyiELBO`
-        takes them."""
-        model_trace, guide_trace = get_importance_trace(
-            "flat", self.max_plate_nesting, model, guide, args, kwargs)
-        if is_validation_enabled():
-            check_if_enumerated(guide_trace)
-        return model_trace, guide_trace
-
     def log_weights(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """log p(x, z_mk) − log q(z_mk|x): ``(M, K, B)`` nats, differentiable."""
-        log_w = particle_log_weights(self, model, guide, args, kwargs,
-                                     reparameterized_for=self.name)
+        log_w = particles(self, model, guide, args, kwargs, estimator=self.name).log_w
         return log_w.reshape(self.num_estimates, self.particles_per_estimate, -1)
 
     def bound(self, model, guide, *args, **kwargs) -> torch.Tensor:
@@ -136,11 +116,8 @@ class CIWAE_ELBO(_GroupedELBO):
 
     def __init__(self, num_particles: int = 5, ciwae_beta: float = 0.5,
                  max_plate_nesting: int = 1):
-        if (isinstance(ciwae_beta, bool) or not isinstance(ciwae_beta, (int, float))
-                or not 0 <= ciwae_beta <= 1):
-            raise ConfigError(f"ciwae_beta must be a number in [0, 1], got {ciwae_beta!r}")
+        self.ciwae_beta = checks.number("ciwae_beta", ciwae_beta, low=0, high=1)
         super().__init__(num_particles, 1, max_plate_nesting)
-        self.ciwae_beta = float(ciwae_beta)
 
     def bound_of(self, log_w):
         log_w = log_w[0]  # (K, B)
@@ -171,53 +148,6 @@ class PIWAE_ELBO(_GroupedELBO):
     name = "piwae"
     MIN_SHARE = 1e-30  # smallest group share of the weight in a (see the class docstring)
 
-    def _get_trace(self, model, guide, args, kwargs):
-        """Pyro's importance trace, with the model replayed on views z′ of the guide's latent
-        samples (the hooks of the surrogate go on those views)."""
-        guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
-        replayed = guide_trace.copy()
-        for name, site in guide_trace.nodes.items():
-            if site["type"] == "sample" and not site["is_observed"]:
-                replayed.nodes[name] = dict(site, value=site["value"].view_as(site["value"]))
-        model_trace = poutine.trace(poutine.replay(model, trace=replayed),
-                                    graph_type="flat").get_trace(*args, **kwargs)
-        if is_validation_enabled():
-            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
-            check_if_enumerated(guide_trace)
-        guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(
-            model_trace)
-        model_trace.compute_log_prob()
-        guide_trace.compute_score_parts()
-        if is_validation_enabled():
-            for site in (*model_trace.nodes.values(), *guide_trace.nodes.values()):
-                if site["type"] == "sample":
-                    check_site_shape(site, self.max_plate_nesting)
-        return model_trace, guide_trace
-
-    def _particles(self, model, guide, args, kwargs):
-        """log p and log q ``(M·K, B)`` and the model's views z′ of the latent samples."""
-        log_p, log_q, views = [], [], []
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-            particle_p, particle_q, particle_views = 0.0, 0.0, []
-            for site in model_trace.nodes.values():
-                if site["type"] == "sample":
-                    particle_p = particle_p + torch_sum(site["log_prob"], sum_dims)
-                    if not site["is_observed"]:
-                        particle_views.append(site["value"])
-            for name, site in guide_trace.nodes.items():
-                if site["type"] == "sample":
-                    if not is_reparameterized(site):
-                        raise ConfigError(f"the piwae estimator needs reparameterized guide "
-                                          f"sites; {name!r} is not")
-                    particle_q = particle_q + torch_sum(site["log_prob"], sum_dims)
-            log_p.append(particle_p)
-            log_q.append(particle_q)
-            views.append(particle_views)
-        if self.vectorize_particles and self.num_particles > 1:
-            return log_p[0], log_q[0], views[0]
-        return torch.stack(log_p), torch.stack(log_q), [v for vs in views for v in vs]
-
     def bound(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """IWAE_MK per datapoint, ``(B,)`` nats, differentiable (the IWAE_MK gradient)."""
         return _iwae(self.log_weights(model, guide, *args, **kwargs), (0, 1))
@@ -228,26 +158,17 @@ class PIWAE_ELBO(_GroupedELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """−IWAE_MK summed over the minibatch; its gradient is PIWAE's (class docstring)."""
         m, k = self.num_estimates, self.particles_per_estimate
-        log_p, log_q, views = self._particles(model, guide, args, kwargs)  # (MK, B) each
-        log_w = (log_p - log_q).detach().reshape(m, k, -1)
+        p = particles(self, model, guide, args, kwargs, estimator=self.name, views=True)
+        log_w = (p.log_p - p.log_q).detach().reshape(m, k, -1)  # (M, K, B)
         total = torch.logsumexp(log_w, dim=(0, 1))  # (B,)
         groups = torch.logsumexp(log_w, dim=1, keepdim=True)  # (M, 1, B)
         within = torch.softmax(log_w, dim=1)  # w_mk / Σ_k w_mk
         share = (groups - total).exp().clamp_min(self.MIN_SHARE)  # c_m, (M, 1, B)
         a = (share * within).reshape(m * k, -1)
         b = (within / m).reshape(m * k, -1)
-        ratio = (1.0 / (m * share)).expand(m, k, -1).reshape(m * k, -1)  # b / a
-        vectorized = self.vectorize_particles and self.num_particles > 1
-        for z in views:
-            r = ratio if vectorized else ratio[0]
-            if z.shape[: r.dim()] != r.shape:
-                raise ConfigError(f"the piwae estimator: a latent site has shape "
-                                  f"{tuple(z.shape)}, which does not start with the "
-                                  f"log-weights' shape {tuple(r.shape)}")
-            if z.requires_grad:
-                r = r.reshape(r.shape + (1,) * (z.dim() - r.dim()))
-                z.register_hook(lambda grad, r=r: grad * r)
+        reweight_gradients(p.views, (1.0 / (m * share)).expand(m, k, -1).reshape(m * k, -1),
+                           self.name)  # b / a
         loss = -(total - math.log(m * k)).sum()
         warn_if_nan(loss, "loss")
-        surrogate = -(a * log_p).sum() + (b * log_q).sum()
+        surrogate = -(a * p.log_p).sum() + (b * p.log_q).sum()
         return loss + (surrogate - surrogate.detach())

@@ -1,45 +1,14 @@
 """One registry of estimators, by name; the command line (its choices and help), the
-benchmarks and the tests all take them from here, so a new estimator is one entry.
-
-=================  ==================================================================
-``trace``          :class:`pyro.infer.Trace_ELBO`: E_q[log p(x,z) − log q(z|x)], MC
-``meanfield``      :class:`pyro.infer.TraceMeanField_ELBO`: E_q[log p(x|z)] − KL, KL exact
-                   (:class:`~pyro_vae.objectives.TraceMeanField_ELBO`: the same numbers,
-                   less work per step)
-``jit-trace``      :class:`pyro.infer.JitTrace_ELBO` (fixed, see :mod:`.jit`)
-``jit-meanfield``  :class:`pyro.infer.JitTraceMeanField_ELBO`, compiled once
-``iwae``           :class:`pyro.infer.RenyiELBO` (α = 0): IWAE_K bound, K vectorized particles
-``analytic``       hand-written PyTorch, Kingma & Welling (2014) eq. 10, closed-form KL
-``mc``             hand-written PyTorch, −[log p(x,z) − log q(z|x)] on reparameterized samples
-``stl``            sticking the landing (Roeder et al. 2017): ``trace``'s loss, no score term
-``dreg``           doubly reparameterized IWAE_K gradient (Tucker et al. 2019)
-``renyi``          :class:`pyro.infer.RenyiELBO`, α in (0, 1): the VR_α bound (Li & Turner 2016)
-``rws``            :class:`pyro.infer.ReweightedWakeSleep`: wake-θ IWAE_K, wake-φ (Le et al. 2019)
-``miwae``          MIWAE(M, K): the mean of M IWAE_K bounds (Rainforth et al. 2018)
-``ciwae``          CIWAE(β) = β ELBO + (1 − β) IWAE_K on the same K samples (the same paper)
-``piwae``          PIWAE(M, K): θ on IWAE_MK, φ on MIWAE(M, K), the same samples (the same)
-=================  ==================================================================
+benchmarks, the tests and the tables of the documentation (:func:`estimator_table`,
+:func:`capability_table`) all take them from here, so a new estimator is one entry.
 
 Some take options (α, M, β), declared with their defaults and ranges (:class:`Option`):
 :func:`make_objective` takes them as keywords, :class:`~pyro_vae.config.TrainConfig` in its
 ``estimator_options`` and the command line as flags (``--alpha``, ``-M``, ``--ciwae-beta``).
 
-Not every estimator trains every model and guide (:class:`~pyro_vae.structure.Structure`);
-each says which it cannot train, and why, and :func:`make_objective` (and
-:meth:`pyro_vae.config.TrainConfig.validate`) refuse those at once:
-
-=================  =================  ==================  ==================================
-estimator          one-layer, IAF     hierarchical        why not
-=================  =================  ==================  ==================================
-``meanfield``      yes (Monte Carlo)  yes (KL: top only)
-``jit-meanfield``  yes (Monte Carlo)  no                  Pyro's class takes each layer's KL
-``analytic``       no                 yes                 written for Gaussian guides
-``mc``             no                 yes                 written for Gaussian guides
-``stl``            no (cost)          yes (guide twice)   log q at fixed parameters
-``dreg``           no (cost)          yes (guide twice)   the same
-``rws``            no (cost)          yes                 wake-φ: log q at fixed samples
-others             yes                yes
-=================  =================  ==================  ==================================
+Not every estimator trains every model: each says which it cannot train, and why, from the
+model's :class:`~pyro_vae.models.Capabilities`, and :func:`make_objective` (and
+:meth:`pyro_vae.config.TrainConfig.validate`) refuse those at once.
 """
 
 from __future__ import annotations
@@ -50,22 +19,22 @@ from dataclasses import dataclass
 
 import pyro.infer
 
-from pyro_vae import losses
+from pyro_vae import checks, losses
 from pyro_vae.errors import ConfigError
+from pyro_vae.models.interface import Capabilities
 from pyro_vae.objectives.base import Objective, PyroObjective, TorchObjective
 from pyro_vae.objectives.dreg import DReG_ELBO
-from pyro_vae.objectives.iwae import IWAE_ELBO
-from pyro_vae.objectives.jit import JitTrace_ELBO, JitTraceMeanField_ELBO
-from pyro_vae.objectives.meanfield import TraceMeanField_ELBO
+from pyro_vae.objectives.jit import CompiledMeanField_ELBO, CompiledTrace_ELBO
+from pyro_vae.objectives.meanfield import MeanField_ELBO
 from pyro_vae.objectives.multisample import CIWAE_ELBO, MIWAE_ELBO, PIWAE_ELBO
 from pyro_vae.objectives.options import Option
-from pyro_vae.objectives.renyi import Renyi_ELBO
+from pyro_vae.objectives.renyi import IWAE_ELBO, VR_ELBO
 from pyro_vae.objectives.rws import MIN_PARTICLES_REASON, RWS_ELBO, RWSObjective
 from pyro_vae.objectives.stl import STL_ELBO
-from pyro_vae.structure import Structure
 
-__all__ = ["ESTIMATORS", "Bound", "Estimator", "Option", "check_compatible", "estimator_options",
-           "get_estimator", "make_objective", "register"]
+__all__ = ["ESTIMATORS", "Bound", "Estimator", "Option", "capability_table", "check_compatible",
+           "estimator_options", "estimator_table", "get_estimator", "make_objective",
+           "register"]
 
 
 class Bound(enum.Enum):
@@ -94,22 +63,22 @@ class Bound(enum.Enum):
         return name if beta == 1 else f"beta-{name}"
 
 
-def _trains_all(structure: Structure) -> None:
+def _trains_all(capabilities: Capabilities) -> None:
     return None
 
 
 @dataclass(frozen=True, kw_only=True)
 class Estimator:
     """A named estimator: ``build(vae, num_particles, **options)`` returns its
-    :class:`Objective`; ``refuses(structure)`` says why it cannot train a model and guide of
-    that :class:`~pyro_vae.structure.Structure` (``None``: it can)."""
+    :class:`Objective`; ``refuses(capabilities)`` says why it cannot train a model of those
+    :class:`~pyro_vae.models.Capabilities` (``None``: it can)."""
 
     name: str
     summary: str  # one line, for the command line's help
     bound: Bound
     build: Callable[..., Objective]
     default_num_particles: int = 1
-    refuses: Callable[[Structure], str | None] = _trains_all
+    refuses: Callable[[Capabilities], str | None] = _trains_all
     options: tuple[Option, ...] = ()  # what build takes besides K, with defaults and ranges
     min_particles: int = 1  # the smallest K it trains with ...
     min_particles_reason: str = ""  # ... and why
@@ -119,8 +88,7 @@ class Estimator:
         """K (the default if ``None``) and every option's value (the default where not given),
         checked; :class:`ConfigError` names a bad one, or an option this estimator lacks."""
         k = self.default_num_particles if num_particles is None else num_particles
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            raise ConfigError(f"num_particles must be a positive integer, got {k!r}")
+        checks.integer("num_particles", k)
         if k < self.min_particles:
             raise ConfigError(f"the {self.name} estimator needs num_particles (-K) >= "
                               f"{self.min_particles}, got {k}: {self.min_particles_reason}")
@@ -186,24 +154,24 @@ def get_estimator(name: str) -> Estimator:
         ) from None
 
 
-def check_compatible(name: str, structure: Structure | None) -> None:
-    """Raise :class:`ConfigError` if estimator ``name`` cannot train a model and guide of this
-    ``structure``, naming both and saying why (``None``: a program it knows nothing of)."""
-    estimator = get_estimator(name)
-    reason = None if structure is None else estimator.refuses(structure)
+def check_compatible(name: str, capabilities: Capabilities) -> None:
+    """Raise :class:`ConfigError` if estimator ``name`` cannot train a model of these
+    ``capabilities``, naming both and saying why."""
+    reason = get_estimator(name).refuses(capabilities)
     if reason is not None:
-        raise ConfigError(f"the {name} estimator cannot train {structure.describe()}: "
+        raise ConfigError(f"the {name} estimator cannot train {capabilities.describe()}: "
                           f"{reason}")
 
 
 def make_objective(name: str, vae, *, num_particles: int | None = None, **options
                    ) -> Objective:
-    """Bind estimator ``name`` to ``vae`` with ``num_particles`` samples per datapoint
-    (default: the estimator's own, 1 for the ELBOs and 5 for the multi-sample bounds) and its
-    ``options`` (e.g. ``alpha=0.2`` for ``renyi``; the defaults where not given); a model it
-    cannot train is refused (:func:`check_compatible`), as are a bad option or K."""
+    """Bind estimator ``name`` to ``vae`` (a :class:`~pyro_vae.models.VAEModel`) with
+    ``num_particles`` samples per datapoint (default: the estimator's own, 1 for the ELBOs and
+    5 for the multi-sample bounds) and its ``options`` (e.g. ``alpha=0.2`` for ``renyi``; the
+    defaults where not given); a model it cannot train is refused (:func:`check_compatible`),
+    as are a bad option or K."""
     estimator = get_estimator(name)
-    check_compatible(name, getattr(vae, "structure", None))
+    check_compatible(name, vae.capabilities)
     k, options = estimator.resolve(num_particles, options)
     return estimator.build(vae, k, **options)
 
@@ -227,7 +195,7 @@ def _torch(name: str, loss_fn) -> Callable[..., Objective]:
 
 
 def _renyi(vae, k, *, alpha: float) -> Objective:
-    return PyroObjective("renyi", vae, Renyi_ELBO(alpha=alpha, num_particles=k),
+    return PyroObjective("renyi", vae, VR_ELBO(alpha=alpha, num_particles=k),
                          options={"alpha": alpha})
 
 
@@ -259,11 +227,14 @@ CIWAE_BETA = Option(name="ciwae_beta", flags=("--ciwae-beta",), metavar="BETA", 
 # --- what each estimator cannot train, and why ---------------------------------------------
 
 
-def _gaussian_guides_only(structure: Structure) -> str | None:
-    if structure.flow is None:
-        return None
-    return ("the hand-written baselines write q's log-density as a diagonal Gaussian's, and a "
-            "flow guide's is not one; use trace, meanfield or iwae")
+def _hand_written(capabilities: Capabilities) -> str | None:
+    if not capabilities.layered:
+        return ("the hand-written baselines are written for pyro_vae.VAE's chain of Gaussian "
+                "networks; use a Pyro estimator: trace, meanfield or iwae")
+    if capabilities.flow is not None:
+        return ("the hand-written baselines write q's log-density as a diagonal Gaussian's, "
+                "and a flow guide's is not one; use trace, meanfield or iwae")
+    return None
 
 
 _INVERTING_THE_FLOW = ("it needs log q(z|x) at the sampled z with q's parameters held fixed, "
@@ -272,20 +243,20 @@ _INVERTING_THE_FLOW = ("it needs log q(z|x) at the sampled z with q's parameters
                        "trace, meanfield or iwae")
 
 
-def _refuses_flows(structure: Structure) -> str | None:
-    return _INVERTING_THE_FLOW if structure.flow is not None else None
+def _refuses_flows(capabilities: Capabilities) -> str | None:
+    return _INVERTING_THE_FLOW if capabilities.flow is not None else None
 
 
-def _rws_refuses(structure: Structure) -> str | None:
-    if structure.flow is None:
+def _rws_refuses(capabilities: Capabilities) -> str | None:
+    if capabilities.flow is None:
         return None
     return ("its wake-phi gradient is grad log q(z|x) at samples held fixed, and log q of a "
             "fixed z under an inverse autoregressive flow means inverting it: one network pass "
             "per latent dimension and flow layer at every step; use iwae, miwae or piwae")
 
 
-def _every_layers_kl(structure: Structure) -> str | None:
-    if not structure.hierarchical:
+def _every_layers_kl(capabilities: Capabilities) -> str | None:
+    if capabilities.layers == 1:
         return None
     return ("Pyro's JitTraceMeanField_ELBO takes the closed-form KL at every layer, but the "
             "guide draws z_2 after z_1 and from it, so KL(q(z_1|x) || p(z_1|z_2)) is not the "
@@ -298,22 +269,22 @@ for _estimator in (
               bound=Bound.ELBO, build=_pyro_elbo("trace", pyro.infer.Trace_ELBO)),
     Estimator(name="meanfield", summary="Pyro TraceMeanField_ELBO: E_q[log p(x|z)] - "
               "KL(q||p(z)), KL in closed form where it is the ELBO's term", bound=Bound.ELBO,
-              build=_pyro_elbo("meanfield", TraceMeanField_ELBO)),
+              build=_pyro_elbo("meanfield", MeanField_ELBO)),
     Estimator(name="jit-trace", summary="Pyro JitTrace_ELBO (torch.jit-compiled trace)",
-              bound=Bound.ELBO, build=_pyro_elbo("jit-trace", JitTrace_ELBO, jit=True)),
+              bound=Bound.ELBO, build=_pyro_elbo("jit-trace", CompiledTrace_ELBO, jit=True)),
     Estimator(name="jit-meanfield", summary="Pyro JitTraceMeanField_ELBO (torch.jit-compiled "
               "meanfield; one stochastic layer)", bound=Bound.ELBO,
-              build=_pyro_elbo("jit-meanfield", JitTraceMeanField_ELBO, jit=True),
+              build=_pyro_elbo("jit-meanfield", CompiledMeanField_ELBO, jit=True),
               refuses=_every_layers_kl),
     Estimator(name="iwae", summary="Pyro RenyiELBO(alpha=0): IWAE_K bound, K vectorized "
               "particles", bound=Bound.IWAE_K, build=_iwae("iwae", IWAE_ELBO),
               default_num_particles=5),
     Estimator(name="analytic", summary="hand-written PyTorch: -E_q[log p(x|z)] + closed-form "
               "Gaussian KL", bound=Bound.ELBO, build=_torch("analytic", losses.analytic_loss),
-              refuses=_gaussian_guides_only),
+              refuses=_hand_written),
     Estimator(name="mc", summary="hand-written PyTorch: -[log p(x,z) - log q(z|x)] on "
               "reparameterized samples", bound=Bound.ELBO, build=_torch("mc", losses.mc_loss),
-              refuses=_gaussian_guides_only),
+              refuses=_hand_written),
     Estimator(name="stl", summary="sticking the landing (Roeder et al. 2017): Trace_ELBO "
               "without q's score term", bound=Bound.ELBO, build=_pyro_elbo("stl", STL_ELBO),
               refuses=_refuses_flows),
@@ -341,3 +312,49 @@ for _estimator in (
               options=(NUM_ESTIMATES,)),
 ):
     register(_estimator)
+
+
+# --- the tables of the documentation, generated ---------------------------------------------
+
+# The models of the capability table: one column each.
+TABLE_MODELS = {
+    "one layer": Capabilities(layered=True, closed_form_kl_sites=("z",)),
+    "one layer, IAF": Capabilities(flow="iaf", flow_layers=2, layered=True),
+    "two layers": Capabilities(layers=2, layered=True, closed_form_kl_sites=("z2",)),
+    "two layers, IAF": Capabilities(layers=2, flow="iaf", flow_layers=2, layered=True),
+    "a model of one's own": Capabilities(),
+}
+
+
+def estimator_table() -> str:
+    """The registry as a Markdown table: name, what −loss estimates (:class:`Bound`), how,
+    its default K and its options (the README holds a copy; a test checks they agree)."""
+    rows = ["| name | what −loss estimates | how | default K | options |",
+            "| --- | --- | --- | --- | --- |"]
+    for name, e in ESTIMATORS.items():
+        options = ", ".join(f"`{o.flags[0]}` (default {o.default:g})" for o in e.options)
+        rows.append(f"| `{name}` | {e.bound.value} | {_cell(e.summary)} | "
+                    f"{e.default_num_particles} | {options or '–'} |")
+    return "\n".join(rows)
+
+
+def capability_table() -> str:
+    """Which estimator trains which model, as a Markdown table: ``yes``, or ``no`` with a
+    note that gives the reason (the text of the estimator's error)."""
+    rows = ["| estimator | " + " | ".join(TABLE_MODELS) + " |",
+            "| --- |" + " --- |" * len(TABLE_MODELS)]
+    reasons: list[str] = []
+    for name, e in ESTIMATORS.items():
+        cells = []
+        for capabilities in TABLE_MODELS.values():
+            reason = e.refuses(capabilities)
+            if reason is not None and reason not in reasons:
+                reasons.append(reason)
+            cells.append("yes" if reason is None else f"no ({reasons.index(reason) + 1})")
+        rows.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    notes = [f"{i}. {_cell(reason)}." for i, reason in enumerate(reasons, 1)]
+    return "\n".join([*rows, "", *notes])
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")

@@ -27,12 +27,14 @@ import math
 import pyro.infer
 import torch
 from pyro.infer.enum import get_importance_trace
-from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled, torch_sum
+from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled
 from pyro.poutine.messenger import Messenger
 from pyro.util import check_if_enumerated, warn_if_nan
 
+from pyro_vae import checks
 from pyro_vae.errors import ConfigError
 from pyro_vae.objectives.base import PyroObjective
+from pyro_vae.objectives.util import sum_log_prob
 
 __all__ = ["RWS_ELBO", "RWSObjective"]
 
@@ -84,8 +86,7 @@ class RWS_ELBO(pyro.infer.ReweightedWakeSleep):
     """
 
     def __init__(self, num_particles: int = 5, max_plate_nesting: int = 1):
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or \
-                num_particles < 2:
+        if checks.integer("num_particles", num_particles) < 2:
             raise ConfigError(f"the rws estimator needs num_particles >= 2, got "
                               f"{num_particles!r}: {MIN_PARTICLES_REASON}")
         super().__init__(num_particles=num_particles, insomnia=1.0, vectorize_particles=True,
@@ -103,11 +104,7 @@ class RWS_ELBO(pyro.infer.ReweightedWakeSleep):
         """log p_θ(x, z_k) and log q_φ(z_k|x) at the detached samples: ``(K, B)`` nats each."""
         (model_trace, guide_trace), = self._get_traces(model, guide, args, kwargs)
         sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-        log_p = sum(torch_sum(site["log_prob"], sum_dims) for site in model_trace.nodes.values()
-                    if site["type"] == "sample")
-        log_q = sum(torch_sum(site["log_prob"], sum_dims) for site in guide_trace.nodes.values()
-                    if site["type"] == "sample")
-        return log_p, log_q
+        return sum_log_prob(model_trace, sum_dims), sum_log_prob(guide_trace, sum_dims)
 
     def _loss(self, model, guide, args, kwargs):
         """(wake-θ loss, wake-φ loss), tensors: see the class docstring."""

@@ -1,11 +1,12 @@
-"""Pieces that several objectives share: per-particle log-weights from a pair of Pyro traces,
-and the guide's log-density with its parameters held fixed (the path-derivative trick).
+"""Pieces that several objectives share: the per-particle log-densities of K vectorized particles,
+the guide's log-density with its parameters held fixed (the path-derivative trick), and the
+gradient reweighting of the latent samples that DReG and PIWAE use.
 
     log w_k = log p(x, z_k) − log q(z_k|x),   z_k ~ q(z|x),
 
 summed over every sample site of the model (latent and observed) and every sample site of the
 guide, per datapoint: the weight of importance sampling with the guide as proposal, which the
-IWAE bound, the DReG gradient and the generic log p(x) estimate all start from.
+IWAE and Rényi bounds, the multi-sample bounds, DReG and RWS all start from.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from pyro import poutine
 from pyro.distributions.util import detach, is_identically_zero, scale_and_mask
 from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled, torch_sum
 from pyro.poutine.util import prune_subsample_sites
-from pyro.util import check_model_guide_match
+from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape
 
 from pyro_vae.errors import ConfigError
 
-__all__ = ["ImportanceTraces", "check_reparameterized", "importance_traces",
-           "is_reparameterized", "log_prob_stop_q", "log_q_at_fixed_parameters",
-           "particle_log_weights", "sum_log_prob", "trace_log_weight"]
+__all__ = ["ImportanceTraces", "Particles", "check_reparameterized", "importance_traces",
+           "is_reparameterized", "log_prob_stop_q", "log_q_at_fixed_parameters", "particles",
+           "reweight_gradients", "sum_log_prob", "trace_log_weight"]
 
 
 def trace_log_weight(model_trace, guide_trace) -> torch.Tensor:
@@ -43,31 +44,100 @@ def sum_log_prob(trace, sum_dims) -> torch.Tensor:
     return total
 
 
-def particle_log_weights(elbo, model, guide, args, kwargs, *,
-                         reparameterized_for: str | None = None) -> torch.Tensor:
-    """log p(x, z_k) − log q(z_k|x) of each of ``elbo.num_particles`` particles drawn by the
-    ELBO's traces (vectorized or not): ``(K, B)`` nats, differentiable.
+class ImportanceTraces(NamedTuple):
+    """One (vectorized) particle's traces: the guide's as run (its plates' indices too, for
+    replaying it), the model's run against it and the guide's without the plates' indices
+    (``log_prob`` and ``score_parts`` computed), and the views of the samples that the model
+    was given."""
 
-    :param reparameterized_for: an estimator's name: raise :class:`ConfigError` naming it if a
-        latent site of the guide is not reparameterized (its gradient would need a score term).
-    """
-    per_particle = []
-    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
-        if reparameterized_for is not None:
-            check_reparameterized(guide_trace, reparameterized_for)
-        per_particle.append(trace_log_weight(model_trace, guide_trace))
-    if elbo.vectorize_particles and elbo.num_particles > 1:
-        return per_particle[0]
-    return torch.stack(per_particle)
+    full_guide: poutine.Trace
+    model: poutine.Trace
+    guide: poutine.Trace
+    views: dict[str, torch.Tensor]
 
 
-def check_reparameterized(guide_trace, estimator: str, hint: str = "") -> None:
-    """Raise :class:`ConfigError` naming ``estimator`` (and ending with ``hint``) if a sample
-    site of the guide is not reparameterized."""
-    for name, site in guide_trace.nodes.items():
-        if site["type"] == "sample" and not is_reparameterized(site):
+def importance_traces(model, guide, args, kwargs, max_plate_nesting: int, *,
+                      views: bool = False) -> ImportanceTraces:
+    """Pyro's ``get_importance_trace("flat", ...)``, keeping the guide's full trace; with
+    ``views``, the model runs on a view of each latent sample (the same values, a tensor of its
+    own, on which a gradient hook sees only what flows back from the model)."""
+    full = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
+    guide_trace = prune_subsample_sites(full)
+    values = {name: site["value"].view_as(site["value"])
+              for name, site in _latent_sites(guide_trace)} if views else {}
+    model_trace = poutine.trace(poutine.replay(model, trace=with_values(full, values)),
+                                graph_type="flat").get_trace(*args, **kwargs)
+    if is_validation_enabled():
+        check_model_guide_match(model_trace, full, max_plate_nesting)
+        check_if_enumerated(guide_trace)
+    model_trace = prune_subsample_sites(model_trace)
+    model_trace.compute_log_prob()
+    guide_trace.compute_score_parts()
+    if is_validation_enabled():
+        for site in (*model_trace.nodes.values(), *guide_trace.nodes.values()):
+            if site["type"] == "sample":
+                check_site_shape(site, max_plate_nesting)
+    return ImportanceTraces(full, model_trace, guide_trace, values)
+
+
+class Particles(NamedTuple):
+    """K particles per datapoint, drawn vectorized: log-densities ``(K, B)`` nats."""
+
+    log_p: torch.Tensor  # log p(x, z_k)
+    log_q: torch.Tensor  # log q(z_k|x)
+    log_q_fixed: torch.Tensor | None  # log q(z_k|x) with q's parameters held fixed, if asked
+    views: dict[str, torch.Tensor]  # the model's views of the latent samples, if asked
+
+    @property
+    def log_w(self) -> torch.Tensor:
+        """log w_k = log p(x, z_k) − log q(z_k|x)."""
+        return self.log_p - self.log_q
+
+
+def particles(elbo, model, guide, args, kwargs, *, estimator: str, views: bool = False,
+              fixed: bool = False) -> Particles:
+    """``elbo.num_particles`` particles of ``model`` and ``guide``, vectorized in a plate left
+    of the program's (Pyro's ``vectorize_particles``), with every latent site of the guide
+    reparameterized (else :class:`ConfigError` naming ``estimator``): their log-densities, and
+    with ``fixed`` log q at fixed parameters (:func:`log_q_at_fixed_parameters`), with
+    ``views`` the model run on views of the samples (:func:`importance_traces`)."""
+    if elbo.max_plate_nesting == float("inf"):
+        elbo._guess_max_plate_nesting(model, guide, args, kwargs)
+    model = elbo._vectorized_num_particles(model)
+    guide = elbo._vectorized_num_particles(guide)
+    traces = importance_traces(model, guide, args, kwargs, elbo.max_plate_nesting, views=views)
+    check_reparameterized(traces.guide, estimator)
+    sum_dims = get_dependent_plate_dims(traces.model.nodes.values())
+    log_q_fixed = None
+    if fixed:
+        log_q_fixed = sum(torch_sum(value, sum_dims) for value in
+                          log_q_at_fixed_parameters(guide, traces, args, kwargs).values())
+    return Particles(sum_log_prob(traces.model, sum_dims), sum_log_prob(traces.guide, sum_dims),
+                     log_q_fixed, traces.views)
+
+
+def reweight_gradients(views: dict[str, torch.Tensor], weights: torch.Tensor,
+                       estimator: str) -> None:
+    """Multiply the gradient that reaches each latent sample's view by ``weights`` ``(K, B)``
+    (a tensor hook; the values are untouched), so that every path from the model back through
+    the sample is reweighted once."""
+    for name, z in views.items():
+        if z.shape[: weights.dim()] != weights.shape:
+            raise ConfigError(f"the {estimator} estimator: latent site {name!r} has shape "
+                              f"{tuple(z.shape)}, which does not start with the log-weights' "
+                              f"shape {tuple(weights.shape)}")
+        if z.requires_grad:
+            w = weights.reshape(weights.shape + (1,) * (z.dim() - weights.dim()))
+            z.register_hook(lambda grad, w=w: grad * w)
+
+
+def check_reparameterized(guide_trace, estimator: str) -> None:
+    """Raise :class:`ConfigError` naming ``estimator`` if a latent site of the guide is not
+    reparameterized (its gradient would need a score-function term)."""
+    for name, site in _latent_sites(guide_trace):
+        if not is_reparameterized(site):
             raise ConfigError(f"the {estimator} estimator needs reparameterized guide sites; "
-                              f"{name!r} is not{hint}")
+                              f"{name!r} is not")
 
 
 def log_prob_stop_q(site: dict) -> torch.Tensor:
@@ -85,36 +155,6 @@ def is_reparameterized(site: dict) -> bool:
     """Whether a guide sample site's gradient flows through its value (``rsample``)."""
     _, score_function, entropy_term = site["score_parts"]
     return is_identically_zero(score_function) and not is_identically_zero(entropy_term)
-
-
-class ImportanceTraces(NamedTuple):
-    """One particle's traces: the guide's as run (its plates' indices too, for replaying it),
-    the model's run against it and the guide's without the plates' indices (``log_prob`` and
-    ``score_parts`` computed), and the views of the samples that the model was given."""
-
-    full_guide: poutine.Trace
-    model: poutine.Trace
-    guide: poutine.Trace
-    views: dict[str, torch.Tensor]
-
-
-def importance_traces(model, guide, args, kwargs, max_plate_nesting: int, *,
-                      views: bool = False) -> ImportanceTraces:
-    """Pyro's ``get_importance_trace("flat", ...)``, keeping the guide's full trace; with
-    ``views``, the model runs on a view of each latent sample (the same values, a tensor of its
-    own, on which a gradient hook sees only what flows back from the model)."""
-    full = poutine.trace(guide).get_trace(*args, **kwargs)
-    guide_trace = prune_subsample_sites(full)
-    values = {name: site["value"].view_as(site["value"])
-              for name, site in _latent_sites(guide_trace)} if views else {}
-    model_trace = poutine.trace(poutine.replay(model, trace=with_values(full, values))
-                                ).get_trace(*args, **kwargs)
-    if is_validation_enabled():
-        check_model_guide_match(model_trace, full, max_plate_nesting)
-    model_trace = prune_subsample_sites(model_trace)
-    model_trace.compute_log_prob()
-    guide_trace.compute_score_parts()
-    return ImportanceTraces(full, model_trace, guide_trace, values)
 
 
 def log_q_at_fixed_parameters(guide, traces: ImportanceTraces, args, kwargs

@@ -12,7 +12,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pyro_vae.checkpoint import atomic_write_bytes
+from pyro_vae.files import atomic_write_bytes
 
 _DPI = 100
 

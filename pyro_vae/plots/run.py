@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.config import load_data
+from pyro_vae.build import load_data
 from pyro_vae.data import PreparedData
 from pyro_vae.plots.canvas import device_of
 from pyro_vae.plots.curves import plot_learning_curves, plot_log_px_vs_k, plot_pareto_k

@@ -39,15 +39,17 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.checkpoint import atomic_write_json, read_checkpoint, save_checkpoint
-from pyro_vae.config import TrainConfig, build_vae
+from pyro_vae.build import build_vae, check_device
+from pyro_vae.config import TrainConfig
 from pyro_vae.errors import CheckpointError, DataError, RunFolderError
+from pyro_vae.files import atomic_write_json, read_torch_file, save_torch_file
 from pyro_vae.runs.migrations import (
-    migrate_checkpoint_v1,
+    migrate_checkpoint,
     migrate_evaluation_v1,
     migrate_metrics_v1,
 )
 from pyro_vae.runs.schema import (
+    CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     EVALUATION_SCHEMA,
     EVALUATION_VERSION,
@@ -207,7 +209,9 @@ class RunFolder:
         ``checkpoint.prev.pt``: at every moment both files are whole."""
         if self.checkpoint.exists():
             _keep_previous(self.checkpoint, self.previous_checkpoint)
-        save_checkpoint(self.checkpoint, checkpoint.to_dict())
+        save_torch_file(self.checkpoint, {"format": CHECKPOINT_FORMAT,
+                                          "format_version": CHECKPOINT_VERSION,
+                                          **checkpoint.to_dict()})
 
     def load_checkpoint(self, *, map_location="cpu") -> Checkpoint:
         """The verified checkpoint; a damaged one's error says how to recover the previous."""
@@ -307,14 +311,20 @@ def _read_holder(fd: int) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> Checkpoint:
-    """Read, migrate and verify the checkpoint at ``path`` (a file, or a run folder)."""
+    """Read, migrate and verify the checkpoint at ``path`` (a file, or a run folder), its
+    tensors on ``map_location`` (the CPU: a run trained on a GPU loads anywhere)."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
-    raw = read_checkpoint(path, map_location=map_location)
+    raw = read_torch_file(path, map_location=map_location)
+    if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
+        found = (f"a dict with keys {sorted(map(str, raw))[:6]}" if isinstance(raw, dict)
+                 else f"a {type(raw).__name__}")
+        raise CheckpointError(f"{path}: not a pyro_vae checkpoint: expected a dict tagged "
+                              f"format={CHECKPOINT_FORMAT!r}, found {found}")
     version = raw.get("format_version")
-    if version == 1:
-        raw = migrate_checkpoint_v1(raw, path)
+    if version in (1, 2):
+        raw = migrate_checkpoint(raw, path)
     elif version != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version!r}; this pyro_vae "
                               f"reads versions 1 to {CHECKPOINT_VERSION}")
@@ -322,9 +332,11 @@ def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> Checkpoin
 
 
 def vae_from_checkpoint(checkpoint: Checkpoint, *, device="cpu"):
-    """``(vae, checkpoint)``: the checkpoint's VAE, with β = 1, in eval mode, on ``device``."""
+    """``(vae, checkpoint)``: the checkpoint's model, with β = 1, in eval mode, on ``device``
+    (whatever device it was trained on)."""
+    device = check_device(device)
     with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten anyway
-        vae = build_vae(checkpoint.config, checkpoint.x_dim)
+        vae = build_vae(checkpoint.config, checkpoint.x_dim, checkpoint.image_shape)
     vae.load_state_dict(checkpoint.model_state)
     vae.beta = 1.0
     return vae.to(device).eval(), checkpoint

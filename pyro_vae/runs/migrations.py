@@ -1,37 +1,39 @@
-"""Explicit migrations of the files written by pyro_vae 0.1 (format version 1) to the current
-schemas (:mod:`.schema`). Readers accept the current version, and version 1 only through these.
+"""Explicit migrations of older files to the current schemas (:mod:`.schema`). Readers accept
+the current version, and older ones only through these, one version at a time.
+
+Version 1 (pyro_vae 0.1) → 2:
 
 - checkpoints: Pyro's per-parameter optimizer states (Pyro estimators) or torch Adam's (the
   others) under ``optimizer_state`` became one torch Adam state under ``trainer_state``;
 - per-epoch records: ``train_elbo`` (which held IWAE_K or a β-weighted ELBO too) became
   ``train_objective_nats``, and ``IWAE_K`` names its K (``IWAE_5``);
 - ``evaluation.json`` got its schema fields and ``"method": "is"``.
+
+Checkpoint version 2 (pyro_vae 0.2) → 3: one VAE class for every number of layers, whose
+networks sit in lists, so that a one-layer model's ``encoder.*`` weights became
+``encoders.0.*`` and ``flow.*`` became ``flows.0.*`` (the parameters keep their order, so the
+optimizer state is unchanged).
 """
 
 from __future__ import annotations
 
 import torch
 
-from pyro_vae.config import TrainConfig, build_vae
-from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.build import build_vae
+from pyro_vae.checks import is_int
+from pyro_vae.config import TrainConfig
+from pyro_vae.errors import ConfigError
+from pyro_vae.models import PRESETS, get_preset
 from pyro_vae.objectives import get_estimator
 from pyro_vae.runs.schema import (
-    CHECKPOINT_VERSION,
     EVALUATION_SCHEMA,
     EVALUATION_VERSION,
     METRICS_SCHEMA,
     METRICS_VERSION,
+    bad_entry,
 )
 
-__all__ = ["migrate_checkpoint_v1", "migrate_evaluation_v1", "migrate_metrics_v1"]
-
-
-def _bad(path, entry: str, what: str) -> CheckpointError:
-    return CheckpointError(f"{path}: damaged checkpoint: {entry} {what}")
-
-
-def _is_int(value, low: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+__all__ = ["migrate_checkpoint", "migrate_evaluation_v1", "migrate_metrics_v1"]
 
 
 def _objective_label(config: dict, label: str) -> str:
@@ -39,7 +41,7 @@ def _objective_label(config: dict, label: str) -> str:
     if "IWAE_K" not in label:
         return label
     k = config.get("num_particles")
-    if not _is_int(k, 1):
+    if not is_int(k, 1):
         k = get_estimator(config.get("estimator")).default_num_particles
     return label.replace("IWAE_K", f"IWAE_{k}")
 
@@ -69,13 +71,34 @@ def migrate_evaluation_v1(document: dict) -> dict:
             **document}
 
 
-def migrate_checkpoint_v1(raw: dict, path) -> dict:
+def migrate_checkpoint(raw: dict, path) -> dict:
+    """``raw`` of format version 1 or 2 brought to version 3 (the module docstring)."""
+    if raw.get("format_version") == 1:
+        raw = _checkpoint_v1_to_v2(raw, path)
+    return _checkpoint_v2_to_v3(raw)
+
+
+def _checkpoint_v2_to_v3(raw: dict) -> dict:
+    """A one-layer model's ``encoder.*`` and ``flow.*`` weights → ``encoders.0.*``,
+    ``flows.0.*``."""
+    config, state = raw.get("config"), raw.get("model_state")
+    preset = config.get("preset") if isinstance(config, dict) else None
+    one_layer = preset not in PRESETS or get_preset(preset).stochastic_layers == 1
+    if one_layer and isinstance(state, dict):
+        renames = (("encoder.", "encoders.0."), ("flow.", "flows.0."))
+        state = {next((new + k[len(old):] for old, new in renames
+                       if isinstance(k, str) and k.startswith(old)), k): v
+                 for k, v in state.items()}
+    return {**raw, "model_state": state, "format_version": 3}
+
+
+def _checkpoint_v1_to_v2(raw: dict, path) -> dict:
     """Version 1 kept Pyro's per-parameter optimizer states for Pyro estimators (one torch
     Adam state dict per param-store name) and torch Adam's for the others, under
     ``optimizer_state``; version 2 keeps one torch Adam state for every run, under
     ``trainer_state``, and names IWAE's K in the history."""
     out = {k: v for k, v in raw.items() if k != "optimizer_state"}
-    out["format_version"] = CHECKPOINT_VERSION
+    out["format_version"] = 2
     config = raw.get("config") if isinstance(raw.get("config"), dict) else {}
     if isinstance(raw.get("history"), list):
         out["history"] = [_migrate_record_v1(r, config) for r in raw["history"]]
@@ -87,30 +110,31 @@ def migrate_checkpoint_v1(raw: dict, path) -> dict:
 
 def _migrate_optimizer_state(state, raw: dict, path) -> dict:
     if not isinstance(state, dict):
-        raise _bad(path, "entry optimizer_state", "is not a dict")
+        raise bad_entry(path, "entry optimizer_state", "is not a dict")
     if "state" in state and "param_groups" in state:  # torch Adam (hand-written or DDP)
         adam = {k: v for k, v in state.items() if k != "distributed_steps"}
         steps = state.get("distributed_steps")
-        return {"adam": adam, "steps": steps if _is_int(steps) else _adam_steps(adam)}
+        return {"adam": adam, "steps": steps if is_int(steps, 0) else _adam_steps(adam)}
     # Pyro's: {"encoder$$$body.0.weight": one-parameter Adam state dict, ...}
     try:
         config = TrainConfig.from_dict(raw["config"])
-        with torch.device("meta"):
-            names = [n for n, _ in build_vae(config, raw["x_dim"]).named_parameters()]
+        with torch.device("meta"):  # the names of version 2, the order of every version
+            names = [n.replace("encoders.0.", "encoder.", 1).replace("flows.0.", "flow.", 1)
+                     for n, _ in build_vae(config, raw["x_dim"]).named_parameters()]
     except (ConfigError, KeyError, TypeError, RuntimeError) as e:
-        raise _bad(path, "entry config", f"cannot be read ({e})") from None
+        raise bad_entry(path, "entry config", f"cannot be read ({e})") from None
     moments, groups = {}, []
     for pyro_name, per_param in state.items():
         name = str(pyro_name).replace("$$$", ".", 1)
         if name not in names or not isinstance(per_param, dict):
-            raise _bad(path, f"entry optimizer_state[{pyro_name!r}]",
+            raise bad_entry(path, f"entry optimizer_state[{pyro_name!r}]",
                        "names no parameter of the model")
         inner = per_param.get("state", {})
         if isinstance(inner, dict) and 0 in inner:
             moments[names.index(name)] = inner[0]
         groups += per_param.get("param_groups", [])[:1]
     if not groups:
-        raise _bad(path, "entry optimizer_state", "holds no optimizer state")
+        raise bad_entry(path, "entry optimizer_state", "holds no optimizer state")
     adam = {"state": moments, "param_groups": [{**groups[0], "params": list(range(len(names)))}]}
     return {"adam": adam, "steps": _adam_steps(adam)}
 

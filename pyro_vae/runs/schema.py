@@ -6,7 +6,6 @@ the entry."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 from pathlib import Path
@@ -14,10 +13,13 @@ from typing import NamedTuple
 
 import torch
 
-from pyro_vae.config import TrainConfig, build_vae
+from pyro_vae.build import build_vae
+from pyro_vae.checks import is_int, is_number
+from pyro_vae.config import TrainConfig
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "EVALUATION_SCHEMA",
     "EVALUATION_VERSION",
@@ -31,7 +33,8 @@ __all__ = [
     "read_json",
 ]
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_FORMAT = "pyro_vae.checkpoint"  # the tag every checkpoint carries
+CHECKPOINT_VERSION = 3  # what is written; older versions are migrated (.migrations)
 METRICS_SCHEMA, METRICS_VERSION = "pyro_vae.metrics", 2
 EVALUATION_SCHEMA, EVALUATION_VERSION = "pyro_vae.evaluation", 2
 RECORD_FIELDS = ("epoch", "train_objective", "train_objective_nats", "test_elbo",
@@ -73,12 +76,9 @@ def read_json(path: str | os.PathLike):
         raise DataError(f"{path}: not a readable JSON file ({e})") from None
 
 
-def _bad(path, entry: str, what: str) -> CheckpointError:
+def bad_entry(path, entry: str, what: str) -> CheckpointError:
+    """The error of a checkpoint entry that is not what the schema says."""
     return CheckpointError(f"{path}: damaged checkpoint: {entry} {what}")
-
-
-def _is_int(value, low: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def check_checkpoint(raw: dict, path) -> Checkpoint:
@@ -88,19 +88,19 @@ def check_checkpoint(raw: dict, path) -> Checkpoint:
     try:
         config = TrainConfig.from_dict(raw["config"])
     except ConfigError as e:
-        raise _bad(path, "entry config:", str(e)) from None
+        raise bad_entry(path, "entry config:", str(e)) from None
     for key, low in (("x_dim", 1), ("epoch", 0)):
-        if not _is_int(raw[key], low):
-            raise _bad(path, f"entry {key}", f"is {raw[key]!r}, expected an integer >= {low}")
+        if not is_int(raw[key], low):
+            raise bad_entry(path, f"entry {key}", f"is {raw[key]!r}, expected an integer >= {low}")
     image_shape = raw.get("image_shape")
     if image_shape is not None:
         if not (isinstance(image_shape, (list, tuple)) and len(image_shape) == 2
-                and all(_is_int(s, 1) for s in image_shape)
+                and all(is_int(s, 1) for s in image_shape)
                 and image_shape[0] * image_shape[1] == raw["x_dim"]):
-            raise _bad(path, "entry image_shape", f"is {image_shape!r}, expected two sizes "
+            raise bad_entry(path, "entry image_shape", f"is {image_shape!r}, expected two sizes "
                        f"whose product is x_dim = {raw['x_dim']}")
         image_shape = tuple(image_shape)
-    params = _check_model_state(raw["model_state"], config, raw["x_dim"], path)
+    params = _check_model_state(raw["model_state"], config, raw["x_dim"], image_shape, path)
     trainer_state = raw.get("trainer_state")
     if trainer_state is not None:
         _check_trainer_state(trainer_state, params, path)
@@ -113,79 +113,82 @@ def check_checkpoint(raw: dict, path) -> Checkpoint:
                       trainer_state, rng_state, history, Path(path))
 
 
-def _check_model_state(state, config: TrainConfig, x_dim: int, path) -> list[torch.Tensor]:
+def _check_model_state(state, config: TrainConfig, x_dim: int, image_shape, path
+                       ) -> list[torch.Tensor]:
     """Check the weights against the VAE the configuration builds; return that VAE's
     parameters in order (for the optimizer state's check)."""
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
-        raise _bad(path, "entry model_state", "is not a dict of named tensors")
+        raise bad_entry(path, "entry model_state", "is not a dict of named tensors")
     try:
         with torch.device("meta"):  # shapes only: no memory, no draw from the global RNG
-            expected = build_vae(config, x_dim)
+            expected = build_vae(config, x_dim, image_shape)
     except (ConfigError, RuntimeError, MemoryError) as e:
-        raise _bad(path, "entry config", f"describes no buildable model ({e})") from None
+        raise bad_entry(path, "entry config", f"describes no buildable model ({e})") from None
     wanted = expected.state_dict()
     missing, extra = sorted(set(wanted) - set(state)), sorted(set(state) - set(wanted))
     if missing or extra:
-        raise _bad(path, "entry model_state", f"does not match the saved configuration: "
+        raise bad_entry(path, "entry model_state", f"does not match the saved configuration: "
                    f"missing {missing[:4]}, unexpected {extra[:4]}")
     for name, tensor in state.items():
         floating = wanted[name].is_floating_point()  # not so: an IAF's ordering of z
         if tensor.shape != wanted[name].shape or tensor.is_floating_point() != floating:
             kind = "floating point" if floating else str(wanted[name].dtype)
-            raise _bad(path, f"entry model_state[{name!r}]", f"has shape {tuple(tensor.shape)} "
-                       f"and dtype {tensor.dtype}, expected {tuple(wanted[name].shape)}, "
-                       f"{kind}, for the saved configuration")
+            raise bad_entry(path, f"entry model_state[{name!r}]",
+                            f"has shape {tuple(tensor.shape)} and dtype {tensor.dtype}, "
+                            f"expected {tuple(wanted[name].shape)}, {kind}, for the saved "
+                            "configuration")
         if not torch.isfinite(tensor).all():
-            raise _bad(path, f"entry model_state[{name!r}]", "holds NaN or infinite values")
+            raise bad_entry(path, f"entry model_state[{name!r}]", "holds NaN or infinite values")
     named = dict(expected.named_parameters())
     return [named[name] for name in named]
 
 
 def _check_trainer_state(state, params: list[torch.Tensor], path) -> None:
     if not (isinstance(state, dict) and isinstance(state.get("adam"), dict)
-            and _is_int(state.get("steps"))):
-        raise _bad(path, "entry trainer_state", "is not {'adam': ..., 'steps': int}")
+            and is_int(state.get("steps"), 0)):
+        raise bad_entry(path, "entry trainer_state", "is not {'adam': ..., 'steps': int}")
     adam = state["adam"]
     groups = adam.get("param_groups")
     if not (isinstance(adam.get("state"), dict) and isinstance(groups, list) and groups
             and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
-        raise _bad(path, "entry trainer_state['adam']", "is not a torch Adam state dict")
+        raise bad_entry(path, "entry trainer_state['adam']", "is not a torch Adam state dict")
     indices = [i for g in groups for i in g["params"]]
     if sorted(indices) != list(range(len(params))):
-        raise _bad(path, "entry trainer_state['adam']", f"covers parameters {indices[:6]}..., "
+        raise bad_entry(path, "entry trainer_state['adam']", f"covers parameters {indices[:6]}..., "
                    f"expected the model's {len(params)}")
     for index, moments in adam["state"].items():
-        if not (_is_int(index) and index < len(params) and isinstance(moments, dict)):
-            raise _bad(path, "entry trainer_state['adam']['state']", f"has a bad key {index!r}")
+        if not (is_int(index, 0) and index < len(params) and isinstance(moments, dict)):
+            raise bad_entry(path, "entry trainer_state['adam']['state']",
+                            f"has a bad key {index!r}")
         for name in ("exp_avg", "exp_avg_sq"):
             value = moments.get(name)
             if not (isinstance(value, torch.Tensor) and value.shape == params[index].shape
                     and bool(torch.isfinite(value).all())):
-                raise _bad(path, f"entry trainer_state['adam']['state'][{index}][{name!r}]",
+                raise bad_entry(path, f"entry trainer_state['adam']['state'][{index}][{name!r}]",
                            f"is not a finite tensor of shape {tuple(params[index].shape)}")
 
 
 def _check_rng_state(state, path) -> None:
     if not isinstance(state, dict):
-        raise _bad(path, "entry rng_state", "is not a dict")
+        raise bad_entry(path, "entry rng_state", "is not a dict")
     for name in ("torch", "data"):
         value = state.get(name)
         if not (isinstance(value, torch.Tensor) and value.dtype == torch.uint8):
-            raise _bad(path, f"entry rng_state[{name!r}]", "is not a generator state (uint8)")
+            raise bad_entry(path, f"entry rng_state[{name!r}]", "is not a generator state (uint8)")
     try:
         torch.Generator().set_state(state["torch"])
         random.Random().setstate((3, tuple(state.get("python", ())), None))
     except (RuntimeError, ValueError, TypeError, OverflowError):
-        raise _bad(path, "entry rng_state", "holds states that no generator accepts") from None
+        raise bad_entry(path, "entry rng_state", "holds states that no generator accepts") from None
 
 
 def _check_history(history, epoch: int, path) -> None:
     if not isinstance(history, list) or len(history) != epoch:
-        raise _bad(path, "entry history", f"is not a list of {epoch} per-epoch records")
+        raise bad_entry(path, "entry history", f"is not a list of {epoch} per-epoch records")
     for i, record in enumerate(history, 1):
-        _check_record(record, i, lambda what, i=i: _bad(path, f"entry history[{i - 1}]", what))
+        _check_record(record, i, lambda what, i=i: bad_entry(path, f"entry history[{i - 1}]", what))
 
 
 def _check_record(record, epoch: int, error) -> None:
@@ -227,12 +230,8 @@ def check_evaluation(document, path) -> dict:
         raise DataError(f"{path}: not a pyro_vae evaluation file of version "
                         f"{EVALUATION_VERSION}")
     log_px = document.get("log_px")
-    if not (isinstance(log_px, dict) and _finite_number(log_px.get("mean"))
-            and _is_int(document.get("num_datapoints"), 1)):
+    if not (isinstance(log_px, dict) and is_number(log_px.get("mean"))
+            and is_int(document.get("num_datapoints"), 1)):
         raise DataError(f"{path}: no log_px.mean and num_datapoints in this evaluation")
     return document
 
-
-def _finite_number(value) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))

@@ -7,6 +7,7 @@ and for vectorized particles a particle dimension in front of it) pass through u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,8 @@ __all__ = [
     "MLPDecoder",
     "get_preset",
     "mlp",
+    "mlp_networks",
+    "output_numel",
 ]
 
 ACTIVATIONS = {
@@ -33,55 +36,55 @@ ACTIVATIONS = {
 }
 
 
+def mlp_networks(x_dim: int, *, latent_dim, hidden_sizes, activation: str, context_dim: int = 0,
+                 image_shape=None) -> dict:
+    """The preset networks of :class:`~pyro_vae.VAE`: nothing to add, it builds its MLPs."""
+    return {}
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """Sizes of a VAE; each generative network mirrors the hidden sizes of its inference
-    network. ``hidden_sizes`` and ``latent_dim`` are those of the first stochastic layer
-    (x → z_1); a hierarchical VAE has more (:class:`~pyro_vae.HierarchicalVAE`)."""
+    """Sizes of a VAE, per stochastic layer: the inference network of layer l reads z_(l-1)
+    (z_0 = x) through ``hidden_sizes[l]``; each generative network mirrors it. ``networks``
+    builds what :class:`~pyro_vae.VAE` takes besides the sizes (``encoder``, ``decoder``) for
+    data of ``x_dim`` features and ``image_shape``: the MLPs (nothing), or a preset's own."""
 
-    hidden_sizes: tuple[int, ...]
-    latent_dim: int
+    hidden_sizes: tuple[tuple[int, ...], ...]
+    latent_dims: tuple[int, ...]
     activation: str
     init_output_bias: bool  # decoder output bias := likelihood parameter of the data mean
     reference: str
-    # (hidden sizes, latent size) of z_2, z_3, ...: the network z_(l-1) → z_l of each layer
-    upper_layers: tuple[tuple[tuple[int, ...], int], ...] = ()
+    networks: Callable[..., dict] = mlp_networks
 
     @property
     def stochastic_layers(self) -> int:
-        return 1 + len(self.upper_layers)
+        return len(self.latent_dims)
 
     @property
-    def latent_dims(self) -> tuple[int, ...]:
-        """Sizes of z_1, ..., z_L."""
-        return (self.latent_dim, *(size for _, size in self.upper_layers))
-
-    @property
-    def layer_hidden_sizes(self) -> tuple[tuple[int, ...], ...]:
-        """Hidden sizes of the inference network of each stochastic layer."""
-        return (self.hidden_sizes, *(hidden for hidden, _ in self.upper_layers))
+    def summary(self) -> str:
+        """The sizes and the activation, e.g. ``x-400-50 softplus``."""
+        layers = "" if self.stochastic_layers == 1 else f", {self.stochastic_layers} stochastic " \
+            "layers"
+        return f"{self.describe()} {self.activation}{layers}"
 
     def describe(self) -> str:
         """The layer sizes, e.g. ``x-200-200-100-100-100-50``."""
-        sizes = [str(s) for hidden, latent in zip(self.layer_hidden_sizes, self.latent_dims,
+        sizes = [str(s) for hidden, latent in zip(self.hidden_sizes, self.latent_dims,
                                                   strict=True) for s in (*hidden, latent)]
         return "-".join(["x", *sizes])
 
 
 PRESETS = {
     # Pyro's VAE example (examples/vae/vae.py): one hidden layer of 400 softplus units.
-    "pyro": Architecture((400,), 50, "softplus", False, "Pyro examples/vae/vae.py"),
+    "pyro": Architecture(((400,),), (50,), "softplus", False, "Pyro examples/vae/vae.py"),
     # Burda, Grosse & Salakhutdinov (2016), one stochastic layer: 784-200-200-50, tanh, with
     # the decoder output bias set to the logit of the training mean.
-    "burda": Architecture(
-        (200, 200), 50, "tanh", True, "Burda et al. (2016), Importance Weighted Autoencoders"
-    ),
+    "burda": Architecture(((200, 200),), (50,), "tanh", True,
+                          "Burda et al. (2016), Importance Weighted Autoencoders"),
     # Burda et al. (2016), two stochastic layers (their appendix): x-200-200-z_1(100) and
     # z_1-100-100-z_2(50), tanh; the generative networks mirror them.
-    "burda2": Architecture(
-        (200, 200), 100, "tanh", True, "Burda et al. (2016), two stochastic layers",
-        upper_layers=(((100, 100), 50),),
-    ),
+    "burda2": Architecture(((200, 200), (100, 100)), (100, 50), "tanh", True,
+                           "Burda et al. (2016), two stochastic layers"),
 }
 
 
@@ -178,5 +181,33 @@ class MLPDecoder(nn.Module):
         last = hidden_sizes[-1] if hidden_sizes else latent_dim + context_dim
         self.out = nn.Linear(last, x_dim)
 
+    @property
+    def output_bias(self) -> nn.Parameter:
+        """The bias of the output layer, ``(x_dim,)``: :meth:`pyro_vae.VAE.init_output_bias`
+        sets it from the data mean."""
+        return self.out.bias
+
     def forward(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return self.out(self.body(_with_context(z, context)))
+
+
+@torch.no_grad()
+def output_numel(module: nn.Module, *inputs) -> int:
+    """How many numbers the layers with parameters of ``module`` output in one forward pass
+    on ``inputs`` (a batch of one row: ``None`` inputs are passed as they are): the width of
+    its activations, whatever the architecture (linear, convolutional)."""
+    total = 0
+
+    def count(layer, args, output) -> None:
+        nonlocal total
+        if torch.is_tensor(output):
+            total += output.numel()
+
+    hooks = [m.register_forward_hook(count) for m in module.modules()
+             if not any(True for _ in m.children()) and any(True for _ in m.parameters(False))]
+    try:
+        module(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total

@@ -23,6 +23,7 @@ import torch
 from pyro.distributions import transforms
 from torch import nn
 
+from pyro_vae import checks
 from pyro_vae.errors import ConfigError
 
 __all__ = ["FLOWS", "InverseAutoregressiveFlow", "make_flow"]
@@ -46,8 +47,7 @@ class InverseAutoregressiveFlow(nn.Module):
     def __init__(self, latent_dim: int, context_dim: int, num_layers: int,
                  hidden_dims: tuple[int, ...] | None = None):
         super().__init__()
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers <= 0:
-            raise ConfigError(f"flow_layers must be a positive integer, got {num_layers!r}")
+        checks.integer("flow_layers", num_layers)
         if latent_dim < 2:
             raise ConfigError(f"an IAF needs at least 2 latent dimensions, got {latent_dim} (over "
                               "one dimension it is an affine map, which the Gaussian has already)")
@@ -66,6 +66,23 @@ class InverseAutoregressiveFlow(nn.Module):
         conditioned on ``context`` ``(..., context_dim)``."""
         flow = dist.ConditionalTransformedDistribution(base, list(self.transforms))
         return flow.condition(context)
+
+    def push(self, u: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z = T(u) and log |det ∂z/∂u| ``(...)``, the transforms conditioned on ``context``;
+        u ``(..., latent_dim)``."""
+        z, log_det = u, u.new_zeros(u.shape[:-1])
+        for transform in self.transforms:
+            t = transform.condition(context)
+            y = t(z)
+            log_det = log_det + t.log_abs_det_jacobian(z, y)
+            z = y
+        return z, log_det
+
+    def pull(self, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """u = T⁻¹(z): one network pass per latent dimension and transform."""
+        for transform in reversed(self.transforms):
+            z = transform.condition(context).inv(z)
+        return z
 
 
 def _conditional_iaf(latent_dim: int, context_dim: int, hidden_dims):

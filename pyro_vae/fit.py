@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import math
 import random
-import re
 import time
 import warnings
 from pathlib import Path
@@ -31,32 +30,30 @@ from typing import NamedTuple
 import pyro
 import torch
 
-from pyro_vae.config import (
-    TrainConfig,
-    beta_at,
-    build_vae,
-    check_device,
-    learning_rate,
-    load_data,
-    resumed_config,
-)
+from pyro_vae.build import build_vae, check_device, check_training_memory, load_data
+from pyro_vae.config import TrainConfig, resumed_config
 from pyro_vae.data import PreparedData, binarize, check_grey_levels
 from pyro_vae.distributed import World, barrier
-from pyro_vae.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
-from pyro_vae.evaluation import mean_elbo
-from pyro_vae.model import VAE
-from pyro_vae.networks import get_preset
+from pyro_vae.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    PyroVAEError,
+    TrainingDivergedError,
+)
+from pyro_vae.evaluation import Execution, mean_elbo
+from pyro_vae.models import get_preset
 from pyro_vae.objectives import get_estimator, make_objective
 from pyro_vae.progress import Progress
-from pyro_vae.resources import check_fits, reduce_hint, training_bytes
 from pyro_vae.runs import Checkpoint, RunFolder
+from pyro_vae.schedules import beta_at, learning_rate
 from pyro_vae.trainer import Trainer
 
-__all__ = ["FitResult", "check_memory", "fit", "step_checks"]
+__all__ = ["FitResult", "fit", "step_checks"]
 
 
 class FitResult(NamedTuple):
-    vae: VAE
+    vae: object  # the trained model (a pyro_vae.models.VAEModel)
     history: list  # one dict of metrics per epoch
     run: RunFolder | None
 
@@ -65,7 +62,7 @@ class FitResult(NamedTuple):
 class _State:
     """What the epochs update."""
 
-    vae: VAE
+    vae: object
     trainer: Trainer
     generator: torch.Generator  # the data order and binarization
     history: list
@@ -151,15 +148,19 @@ def _config_for(config: TrainConfig | None, checkpoint: Checkpoint | None) -> Tr
 
 
 def _start(config: TrainConfig, data: PreparedData, checkpoint, world, log) -> _State:
-    """The VAE (initialized from the seed, or restored), its trainer and the data generator."""
+    """The model (initialized from the seed, or restored), its trainer and the data
+    generator."""
     device = check_device(config.device)
-    check_memory(config, data.train.shape[1], device)
-    pyro.set_rng_seed(config.seed)  # the seed decides the initial weights too
-    vae = build_vae(config, data.train.shape[1]).to(device)
     source = data.dataset.source
     check_grey_levels(data.train, where=f"{source} training set")
+    if config.likelihood != "bernoulli":  # else binarized, and checked binary by the model
+        check_grey_levels(data.test, where=f"{source} test set")
+    pyro.set_rng_seed(config.seed)  # the seed decides the initial weights too
+    vae = build_vae(config, data.train.shape[1], data.dataset.image_shape)
+    check_training_memory(config, vae, device)
+    vae = vae.to(device)
     vae.check_data(data.test, where=f"{source} test set")
-    if checkpoint is None and get_preset(config.preset).init_output_bias:
+    if checkpoint is None and config.model is None and get_preset(config.preset).init_output_bias:
         vae.init_output_bias(data.train.mean(0))
     # Pyro's param store is global: a module registered by an earlier run under the same name
     # would stand in for this VAE's in a JIT-compiled ELBO (SVI would step it, too).
@@ -173,22 +174,6 @@ def _start(config: TrainConfig, data: PreparedData, checkpoint, world, log) -> _
     if checkpoint is not None:
         _restore(state, checkpoint, data, log)
     return state
-
-
-def check_memory(config: TrainConfig, x_dim: int, device="cpu") -> None:
-    """Raise :class:`ConfigError` if training ``config``'s model on data of ``x_dim`` features
-    needs more memory than ``device`` has free (:func:`~pyro_vae.resources.training_bytes`),
-    naming the sizes and the options that reduce them."""
-    estimator = get_estimator(config.estimator)
-    k = estimator.samples(config.num_particles, config.estimator_options)
-    multiplied = k != estimator.resolve(config.num_particles, config.estimator_options)[0]
-    samples = f"{k} samples per datapoint" if multiplied else f"K = {k}"
-    nbytes = training_bytes(x_dim, *config.layer_sizes, config.batch_size, k,
-                            flow_layers=config.structure.flow_layers)
-    check_fits(nbytes, f"training this model ({config.model_description}, batch "
-                       f"{config.batch_size}, {samples})",
-               reduce_hint(["--batch-size", "-K", *(["-M"] if multiplied else []),
-                            *config.size_options]), device=device)
 
 
 def _restore(state: _State, checkpoint: Checkpoint, data: PreparedData, log) -> None:
@@ -250,7 +235,8 @@ def _step(state: _State, x, num_data, config, epoch: int, step: int, run) -> flo
         with checks:
             loss = state.trainer.step(x, num_data=num_data)
     except ValueError as e:
-        if (what := _divergence_in(e, state.vae)) is None:
+        what = _divergence_in(e, state.vae, lambda: state.trainer.objective.loss(x))
+        if what is None:
             raise
         raise _diverged(epoch, step, what, run) from e
     if not math.isfinite(loss):
@@ -265,17 +251,22 @@ def _test_elbo(vae, data, config, world, epoch, step, run) -> tuple[float, float
                         "gradient)", run)
     t0 = time.perf_counter()
     vae.eval()
+
+    def elbo() -> float:
+        return mean_elbo(vae, data.test, execution=Execution(
+            block_size=config.eval_batch_size, world=world))
+
     try:
-        elbo = mean_elbo(vae, data.test, batch_size=config.eval_batch_size, world=world)
+        value = elbo()
     except ValueError as e:
-        if (what := _divergence_in(e, vae)) is None:
+        if (what := _divergence_in(e, vae, elbo)) is None:
             raise
         raise _diverged(epoch, step, f"on the test set, {what}", run) from e
     finally:
         vae.train()
-    if not math.isfinite(elbo):
-        raise _diverged(epoch, step, f"the test ELBO is {elbo}", run)
-    return elbo, time.perf_counter() - t0
+    if not math.isfinite(value):
+        raise _diverged(epoch, step, f"the test ELBO is {value}", run)
+    return value, time.perf_counter() - t0
 
 
 def _save(run: RunFolder, state: _State, config, data: PreparedData, epoch: int) -> None:
@@ -326,7 +317,7 @@ def step_checks(validate: bool):
     return contextlib.nullcontext() if validate else pyro.validation_enabled(False)
 
 
-def _params_finite(vae: VAE) -> bool:
+def _params_finite(vae) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in vae.parameters())
 
 
@@ -340,23 +331,22 @@ def _diverged(epoch: int, step: int, what: str, run: RunFolder | None) -> Traini
     )
 
 
-_INVALID_PARAMETER = re.compile(
-    r"Expected parameter (\w+) .*?of distribution (\w+).*?to satisfy the constraint (.*?), "
-    r"but found invalid values"
-)
-
-
-def _divergence_in(error: ValueError, vae: VAE) -> str | None:
+def _divergence_in(error: ValueError, vae, loss) -> str | None:
     """What to report if ``error``, raised by a training step or an evaluation, comes from a
-    diverged network: a parameter NaN or infinite, or a distribution parameter outside its
-    support (with validation on, torch raises "Expected parameter scale ... to satisfy the
-    constraint GreaterThan(lower_bound=0.0)" when an encoder's scale underflows to 0).
-    ``None`` for any other error, which is then re-raised as it is."""
+    diverged network, by the values alone: a parameter NaN or infinite, or ``loss()``,
+    computed again with the checks off, not finite (a distribution's parameter outside its
+    support, such as an encoder scale that underflowed to 0, fails torch's checks). ``None``
+    for any other error (the project's own among them), which is then re-raised as it is."""
+    if isinstance(error, PyroVAEError):
+        return None
     if not _params_finite(vae):
         return "a parameter became NaN or infinite (through its gradient)"
-    match = _INVALID_PARAMETER.search(str(error).replace("\n", " "))
-    if match:
-        name, distribution, constraint = match.groups()
-        return (f"the {name} of a {distribution} distribution is NaN, infinite or outside "
-                f"its support {constraint}")
+    with pyro.validation_enabled(False), torch.no_grad():
+        try:
+            value = loss()
+        except (ValueError, RuntimeError):
+            return None
+    if not math.isfinite(value):
+        return (f"the loss is {value}: a distribution's parameter left its support (an "
+                "encoder's scale that underflowed to 0, say)")
     return None

@@ -14,7 +14,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.errors import ConfigError, DataError, DataTypeError
 
 __all__ = [
     "LIKELIHOODS",
@@ -35,14 +35,22 @@ class Likelihood(nn.Module):
     density = "a log-density"
 
     def check_data(self, x: torch.Tensor, *, where: str = "data") -> None:
-        """Raise :class:`DataError` if ``x`` is not a floating-point tensor, or holds NaN,
-        infinity, or values outside the support."""
+        """Raise :class:`DataError` if ``x`` holds values outside the support (NaN and infinity
+        included), :class:`DataTypeError` if it is not a floating-point tensor: one pass over
+        the data, cheap enough to run at every step."""
         if not x.is_floating_point():
-            raise DataError(f"{where}: expected floating-point values, found dtype {x.dtype}; "
-                            "convert with x.float() (grey levels in [0, 1])")
-        if not torch.isfinite(x).all():
-            bad = int((~torch.isfinite(x)).sum())
-            raise DataError(f"{where}: {bad} values are NaN or infinite")
+            raise DataTypeError(f"{where}: expected floating-point values, found dtype "
+                                f"{x.dtype}; convert with {where}.float() (grey levels in [0, 1])")
+        if x.device.type != "meta" and not bool(self.in_support(x).all()):
+            raise DataError(f"{where}: {self.support_error(x)}")
+
+    def in_support(self, x: torch.Tensor) -> torch.Tensor:
+        """Which values of ``x`` the likelihood gives a density (a boolean tensor)."""
+        return torch.isfinite(x)
+
+    def support_error(self, x: torch.Tensor) -> str:
+        bad = ~torch.isfinite(x)
+        return f"{int(bad.sum())} of {x.numel()} values are NaN or infinite"
 
     def output_bias(self, mean: torch.Tensor) -> torch.Tensor:
         """Decoder output bias that makes p(x|z) match the per-feature data mean ``mean``."""
@@ -70,15 +78,14 @@ class Bernoulli(Likelihood):
     def forward(self, logits: torch.Tensor) -> dist.Bernoulli:
         return dist.Bernoulli(logits=logits)
 
-    def check_data(self, x: torch.Tensor, *, where: str = "data") -> None:
-        super().check_data(x, where=where)
-        if not ((x == 0) | (x == 1)).all():
-            bad = x[(x != 0) & (x != 1)]
-            raise DataError(
-                f"{where}: the bernoulli likelihood needs binary values in {{0, 1}}, found "
-                f"{bad.numel()} other values (e.g. {float(bad[0]):.4g}); binarize the data "
-                "or use the continuous-bernoulli likelihood for grey levels in [0, 1]"
-            )
+    def in_support(self, x: torch.Tensor) -> torch.Tensor:
+        return (x == 0) | (x == 1)
+
+    def support_error(self, x: torch.Tensor) -> str:
+        bad = x[(x != 0) & (x != 1)]
+        return (f"the bernoulli likelihood needs binary values in {{0, 1}}, found {bad.numel()} "
+                f"other values (e.g. {float(bad[0]):.4g}); binarize the data or use the "
+                "continuous-bernoulli likelihood for grey levels in [0, 1]")
 
     def output_bias(self, mean: torch.Tensor) -> torch.Tensor:
         return _logit_of_mean(mean)
@@ -101,13 +108,14 @@ class ContinuousBernoulli(Likelihood):
     def forward(self, logits: torch.Tensor) -> dist.ContinuousBernoulli:
         return dist.ContinuousBernoulli(logits=logits)
 
-    def check_data(self, x: torch.Tensor, *, where: str = "data") -> None:
-        super().check_data(x, where=where)
-        if x.numel() and (x.min() < 0 or x.max() > 1):
-            raise DataError(
-                f"{where}: the continuous-bernoulli likelihood needs values in [0, 1], found "
-                f"values in [{float(x.min()):.4g}, {float(x.max()):.4g}]"
-            )
+    def in_support(self, x: torch.Tensor) -> torch.Tensor:
+        return (x >= 0) & (x <= 1)
+
+    def support_error(self, x: torch.Tensor) -> str:
+        if not bool(torch.isfinite(x).all()):
+            return super().support_error(x)
+        return (f"the continuous-bernoulli likelihood needs values in [0, 1], found values in "
+                f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
 
     def output_bias(self, mean: torch.Tensor) -> torch.Tensor:
         return _logit_of_mean(mean)

@@ -1,13 +1,13 @@
-"""Crash-safe files: atomic writes, and checkpoints that load with ``weights_only=True`` after
-their archive's checksums are verified.
+"""Crash-safe files: atomic writes, and torch files of plain data that load with
+``weights_only=True`` after their archive's checksums are verified.
 
 Every file is written to a temporary file in the same folder, flushed and fsynced, then
 renamed over the target (:func:`os.replace` is atomic on POSIX), so a process killed at any
 moment leaves either the old file or the new one, never a torn one.
 
-A checkpoint is a plain dict of tensors and Python literals (no pickled classes), tagged with
-``format`` and ``format_version``; what its entries mean, and how older versions are migrated,
-is :mod:`pyro_vae.runs`'s business.
+A checkpoint is such a file: a plain dict of tensors and Python literals (no pickled classes);
+what its entries mean, its format tag and version, and how older versions are migrated, is
+:mod:`pyro_vae.runs`'s business.
 """
 
 from __future__ import annotations
@@ -25,17 +25,8 @@ import torch
 
 from pyro_vae.errors import CheckpointError
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_VERSION",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "read_checkpoint",
-    "save_checkpoint",
-]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "read_torch_file", "save_torch_file"]
 
-CHECKPOINT_FORMAT = "pyro_vae.checkpoint"
-CHECKPOINT_VERSION = 2  # what save_checkpoint writes; pyro_vae.runs migrates older ones
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 
 
@@ -117,30 +108,24 @@ def _check_plain(obj, where: str) -> None:
         )
 
 
-def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
-    """Save a checkpoint dict (see the module docstring) atomically.
+def save_torch_file(path: str | os.PathLike, data: dict) -> None:
+    """Save a dict of plain data (tensors, dicts, lists, Python literals) atomically.
 
     :raises TypeError: if an entry is not plain data (it could not be loaded back with
         ``weights_only=True``); nothing is written then.
     """
-    checkpoint = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
-                  **checkpoint}
-    _check_plain(checkpoint, "checkpoint")
+    _check_plain(data, "checkpoint")
     buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
+    torch.save(data, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def _load_error_reason(e: Exception) -> str:
-    """One line saying why ``torch.load`` failed (its weights-only message is a page long)."""
-    text = str(e)
-    if "WeightsUnpickler error:" in text:
-        reason = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
-        return f"refused by the weights-only unpickler: {reason.split('. Please')[0]}"
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    if len(first) > 120 and ". " in first:  # e.g. miniz's paragraph on corrupted files
-        first = first.split(". ")[0] + "."
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+    """One line saying why ``torch.load`` failed: the error's type and the start of its first
+    line (some of torch's messages are a page long)."""
+    lines = str(e).strip().splitlines()
+    first = lines[0] if lines else ""
+    return f"{type(e).__name__}: {first[:120]}" if first else type(e).__name__
 
 
 def _verify_archive(path: Path) -> None:
@@ -158,15 +143,14 @@ def _verify_archive(path: Path) -> None:
                               "its CRC-32 check (the file was changed or corrupted on disk)")
 
 
-def read_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> dict:
-    """The dict saved by :func:`save_checkpoint` at ``path``, loaded with
+def read_torch_file(path: str | os.PathLike, *, map_location="cpu"):
+    """What :func:`save_torch_file` saved at ``path``, loaded with
     ``torch.load(weights_only=True)`` (no code in the file runs, whatever it holds) after the
-    CRC-32 of every archive member is checked. Its ``format_version`` is left for the caller
-    to check or migrate (:mod:`pyro_vae.runs`).
+    CRC-32 of every archive member is checked, its tensors on ``map_location``.
 
-    :raises CheckpointError: if the file is missing, unreadable, damaged, or not a checkpoint
-        of this package (random bytes, a text file, a pickle of other objects, a dict without
-        the ``format`` tag); the message names the file and what was found.
+    :raises CheckpointError: if the file is missing, unreadable, damaged, or not a torch file
+        of plain data (random bytes, a text file, a pickle of other objects); the message
+        names the file and what was found.
     """
     path = Path(path)
     if not path.is_file():
@@ -185,16 +169,8 @@ def read_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> dict:
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": we raise instead
             warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # whatever the bytes make torch.load raise, it is not a checkpoint
         raise CheckpointError(
             f"{path}: not a loadable pyro_vae checkpoint ({_load_error_reason(e)})"
         ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        found = (f"a dict with keys {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict)
-                 else f"a {type(ckpt).__name__}")
-        raise CheckpointError(
-            f"{path}: not a pyro_vae checkpoint: expected a dict tagged "
-            f"format={CHECKPOINT_FORMAT!r}, found {found}"
-        )
-    return ckpt

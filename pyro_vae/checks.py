@@ -1,0 +1,159 @@
+"""Argument checks, one copy each, for every entry point of the package: the Python API's
+constructors and functions, the configuration, the evaluators and the command line's types.
+
+Each check returns the value (converted where that is safe) or raises a one-line error that
+names the argument, what was expected and what was found: :class:`~pyro_vae.errors.ConfigError`
+for a value out of range, :class:`~pyro_vae.errors.ConfigTypeError` for one of the wrong type,
+and for tensors :class:`~pyro_vae.errors.DataError` and :class:`~pyro_vae.errors.DataTypeError`.
+
+>>> integer("num_samples", 5000)
+5000
+>>> integer("num_samples", "5")
+Traceback (most recent call last):
+    ...
+pyro_vae.errors.ConfigTypeError: num_samples must be an integer >= 1, got '5' (str)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from pyro_vae.errors import ConfigError, ConfigTypeError, DataError, DataTypeError
+
+__all__ = [
+    "MAX_SEED",
+    "choice",
+    "describe_range",
+    "integer",
+    "is_int",
+    "is_number",
+    "number",
+    "seed",
+    "sizes",
+    "tensor",
+]
+
+MAX_SEED = 2**32 - 1  # pyro.set_rng_seed also seeds NumPy's legacy generator: [0, 2³²)
+
+
+def is_int(value, low: int | None = None) -> bool:
+    """Whether ``value`` is an ``int`` (not a ``bool``), at least ``low`` when given."""
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and (low is None or value >= low))
+
+
+def is_number(value) -> bool:
+    """Whether ``value`` is a finite real number (an ``int`` or ``float``, not a ``bool``)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def describe_range(low=None, high=None, *, open_low=False, open_high=False,
+                   integer: bool = False) -> str:
+    """``'an integer >= 1'``, ``'a number in (0, 1)'``, ``'a finite number'``, ...
+
+    >>> describe_range(0, 1, open_low=True, open_high=True)
+    'a number in (0, 1)'
+    """
+    kind = "an integer" if integer else "a number" if low is not None or high is not None \
+        else "a finite number"
+    if low is not None and high is not None:
+        left, right = "(" if open_low else "[", ")" if open_high else "]"
+        return f"{kind} in {left}{low:g}, {high:g}{right}"
+    if low is not None:
+        return f"{kind} {'>' if open_low else '>='} {low:g}"
+    if high is not None:
+        return f"{kind} {'<' if open_high else '<='} {high:g}"
+    return kind
+
+
+def _shown(value) -> str:
+    return f"{value!r} ({type(value).__name__})" if not isinstance(value, (int, float)) \
+        or isinstance(value, bool) else repr(value)
+
+
+def integer(name: str, value, *, low: int | None = 1, high: int | None = None) -> int:
+    """``value`` if it is an integer in [low, high]."""
+    what = describe_range(low, high, integer=True)
+    if not is_int(value):
+        raise ConfigTypeError(f"{name} must be {what}, got {_shown(value)}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
+def number(name: str, value, *, low: float | None = None, high: float | None = None,
+           open_low: bool = False, open_high: bool = False) -> float:
+    """``value`` as a float if it is a finite number in the range (ends open or closed)."""
+    what = describe_range(low, high, open_low=open_low, open_high=open_high)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigTypeError(f"{name} must be {what}, got {_shown(value)}")
+    ok = math.isfinite(value)
+    if low is not None:
+        ok = ok and (value > low if open_low else value >= low)
+    if high is not None:
+        ok = ok and (value < high if open_high else value <= high)
+    if not ok:
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
+    return float(value)
+
+
+def seed(name: str, value) -> int:
+    """A seed: an integer in [0, 2³² − 1]."""
+    return integer(name, value, low=0, high=MAX_SEED)
+
+
+def choice(name: str, value, known: Iterable):
+    """``value`` if it is one of ``known``."""
+    known = list(known)
+    if not isinstance(value, str) or value not in known:
+        raise ConfigError(f"unknown {name} {value!r}; known: {', '.join(map(str, known))}")
+    return value
+
+
+def sizes(name: str, values, *, allow_empty: bool = True) -> tuple[int, ...]:
+    """A sequence of positive integers (layer sizes) as a tuple."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ConfigTypeError(f"{name} must be a sequence of positive integers, got "
+                              f"{_shown(values)}")
+    values = tuple(values)
+    if not all(is_int(v, 1) for v in values) or (not values and not allow_empty):
+        raise ConfigError(f"{name} must be positive integers, got {values!r}")
+    return values
+
+
+def tensor(name: str, x, *, shape: Sequence[int | None] | None = None, min_dims: int | None = None,
+           dtype: torch.dtype | None = None, device: torch.device | None = None,
+           nonempty: bool = True, finite: bool = True) -> torch.Tensor:
+    """``x`` if it is a floating tensor of ``dtype`` on ``device`` whose trailing dimensions
+    match ``shape`` (``None``: any size; with ``min_dims`` more may lead), not empty and
+    finite; the error names ``name``, the shape, the dtype or the offending values."""
+    if not isinstance(x, torch.Tensor):
+        raise DataTypeError(f"{name} must be a torch.Tensor, got a {type(x).__name__}")
+    if shape is not None:
+        wanted = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        leading = x.dim() - len(shape)
+        if (leading != 0 if min_dims is None else x.dim() < min_dims or leading < 0) or any(
+                s is not None and x.shape[leading + i] != s for i, s in enumerate(shape)):
+            hint = ""
+            if x.dim() == len(shape) - 1 and shape[-1] is not None and x.shape[-1] == shape[-1]:
+                hint = f"; one datapoint is {name}.unsqueeze(0)"
+            raise DataError(f"{name} must have shape {wanted}, found {tuple(x.shape)}{hint}")
+    if not x.is_floating_point():
+        raise DataTypeError(f"{name} has dtype {x.dtype}, expected floating-point values: "
+                            f"convert it with {name}.float()")
+    if dtype is not None and x.dtype != dtype:
+        raise DataTypeError(f"{name} has dtype {x.dtype}, the model's parameters {dtype}: "
+                            f"convert it with {name}.to({dtype})")
+    if device is not None and x.device != torch.device(device):
+        raise DataError(f"{name} is on device {x.device}, the model on {device}: move it with "
+                        f"{name}.to({str(device)!r})")
+    if nonempty and x.numel() == 0:
+        raise DataError(f"{name} is empty, shape {tuple(x.shape)}")
+    if finite and x.device.type != "meta":
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise DataError(f"{name}: {bad} of {x.numel()} values are NaN or infinite")
+    return x
