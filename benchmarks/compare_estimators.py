@@ -73,7 +73,7 @@ from pyro_vae.commands.options import Parser, positive_float, positive_int, seed
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import binarize
 from pyro_vae.fit import fit
-from pyro_vae.models.networks import get_preset
+from pyro_vae.models.presets import get_preset
 from pyro_vae.progress import Progress
 
 DEFAULT_OUT = RESULTS / "compare"

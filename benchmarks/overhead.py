@@ -72,7 +72,7 @@ from benchmarks.common import (
 from pyro_vae import VAE
 from pyro_vae.commands.options import Parser, positive_float, positive_int
 from pyro_vae.data import binarize, load_dataset, preprocess
-from pyro_vae.models.networks import get_preset
+from pyro_vae.models.presets import get_preset
 from pyro_vae.objectives import PyroObjective, make_objective
 from pyro_vae.progress import Progress
 from pyro_vae.trainer import Trainer

@@ -11,7 +11,7 @@ and for tensors :class:`~pyro_vae.errors.DataError` and :class:`~pyro_vae.errors
 >>> integer("num_samples", "5")
 Traceback (most recent call last):
     ...
-pyro_vae.errors.ConfigTypeError: num_samples must be an integer >= 1, got '5' (str)
+pyro_vae.errors.ConfigTypeError: num_samples must be a positive integer, got '5' (str)
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ def describe_range(low=None, high=None, *, open_low=False, open_high=False,
     """
     kind = "an integer" if integer else "a number" if low is not None or high is not None \
         else "a finite number"
+    if high is None and ((integer and low == 1) or (not integer and low == 0 and open_low)):
+        return f"a positive {'integer' if integer else 'number'}"
     if low is not None and high is not None:
         left, right = "(" if open_low else "[", ")" if open_high else "]"
         return f"{kind} in {left}{low:g}, {high:g}{right}"

@@ -486,7 +486,7 @@ def _checkpoint_damage(case: str) -> Callable[[Path], None]:
         state = dict(ckpt["model_state"])
         first = next(iter(state))
         if case == "extra weight":
-            state["encoder.extra"] = torch.zeros(3)
+            state["encoders.0.extra"] = torch.zeros(3)
         elif case == "weight of the wrong shape":
             state[first] = torch.zeros(3, 3)
         elif case == "no weights":

@@ -11,10 +11,13 @@ import pytest
 import torch
 
 from pyro_vae import VAE, ConfigError, cli, make_likelihood, make_objective
+from pyro_vae.build import check_device
 from pyro_vae.config import TrainConfig
 from pyro_vae.files import save_torch_file
+from pyro_vae.fit import fit
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.objectives import ESTIMATORS, get_estimator
+from pyro_vae.runs.schema import CHECKPOINT_FORMAT
 
 ROOT = Path(__file__).resolve().parents[1]
 KNOWN_ESTIMATORS = ", ".join(repr(name) for name in ESTIMATORS)
@@ -40,7 +43,8 @@ BAD_ARGUMENTS = {
                           rf"'elbo' \(choose from {KNOWN_ESTIMATORS}\)"),
     "unknown likelihood": (["--likelihood", "mse"], r"argument --likelihood: invalid choice: "
                            rf"'mse' \(choose from {KNOWN_LIKELIHOODS}\)"),
-    "unknown data set": (["--dataset", "cifar10"], r"argument --dataset: invalid choice"),
+    "unknown data set": (["--dataset", "cifar10"], r"argument --dataset: unknown data set "
+                         r"'cifar10'; known: mnist, fashion-mnist, or an .npz file"),
     "cuda without a GPU": (["--device", "cuda"], r"pyro-vae: error: device 'cuda' requested "
                            r"but no CUDA GPU is available; use --device cpu"),
     "unknown device": (["--device", "tpu"], r"pyro-vae: error: unknown device 'tpu'; use "
@@ -150,16 +154,15 @@ def test_resume_from_something_that_is_not_a_checkpoint(tmp_path, capsys, conten
     elif content == "foreign dict":
         torch.save({"state_dict": {"w": torch.ones(2)}}, path)
     elif content == "version 99":
-        save_checkpoint(path, {"config": {}, "x_dim": 4, "epoch": 1, "model_state": {}})
-        ckpt = torch.load(path, weights_only=True)
-        torch.save({**ckpt, "format_version": 99}, path)
+        save_torch_file(path, {"format": CHECKPOINT_FORMAT, "format_version": 99, "config": {},
+                               "x_dim": 4, "epoch": 1, "model_state": {}})
     status, stderr = run_main(["train", "--resume", str(run), "--quiet"], capsys)
     assert status == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr
     expected = {"missing": "checkpoint file not found",
                 "text": "not a pyro_vae checkpoint: expected a torch.save zip archive, found "
                         "a file starting with b'not a ch'",
                 "foreign dict": "not a pyro_vae checkpoint: expected a dict tagged",
-                "version 99": "checkpoint format version 99; this pyro_vae reads versions 1 to 2"}
+                "version 99": "checkpoint format version 99; this pyro_vae reads versions 1 to 3"}
     assert stderr.startswith(f"pyro-vae: error: {path}: {expected[content]}"), stderr
 
 
@@ -182,7 +185,7 @@ def test_unwritable_run_folder_is_one_line_before_any_work(tmp_path, capsys):
      ("latent_dim", 0, "latent_dim must be a positive integer, got 0"),
      ("num_particles", 0, "num_particles must be a positive integer, got 0"),
      ("epochs", 2.5, "epochs must be int, got 2.5 (float)"),
-     ("lr", float("inf"), "lr must be a positive finite number, got inf"),
+     ("lr", float("inf"), "lr must be a positive number, got inf"),
      ("estimator", "elbo", f"unknown estimator 'elbo'; known estimators: {', '.join(ESTIMATORS)}"),
      ("likelihood", "mse", f"unknown likelihood 'mse'; known: {', '.join(LIKELIHOODS)}"),
      ("lr_schedule", "cosine", "unknown lr_schedule 'cosine'; known: constant, burda, burda-even"),
@@ -196,9 +199,16 @@ def test_train_config_validate(field, value, message):
 
 
 @NO_GPU
-def test_train_config_cuda_without_gpu():
+def test_train_config_cuda_without_gpu(tmp_path):
+    """A configuration names its device (a run trained on a GPU loads anywhere); training
+    refuses a device this machine lacks, before any work."""
+    config = TrainConfig(device="cuda", train_size=32, test_size=32, epochs=1).validate()
     with pytest.raises(ConfigError, match=r"^device 'cuda' requested but no CUDA GPU"):
-        TrainConfig(device="cuda").validate()
+        check_device("cuda")
+    with pytest.raises(ConfigError, match=r"^device 'cuda' requested but no CUDA GPU"):
+        fit(config, tmp_path / "run", progress=False, log=lambda *a: None)
+    with pytest.raises(ConfigError, match=r"^unknown device 'tpu'"):
+        TrainConfig(device="tpu").validate()
 
 
 def test_api_constructors_refuse_bad_sizes_and_names():

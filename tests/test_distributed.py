@@ -22,8 +22,9 @@ import torch.multiprocessing as mp
 from pyro_vae import ESTIMATORS, VAE, make_objective
 from pyro_vae.build import load_data
 from pyro_vae.config import TrainConfig
-from pyro_vae.distributed import DistributedError, derive_seed, init_process_group, map_rows, shard
-from pyro_vae.evaluation import estimate_log_px, mean_elbo
+from pyro_vae.distributed import DistributedError, derive_seed, init_process_group, shard
+from pyro_vae.evaluation import Execution, estimate_log_px, mean_elbo
+from pyro_vae.evaluation.runner import run_blocks
 from pyro_vae.fit import fit
 from pyro_vae.models.likelihoods import Gaussian
 from pyro_vae.runs import RunFolder, load_checkpoint
@@ -110,11 +111,12 @@ def _worker(rank, port, out_dir):
     # The test ELBO: split across ranks, and computed by this rank alone.
     vae = make_vae("bernoulli")
     x = binary_batch(45, 12, seed=4)
-    results["mean_elbo"] = (mean_elbo(vae, x, batch_size=10, seed=2, world=world),
-                            mean_elbo(vae, x, batch_size=10, seed=2))
+    results["mean_elbo"] = (mean_elbo(vae, x, execution=Execution(block_size=10, seed=2,
+                                                                  world=world)),
+                            mean_elbo(vae, x, execution=Execution(block_size=10, seed=2)))
     # The IWAE_K estimate of log p(x), split across ranks and alone.
-    results["log_px"] = [estimate_log_px(vae, x, num_samples=LOG_PX_K, seed=2, block_size=10,
-                                         world=w) for w in (world, None)]
+    results["log_px"] = [estimate_log_px(vae, x, num_samples=LOG_PX_K, execution=Execution(
+        seed=2, block_size=10, world=w)) for w in (world, None)]
 
     # fit(): 2 epochs straight, and 1 epoch then resumed for a second.
     config = TrainConfig(**TINY, epochs=2, estimator="meanfield")
@@ -213,7 +215,8 @@ def test_distributed_log_px_equals_one_process(two_ranks):
     """Same seed, same chunks: the same IWAE_K estimates whichever rank computed them."""
     _, ranks = two_ranks
     alone_here = estimate_log_px(make_vae("bernoulli"), binary_batch(45, 12, seed=4),
-                                 num_samples=LOG_PX_K, seed=2, block_size=10)
+                                 num_samples=LOG_PX_K,
+                                 execution=Execution(seed=2, block_size=10))
     for result in ranks:
         split, alone = result["log_px"]
         assert torch.equal(split.log_px, alone.log_px)
@@ -227,24 +230,38 @@ def test_distributed_log_px_equals_one_process(two_ranks):
 def test_log_px_does_not_depend_on_the_worker_threads():
     """Each block draws from its own seed: one thread or two, the same numbers."""
     vae, x = make_vae("bernoulli"), binary_batch(30, 12, seed=4)
-    one = estimate_log_px(vae, x, num_samples=40, seed=7, block_size=8, num_workers=1)
-    two = estimate_log_px(vae, x, num_samples=40, seed=7, block_size=8, num_workers=2)
+    one = estimate_log_px(vae, x, num_samples=40,
+                          execution=Execution(seed=7, block_size=8, workers=1))
+    two = estimate_log_px(vae, x, num_samples=40,
+                          execution=Execution(seed=7, block_size=8, workers=2))
     assert torch.equal(one.log_px, two.log_px)
     assert torch.equal(one.log_px_mc_stderr, two.log_px_mc_stderr)
     # A lower bound in expectation: below log 1 = 0 for binary data, above the ELBO's scale.
     assert -12 * math.log(2) - 5 < one.mean < 0
 
 
-def test_map_rows_seeds_by_chunk_not_by_order():
-    """One process: chunk values depend on the chunk's index only, so any split agrees."""
-    def fn(start, stop, index):
-        g = torch.Generator().manual_seed(derive_seed(1, index))
-        return torch.rand(stop - start, generator=g)
+def test_run_blocks_seeds_by_block_not_by_order():
+    """One process: a block's values depend on the block's index only, so any split agrees,
+    on one thread or two, and the caller's random stream is left as it was."""
+    def compute(xb, generator, bar):
+        return {"u": torch.rand(xb[0].shape[0], generator=generator),
+                "g": torch.rand(xb[0].shape[0], 2)}  # torch's global generator, reseeded
 
-    values = map_rows(fn, 25, 10)
-    assert values.shape == (25,) and values.dtype == torch.float64
-    assert_close(values[10:20], fn(10, 20, 1), rtol=0, atol=0)
-    assert_close(values[20:], fn(20, 25, 2), rtol=0, atol=0)
+    x = (torch.zeros(25, 1),)
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    values = run_blocks(compute, x, {"u": 0, "g": 2}, Execution(seed=1), block=10)
+    assert torch.equal(torch.rand(3), before)
+    assert values["u"].shape == (25,) and values["u"].dtype == torch.float64
+    assert values["g"].shape == (25, 2)
+    for i, (start, stop) in enumerate(((0, 10), (10, 20), (20, 25))):
+        g = torch.Generator().manual_seed(derive_seed(1, i))
+        assert_close(values["u"][start:stop], torch.rand(stop - start, generator=g), rtol=0,
+                     atol=0)
+    threaded = run_blocks(lambda xb, g, bar: {"u": torch.rand(xb[0].shape[0], generator=g)},
+                          x, {"u": 0}, Execution(seed=1, workers=2), block=10, threaded=True)
+    assert torch.equal(threaded["u"], values["u"])
 
 
 def test_fit_resume_equals_straight_run(two_ranks):
@@ -337,5 +354,5 @@ def test_torchrun_train_writes_one_set_of_outputs(tmp_path):
     vae, checkpoint = RunFolder(out).load_vae()
     config = checkpoint.config
     data = load_data(config)
-    assert_close(mean_elbo(vae, data.test, batch_size=config.eval_batch_size),
+    assert_close(mean_elbo(vae, data.test, execution=Execution(block_size=config.eval_batch_size)),
                  metrics["epochs"][-1]["test_elbo"], rtol=1e-6)

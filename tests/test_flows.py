@@ -1,6 +1,7 @@
-"""pyro_vae.models.flows: the IAF guide's log-density against the change-of-variables formula computed
-independently (the forward map written out, its Jacobian's determinant from autograd), the
-flow inside the VAE's guide, meanfield's Monte Carlo fallback on it, and its checkpoints."""
+"""pyro_vae.models.flows: the IAF guide's log-density against the change-of-variables formula
+computed independently (the forward map written out, its Jacobian's determinant from autograd),
+push and pull (the layered evaluators' forward and inverse maps), the flow inside the VAE's
+guide, meanfield's Monte Carlo fallback on it, and its checkpoints."""
 
 import pyro
 import pyro.distributions as dist
@@ -107,12 +108,47 @@ def test_the_guide_samples_through_the_flow_conditioned_on_the_hidden_layer():
     trace = pyro.poutine.trace(vae.guide).get_trace(x)
     site = trace.nodes["z"]
     h = vae.encoder.features(x)
-    expected = vae.flow(dist.Normal(*vae.encoder.heads(h)).to_event(1), h)
+    expected = vae.flows[0](dist.Normal(*vae.encoder.heads(h)).to_event(1), h)
     assert site["value"].shape == (6, 3)
     assert_close(site["fn"].log_prob(site["value"]),
                  expected.log_prob(site["value"].detach().clone()), rtol=1e-4, atol=1e-5)
-    assert vae.structure.flow == "iaf" and vae.structure.flow_layers == 2
-    assert {n for n, _ in vae.named_parameters()} >= {"flow.transforms.1.nn.layers.0.weight"}
+    assert vae.capabilities.flow == "iaf" and vae.capabilities.flow_layers == 2
+    assert len(vae.flows) == 1 and vae.flows[0].num_layers == 2
+    assert {n for n, _ in vae.named_parameters()} >= {"flows.0.transforms.1.nn.layers.0.weight"}
+
+
+def test_every_layer_of_a_two_layer_guide_has_its_flow():
+    """One IAF per stochastic layer, each conditioned on its own encoder's last hidden layer:
+    q(z_2|z_1) is the second flow pushing the Gaussian of the second encoder at z_1."""
+    vae = VAE(12, latent_dim=(4, 3), hidden_sizes=((16,), (8,)), flow="iaf", flow_layers=3)
+    assert [f.latent_dim for f in vae.flows] == [4, 3]
+    assert [f.num_layers for f in vae.flows] == [3, 3]
+    assert vae.capabilities.flow_layers == 3 and vae.capabilities.layers == 2
+    x = binary_batch(6, 12)
+    trace = pyro.poutine.trace(vae.guide).get_trace(x)
+    z1, site = trace.nodes["z1"]["value"], trace.nodes["z2"]
+    h = vae.encoders[1].features(z1)
+    assert h.shape == (6, 8)
+    expected = vae.flows[1](dist.Normal(*vae.encoders[1].heads(h)).to_event(1), h)
+    assert_close(site["fn"].log_prob(site["value"]),
+                 expected.log_prob(site["value"].detach().clone()), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_push_is_the_map_written_out_and_pull_is_its_inverse(num_layers):
+    """push(u, h) = (z_K, log |det ∂z_K/∂u|), the forward map and Σ log s written out; pull
+    inverts it; and log N(u; μ, σ²) − log det is the flow distribution's log-density at z_K."""
+    flow, loc, scale, h = flow_and_inputs(num_layers)
+    base = dist.Normal(loc, scale).to_event(1)
+    u = base.sample((2,))  # (2, B, L): a sample dimension in front, h broadcast
+    z, log_det = flow.push(u, h)
+    by_hand, log_det_by_hand = forward_by_hand(flow, u, h.expand(2, B, H))
+    assert z.shape == u.shape and log_det.shape == (2, B)
+    assert_close(z, by_hand, rtol=1e-12, atol=1e-12)
+    assert_close(log_det, log_det_by_hand, rtol=1e-12, atol=1e-12)
+    assert_close(flow.pull(z, h), u, rtol=1e-9, atol=1e-9)
+    assert_close(flow(base, h).log_prob(z.detach().clone()), base.log_prob(u) - log_det,
+                 rtol=1e-9, atol=1e-9)
 
 
 def loss_and_grads(objective, x, seed):

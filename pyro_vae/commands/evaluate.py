@@ -37,6 +37,7 @@ from pyro_vae.commands.options import existing_path, positive_float, positive_in
 from pyro_vae.distributed import DEFAULT_TIMEOUT_SECONDS, process_group
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import (
+    MIN_PSIS_SAMPLES,
     SCHEDULES,
     AISSettings,
     Execution,
@@ -214,7 +215,8 @@ def _run(args, device, world) -> int:
                            execution=execution)
         else:
             estimate = estimate_log_px(vae, data.test, num_samples=args.importance_samples,
-                                       pareto_k=not args.no_psis, execution=execution)
+                                       pareto_k=not args.no_psis and args.importance_samples
+                                       >= MIN_PSIS_SAMPLES, execution=execution)
         test_elbo = mean_elbo(vae, data.test, execution=Execution(
             block_size=config.eval_batch_size, world=world))
         out = report(vae, data.test, estimate, execution=execution, test_elbo=test_elbo)

@@ -102,7 +102,7 @@ def run_blocks(
     *,
     block: int,
     steps_per_block: Callable[[int], int] | None = None,
-    label: str,
+    label: str = "evaluating",
     unit: str = "datapoints",
     threaded: bool = False,
 ) -> dict[str, torch.Tensor]:

@@ -4,8 +4,8 @@ networks, likelihoods and flows, and the linear-Gaussian model with its closed f
 =========================  ==================================================================
 :mod:`.interface`          :class:`VAEModel`, :class:`LayeredModel`, :class:`Capabilities`
 :mod:`.vae`                :class:`VAE`: L ≥ 1 stochastic layers, Gaussian or IAF guides
-:mod:`.networks`           MLP encoders and decoders, the architecture presets
-:mod:`.conv`               convolutional encoder and decoder (``--preset conv``)
+:mod:`.networks`           MLP encoders and decoders
+:mod:`.presets`            the architecture presets, by name
 :mod:`.likelihoods`        p(x|z) as objects, with their support checks
 :mod:`.flows`              inverse autoregressive flows
 :mod:`.linear_gaussian`    the linear-Gaussian model: log p(x), posteriors, bounds exactly
@@ -15,7 +15,7 @@ networks, likelihoods and flows, and the linear-Gaussian model with its closed f
 from pyro_vae.models.flows import FLOWS, InverseAutoregressiveFlow, make_flow
 from pyro_vae.models.interface import Capabilities, GuidePath, LayeredModel, VAEModel
 from pyro_vae.models.likelihoods import LIKELIHOODS, Likelihood, make_likelihood
-from pyro_vae.models.networks import PRESETS, Architecture, get_preset
+from pyro_vae.models.presets import PRESETS, Architecture, get_preset
 from pyro_vae.models.vae import VAE
 
 __all__ = [

@@ -82,6 +82,8 @@ class Bernoulli(Likelihood):
         return (x == 0) | (x == 1)
 
     def support_error(self, x: torch.Tensor) -> str:
+        if not bool(torch.isfinite(x).all()):
+            return super().support_error(x)
         bad = x[(x != 0) & (x != 1)]
         return (f"the bernoulli likelihood needs binary values in {{0, 1}}, found {bad.numel()} "
                 f"other values (e.g. {float(bad[0]):.4g}); binarize the data or use the "

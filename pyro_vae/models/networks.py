@@ -1,5 +1,5 @@
 """Encoder and decoder networks: multilayer perceptrons with sizes, depth and activation as
-arguments, and the architecture presets of Burda et al. (2016) and Pyro's VAE example.
+arguments (the presets that size them: :mod:`.presets`).
 
 Shapes: ``x`` is ``(..., x_dim)``, ``z`` is ``(..., latent_dim)``; leading dimensions (a batch,
 and for vectorized particles a particle dimension in front of it) pass through unchanged.
@@ -7,25 +7,13 @@ and for vectorized particles a particle dimension in front of it) pass through u
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from pyro_vae.errors import ConfigError
 
-__all__ = [
-    "ACTIVATIONS",
-    "PRESETS",
-    "Architecture",
-    "GaussianEncoder",
-    "MLPDecoder",
-    "get_preset",
-    "mlp",
-    "mlp_networks",
-    "output_numel",
-]
+__all__ = ["ACTIVATIONS", "GaussianEncoder", "MLPDecoder", "make_activation", "mlp",
+           "output_numel", "with_context"]
 
 ACTIVATIONS = {
     "tanh": nn.Tanh,
@@ -36,69 +24,7 @@ ACTIVATIONS = {
 }
 
 
-def mlp_networks(x_dim: int, *, latent_dim, hidden_sizes, activation: str, context_dim: int = 0,
-                 image_shape=None) -> dict:
-    """The preset networks of :class:`~pyro_vae.VAE`: nothing to add, it builds its MLPs."""
-    return {}
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """Sizes of a VAE, per stochastic layer: the inference network of layer l reads z_(l-1)
-    (z_0 = x) through ``hidden_sizes[l]``; each generative network mirrors it. ``networks``
-    builds what :class:`~pyro_vae.VAE` takes besides the sizes (``encoder``, ``decoder``) for
-    data of ``x_dim`` features and ``image_shape``: the MLPs (nothing), or a preset's own."""
-
-    hidden_sizes: tuple[tuple[int, ...], ...]
-    latent_dims: tuple[int, ...]
-    activation: str
-    init_output_bias: bool  # decoder output bias := likelihood parameter of the data mean
-    reference: str
-    networks: Callable[..., dict] = mlp_networks
-
-    @property
-    def stochastic_layers(self) -> int:
-        return len(self.latent_dims)
-
-    @property
-    def summary(self) -> str:
-        """The sizes and the activation, e.g. ``x-400-50 softplus``."""
-        layers = "" if self.stochastic_layers == 1 else f", {self.stochastic_layers} stochastic " \
-            "layers"
-        return f"{self.describe()} {self.activation}{layers}"
-
-    def describe(self) -> str:
-        """The layer sizes, e.g. ``x-200-200-100-100-100-50``."""
-        sizes = [str(s) for hidden, latent in zip(self.hidden_sizes, self.latent_dims,
-                                                  strict=True) for s in (*hidden, latent)]
-        return "-".join(["x", *sizes])
-
-
-PRESETS = {
-    # Pyro's VAE example (examples/vae/vae.py): one hidden layer of 400 softplus units.
-    "pyro": Architecture(((400,),), (50,), "softplus", False, "Pyro examples/vae/vae.py"),
-    # Burda, Grosse & Salakhutdinov (2016), one stochastic layer: 784-200-200-50, tanh, with
-    # the decoder output bias set to the logit of the training mean.
-    "burda": Architecture(((200, 200),), (50,), "tanh", True,
-                          "Burda et al. (2016), Importance Weighted Autoencoders"),
-    # Burda et al. (2016), two stochastic layers (their appendix): x-200-200-z_1(100) and
-    # z_1-100-100-z_2(50), tanh; the generative networks mirror them.
-    "burda2": Architecture(((200, 200), (100, 100)), (100, 50), "tanh", True,
-                           "Burda et al. (2016), two stochastic layers"),
-}
-
-
-def get_preset(name: str) -> Architecture:
-    """Return the architecture preset ``name`` (one of :data:`PRESETS`)."""
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
-        ) from None
-
-
-def _activation(name: str) -> nn.Module:
+def make_activation(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name]()
     except KeyError:
@@ -113,12 +39,12 @@ def mlp(in_dim: int, hidden_sizes: tuple[int, ...], activation: str) -> nn.Seque
     for size in hidden_sizes:
         if size <= 0:
             raise ConfigError(f"hidden layer sizes must be positive, got {hidden_sizes}")
-        layers += [nn.Linear(in_dim, size), _activation(activation)]
+        layers += [nn.Linear(in_dim, size), make_activation(activation)]
         in_dim = size
     return nn.Sequential(*layers)
 
 
-def _with_context(h: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+def with_context(h: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
     if context is None:
         return h
     # context (..., B, c) and h (..., B, d) broadcast against each other, e.g. a particle
@@ -156,7 +82,7 @@ class GaussianEncoder(nn.Module):
 
     def features(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """The last hidden layer h(x), ``(..., features_dim)``."""
-        return self.body(_with_context(x, context))
+        return self.body(with_context(x, context))
 
     def heads(self, h: torch.Tensor):
         """``(loc, scale)`` from the last hidden layer ``h``."""
@@ -188,7 +114,7 @@ class MLPDecoder(nn.Module):
         return self.out.bias
 
     def forward(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        return self.out(self.body(_with_context(z, context)))
+        return self.out(self.body(with_context(z, context)))
 
 
 @torch.no_grad()

@@ -50,7 +50,8 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.models.flows import make_flow
 from pyro_vae.models.interface import Capabilities, GuidePath
 from pyro_vae.models.likelihoods import Likelihood, make_likelihood
-from pyro_vae.models.networks import GaussianEncoder, MLPDecoder, get_preset, output_numel
+from pyro_vae.models.networks import GaussianEncoder, MLPDecoder, output_numel
+from pyro_vae.models.presets import get_preset
 
 __all__ = ["VAE", "data_plate", "latent_weight"]
 
@@ -138,7 +139,7 @@ class VAE(nn.Module):
     @classmethod
     def from_preset(cls, name: str, x_dim: int, *, image_shape: Sequence[int] | None = None,
                     **overrides) -> VAE:
-        """The architecture preset ``name`` (:data:`~.networks.PRESETS`) for ``x_dim``
+        """The architecture preset ``name`` (:data:`~.presets.PRESETS`) for ``x_dim``
         features (images of ``image_shape`` for a convolutional preset); keyword arguments
         override the preset's ``latent_dim``, ``hidden_sizes`` and ``activation``, and pass
         the rest (``likelihood``, ``flow``, ``beta``, ...)."""
@@ -165,8 +166,14 @@ class VAE(nn.Module):
 
     @property
     def encoder(self) -> nn.Module:
-        """The network of q(z_1|x) (with one layer, the guide's only one)."""
+        """The network of q(z_1|x) (with one layer, the guide's only one); read-only."""
         return self.encoders[0]
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "encoder":  # nn.Module would register it beside encoders[0], unused
+            raise AttributeError("vae.encoder is vae.encoders[0]: assign that, or pass "
+                                 "encoder= to VAE(...)")
+        super().__setattr__(name, value)
 
     @property
     def z_sites(self) -> tuple[str, ...]:

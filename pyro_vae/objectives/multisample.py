@@ -37,7 +37,7 @@ import torch
 from pyro.util import warn_if_nan
 
 from pyro_vae import checks
-from pyro_vae.objectives.util import particles, reweight_gradients
+from pyro_vae.objectives.util import importance_traces, particles, reweight_gradients
 
 __all__ = ["CIWAE_ELBO", "MIWAE_ELBO", "PIWAE_ELBO"]
 
@@ -55,6 +55,11 @@ class _GroupedELBO(pyro.infer.ELBO):
         super().__init__(num_particles=m * k, vectorize_particles=True,
                          max_plate_nesting=max_plate_nesting)
         self.particles_per_estimate, self.num_estimates = k, m  # K and M
+
+    def _get_trace(self, model, guide, args, kwargs):
+        """One particle's traces, as Pyro's ELBOs take them (:func:`~.util.importance_traces`)."""
+        traces = importance_traces(model, guide, args, kwargs, self.max_plate_nesting)
+        return traces.model, traces.guide
 
     def log_weights(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """log p(x, z_mk) − log q(z_mk|x): ``(M, K, B)`` nats, differentiable."""

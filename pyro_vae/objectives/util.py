@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import detach, is_identically_zero, scale_and_mask
@@ -103,9 +104,15 @@ def particles(elbo, model, guide, args, kwargs, *, estimator: str, views: bool =
     ``views`` the model run on views of the samples (:func:`importance_traces`)."""
     if elbo.max_plate_nesting == float("inf"):
         elbo._guess_max_plate_nesting(model, guide, args, kwargs)
-    model = elbo._vectorized_num_particles(model)
-    guide = elbo._vectorized_num_particles(guide)
-    traces = importance_traces(model, guide, args, kwargs, elbo.max_plate_nesting, views=views)
+    nesting = elbo.max_plate_nesting
+    if elbo.num_particles == 1:  # Pyro leaves one particle unwrapped: a plate of 1 all the same
+        nesting += 1
+        plate = pyro.plate("num_particles_vectorized", 1, dim=-nesting)
+        model, guide = plate(model), plate(guide)
+    else:
+        model = elbo._vectorized_num_particles(model)
+        guide = elbo._vectorized_num_particles(guide)
+    traces = importance_traces(model, guide, args, kwargs, nesting, views=views)
     check_reparameterized(traces.guide, estimator)
     sum_dims = get_dependent_plate_dims(traces.model.nodes.values())
     log_q_fixed = None
