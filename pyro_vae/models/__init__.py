@@ -6,6 +6,7 @@ networks, likelihoods and flows, and the linear-Gaussian model with its closed f
 :mod:`.vae`                :class:`VAE`: L ≥ 1 stochastic layers, Gaussian or IAF guides
 :mod:`.networks`           MLP encoders and decoders
 :mod:`.presets`            the architecture presets, by name
+:mod:`.conv`               convolutional encoder and decoder (``--preset conv``)
 :mod:`.likelihoods`        p(x|z) as objects, with their support checks
 :mod:`.flows`              inverse autoregressive flows
 :mod:`.linear_gaussian`    the linear-Gaussian model: log p(x), posteriors, bounds exactly

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.models.conv import conv_networks
 
 __all__ = ["PRESETS", "Architecture", "get_preset", "mlp_networks"]
 
@@ -62,6 +63,10 @@ PRESETS = {
     # z_1-100-100-z_2(50), tanh; the generative networks mirror them.
     "burda2": Architecture(((200, 200), (100, 100)), (100, 50), "tanh", True,
                            "Burda et al. (2016), two stochastic layers"),
+    # Convolutions of 32 and 64 channels, 4 × 4 with stride 2, mirrored by transposed ones
+    # (the DCGAN-style VAE of many tutorials), for images of any size the data set declares.
+    "conv": Architecture(((32, 64),), (50,), "elu", True, "convolutional (pyro_vae.models.conv)",
+                         networks=conv_networks),
 }
 
 
