@@ -61,13 +61,14 @@ def describe_range(low=None, high=None, *, open_low=False, open_high=False,
         else "a finite number"
     if high is None and ((integer and low == 1) or (not integer and low == 0 and open_low)):
         return f"a positive {'integer' if integer else 'number'}"
+    fmt = "d" if integer else "g"  # integers exactly: 2**32 - 1, not 4.29497e+09
     if low is not None and high is not None:
         left, right = "(" if open_low else "[", ")" if open_high else "]"
-        return f"{kind} in {left}{low:g}, {high:g}{right}"
+        return f"{kind} in {left}{low:{fmt}}, {high:{fmt}}{right}"
     if low is not None:
-        return f"{kind} {'>' if open_low else '>='} {low:g}"
+        return f"{kind} {'>' if open_low else '>='} {low:{fmt}}"
     if high is not None:
-        return f"{kind} {'<' if open_high else '<='} {high:g}"
+        return f"{kind} {'<' if open_high else '<='} {high:{fmt}}"
     return kind
 
 

@@ -138,7 +138,8 @@ class TrainConfig:
         if arch.stochastic_layers > 1:
             return arch.latent_dims, arch.hidden_sizes, self.activation or arch.activation
         return ((self.latent_dim or arch.latent_dims[0],),
-                (tuple(self.hidden_sizes or arch.hidden_sizes[0]),),
+                (tuple(arch.hidden_sizes[0] if self.hidden_sizes is None
+                       else self.hidden_sizes),),
                 self.activation or arch.activation)
 
     @property
@@ -219,8 +220,8 @@ def _check_types(config: TrainConfig) -> None:
 def _check_device_name(device: str) -> None:
     """``cpu``, ``cuda`` or ``cuda:N``: the form of a device, whether this machine has it
     or not."""
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+    kind, colon, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (colon and (kind == "cpu" or not index.isdigit())):
         raise ConfigError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import tempfile
 import warnings
 import zipfile
@@ -121,11 +122,14 @@ def save_torch_file(path: str | os.PathLike, data: dict) -> None:
 
 
 def _load_error_reason(e: Exception) -> str:
-    """One line saying why ``torch.load`` failed: the error's type and the start of its first
-    line (some of torch's messages are a page long)."""
+    """One line saying why ``torch.load`` failed, from the error's type (its text is torch's
+    and may change): a refused unpickling, or the type and the start of the first line."""
+    if isinstance(e, pickle.UnpicklingError):
+        return ("refused by the weights-only unpickler: the file holds Python objects other than "
+                "tensors and plain data")
     lines = str(e).strip().splitlines()
-    first = lines[0] if lines else ""
-    return f"{type(e).__name__}: {first[:120]}" if first else type(e).__name__
+    first = "".join(c for c in lines[0] if c.isprintable())[:120] if lines else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _verify_archive(path: Path) -> None:

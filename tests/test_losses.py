@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
-from pyro_vae import VAE
+from pyro_vae import VAE, ConfigError
 from pyro_vae.losses import analytic_elbo, gaussian_kl_to_standard_normal, mc_elbo
 from tests.conftest import assert_close, binary_batch
 
@@ -64,3 +64,11 @@ def test_beta_weights_only_the_kl():
     kl = gaussian_kl_to_standard_normal(loc, scale)
     assert_close(e0 - e1, kl)
     assert_close(e1 - e2, kl)
+
+
+@pytest.mark.parametrize("loss", [analytic_elbo, mc_elbo])
+def test_a_flow_guide_is_refused(loss):
+    """q's log-density is written as a diagonal Gaussian's: a flow guide has none to write."""
+    vae = VAE(6, latent_dim=2, hidden_sizes=(8,), flow="iaf")
+    with pytest.raises(ConfigError, match="write q's Gaussian log-density by hand"):
+        loss(vae, binary_batch(3, 6))

@@ -174,9 +174,10 @@ def test_miwae_has_the_expectation_of_iwae_k():
 MODELS = {
     "vae": lambda: VAE(12, latent_dim=3, hidden_sizes=(16,)),
     "vae+iaf": lambda: VAE(12, latent_dim=3, hidden_sizes=(16,), flow="iaf"),
-    "hierarchical": lambda: VAE(12, latent_dims=(4, 3), hidden_sizes=((16,), (8,))),
-    "hierarchical+iaf": lambda: VAE(12, latent_dims=(4, 3),
-                                                hidden_sizes=((16,), (8,)), flow="iaf"),
+    "hierarchical": lambda: VAE(12, latent_dim=(4, 3), hidden_sizes=((16,), (8,)),
+                                activation="tanh"),
+    "hierarchical+iaf": lambda: VAE(12, latent_dim=(4, 3), hidden_sizes=((16,), (8,)),
+                                    activation="tanh", flow="iaf"),
 }
 
 
@@ -238,5 +239,7 @@ def test_bad_options_are_refused_naming_them():
             make_objective("ciwae", vae, ciwae_beta=beta)
     with pytest.raises(ConfigError, match="ciwae_beta must be a number in"):
         CIWAE_ELBO(num_particles=2, ciwae_beta=2.0)
-    with pytest.raises(ConfigError, match="num_estimates must be an integer"):
+    with pytest.raises(ConfigError, match="num_estimates must be a positive integer, got 0"):
         PIWAE_ELBO(num_particles=2, num_estimates=0)
+    with pytest.raises(ConfigError, match=r"num_particles must be a positive integer, got 2\.0"):
+        MIWAE_ELBO(num_particles=2.0)

@@ -174,7 +174,9 @@ def svi_gradients(objective, x, seed):
 
 def test_jit_trace_equals_trace_including_a_smaller_last_batch():
     """Same seed, same sample: loss and gradients equal, through SVI's path and through
-    differentiable_loss (where pyro 1.9.2's CompiledTrace_ELBO doubles them; see estimators.py)."""
+    differentiable_loss (where pyro 1.9.2's own pyro.infer.JitTrace_ELBO doubles the gradient,
+    which our CompiledTrace_ELBO corrects: pyro_vae/objectives/jit.py; the canary of that bug is
+    in test_upstream.py)."""
     vae = make_vae()
     x = data_for("bernoulli", 16)
     jit, eager = make_objective("jit-trace", vae), make_objective("trace", vae)
@@ -232,6 +234,28 @@ def test_jit_follows_a_changing_beta():
         assert_close(a, eager.loss(x), rtol=1e-5)
 
 
+def test_compiled_meanfield_compiles_once_per_batch_size(monkeypatch):
+    """CompiledMeanField_ELBO keeps its compiled function (Pyro's JitTraceMeanField_ELBO
+    compiles at every call: the canary is in test_upstream.py): torch.jit.trace runs once per
+    distinct minibatch size, whatever the number of steps, through differentiable_loss and
+    through SVI's loss_and_grads."""
+    compilations = []
+    torch_jit_trace = torch.jit.trace
+
+    def counting_trace(*args, **kwargs):
+        compilations.append(1)
+        return torch_jit_trace(*args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "trace", counting_trace)
+    vae = make_vae()
+    x = data_for("bernoulli", 16)
+    jit = make_objective("jit-meanfield", vae)
+    for batch in (x, x, x[:5], x, x[:5]):
+        jit.differentiable_loss(batch)
+        svi_gradients(jit, batch, 1)
+    assert len(compilations) == 2
+
+
 def test_registry_lists_every_estimator_and_rejects_unknown_names():
     assert set(ESTIMATORS) >= {"trace", "meanfield", "jit-trace", "jit-meanfield", "iwae",
                                "analytic", "mc"}
@@ -253,7 +277,7 @@ def test_every_estimator_with_particles_reports_a_finite_loss_per_datapoint(name
     assert 0 < loss / 8 < 12 * math.log(2) * 10
 
 
-# --- meanfield: Pyro's MeanField_ELBO without the log-densities it does not use ---------
+# --- MeanField_ELBO: Pyro's TraceMeanField_ELBO without the log-densities it does not use ---
 def _elbo_loss_and_grads(elbo, model, guide, params, x, seed, **kwargs):
     for p in params:
         p.grad = None
@@ -269,6 +293,7 @@ def _elbo_loss_and_grads(elbo, model, guide, params, x, seed, **kwargs):
     ids=["elbo", "beta-scaled", "3-particles"],
 )
 def test_lean_meanfield_equals_pyro_bit_for_bit(validation, beta, num_data, k):
+    """Our MeanField_ELBO and Pyro's pyro.infer.TraceMeanField_ELBO on the one-layer VAE."""
     vae = make_vae(beta=beta)
     x = data_for("bernoulli")
     params = list(vae.parameters())

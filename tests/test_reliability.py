@@ -16,9 +16,9 @@ import pyro
 import pytest
 import torch
 
+import pyro_vae.build as build_module
+import pyro_vae.fit as fit_module
 from pyro_vae import DataError, TrainingDivergedError, cli
-from pyro_vae import config as config_module
-from pyro_vae import training as training_module
 from pyro_vae.build import load_data
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import load_dataset
@@ -45,8 +45,27 @@ def finite_weights(state: dict) -> bool:
 def explode_lr_after_first_epoch(monkeypatch):
     """Epoch 1 keeps its learning rate and every later epoch gets 1e6: a real optimizer
     blow-up, with the first epoch's checkpoint as the last good state."""
-    monkeypatch.setattr(training_module, "learning_rate",
+    monkeypatch.setattr(fit_module, "learning_rate",
                         lambda config, epoch: config.lr if epoch == 1 else 1e6)
+
+
+# what a divergence at a step is said to be, from the values alone
+DIVERGED = (r"training diverged at epoch \d+, step \d+: (the loss is (nan|-?inf)(: a "
+            r"distribution's parameter left its support \(an encoder's scale that underflowed "
+            r"to 0, say\))?|a parameter became NaN or infinite \(through its gradient\))\. "
+            r"Likely causes: ")
+
+
+def before_step(monkeypatch, step: int, action):
+    """Run ``action(vae)`` just before the trainer's step number ``step`` (from 1)."""
+    real_step = Trainer.step
+
+    def sabotaged(self, x, **kwargs):
+        if self.steps == step - 1:
+            action(self.objective.vae)
+        return real_step(self, x, **kwargs)
+
+    monkeypatch.setattr(Trainer, "step", sabotaged)
 
 
 # --- numerical faults ---------------------------------------------------------------------
@@ -55,7 +74,9 @@ def test_divergence_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint
     tmp_path, mnist, monkeypatch, every_step
 ):
     """Caught by the loss check (validation off after the first step) or, with validation on
-    every step, by torch's constraint check inside the step: the same message either way."""
+    every step, by torch's constraint check inside the step, which fit then confirms from the
+    values (the parameters, and the loss computed again without the checks): the same message
+    either way."""
     config = TrainConfig(epochs=4, lr_schedule="burda", validate_every_step=every_step, **TINY)
     data = load_data(config, dataset=mnist)
     explode_lr_after_first_epoch(monkeypatch)
@@ -63,6 +84,7 @@ def test_divergence_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint
         fit(config, tmp_path, data=data, progress=False, log=lambda *a: None)
     message = str(info.value)
     assert message.startswith("training diverged at epoch 2, step ")
+    assert re.match(DIVERGED, message), message
     assert "Likely causes: a learning rate too high" in message
     assert f"The last good checkpoint, {tmp_path / 'checkpoint.pt'}, is intact." in message
     assert "\n" not in message
@@ -84,6 +106,78 @@ def test_divergence_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint
         metrics["epochs"][0]["test_elbo"], rel=1e-6)
 
 
+@pytest.mark.parametrize("every_step", [False, True], ids=["validate-first-step", "validate-all"])
+def test_an_encoder_scale_that_underflows_to_zero_is_a_divergence(tmp_path, mnist, monkeypatch,
+                                                                  every_step):
+    """Finite weights whose encoder scale is exp(-1000) = 0: torch's check refuses the Normal
+    inside the step (validation on), and the loss computed again without the check is not
+    finite; without validation the step's loss itself is not. Either way a divergence at that
+    step, one line, the last good checkpoint intact."""
+    config = TrainConfig(epochs=3, validate_every_step=every_step, **TINY)
+    steps_per_epoch = math.ceil(TINY["train_size"] / TINY["batch_size"])
+
+    def underflow(vae):
+        with torch.no_grad():
+            vae.encoders[0].log_scale.weight.zero_()
+            vae.encoders[0].log_scale.bias.fill_(-1000.0)
+
+    before_step(monkeypatch, steps_per_epoch + 2, underflow)
+    with pytest.raises(TrainingDivergedError) as info:
+        fit(config, tmp_path, data=load_data(config, dataset=mnist), progress=False,
+            log=lambda *a: None)
+    message = str(info.value)
+    assert re.match(DIVERGED, message) and "\n" not in message, message
+    assert message.startswith("training diverged at epoch 2, step 2: the loss is ")
+    if every_step:  # torch's check raised, and the values confirmed it
+        assert isinstance(info.value.__cause__, ValueError)
+        assert "a distribution's parameter left its support" in message
+    assert message.endswith(f"The last good checkpoint, {tmp_path / 'checkpoint.pt'}, is "
+                            "intact.")
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.epoch == 1 and finite_weights(ckpt.model_state)
+
+
+def test_a_non_finite_parameter_is_a_divergence_whatever_the_error_says(tmp_path, mnist,
+                                                                      monkeypatch):
+    """Divergence is judged from the values, not from the words of the error raised."""
+    config = TrainConfig(epochs=1, **TINY)
+
+    def blow_up(vae):
+        with torch.no_grad():
+            vae.decoder.out.bias[0] = float("inf")
+        raise ValueError("some error whose words name no distribution")
+
+    before_step(monkeypatch, 2, blow_up)
+    with pytest.raises(TrainingDivergedError, match=r"^training diverged at epoch 1, step 2: a "
+                       r"parameter became NaN or infinite \(through its gradient\)\. Likely "
+                       r"causes: [^\n]*$"):
+        fit(config, tmp_path / "run", data=load_data(config, dataset=mnist), progress=False,
+            log=lambda *a: None)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("error", [
+    ValueError("Expected parameter scale (Tensor of shape (32, 2)) of distribution Normal to "
+               "satisfy the constraint GreaterThan(lower_bound=0.0), but found invalid values"),
+    DataError("x: 3 of 32 values are NaN or infinite"),
+], ids=["torch-like message", "project error"])
+def test_an_error_of_a_network_that_has_not_diverged_is_raised_as_it_is(tmp_path, mnist,
+                                                                        monkeypatch, error):
+    """Finite weights and a finite loss: whatever the error's words (even torch's constraint
+    message), it is no divergence, and it reaches the caller unchanged."""
+    config = TrainConfig(epochs=2, **TINY)
+
+    def fail(vae):
+        raise error
+
+    before_step(monkeypatch, 5, fail)
+    with pytest.raises(type(error)) as info:
+        fit(config, tmp_path, data=load_data(config, dataset=mnist), progress=False,
+            log=lambda *a: None)
+    assert info.value is error
+    assert load_checkpoint(tmp_path).epoch == 1  # epoch 1's checkpoint, as it was
+
+
 def test_divergence_without_validation_is_caught_by_the_loss_check(tmp_path, mnist, monkeypatch):
     """With distribution validation off, nothing raises inside the step: the non-finite loss
     itself must stop the run."""
@@ -102,7 +196,7 @@ def test_divergence_without_validation_is_caught_by_the_loss_check(tmp_path, mni
 
 def test_cli_divergence_is_one_line_and_exit_2(tmp_path, mnist, monkeypatch, capsys):
     explode_lr_after_first_epoch(monkeypatch)
-    monkeypatch.setattr(config_module, "load_dataset", lambda *a, **k: mnist)
+    monkeypatch.setattr(build_module, "load_dataset", lambda *a, **k: mnist)
     status = cli.main(["train", "--epochs", "3", "--lr-schedule", "burda", "--out",
                        str(tmp_path), *TINY_ARGS])
     assert status == 2
@@ -115,7 +209,7 @@ def test_cli_divergence_is_one_line_and_exit_2(tmp_path, mnist, monkeypatch, cap
 def test_cli_divergence_in_the_first_epoch(tmp_path, mnist, monkeypatch, capsys):
     """lr = 1e6: Adam moves every weight by about 1e6 at the first step, and the encoder's
     scale underflows to 0 at the second; there is no good checkpoint to point to yet."""
-    monkeypatch.setattr(config_module, "load_dataset", lambda *a, **k: mnist)
+    monkeypatch.setattr(build_module, "load_dataset", lambda *a, **k: mnist)
     status = cli.main(["train", "--epochs", "3", "--lr", "1e6", "--out", str(tmp_path / "run"),
                        *TINY_ARGS])
     assert status == 2
@@ -177,8 +271,8 @@ def test_fit_refuses_nan_in_training_data(mnist):
 def test_fit_refuses_a_test_set_with_another_feature_size(mnist):
     config = TrainConfig(epochs=1, **TINY)
     prepared = load_data(config, dataset=mnist)
-    with pytest.raises(DataError, match=r"test set: expected shape \(N, 784\) for this model, "
-                                        r"found \(64, 100\)"):
+    with pytest.raises(DataError, match=r"mnist test set must have shape \(N, 784\), found "
+                                        r"\(64, 100\)$"):
         fit(config, None, data=prepared._replace(test=prepared.test[:, :100]), progress=False)
 
 

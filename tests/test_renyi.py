@@ -1,11 +1,13 @@
 """pyro_vae.objectives.renyi: the Rényi bound VR_α,K (Li & Turner 2016) on the linear-Gaussian
 model (float64) against a hand-written per-datapoint version on the same random numbers, against
 Pyro's own RenyiELBO surrogate, between the ELBO and IWAE_K for every sample, and converging in
-K to the closed-form VR_α."""
+K to the closed-form VR_α; IWAE_ELBO is VR_ELBO at α = 0; K vectorized particles at every K;
+non-reparameterized guides refused."""
 
 import math
 
 import pyro
+import pyro.distributions as dist
 import pyro.infer
 import pytest
 import torch
@@ -96,15 +98,89 @@ def test_vr_rises_with_k_to_the_closed_form():
     assert -gaps[-1] < 0.1 * -gaps[0]
 
 
-def test_alpha_outside_the_open_unit_interval_is_refused():
+def test_alpha_outside_its_interval_is_refused():
+    """The renyi estimator of the registry takes α in (0, 1) (α = 0 is iwae); VR_ELBO itself
+    takes [0, 1) (IWAE_ELBO is VR_ELBO at α = 0)."""
     _, vae, _ = ppca_vae()
     for alpha in (0.0, 1.0, -0.5, 1.5, float("nan"), float("inf"), True, "0.5"):
         with pytest.raises(ConfigError, match="alpha"):
             make_objective("renyi", vae, alpha=alpha)
-    with pytest.raises(ConfigError, match=r"alpha must be a number in \(0, 1\)"):
+    for alpha in (1.0, -0.5, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(ConfigError, match="alpha"):
+            VR_ELBO(alpha=alpha)
+    with pytest.raises(ConfigError, match=r"alpha must be a number in \[0, 1\), got 1.0"):
         VR_ELBO(alpha=1.0)
+    assert VR_ELBO(alpha=0.0).alpha == 0.0
     with pytest.raises(ConfigError, match="iwae estimator takes no option 'alpha'"):
         make_objective("iwae", vae, alpha=0.5)
+
+
+def test_iwae_is_vr_at_alpha_zero():
+    """IWAE_ELBO is VR_ELBO at α = 0: the same class, and for the same draws the same bound per
+    datapoint (the hand-written IWAE_K), the same loss and the same gradients, bit for bit."""
+    _, vae, x = ppca_vae()
+    k = 7
+    iwae_elbo, vr_elbo = IWAE_ELBO(num_particles=k), VR_ELBO(alpha=0.0, num_particles=k)
+    assert isinstance(iwae_elbo, VR_ELBO) and iwae_elbo.alpha == 0.0
+    assert make_objective("iwae", vae, num_particles=k).elbo.alpha == 0.0
+    pyro.set_rng_seed(3)
+    bound = iwae_elbo.bound(vae.model, vae.guide, x)
+    assert_close(bound, iwae(hand_written_log_weights(vae, x, k, 3)), rtol=1e-12, atol=1e-12)
+    pyro.set_rng_seed(3)
+    assert torch.equal(bound, vr_elbo.bound(vae.model, vae.guide, x))
+    results = []
+    for elbo in (iwae_elbo, vr_elbo):
+        pyro.set_rng_seed(4)
+        loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+        results.append((loss, gradients(loss, vae)))
+    (a_loss, a), (b_loss, b) = results
+    assert torch.equal(a_loss, b_loss)
+    expected = -iwae(hand_written_log_weights(vae, x, k, 4)).sum()
+    assert_close(a_loss, expected, rtol=1e-12)
+    for name, grad in gradients(expected, vae).items():
+        assert grad.abs().max() > 1e-3, name
+        assert torch.equal(a[name], b[name]), name
+        assert_close(a[name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("k", [1, 3], ids=["K1", "K3"])
+@pytest.mark.parametrize("elbo", [IWAE_ELBO, lambda k: VR_ELBO(0.5, k)], ids=["iwae", "renyi"])
+def test_particles_are_vectorized_at_every_k(elbo, k):
+    """The estimators always vectorize their particles, K = 1 included: the log-weights are
+    ``(K, B)``, one row per particle (a K = 1 plate too), and the bound is per datapoint."""
+    _, vae, x = ppca_vae()
+    objective = elbo(k)
+    assert objective.vectorize_particles
+    pyro.set_rng_seed(3)
+    log_w = objective.log_weights(vae.model, vae.guide, x)
+    assert log_w.shape == (k, x.shape[0])
+    assert_close(log_w, hand_written_log_weights(vae, x, k, 3), rtol=1e-12, atol=1e-12)
+    pyro.set_rng_seed(3)
+    assert objective.bound(vae.model, vae.guide, x).shape == (x.shape[0],)
+
+
+@pytest.mark.parametrize("name, elbo", [("iwae", lambda: IWAE_ELBO(num_particles=2)),
+                                        ("renyi", lambda: VR_ELBO(0.5, 2))])
+def test_a_non_reparameterized_guide_is_refused(name, elbo):
+    """The surrogate has no score-function term: a guide site drawn without rsample is refused,
+    naming the estimator and the site (Pyro's loss_and_grads would add the score term)."""
+    x = torch.tensor([0.0, 1.0, 1.0])
+
+    def model(x):
+        with pyro.plate("data", 3):
+            c = pyro.sample("c", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(c, 1.0), obs=x)
+
+    def guide(x):
+        p = pyro.param("p", torch.full((3,), 0.5))
+        with pyro.plate("data", 3):
+            pyro.sample("c", dist.Bernoulli(p))
+
+    match = f"the {name} estimator needs reparameterized guide sites; 'c' is not"
+    with pytest.raises(ConfigError, match=match):
+        elbo().differentiable_loss(model, guide, x)
+    with pytest.raises(ConfigError, match=match):
+        elbo().bound(model, guide, x)
 
 
 def test_renyi_at_one_particle_is_the_elbo_sample_by_sample():

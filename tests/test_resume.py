@@ -105,6 +105,21 @@ def test_iwae_resumes_exactly(tmp_path, data):
     assert_same_run(whole.history, resumed.history, whole.vae, resumed.vae)
 
 
+@pytest.mark.parametrize("model", [
+    {"flow": "iaf", "estimator": "meanfield"},
+    {"preset": "burda2", "hidden_sizes": None, "latent_dim": None, "estimator": "analytic"},
+], ids=["iaf", "two-layers"])
+def test_every_kind_of_model_resumes_exactly(tmp_path, data, model):
+    """A flow guide and two stochastic layers: their weights sit in lists of networks
+    (encoders, priors, flows), restored by name, and the optimizer state by position."""
+    config = dataclasses.replace(TINY, epochs=3, **model)
+    whole = fit(config, tmp_path / "whole", data=data, log=quiet)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path / "cut", data=data, log=interrupt_after(tmp_path / "cut", 1))
+    resumed = fit(None, tmp_path / "cut", resume=True, data=data, log=quiet)
+    assert_same_run(whole.history, resumed.history, whole.vae, resumed.vae)
+
+
 @pytest.mark.parametrize("estimator", ["meanfield", "analytic"])
 def test_resume_with_more_epochs_extends_the_run(tmp_path, data, estimator):
     """E1 epochs, then ``fit(config with epochs=E, resume=True)``: the same as E epochs at

@@ -1,6 +1,7 @@
 """pyro_vae.runs: a run folder is owned (locked, never overwritten by accident), its checkpoint
-is verified entry by entry and kept with its predecessor, and files of the previous format
-version are read through explicit migrations that give the numbers the old code gave."""
+is verified entry by entry (its format tag and version first) and kept with its predecessor,
+it loads on the CPU whatever device it was trained on, and files of older format versions
+(1 and 2) are read through explicit migrations that give the numbers the old code gave."""
 
 import json
 import math
@@ -16,11 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae import CheckpointError, DataError, RunFolderError
+from pyro_vae import CheckpointError, ConfigError, DataError, RunFolderError
 from pyro_vae.config import TrainConfig
 from pyro_vae.files import read_torch_file, save_torch_file
 from pyro_vae.fit import fit
-from pyro_vae.runs import METRICS_SCHEMA, RunFolder, load_checkpoint
+from pyro_vae.runs import METRICS_SCHEMA, RunFolder, load_checkpoint, vae_from_checkpoint
+from pyro_vae.runs.schema import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from tests.conftest import binary_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 V1 = Path(__file__).parent / "data" / "v1"
@@ -33,6 +36,36 @@ def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained") / "run"
     fit(TrainConfig(epochs=2, **TINY), out, progress=False, log=lambda *a: None)
     return out
+
+
+@pytest.fixture(scope="module")
+def trained_flow(tmp_path_factory) -> Path:
+    """The same run with an IAF guide: weights under encoders.0.* and flows.0.*."""
+    out = tmp_path_factory.mktemp("trained_flow") / "run"
+    fit(TrainConfig(epochs=2, flow="iaf", **TINY), out, progress=False, log=lambda *a: None)
+    return out
+
+
+def same_outputs(a, b) -> None:
+    """Two VAEs compute the same numbers, bit for bit, on the same inputs: the guide layer by
+    layer (with its flow), the prior, the likelihood, and the pictures' encode and decode."""
+    x = binary_batch(5, 784, seed=7)
+    path_a = a.guide_path(x, num_samples=3, generator=torch.Generator().manual_seed(1))
+    path_b = b.guide_path(x, num_samples=3, generator=torch.Generator().manual_seed(1))
+    for name in ("u", "zs", "locs", "scales", "log_q", "log_det"):
+        p, q = getattr(path_a, name), getattr(path_b, name)
+        if isinstance(p, torch.Tensor):
+            p, q = [p], [q]
+        assert len(p) == len(q) == (1 if name in ("u", "log_det") else a.num_layers), name
+        assert all(torch.equal(s, t) for s, t in zip(p, q, strict=True)), name
+    zs = path_a.zs
+    assert torch.equal(a.log_likelihood(x, zs[0]), b.log_likelihood(x, zs[0]))
+    for p, q in zip(a.log_prior(zs), b.log_prior(zs), strict=True):
+        assert torch.equal(p, q)
+    for p, q in zip(a.encode(x), b.encode(x), strict=True):
+        assert torch.equal(p, q)
+    z = torch.randn(4, a.latent_dim, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a.decode(z).base_dist.logits, b.decode(z).base_dist.logits)
 
 
 def copy_of(run: Path, tmp_path: Path) -> RunFolder:
@@ -70,7 +103,7 @@ def _damage(raw: dict, case: str) -> dict:
     state, trainer = dict(raw["model_state"]), dict(raw["trainer_state"])
     first = next(iter(state))
     if case == "extra weight":
-        state["encoder.extra"] = torch.zeros(3)
+        state["encoders.0.extra"] = torch.zeros(3)
     elif case == "wrong shape":
         state[first] = torch.zeros(5, 5)
     elif case == "no weights":
@@ -108,11 +141,11 @@ def _damage(raw: dict, case: str) -> dict:
 
 DAMAGE = {
     "extra weight": r"model_state does not match the saved configuration: .*unexpected "
-                    r"\['encoder.extra'\]",
-    "wrong shape": r"model_state\['encoder.body.0.weight'\] has shape \(5, 5\)",
+                    r"\['encoders.0.extra'\]",
+    "wrong shape": r"model_state\['encoders.0.body.0.weight'\] has shape \(5, 5\)",
     "no weights": r"model_state does not match the saved configuration: missing",
-    "NaN weight": r"model_state\['encoder.body.0.weight'\] holds NaN or infinite values",
-    "integer weight": r"model_state\['encoder.body.0.weight'\] .* dtype torch.int64",
+    "NaN weight": r"model_state\['encoders.0.body.0.weight'\] holds NaN or infinite values",
+    "integer weight": r"model_state\['encoders.0.body.0.weight'\] .* dtype torch.int64",
     "beta not a number": r"entry config: beta must be float or int, got 'abc'",
     "hidden sizes not a list": r"entry config: hidden_sizes must be tuple or None, got 5",
     "unknown config key": r"entry config: unknown configuration keys: learning_rate",
@@ -124,14 +157,14 @@ DAMAGE = {
     "history of strings": r"history\[0\] is not a metrics record",
     "image shape of another size": r"image_shape is \[28, 27\], expected two sizes whose "
                                    r"product is x_dim = 784",
-    "format version 99": r"checkpoint format version 99; this pyro_vae reads versions 1 to 2",
+    "format version 99": r"checkpoint format version 99; this pyro_vae reads versions 1 to 3$",
 }
 
 
 @pytest.mark.parametrize("case", list(DAMAGE), ids=list(DAMAGE))
 def test_a_damaged_entry_is_refused_naming_the_file_and_the_entry(trained, tmp_path, case):
     run = copy_of(trained, tmp_path)
-    torch.save(_damage(read_checkpoint(run.checkpoint), case), run.checkpoint)
+    torch.save(_damage(read_torch_file(run.checkpoint), case), run.checkpoint)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(run.checkpoint)
     message = str(info.value)
@@ -156,9 +189,8 @@ def test_a_damaged_latest_checkpoint_says_how_to_recover_the_previous(trained, t
 
 def test_a_checkpoint_without_optimizer_state_evaluates_but_does_not_resume(trained, tmp_path):
     run = copy_of(trained, tmp_path)
-    raw = read_checkpoint(run.checkpoint)
-    save_checkpoint(run.checkpoint, {k: v for k, v in raw.items()
-                                     if k not in ("format", "format_version", "trainer_state")})
+    raw = read_torch_file(run.checkpoint)
+    save_torch_file(run.checkpoint, {k: v for k, v in raw.items() if k != "trainer_state"})
     vae, ckpt = run.load_vae()
     assert ckpt.trainer_state is None and vae.x_dim == 784
     with pytest.raises(CheckpointError, match="holds no optimizer or RNG state: it can be "
@@ -166,14 +198,127 @@ def test_a_checkpoint_without_optimizer_state_evaluates_but_does_not_resume(trai
         fit(TrainConfig(epochs=3, **TINY), run, resume=True, progress=False)
 
 
-# --- version 1 files --------------------------------------------------------------------------
+@pytest.mark.parametrize("case, refusal", [
+    ("dict without the tag", r"not a pyro_vae checkpoint: expected a dict tagged "
+                             r"format='pyro_vae.checkpoint', found a dict with keys "
+                             r"\['epoch', 'model_state'\]$"),
+    ("another tag", r"not a pyro_vae checkpoint: expected a dict tagged "
+                    r"format='pyro_vae.checkpoint', found a dict with keys \['config', "),
+    ("a tensor", r"not a pyro_vae checkpoint: expected a dict tagged "
+                 r"format='pyro_vae.checkpoint', found a Tensor$"),
+    ("no format version", r"checkpoint format version None; this pyro_vae reads versions 1 "
+                          r"to 3$"),
+    ("text file", r"not a pyro_vae checkpoint: expected a torch.save zip archive, found a file "
+                  r"starting with b'epoch 3\\n"),
+])
+def test_a_file_that_is_no_checkpoint_is_refused_naming_the_file(trained, tmp_path, case,
+                                                                  refusal):
+    """The format tag and version are checked where a checkpoint is read (read_torch_file, in
+    pyro_vae.files, reads any torch file of plain data: tests/test_files.py)."""
+    raw = read_torch_file(trained / "checkpoint.pt")
+    assert raw["format"] == CHECKPOINT_FORMAT and raw["format_version"] == CHECKPOINT_VERSION == 3
+    path = tmp_path / "checkpoint.pt"
+    if case == "dict without the tag":
+        torch.save({"model_state": raw["model_state"], "epoch": 2}, path)
+    elif case == "another tag":
+        torch.save({**raw, "format": "other.checkpoint"}, path)
+    elif case == "a tensor":
+        torch.save(torch.ones(3), path)
+    elif case == "no format version":
+        torch.save({k: v for k, v in raw.items() if k != "format_version"}, path)
+    else:
+        path.write_text("epoch 3\nthis is not a checkpoint\n")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert re.search(refusal, message), message
+
+
+def test_a_checkpoint_of_a_gpu_run_loads_on_the_cpu(trained, tmp_path):
+    """A run trained with device "cuda" (its saved configuration says so) loads, evaluates
+    and resumes on a machine without a GPU, given device="cpu"."""
+    run = copy_of(trained, tmp_path)
+    raw = read_torch_file(run.checkpoint)
+    save_torch_file(run.checkpoint, {**raw, "config": {**raw["config"], "device": "cuda"}})
+    ckpt = load_checkpoint(run.checkpoint)
+    assert ckpt.config.device == "cuda"
+    vae, same = vae_from_checkpoint(ckpt, device="cpu")
+    assert same is ckpt and not vae.training and vae.beta == 1.0
+    assert {p.device.type for p in vae.parameters()} == {"cpu"}
+    cpu_vae, _ = RunFolder(trained).load_vae()
+    same_outputs(vae, cpu_vae)
+    folder_vae, _ = run.load_vae(device="cpu")
+    same_outputs(folder_vae, cpu_vae)
+    if torch.cuda.is_available():
+        return
+    with pytest.raises(ConfigError, match="no CUDA GPU is available; use --device cpu"):
+        fit(None, run, resume=True, progress=False, log=lambda *a: None)
+    result = fit(TrainConfig(**{**ckpt.config.to_dict(), "device": "cpu", "epochs": 3}), run,
+                 resume=True, progress=False, log=lambda *a: None)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert result.history[:2] == ckpt.history
+    assert load_checkpoint(run.checkpoint).config.device == "cpu"
+
+
+# --- older format versions --------------------------------------------------------------------
+def as_version_2(raw: dict) -> dict:
+    """A version-3 checkpoint of a one-layer model as pyro_vae 0.2 wrote it: its encoder's
+    weights under encoder.*, its flow's under flow.*, in the same order."""
+    renames = (("encoders.0.", "encoder."), ("flows.0.", "flow."))
+    state = {next((old + k[len(new):] for new, old in renames if k.startswith(new)), k): v
+             for k, v in raw["model_state"].items()}
+    return {**raw, "format_version": 2, "model_state": state}
+
+
+@pytest.mark.parametrize("which", ["trained", "trained_flow"])
+def test_a_version_2_checkpoint_of_a_one_layer_model_loads_through_the_migration(
+        request, tmp_path, which):
+    run = RunFolder(request.getfixturevalue(which))
+    raw = read_torch_file(run.checkpoint)
+    v2 = as_version_2(raw)
+    prefixes = {k.split(".")[0] for k in v2["model_state"]}
+    assert prefixes == ({"encoder", "decoder", "flow"} if which == "trained_flow"
+                        else {"encoder", "decoder"})
+    path = tmp_path / "checkpoint.pt"
+    save_torch_file(path, v2)
+
+    migrated, current = load_checkpoint(path), run.load_checkpoint()
+    assert list(migrated.model_state) == list(current.model_state)  # names and order
+    for name, tensor in current.model_state.items():
+        assert torch.equal(migrated.model_state[name], tensor), name
+    assert migrated.config == current.config and migrated.history == current.history
+    same_outputs(vae_from_checkpoint(migrated)[0], vae_from_checkpoint(current)[0])
+
+
+@pytest.mark.parametrize("which", ["trained", "trained_flow"])
+def test_a_version_2_run_resumes_exactly_as_it_would_have_gone_on(request, tmp_path, which):
+    """The migration renames the weights and keeps their order, so the optimizer state, by
+    position, still fits: epoch 2 from a version-2 checkpoint of epoch 1 is the epoch 2 of the
+    uninterrupted run, bit for bit."""
+    whole = request.getfixturevalue(which)
+    run = copy_of(whole, tmp_path)
+    epoch_1 = read_torch_file(run.previous_checkpoint)
+    assert epoch_1["epoch"] == 1
+    run.previous_checkpoint.unlink()
+    save_torch_file(run.checkpoint, as_version_2(epoch_1))
+    result = fit(None, run, resume=True, progress=False, log=lambda *a: None)
+    straight = json.loads((whole / "metrics.json").read_text())["epochs"]
+    for key in ("train_objective_nats", "test_elbo"):
+        assert [r[key] for r in result.history] == [r[key] for r in straight]
+    final = load_checkpoint(whole)
+    for name, tensor in result.vae.state_dict().items():
+        assert torch.equal(tensor, final.model_state[name]), name
+    assert read_torch_file(run.checkpoint)["format_version"] == 3  # written anew as version 3
+
+
 @pytest.mark.parametrize("estimator", ["meanfield", "iwae", "analytic"])
 def test_a_version_1_run_resumes_to_the_numbers_the_old_code_gave(tmp_path, estimator):
     """Written by pyro_vae 0.1 (tests/data/v1/README.md): Pyro's per-parameter optimizer
     states (meanfield, iwae) and torch Adam's (analytic) migrate to one format, and the run
     goes on exactly as the old code's uninterrupted 2-epoch run did."""
     run = copy_of(V1 / estimator, tmp_path)
-    assert read_checkpoint(run.checkpoint)["format_version"] == 1
+    assert read_torch_file(run.checkpoint)["format_version"] == 1
     result = fit(TrainConfig.from_dict({**run.load_checkpoint().config.to_dict(), "epochs": 2}),
                  run, resume=True, progress=False, log=lambda *a: None)
     expected = json.loads((V1 / estimator / "metrics_2_epochs.json").read_text())["epochs"]

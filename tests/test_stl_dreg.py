@@ -1,6 +1,7 @@
 """pyro_vae.objectives.stl and .dreg: the STL and DReG gradients on the linear-Gaussian model
 (float64), against the closed-form ELBO gradient, exact identities, a hand-written DReG, and
-each other."""
+each other; and the pieces of objectives/util.py they share with the other estimators
+(``particles``, ``reweight_gradients``), against hand-written log-densities."""
 
 import math
 
@@ -17,8 +18,10 @@ from pyro_vae.models.linear_gaussian import (
     kl_to_posterior,
     linear_gaussian_vae,
     sample_model,
+    set_to_posterior,
 )
-from pyro_vae.objectives import STL_ELBO, DReG_ELBO
+from pyro_vae.objectives import IWAE_ELBO, STL_ELBO, DReG_ELBO
+from pyro_vae.objectives.util import particles, reweight_gradients
 from pyro_vae.trainer import Trainer
 from tests.conftest import assert_close
 
@@ -41,7 +44,7 @@ def make_vae(params, *, at_posterior=False, learn_model=True):
     vae = linear_gaussian_vae(params, learn_model=learn_model)
     with torch.no_grad():  # σ in float64 (the likelihood rounds it through float32)
         vae.likelihood.log_scale.fill_(float(params.sigma.log()))
-    vae.encoder.set_to_posterior(params)
+    set_to_posterior(vae, params)
     vae.decoder.train(learn_model)  # Pyro warns about frozen parameters of a module in training
     if not at_posterior:
         g = torch.Generator().manual_seed(1)
@@ -49,7 +52,6 @@ def make_vae(params, *, at_posterior=False, learn_model=True):
             for p in vae.encoder.parameters():
                 p.add_(0.4 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return vae
-
 
 
 @pytest.fixture
@@ -84,7 +86,7 @@ def gradients(objective, x, seed, *, num_data=None, via="differentiable_loss"):
 
 
 def is_encoder(name):
-    return name.startswith("encoder.")
+    return name.startswith("encoders.")
 
 
 def draws(objective, x, n, first_seed=0):
@@ -319,6 +321,72 @@ def test_svi_trains_the_encoder_to_the_exact_posterior(params, x, name):
     loc, scale = vae.encode(x)
     kl = kl_to_posterior(x, loc.detach(), torch.diag_embed(scale[0].detach() ** 2), params)
     assert kl.mean() < 1e-4, kl
+
+
+# --- the shared pieces: particles and reweight_gradients ---------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 5], ids=["K=1", "K=5"])
+def test_particles_are_the_hand_written_log_densities(params, x, k):
+    """``particles``: K vectorized particles (a plate of K, K = 1 too), log p(x, z_k),
+    log q(z_k|x) and log w_k ``(K, B)`` from the same draws as by hand; log q at fixed
+    parameters has log q's value and the path term only as its gradient; the views hold the
+    samples' values."""
+    vae = make_vae(params)
+    pyro.set_rng_seed(3)
+    p = particles(IWAE_ELBO(num_particles=k), vae.model, vae.guide, (x,), {}, estimator="dreg",
+                  views=True, fixed=True)
+    loc, scale = vae.encode(x)
+    pyro.set_rng_seed(3)
+    z = Normal(loc, scale).rsample((k,))  # (K, B, L), the draws of Pyro's guide
+    log_p = Normal(0.0, 1.0).log_prob(z).sum(-1) + vae.decode(z).log_prob(x)
+    log_q = Normal(loc, scale).log_prob(z).sum(-1)
+    for got, want in ((p.log_p, log_p), (p.log_q, log_q), (p.log_w, log_p - log_q),
+                      (p.log_q_fixed, log_q)):
+        assert got.shape == (k, B)
+        assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert set(p.views) == {"z"} and p.views["z"].shape == (k, B, L)
+    assert_close(p.views["z"], z, rtol=0, atol=0)
+    encoder = list(vae.encoder.parameters())
+    path = Normal(loc.detach(), scale.detach()).log_prob(z).sum()
+    for got, want in zip(torch.autograd.grad(p.log_q_fixed.sum(), encoder),
+                         torch.autograd.grad(path, encoder), strict=True):
+        assert want.abs().max() > 1e-3
+        assert_close(got, want, rtol=1e-10, atol=1e-12)
+    without = particles(IWAE_ELBO(num_particles=k), vae.model, vae.guide, (x,), {},
+                        estimator="dreg")
+    assert without.log_q_fixed is None and without.views == {}
+
+
+def test_reweight_gradients_scales_what_reaches_each_sample_from_the_model(params, x):
+    """A hook on the model's view of z multiplies the gradient flowing back through it by the
+    weights ``(K, B)``: the guide's gradient of Σ log p(x, z_k) becomes that of
+    Σ w_kb log p(x_b, z_kb), the model's (which does not pass through z) is unchanged."""
+    vae = make_vae(params)
+    k = 4
+    weights = torch.rand(k, B, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    pyro.set_rng_seed(3)
+    p = particles(IWAE_ELBO(num_particles=k), vae.model, vae.guide, (x,), {}, estimator="piwae",
+                  views=True)
+    reweight_gradients(p.views, weights, "piwae")
+    got = {n: g for n, g in zip([n for n, _ in vae.named_parameters()],
+                                torch.autograd.grad(p.log_p.sum(), list(vae.parameters())),
+                                strict=True)}
+    loc, scale = vae.encode(x)
+    pyro.set_rng_seed(3)
+    z = Normal(loc, scale).rsample((k,))
+    log_p = Normal(0.0, 1.0).log_prob(z).sum(-1) + vae.decode(z).log_prob(x)
+    names, parameters = zip(*vae.named_parameters(), strict=True)
+    weighted = torch.autograd.grad((weights * log_p).sum(), parameters, retain_graph=True)
+    plain = torch.autograd.grad(log_p.sum(), parameters)
+    for name, w_grad, grad in zip(names, weighted, plain, strict=True):
+        want = w_grad if is_encoder(name) else grad
+        assert want.abs().max() > 1e-3, name
+        assert_close(got[name], want, rtol=1e-10, atol=1e-12, msg=name)
+    with pytest.raises(ConfigError, match=r"the piwae estimator: latent site 'z' has shape "
+                                          r"\(3, 8, 2\), which does not start with the "
+                                          r"log-weights' shape \(4, 8\)"):
+        reweight_gradients({"z": torch.zeros(3, B, L)}, weights, "piwae")
 
 
 # --- misuse ----------------------------------------------------------------------------------

@@ -3,13 +3,14 @@ differentiable loss, computes what Pyro's SVI with pyro.optim.Adam computes, ste
 state round-trips, so a resumed trainer goes on exactly."""
 
 import copy
+import math
 
 import pyro
 import pyro.optim
 import pytest
 import torch
 
-from pyro_vae import ESTIMATORS, VAE, CheckpointError, make_objective
+from pyro_vae import ESTIMATORS, VAE, CheckpointError, DataError, make_objective
 from pyro_vae.trainer import Trainer
 from tests.conftest import binary_batch
 
@@ -82,12 +83,25 @@ def test_a_state_of_another_model_is_refused():
 
 
 def test_a_non_finite_loss_is_returned_before_any_update():
+    """Data in the likelihood's support (the model refuses NaN and infinite values before any
+    step) whose loss overflows: the trainer returns it and leaves weights and Adam alone."""
     vae = make_vae("gaussian")
     trainer = Trainer(make_objective("meanfield", vae), lr=1e-2)
+    trainer.step(torch.zeros(4, 12))
     before = copy.deepcopy(vae.state_dict())
-    x = torch.full((4, 12), float("inf"))
-    with pyro.validation_enabled(False), pytest.warns(UserWarning, match="Encountered"):
+    adam = copy.deepcopy(trainer.optim.state_dict())
+    x = torch.full((4, 12), 1e30)  # finite, but its squared error is not
+    with pyro.validation_enabled(False):
         loss = trainer.step(x)
-    assert loss != loss or loss in (float("inf"), float("-inf"))
+    assert not math.isfinite(loss)
+    for name, tensor in vae.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    for index, moments in trainer.optim.state_dict()["state"].items():
+        for key, value in moments.items():
+            assert torch.equal(value, adam["state"][index][key]), (index, key)
+    # infinite data are refused by the model's input check, validation on or off
+    with pyro.validation_enabled(False), pytest.raises(
+            DataError, match=r"^x: 48 of 48 values are NaN or infinite$"):
+        trainer.step(torch.full((4, 12), float("inf")))
     for name, tensor in vae.state_dict().items():
         assert torch.equal(tensor, before[name]), name

@@ -1,6 +1,6 @@
 """The doubly reparameterized IWAE gradient (DReG) of Tucker, Lawson, Gu & Maddison (2019).
 
-In the IWAE gradient of :class:`~pyro_vae.objectives.iwae.IWAE_ELBO` the guide's weighted
+In the IWAE gradient of :class:`~pyro_vae.objectives.renyi.IWAE_ELBO` the guide's weighted
 score terms make its signal-to-noise ratio fall as O(1/√K) (Rainforth et al. 2018); DReG
 replaces them by path derivatives weighted by the squared normalized weights::
 

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from pyro_vae import ConfigError
 from pyro_vae.build import load_data
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import binarize
@@ -117,3 +118,17 @@ def test_checkpoint_is_written_every_epoch(tmp_path):
     # log() runs before each epoch's files are written: it sees epochs 1 and 2 saved
     assert epochs_seen == [1, 2]
     assert load_checkpoint(tmp_path).epoch == 3
+
+
+def test_a_gpu_run_is_refused_at_once_on_a_machine_without_one(tmp_path):
+    """TrainConfig.validate checks the device's form only; fit asks whether this machine has
+    it, before it reads any data or writes any file."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    config = tiny_config(device="cuda").validate()
+    with pytest.raises(ConfigError, match=r"^device 'cuda' requested but no CUDA GPU is "
+                                          r"available; use --device cpu$"):
+        fit(config, tmp_path / "run", progress=False, log=quiet)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="no CUDA GPU is available"):
+        fit(config, progress=False, log=quiet, data=load_data(tiny_config()))
