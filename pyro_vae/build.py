@@ -3,7 +3,10 @@ the data, each refused with a one-line error before anything large is allocated.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import sys
 
 import torch
 
@@ -81,7 +84,8 @@ def _own_model(config: TrainConfig, x_dim: int, image_shape, likelihood):
     likelihood=..., beta=...) returns the model (``docs/models.md``)."""
     module_name, _, function_name = config.model.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), function_name)
+        with _current_folder_importable():
+            factory = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError, ValueError) as e:
         raise ConfigError(f"model {config.model!r}: cannot import it ({type(e).__name__}: {e}); "
                           "expected MODULE:FUNCTION of an importable module") from None
@@ -92,6 +96,20 @@ def _own_model(config: TrainConfig, x_dim: int, image_shape, likelihood):
         raise ConfigError(f"model {config.model!r} returned a {type(model).__name__} without "
                           f"{', '.join(missing)} (see pyro_vae.models.interface.VAEModel)")
     return model
+
+
+@contextlib.contextmanager
+def _current_folder_importable():
+    """MODULE of ``--model MODULE:FUNCTION`` is looked for in the current folder too, as
+    ``python -m`` would (the ``pyro-vae`` script's own folder is the one on ``sys.path``)."""
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
 
 
 def check_training_memory(config: TrainConfig, model, device="cpu") -> None:

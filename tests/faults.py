@@ -92,13 +92,17 @@ def run_cli(argv: list[str], check: Callable[[], str | None] | None = None) -> O
 
 def run_api(call: Callable[[], object], check: Callable[[object], str | None] | None = None
             ) -> Outcome:
-    """A Python API call: the project's errors are clean; any other exception escapes."""
+    """A Python API call: the project's errors are clean when their message is one line (no
+    tensor dump, no appendix); any other exception escapes."""
     from pyro_vae import PyroVAEError
 
     try:
         value = call()
     except PyroVAEError as e:
-        return Outcome(2, f"{type(e).__name__}: {e}\n")
+        outcome = Outcome(2, f"{type(e).__name__}: {' '.join(str(e).split())}\n")
+        if "\n" in str(e).strip():
+            outcome.check_failed = f"a message of {len(str(e).strip().splitlines())} lines"
+        return outcome
     except Exception:
         return Outcome(None, "", traceback.format_exc())
     outcome = Outcome(0, "")
@@ -185,7 +189,22 @@ def make_template(folder: Path) -> Path:
         assert cli.main(["train", "--epochs", "2", "--out", str(folder / "run"), *TINY]) == 0
         assert cli.main(["evaluate", str(folder / "run"), "-K", "30", "--quiet"]) == 0
     shutil.copytree(MNIST, folder / "data", ignore=shutil.ignore_patterns("README.md"))
+    _write_npz_data_sets(folder / "data")
     return folder
+
+
+def _write_npz_data_sets(folder: Path) -> None:
+    """Data sets of one's own: ``own.npz`` (MNIST's first images, uint8, (N, 28, 28)),
+    ``tiny.npz`` (images of one row of 5 pixels) and ``bad.npz`` (no test array)."""
+    import numpy as np
+
+    from pyro_vae.data import load_dataset
+
+    mnist = load_dataset("mnist")
+    np.savez(folder / "own.npz", train=mnist.train_images[:48].reshape(-1, 28, 28).numpy(),
+             test=mnist.test_images[:16].reshape(-1, 28, 28).numpy())
+    np.savez(folder / "tiny.npz", train=np.full((8, 5), 0.5), test=np.full((4, 5), 0.5))
+    np.savez(folder / "bad.npz", train=np.zeros((8, 5)))
 
 
 # --- the catalogue -----------------------------------------------------------------------
@@ -331,8 +350,45 @@ def argument_faults() -> list[Fault]:
         (["sample", "run", "--out", "s.jpg"], "sample --out s.jpg"),
         (["plot", "nowhere"], "plot a missing folder"),
         (["plot", "run", "run", "--labels", "a"], "plot with one label for two runs"),
+        (["evaluate", "run", "--method", "is", "-K", "10", "--ais-steps", "7", "--chains", "3"],
+         "evaluate --method is with AIS's options"),
+        (["evaluate", "run", "-K", "10", "--schedule", "linear"], "evaluate -K with --schedule"),
+        (["evaluate", "run", "-K", "10", "--ais-start", "prior"], "evaluate -K with --ais-start"),
+        (["evaluate", "run", "--gap-steps", "5"], "evaluate --gap-steps without --gaps"),
+        (["evaluate", "run", "--dist-timeout", "0"], "evaluate --dist-timeout 0"),
+        (["evaluate", "run", "--target-accept", "1"], "evaluate --target-accept 1"),
+        (["train", "--model", "nowhere:build", "--out", "new", *TINY[:4]],
+         "train --model of a module that does not exist"),
+        (["train", "--model", "tests.own_model:missing", "--out", "new", *TINY[:4]],
+         "train --model of a function that does not exist"),
+        (["train", "--model", "tests.own_model:not_a_model", "--out", "new", *TINY[:4]],
+         "train --model returning something without the interface"),
+        (["train", "--model", "tests.own_model:build", "--latent-dim", "3", "--out", "new",
+          *TINY[:4]], "train --model with --latent-dim"),
+        (["train", "--preset", "conv", "--hidden-sizes", "8", "8", "8", "8", "8", "8",
+          "--out", "new", *TINY[:4], "--quiet"], "train --preset conv with more layers than the "
+         "image has halvings"),
+        (["train", "--preset", "conv", "--dataset", "data/tiny.npz", "--out", "new", "--quiet"],
+         "train --preset conv on images of one row"),
+        (["train", "--dataset", "cifar.tar", "--out", "new"], "train --dataset of another kind"),
+        (["train", "--dataset", "data/nowhere.npz", "--out", "new"], "train --dataset of a missing "
+         "file"),
+        (["train", "--dataset", "data/bad.npz", "--out", "new"], "train --dataset without a test "
+         "array"),
     ):
         faults.append(_cli("argument", name, argv))
+    faults += [
+        _cli("argument", "train --model tests.own_model:build (success)",
+             ["train", "--model", "tests.own_model:build", "--epochs", "1", "--out", "new",
+              *TINY[:4], "--quiet", "--no-plots"], succeeds=True),
+        _cli("argument", "train --preset conv --hidden-sizes 4 (success)",
+             ["train", "--preset", "conv", "--hidden-sizes", "4", "--latent-dim", "2",
+              "--epochs", "1", "--out", "new", *TINY[:4], "--quiet", "--no-plots"],
+             succeeds=True),
+        _cli("argument", "train --dataset own.npz (success)",
+             ["train", "--dataset", "data/own.npz", "--epochs", "1", "--out", "new", "--quiet",
+              "--no-plots", "--hidden-sizes", "8", "--latent-dim", "2"], succeeds=True),
+    ]
     return faults
 
 
@@ -381,7 +437,45 @@ def resource_faults() -> list[Fault]:
              succeeds=True, changes_run=True, check=_evaluated),
         _cli("resource", "sample -T 100 (success)", ["sample", "run", "-T", "100", "-n", "4",
                                                      "--out", "s.png"], succeeds=True),
+        _cli("resource", "evaluate --ais-steps 1000000000",
+             ["evaluate", "run", "--ais-steps", "1000000000", "--quiet"]),
+        _cli("resource", "evaluate --chains 1000000000",
+             ["evaluate", "run", "--chains", "1000000000", "--quiet"]),
+        _cli("resource", "evaluate --bdmc 1000000000",
+             ["evaluate", "run", "--bdmc", "1000000000", "--quiet"]),
+        _cli("resource", "evaluate --bdmc 3 --chains 1000000000",
+             ["evaluate", "run", "-K", "30", "--bdmc", "3", "--chains", "1000000000",
+              "--quiet"]),
+        _cli("resource", "evaluate --ais-steps 3 --chains 3 --bdmc 2 --gaps --gap-steps 2 "
+             "(success)", ["evaluate", "run", "--ais-steps", "3", "--chains", "3", "--bdmc", "2",
+                          "--gaps", "--gap-steps", "2", "--quiet"],
+             succeeds=True, changes_run=True, check=_evaluated),
+        Fault("resource", "evaluate with WORLD_SIZE=2 and no second process --dist-timeout 2",
+              "RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=<free> pyro-vae evaluate "
+              "run -K 30 --dist-timeout 2", _alone_in_a_world_of_two),
     ]
+
+
+def _alone_in_a_world_of_two(folder: Path) -> Outcome:
+    """torchrun's variables for two processes, and only this one: the rendezvous must fail
+    within --dist-timeout, with one line, not wait without end."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return run_cli(["evaluate", "run", "-K", "30", "--quiet", "--dist-timeout", "2"])
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _write_idx(path: Path, array_bytes: bytes, shape: tuple, type_byte: int = 8) -> None:
@@ -648,21 +742,60 @@ def run_folder_faults() -> list[Fault]:
 def api_faults() -> list[Fault]:
     from pyro_vae import VAE, make_objective
     from pyro_vae.config import TrainConfig
-    from pyro_vae.data import binarize, check_grey_levels
-    from pyro_vae.evaluation import estimate_log_px
+    from pyro_vae.data import binarize, check_grey_levels, from_arrays
+    from pyro_vae.evaluation import AISSettings, Execution, ais, bdmc, estimate_log_px
     from pyro_vae.fit import fit
+    from pyro_vae.idx import parse_idx
 
-    def vae():
-        return VAE(784, latent_dim=2, hidden_sizes=(8,))
+    def vae(**kwargs):
+        return VAE(784, latent_dim=2, hidden_sizes=(8,), **kwargs)
 
-    def svi_step(x):
+    models = {"one layer": vae,
+              "two layers": lambda: VAE(784, latent_dim=(3, 2), hidden_sizes=((8,), (4,))),
+              "IAF guide": lambda: vae(flow="iaf")}
+
+    def svi_step(x, model=vae, validation=True):
+        import pyro
+
+        v = model()
+        svi = pyro.infer.SVI(v.model, v.guide, pyro.optim.Adam({"lr": 1e-3}),
+                             pyro.infer.Trace_ELBO())
+        with pyro.validation_enabled(validation):
+            return svi.step(x)
+
+    def objective_loss(name, x):
+        return make_objective(name, vae()).differentiable_loss(x)
+
+    def in_outer_plate(plate: bool):
+        """The user's plate over x's rows (3), or a plate of 64 of something else."""
         import pyro
 
         v = vae()
-        svi = pyro.infer.SVI(v.model, v.guide, pyro.optim.Adam({"lr": 1e-3}),
-                             pyro.infer.Trace_ELBO())
-        with pyro.validation_enabled(True):
-            return svi.step(x)
+        with pyro.plate("outer", 64 if plate else ones.shape[0]):
+            return pyro.poutine.trace(v.model).get_trace(ones, plate=plate)
+
+    def gaussian_fit_on_0_255(tmp):
+        from pyro_vae.build import load_data
+        from pyro_vae.data import PreparedData
+
+        config = TrainConfig(likelihood="gaussian", epochs=1, train_size=32, test_size=16,
+                             hidden_sizes=(8,), latent_dim=2)
+        data = load_data(config)
+        return fit(config, data=PreparedData(data.train, data.test * 255, data.test_labels,
+                                             data.dataset), progress=False, log=lambda *a: None)
+
+    def checked(call, must_not: str):
+        """A one-line project error whose message does not say ``must_not``."""
+        def run():
+            from pyro_vae import PyroVAEError
+
+            try:
+                call()
+            except PyroVAEError as e:
+                if must_not in str(e) or "\n" in str(e):
+                    raise AssertionError(f"message {str(e)!r}") from None
+                raise
+        return run
 
     ones = torch.ones(3, 784)
     calls = {
@@ -715,9 +848,55 @@ def api_faults() -> list[Fault]:
         "TrainConfig.from_dict([])": lambda: TrainConfig.from_dict([]),
         "fit(None) without a run to resume": lambda: fit(None),
         "fit(resume=True) without a folder": lambda: fit(TrainConfig(), resume=True),
+        "SVI step, empty batch": lambda: svi_step(ones[:0]),
+        "SVI step, x on the meta device": lambda: svi_step(ones.to("meta")),
+        "SVI step, uint8 x (message without vae.to(uint8))": checked(
+            lambda: svi_step(ones.to(torch.uint8)), "vae.to(torch.uint8)"),
+        "SVI step, a DataError is one line (no Trace Shapes)": checked(
+            lambda: svi_step(ones * 0.5), "Trace Shapes"),
+        "vae.model inside the user's plate": lambda: in_outer_plate(True),
+        "vae.model(plate=False) inside the user's plate (success)": lambda: in_outer_plate(False),
+        "parse_idx('a string')": lambda: parse_idx("a string"),
+        "estimate_log_px of a VAE with a context, x alone": lambda: estimate_log_px(
+            vae(context_dim=3), ones, num_samples=10),
+        "estimate_log_px(memory_mb=0)": lambda: estimate_log_px(
+            vae(), ones, num_samples=10, execution=Execution(memory_mb=0)),
+        "estimate_log_px(execution=Execution(seed=-1))": lambda: estimate_log_px(
+            vae(), ones, num_samples=10, execution=Execution(seed=-1)),
+        "ais(chains=10**9)": lambda: ais(vae(), ones, AISSettings(num_chains=10**9)),
+        "ais(num_steps=10**9)": lambda: ais(vae(), ones, AISSettings(num_steps=10**9)),
+        "ais(start='posterior')": lambda: ais(vae(), ones, AISSettings(start="posterior")),
+        "bdmc(10**9 datapoints)": lambda: bdmc(vae(), ones[:1].expand(10**9, 784),
+                                              AISSettings(num_steps=2)),
+        "VAE(latent_dim=(3, 2), hidden_sizes=(8,))": lambda: VAE(784, latent_dim=(3, 2),
+                                                                 hidden_sizes=(8,)),
+        "VAE(latent_dim='a')": lambda: VAE(784, latent_dim="a"),
+        "VAE(encoder=[3 modules] for 1 layer)": lambda: VAE(
+            784, encoder=[torch.nn.Linear(1, 1)] * 3),
+        "fit of a gaussian model on a test set in [0, 255]": lambda: gaussian_fit_on_0_255(None),
+        "from_arrays(train 3-D of floats above 1)": lambda: from_arrays(
+            torch.full((4, 3, 3), 2.0), torch.zeros(2, 3, 3)),
+        "from_arrays(labels of the wrong length)": lambda: from_arrays(
+            torch.zeros(4, 9), torch.zeros(2, 9), train_labels=torch.zeros(3, dtype=torch.long)),
+        "from_arrays(empty test)": lambda: from_arrays(torch.zeros(4, 9), torch.zeros(0, 9)),
+        "from_arrays(int pixels above 255)": lambda: from_arrays(
+            torch.full((4, 9), 300), torch.zeros(2, 9, dtype=torch.uint8)),
     }
-    return [Fault("api", name, name, lambda folder, call=call: run_api(call))
-            for name, call in calls.items()]
+    for bad, value in (("grey levels", 0.5), ("a pixel of 2.0", 2.0), ("a pixel of -1", -1.0),
+                       ("a NaN pixel", float("nan"))):
+        x = ones.clone()
+        x[1, 5] = value if bad != "grey levels" else x[1, 5]
+        x = x * 0.5 if bad == "grey levels" else x
+        for label, model in models.items():
+            for validation in (True, False):
+                calls[f"SVI step, {bad}, {label}, validation {'on' if validation else 'off'}"] = (
+                    lambda x=x, model=model, validation=validation: svi_step(x, model,
+                                                                             validation))
+        for name in ("meanfield", "iwae", "dreg", "rws"):
+            calls[f"make_objective('{name}').differentiable_loss, {bad}"] = (
+                lambda name=name, x=x: objective_loss(name, x))
+    return [Fault("api", name, name, lambda folder, call=call: run_api(call),
+                  succeeds="(success)" in name) for name, call in calls.items()]
 
 
 def catalogue() -> list[Fault]:

@@ -109,7 +109,8 @@ def test_identical_vaes_start_equal_and_train_apart():
     assert all(torch.equal(a[k], b[k]) for k in a)
     x = binary_batch(16, 12)
     common.make_trainer(common.Spec("meanfield", 1), vaes["a"], 1e-2).step(x)
-    assert not torch.equal(vaes["a"].state_dict()["encoders.0.loc.weight"], b["encoders.0.loc.weight"])
+    assert not torch.equal(vaes["a"].state_dict()["encoders.0.loc.weight"],
+                           b["encoders.0.loc.weight"])
 
 
 # --- helpers -------------------------------------------------------------------------------------

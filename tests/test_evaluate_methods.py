@@ -1,7 +1,8 @@
 """``pyro-vae evaluate --method is|ais``, ``--bdmc`` and ``--gaps``: what evaluation.json
-records, that it equals the library's figures on the same seeds, bad values ending in one
-line and exit status 2, every option's default in its help, and torchrun giving the same
-numbers as one process."""
+records, that it equals the library's figures on the same seeds, bad values and options the
+chosen method would ignore ending in one line and exit status 2, every option's default in
+its help, torchrun giving the same numbers as one process, and the committed default model's
+recorded figure."""
 
 import json
 import os
@@ -14,7 +15,7 @@ import pytest
 from pyro_vae.build import load_data
 from pyro_vae.cli import build_parser, main
 from pyro_vae.config import TrainConfig
-from pyro_vae.evaluation import AISSettings, LayeredTarget, ais, estimate_log_px
+from pyro_vae.evaluation import AISSettings, Execution, ais, estimate_log_px, mean_elbo
 from pyro_vae.fit import fit
 from pyro_vae.runs import RunFolder, load_checkpoint, vae_from_checkpoint
 from tests.conftest import assert_close
@@ -51,8 +52,8 @@ def test_ais_report_records_method_settings_and_per_datapoint_values(tiny_run, t
     checkpoint = load_checkpoint(tiny_run)
     vae, _ = vae_from_checkpoint(checkpoint)
     x = load_data(checkpoint.config, train=False).test
-    est = ais(LayeredTarget(vae), x, AISSettings(num_steps=12, num_chains=6, num_leapfrog=2),
-              seed=3, pareto_k=False)
+    est = ais(vae, x, AISSettings(num_steps=12, num_chains=6, num_leapfrog=2), pareto_k=False,
+              execution=Execution(seed=3))
     assert_close(per["log_px"], est.log_px, rtol=1e-12, atol=1e-12)
     assert report["log_px"]["mean"] == pytest.approx(est.mean, abs=1e-12)
     assert report["pareto_k"] is None  # 6 chains: too few, and it says so
@@ -78,7 +79,7 @@ def test_bdmc_and_gaps_sections(tiny_run, tmp_path, capsys):
 
 def test_method_is_still_writes_the_importance_sampling_report(tiny_run, tmp_path):
     report = evaluate(tiny_run, tmp_path, "-K", "30", "--quiet", "--gaps", "--gap-steps", "5")
-    assert report["method"] == "is" and report["num_samples"] == 30
+    assert report["method"] == "is" and report["settings"]["num_samples"] == 30
     assert len(report["per_datapoint"]["log_px"]) == TEST_SIZE
     assert report["gaps"]["log_px_from"].startswith("IS")
 
@@ -124,22 +125,109 @@ def test_torchrun_splits_the_datapoints_and_gives_the_numbers_of_one_process(tin
     assert two["log_px"]["mean"] == pytest.approx(small["log_px"]["mean"], abs=1e-12)
 
 
-def test_a_flow_guide_checkpoint_is_evaluated_by_the_generic_and_the_fast_path(tmp_path):
-    """--method is takes Pyro's traces for a flow guide (the fast path assumes a Gaussian q);
-    --method ais the fast VAE target, started at q in the flow's input coordinates; both
-    give the library's numbers."""
+def test_a_flow_guide_checkpoint_is_evaluated_by_the_fast_path(tmp_path):
+    """--method is takes the layered fast path for a flow guide too (it used to take Pyro's
+    traces), --method ais the layered target, started at q in the flows' input coordinates;
+    both give the library's numbers."""
     folder = tmp_path / "flow"
     config = TrainConfig(train_size=128, test_size=6, hidden_sizes=(16,), latent_dim=3,
                          batch_size=64, epochs=1, eval_batch_size=6, flow="iaf",
                          estimator="trace")
     fit(config, folder, progress=False, log=lambda *a, **k: None)
     report = evaluate(folder, tmp_path, "-K", "25", "--quiet")
-    assert report["settings"]["proposal"].startswith("the guide q(z|x), generic path")
+    assert report["settings"]["proposal"] == "the guide q(z|x)"
     checkpoint = load_checkpoint(folder)
     vae, _ = vae_from_checkpoint(checkpoint)
     x = load_data(checkpoint.config, train=False).test
-    expected = estimate_log_px(vae.model, vae.guide, x, num_samples=25)
+    expected = estimate_log_px(vae, x, num_samples=25)
+    assert expected.fast
     assert_close(report["per_datapoint"]["log_px"], expected.log_px, rtol=1e-10, atol=1e-10)
     report = evaluate(folder, tmp_path, *AIS_ARGS)
-    assert report["settings"]["start"] == "the encoder q(z|x), in its flow's input coordinates"
+    assert report["settings"]["start"] == "the encoder q(z|x), in its flows' input coordinates"
     assert len(report["per_datapoint"]["log_px"]) == 6
+
+
+# --- importance sampling: the report, the options, the errors --------------------------------
+
+
+def test_evaluate_command_writes_the_report(tiny_run, capsys):
+    run = tiny_run.parent / "default-output"
+    run.mkdir()
+    for f in tiny_run.iterdir():
+        (run / f.name).write_bytes(f.read_bytes())
+    assert main(["evaluate", str(run), "-K", "50", "--quiet", "--seed", "3"]) == 0
+    report = json.loads((run / "evaluation.json").read_text())  # by default, in the run
+    out = capsys.readouterr().out
+    assert "log p(x) >= IWAE_50" in out and "nats/datapoint" in out
+    assert f"test ELBO on these {TEST_SIZE} images" in out
+    assert report["settings"]["num_samples"] == 50 and report["num_datapoints"] == TEST_SIZE
+    for key in ("log_px", "elbo", "gap", "test_elbo", "kl_to_prior", "active_units",
+                "pareto_k", "log_px_by_k"):
+        assert key in report
+    # the same numbers as the library on the same test set, seed and memory budget
+    vae, checkpoint = RunFolder(run).load_vae()
+    test = load_data(checkpoint.config, train=False).test
+    est = estimate_log_px(vae, test, num_samples=50, pareto_k=True,
+                          execution=Execution(seed=3))
+    assert_close(report["log_px"]["mean"], est.mean, rtol=1e-6)
+    assert_close(report["log_px"]["mc_stderr"], est.mean_mc_stderr, rtol=1e-5)
+    assert_close(report["pareto_k"]["values"], est.pareto_k, rtol=1e-6)
+    test_elbo = mean_elbo(vae, test, execution=Execution(block_size=TEST_SIZE))
+    assert report["test_elbo"]["mean"] == pytest.approx(test_elbo, rel=1e-6)
+    assert report["log_px"]["mean"] > report["elbo"]["mean"]  # same samples: Jensen
+    assert report["log_px"]["mean"] > report["test_elbo"]["mean"]
+
+
+def test_evaluate_command_options(tiny_run, tmp_path):
+    output = tmp_path / "e.json"
+    assert main(["evaluate", str(tiny_run / "checkpoint.pt"), "-K", "30", "--test-size", "8",
+                 "--no-psis", "--quiet", "--output", str(output)]) == 0
+    report = json.loads(output.read_text())
+    assert report["num_datapoints"] == 8 and report["pareto_k"] is None
+
+
+def test_evaluate_command_errors(tmp_path, capsys):
+    bad = tmp_path / "not_a_checkpoint.pt"
+    bad.write_bytes(b"garbage")
+    assert main(["evaluate", str(bad), "-K", "10"]) == 2
+    assert capsys.readouterr().err.startswith("pyro-vae: error:")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tmp_path / "missing.pt")])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(bad), "-K", "0"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-K", "10", "--chains", "5"], "--chains sets AIS, which --method is does not run"),
+    (["--method", "is", "--ais-steps", "5", "--schedule", "linear"],
+     "--ais-steps, --schedule set AIS"),
+    (["--method", "ais", "-K", "10"], "-K/--importance-samples sets importance sampling's K"),
+    (["--gap-steps", "5"], "--gap-steps sets the fit of --gaps")])
+def test_options_the_method_would_ignore_are_refused_in_one_line(tiny_run, tmp_path, args,
+                                                                 message, capsys):
+    output = tmp_path / "e.json"
+    assert main(["evaluate", str(tiny_run), *args, "--quiet", "-o", str(output)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("pyro-vae: error:")
+    assert message in err
+    assert not output.exists()
+
+
+def test_ais_options_go_with_method_is_when_bdmc_runs_ais(tiny_run, tmp_path):
+    report = evaluate(tiny_run, tmp_path, "-K", "10", "--bdmc", "2", "--chains", "3",
+                      "--ais-steps", "4", "--quiet")
+    assert report["method"] == "is"
+    assert report["bdmc"]["settings"]["num_chains"] == 3
+    assert report["bdmc"]["settings"]["num_steps"] == 4
+
+
+def test_the_committed_default_model_gives_its_recorded_figure(tmp_path):
+    """benchmarks/models/default (README): IWAE_5000 on the first 100 test images."""
+    model = REPO / "benchmarks" / "models" / "default"
+    before = sorted(p.name for p in model.iterdir())
+    report = evaluate(model, tmp_path, "--method", "is", "-K", "5000", "--test-size", "100",
+                      "--quiet")
+    assert round(report["log_px"]["mean"], 3) == -95.069
+    assert report["num_datapoints"] == 100 and report["settings"]["num_samples"] == 5000
+    assert sorted(p.name for p in model.iterdir()) == before  # nothing written there

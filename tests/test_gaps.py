@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from pyro_vae import ConfigError
+from pyro_vae.evaluation import Execution, Program
 from pyro_vae.evaluation.ais import AISSettings, ais
 from pyro_vae.evaluation.gaps import GapSettings, fit_diagonal_gaussian, inference_gaps
-from pyro_vae.evaluation.targets import LayeredTarget, ProgramTarget
+from pyro_vae.evaluation.targets import LayeredTarget
 from pyro_vae.models.linear_gaussian import (
     PPCAParams,
     closed_form_elbo,
@@ -17,6 +18,7 @@ from pyro_vae.models.linear_gaussian import (
     linear_gaussian_vae,
     log_marginal,
     sample_model,
+    set_to_posterior,
 )
 from tests.conftest import assert_close
 from tests.known_models import F64, TwoLayer, posterior_precision
@@ -36,7 +38,7 @@ def correlated_ppca() -> PPCAParams:
 def problem():
     params = correlated_ppca()
     vae = linear_gaussian_vae(params, learn_model=False)
-    vae.encoder.set_to_posterior(params)  # exact mean, marginal variances: not the best q
+    set_to_posterior(vae, params)  # exact mean, marginal variances: not the best q
     x = sample_model(params, 16, torch.Generator().manual_seed(1))
     return params, vae, x
 
@@ -58,10 +60,9 @@ def test_measured_gaps_match_their_closed_forms_and_add_up(problem):
         encoder_elbo = closed_form_elbo(x, loc, torch.diag_embed(scale**2), params)
     truth = log_marginal(x, params)
     assert float(approximation) > 0.3  # a gap worth measuring
-    log_px = ais(LayeredTarget(vae), x, AISSettings(num_steps=300), seed=1)
-    gaps = inference_gaps(LayeredTarget(vae), x, log_px.log_px,
-                          GapSettings(num_steps=500, eval_samples=20000),
-                          log_px_mc_stderr=log_px.log_px_mc_stderr, seed=2)
+    log_px = ais(vae, x, AISSettings(num_steps=300), execution=Execution(seed=1))
+    gaps = inference_gaps(vae, x, log_px.log_px, GapSettings(num_steps=500, eval_samples=20000),
+                          log_px_mc_stderr=log_px.log_px_mc_stderr, execution=Execution(seed=2))
     se = gaps.mean_mc_stderrs
     assert gaps.means["approximation"] == pytest.approx(float(approximation),
                                                         abs=3 * se["approximation"] + 0.02)
@@ -83,8 +84,9 @@ def test_gaps_of_a_pyro_program_with_two_latent_sites():
     x = model.mu + torch.randn(6, model.mu.shape[0], dtype=F64) @ torch.linalg.cholesky(
         model.joint_cov()[n:, n:]).T
     truth = model.log_marginal(x)
-    gaps = inference_gaps(ProgramTarget(model.model, model.guide), x, truth,
-                          GapSettings(num_steps=300, eval_samples=4000), seed=1)
+    gaps = inference_gaps(Program(model.model, model.guide), x, truth,
+                          GapSettings(num_steps=300, eval_samples=4000),
+                          execution=Execution(seed=1))
     se = gaps.mean_mc_stderrs
     # the fitted diagonal Gaussian is at least as good as the guide's own diagonal
     # conditionals, up to noise, and neither gap is negative beyond noise
@@ -97,6 +99,15 @@ def test_gaps_of_a_pyro_program_with_two_latent_sites():
 def test_bad_arguments_are_refused(problem):
     _, vae, x = problem
     with pytest.raises(ConfigError, match="log_px has 3 values for 16 datapoints"):
-        inference_gaps(LayeredTarget(vae), x, torch.zeros(3))
+        inference_gaps(vae, x, torch.zeros(3))
     with pytest.raises(ConfigError, match="num_steps"):
-        inference_gaps(LayeredTarget(vae), x, torch.zeros(16), GapSettings(num_steps=0))
+        inference_gaps(vae, x, torch.zeros(16), GapSettings(num_steps=0))
+    with pytest.raises(ConfigError, match="start"):
+        inference_gaps(vae, x, torch.zeros(16), GapSettings(start="posterior"))
+
+
+def test_samples_beyond_the_memory_are_refused_before_anything_runs(problem, monkeypatch):
+    _, vae, x = problem
+    monkeypatch.setenv("PYRO_VAE_MEMORY_LIMIT_MB", "1")
+    with pytest.raises(ConfigError, match=r"gap num_samples 1000000000 .*lower gap num_samples"):
+        inference_gaps(vae, x, torch.zeros(16), GapSettings(num_samples=10**9))

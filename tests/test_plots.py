@@ -5,6 +5,7 @@ PNG files a run gets (from ``write_run_figures``, ``pyro-vae train``, ``plot`` a
 import dataclasses
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -15,7 +16,14 @@ from pyro_vae import VAE, ConfigError, DataError
 from pyro_vae.build import load_data
 from pyro_vae.cli import main
 from pyro_vae.config import TrainConfig
-from pyro_vae.evaluation import evaluate
+from pyro_vae.evaluation import (
+    AISSettings,
+    Execution,
+    ReliabilityWarning,
+    ais,
+    estimate_log_px,
+    report,
+)
 from pyro_vae.fit import fit
 from pyro_vae.plots import (
     decoder_mean,
@@ -36,6 +44,14 @@ TINY = TrainConfig(train_size=256, test_size=200, batch_size=128, hidden_sizes=(
 CLI_TINY = ["--train-size", "256", "--test-size", "100", "--hidden-sizes", "16", "--quiet"]
 RUN_PICTURES = {"learning_curves.png", "reconstructions.png", "prior_samples.png",
                 "latent_embedding.png"}
+
+
+def evaluate(vae, x, *, num_samples, seed=0, pareto_k=True):
+    """The report of ``pyro-vae evaluate --method is`` on ``x`` (importance sampling)."""
+    execution = Execution(seed=seed)
+    estimate = estimate_log_px(vae, x, num_samples=num_samples, pareto_k=pareto_k,
+                               execution=execution)
+    return report(vae, x, estimate, execution=execution)
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +233,28 @@ def test_comparison_of_runs_evaluated_or_not(tmp_path, run_dir, data):
     assert png(path).shape[:2] == (480, 1500)
     with pytest.raises(DataError, match="no finished epoch"):
         plot_comparison([("empty", {"epochs": []}, None)], tmp_path / "d.png")
+
+
+def test_an_ais_evaluation_gets_its_pareto_picture_and_a_place_in_the_comparison(
+        tmp_path, run_dir, data):
+    """AIS has no curve over K: no log_px_vs_k picture; with 21 chains or more, the
+    histogram of k̂ over the chains; in the comparison, the estimate labelled AIS."""
+    for f in run_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    run = RunFolder(tmp_path)
+    vae, _ = run.load_vae()
+    x = data.test[:10]
+    estimate = ais(vae, x, AISSettings(num_steps=3, num_chains=21))
+    with warnings.catch_warnings():  # 3 steps: k̂ may flag the weights (warned and listed)
+        warnings.simplefilter("ignore", ReliabilityWarning)
+        evaluation = report(vae, x, estimate)
+    run.write_evaluation(evaluation)
+    written = {p.name for p in write_run_figures(run, vae=vae, data=data)}
+    assert "pareto_k.png" in written and "log_px_vs_k.png" not in written
+    png(run.picture("pareto_k"))
+    path = plot_comparison([("ais", run.read_metrics(), json.loads(json.dumps(evaluation)))],
+                           tmp_path / "c.png")
+    assert png(path).shape[:2] == (480, 1500)
 
 
 def test_learning_curves_of_several_runs(tmp_path, run_dir):

@@ -337,9 +337,11 @@ def test_version_1_metrics_and_evaluation_are_migrated(tmp_path):
     old = json.loads((V1 / "meanfield" / "metrics.json").read_text())["epochs"][0]
     assert record["train_objective_nats"] == old["train_elbo"]
     evaluation = run.read_evaluation()
-    assert evaluation["method"] == "is" and evaluation["version"] == 2
-    assert evaluation["log_px"]["mean"] == json.loads(
-        (V1 / "meanfield" / "evaluation.json").read_text())["log_px"]["mean"]
+    assert evaluation["method"] == "is" and evaluation["version"] == 3
+    old = json.loads((V1 / "meanfield" / "evaluation.json").read_text())
+    assert evaluation["log_px"]["mean"] == old["log_px"]["mean"]
+    assert evaluation["settings"]["num_samples"] == old["num_samples"]
+    assert "num_samples" not in evaluation
 
 
 @pytest.mark.parametrize("content", ["[]", "null", "3", '{"schema": "other", "version": 2}',

@@ -242,7 +242,7 @@ def _add_sections(out: dict, args, vae, x: torch.Tensor, settings: AISSettings,
                   execution: Execution) -> None:
     """BDMC on simulated data and the inference gaps, when asked for."""
     if args.bdmc:
-        template = x.new_zeros(args.bdmc, x.shape[1])  # only the shape: x is simulated
+        template = x.new_zeros(1, x.shape[1]).expand(args.bdmc, -1)  # only its shape matters
         out["bdmc"] = bdmc_section(bdmc(vae, template, settings, execution=execution),
                                    seed=args.seed)
     if args.gaps:

@@ -51,6 +51,7 @@ class GapSettings(NamedTuple):
         for name in ("num_steps", "num_samples", "eval_samples"):
             checks.integer(f"gap {name}", getattr(self, name))
         checks.number("gap lr", self.lr, low=0, open_low=True)
+        checks.choice("gap start", self.start, ("guide", "prior"))
         return self
 
 

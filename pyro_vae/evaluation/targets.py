@@ -144,12 +144,14 @@ class _LayeredDensity:
         _, log_prior, log_lik = self._terms(u)
         return log_lik + log_prior
 
+    @torch.no_grad()
     def sample_start(self, num_chains: int) -> torch.Tensor:
         if self.start == "prior":
             shape = (num_chains, self.num_datapoints)
             return torch.cat(self.model.sample_prior(shape, self.context), -1)
         return self.model.guide_path(self.x, self.context, num_samples=num_chains).u
 
+    @torch.no_grad()
     def sample_guide(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``num_samples`` draws of the guide q_φ on u and their log-density there: in the
         base coordinates, the Gaussians'; in z (the prior start), log q(z) = that − log |det|."""

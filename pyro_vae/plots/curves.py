@@ -128,8 +128,8 @@ def _log_px_panel(ax, runs, cmap) -> None:
             continue
         log_px = evaluation["log_px"]
         error = 2 * log_px["mc_stderr"] if isinstance(log_px.get("mc_stderr"), float) else None
-        method = f"IWAE_{evaluation['num_samples']}" if evaluation.get("method") == "is" else (
-            str(evaluation.get("method", "")).upper())
+        method = (f"IWAE_{evaluation['settings']['num_samples']}"
+                  if evaluation.get("method") == "is" else str(evaluation["method"]).upper())
         ax.errorbar([log_px["mean"]], [y], xerr=None if error is None else [error], fmt="o",
                     color=cmap(i % 10), capsize=3)
         ax.annotate(f"{log_px['mean']:.2f} ({method})", (log_px["mean"], y), fontsize=7,

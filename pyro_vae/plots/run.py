@@ -75,12 +75,12 @@ def evaluation_figures(run: RunFolder) -> list[Path]:
         written.append(plot_log_px_vs_k(
             list(ks), means, run.picture("log_px_vs_k"),
             stderr=None if any(e is None for e in errors) else errors,
-            elbo=evaluation.get("elbo", {}).get("analytic_kl", {}).get("mean")))
+            elbo=evaluation.get("elbo", {}).get("mean")))
     pareto = evaluation.get("pareto_k")
     if isinstance(pareto, dict) and pareto.get("values"):
         values = [float("nan") if v is None else v for v in pareto["values"]]
         written.append(plot_pareto_k(torch.tensor(values), run.picture("pareto_k"),
-                                     num_samples=evaluation.get("num_samples")))
+                                     num_samples=evaluation["settings"].get("num_samples")))
     return written
 
 
@@ -91,9 +91,9 @@ def _log_px_points(evaluation: dict) -> dict[int, tuple[float, float | None]]:
         return {}
     points = {int(k): (v["mean"], v.get("mc_stderr"))
               for k, v in evaluation.get("log_px_by_k", {}).items()}
-    points.setdefault(evaluation["num_samples"], (evaluation["log_px"]["mean"],
-                                                  evaluation["log_px"].get("mc_stderr")))
-    mc = evaluation.get("elbo", {}).get("monte_carlo")
-    if isinstance(mc, dict):
-        points.setdefault(1, (mc["mean"], mc.get("mc_stderr")))
+    points.setdefault(evaluation["settings"]["num_samples"], (
+        evaluation["log_px"]["mean"], evaluation["log_px"].get("mc_stderr")))
+    elbo = evaluation.get("elbo")
+    if isinstance(elbo, dict) and "mean" in elbo:  # E[IWAE_1], the ELBO
+        points.setdefault(1, (elbo["mean"], elbo.get("mc_stderr")))
     return points

@@ -45,7 +45,7 @@ from pyro_vae.errors import CheckpointError, DataError, RunFolderError
 from pyro_vae.files import atomic_write_json, read_torch_file, save_torch_file
 from pyro_vae.runs.migrations import (
     migrate_checkpoint,
-    migrate_evaluation_v1,
+    migrate_evaluation,
     migrate_metrics_v1,
 )
 from pyro_vae.runs.schema import (
@@ -264,12 +264,14 @@ class RunFolder:
         return path
 
     def read_evaluation(self) -> dict | None:
-        """``evaluation.json`` checked (and migrated from version 1), or ``None`` if absent."""
+        """``evaluation.json`` checked (and migrated from versions 1 and 2), or ``None`` if
+        absent."""
         if not self.evaluation.exists():
             return None
         document = read_json(self.evaluation)
-        if isinstance(document, dict) and "schema" not in document and "log_px" in document:
-            document = migrate_evaluation_v1(document)
+        if isinstance(document, dict) and document.get("version", 1) in (1, 2) and (
+                "schema" in document or "log_px" in document):
+            document = migrate_evaluation(document)
         return check_evaluation(document, self.evaluation)
 
 

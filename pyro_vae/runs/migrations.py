@@ -33,7 +33,7 @@ from pyro_vae.runs.schema import (
     bad_entry,
 )
 
-__all__ = ["migrate_checkpoint", "migrate_evaluation_v1", "migrate_metrics_v1"]
+__all__ = ["migrate_checkpoint", "migrate_evaluation", "migrate_metrics_v1"]
 
 
 def _objective_label(config: dict, label: str) -> str:
@@ -65,10 +65,22 @@ def migrate_metrics_v1(document: dict) -> dict:
                        if isinstance(epochs, list) else epochs)}
 
 
-def migrate_evaluation_v1(document: dict) -> dict:
-    """Version 1 had no schema fields and only importance sampling."""
-    return {"schema": EVALUATION_SCHEMA, "version": EVALUATION_VERSION, "method": "is",
-            **document}
+def migrate_evaluation(document: dict) -> dict:
+    """``evaluation.json`` of version 1 or 2 brought to version 3. Version 1 had no schema
+    fields and only importance sampling. Version 2 kept importance sampling's K at the top,
+    beside its settings, and two test ELBOs (``analytic_kl``, ``monte_carlo``); version 3 has
+    K in ``settings`` and the Monte Carlo ELBO on the K samples as ``elbo``."""
+    if "schema" not in document:
+        document = {"schema": EVALUATION_SCHEMA, "version": 2, "method": "is", **document}
+    if document.get("version") != 2:
+        return document
+    out = {**document, "version": EVALUATION_VERSION}
+    if "num_samples" in out:
+        out["settings"] = {**out.get("settings", {}), "num_samples": out.pop("num_samples")}
+    elbo = out.get("elbo")
+    if isinstance(elbo, dict) and isinstance(elbo.get("monte_carlo"), dict):
+        out["elbo"] = {"what": elbo.get("what"), **elbo["monte_carlo"]}
+    return out
 
 
 def migrate_checkpoint(raw: dict, path) -> dict:

@@ -36,7 +36,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "pyro_vae.checkpoint"  # the tag every checkpoint carries
 CHECKPOINT_VERSION = 3  # what is written; older versions are migrated (.migrations)
 METRICS_SCHEMA, METRICS_VERSION = "pyro_vae.metrics", 2
-EVALUATION_SCHEMA, EVALUATION_VERSION = "pyro_vae.evaluation", 2
+EVALUATION_SCHEMA, EVALUATION_VERSION = "pyro_vae.evaluation", 3
 RECORD_FIELDS = ("epoch", "train_objective", "train_objective_nats", "test_elbo",
                  "wall_seconds")  # what every per-epoch record of metrics.json holds
 
