@@ -31,7 +31,7 @@ def test_pyro_preset_is_784_400_50_softplus():
 def test_presets_follow_the_data_size_and_overrides():
     vae = VAE.from_preset("burda", 30, latent_dim=4)
     assert linear_sizes(vae.decoder)[-1] == (200, 30) and vae.latent_dim == 4
-    assert set(PRESETS) == {"pyro", "burda", "burda2"}
+    assert set(PRESETS) == {"pyro", "burda", "burda2", "conv"}
 
 
 def test_presets_give_sizes_per_stochastic_layer():
@@ -99,7 +99,7 @@ def test_bad_architecture_arguments():
         mlp(3, (4,), "sigmoidish")
     with pytest.raises(ConfigError, match="positive"):
         mlp(3, (0,), "tanh")
-    with pytest.raises(ConfigError, match="known presets: burda, burda2, pyro"):
+    with pytest.raises(ConfigError, match="known presets: burda, burda2, conv, pyro"):
         VAE.from_preset("resnet", 784)
     with pytest.raises(ConfigError, match=r"init_output_bias needs a decoder with an "
                                           r"output_bias of shape \(6,\)"):
