@@ -273,7 +273,10 @@ def check_overhead(out: Path) -> None:
     parts = document["profiles"][0]["ms_per_step"]
     for label in ("meanfield", "meanfield [Pyro's ELBO class]", "meanfield [Pyro SVI]"):
         part = {name.split(" (")[0]: ms for name, ms in parts[label].items()}
-        assert 0 < part["ELBO from the traces"] < part["trace model and guide"] < part["total"]
+        # parts nested in a step (cProfile's cumulative times): never more than the step; how
+        # the parts compare with each other depends on the machine's load, so it is not tested
+        assert 0 < part["ELBO from the traces"] < part["total"]
+        assert 0 < part["trace model and guide"] < part["total"]
         assert 0 < part["zeroing gradients"] < part["total"]
         assert (part["pyro.optim wrapper"] > 0) == (label == "meanfield [Pyro SVI]")
     assert set(document["validation"][0]["steppers"]) == {
@@ -349,13 +352,16 @@ CHECKS = {"overhead": check_overhead, "compare_estimators": check_compare_estima
 OPTIONS = {"gradient_snr": ("--model", "ppca", "--ppca-settings", "perturbation")}
 
 
-@pytest.mark.parametrize("form", ["file", "module"])
+@pytest.mark.integration
 @pytest.mark.parametrize("name", [s for s in SCRIPTS if s != "burda"])
-def test_quick_run(tmp_path, name, form):
-    run_script(name, form, tmp_path, "--quiet", *OPTIONS.get(name, ()))
+def test_quick_run(tmp_path, name):
+    """Each script's quick mode, as a module (``tests/test_examples.py`` runs each as a file,
+    for its help, from the repository's root with nothing on ``PYTHONPATH``)."""
+    run_script(name, "module", tmp_path, "--quiet", *OPTIONS.get(name, ()))
     CHECKS[name](tmp_path)
 
 
+@pytest.mark.integration
 def test_burda_quick_run_as_a_file_then_resumed_as_a_module(tmp_path):
     """The second run finds the finished runs, resumes them without training and evaluates
     them the same way: the same NLLs."""

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from pyro_vae.cli import main
 
 TINY = ["--train-size", "256", "--test-size", "64", "--hidden-sizes", "16", "--latent-dim",
@@ -19,6 +21,7 @@ def test_train_writes_metrics_and_prints_the_test_elbo_in_nats(tmp_path, capsys)
     assert (tmp_path / "checkpoint.pt").is_file()
 
 
+@pytest.mark.integration
 def test_console_module_entry_point_runs(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pyro_vae", "train", "--epochs", "1", "--estimator", "analytic",

@@ -82,6 +82,7 @@ def processes(tmp_path_factory):
 @pytest.mark.parametrize(
     "case", [pytest.param(c, marks=marks(c)) for c in IN_A_PROCESS], ids=IN_A_PROCESS
 )
+@pytest.mark.integration
 def test_bad_argument_in_a_real_process(processes, case):
     returncode, stdout, stderr, out = processes[case]
     assert returncode == 2

@@ -180,6 +180,7 @@ def one_process_steps(estimator, likelihood, num_data):
     return losses, params
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_distributed_step_equals_one_process_step(two_ranks, case):
     _, ranks = two_ranks
@@ -194,6 +195,7 @@ def test_distributed_step_equals_one_process_step(two_ranks, case):
                              msg=f"rank {rank}, step {step}: {name}")
 
 
+@pytest.mark.integration
 def test_learned_likelihood_scale_is_trained(two_ranks):
     """The Gaussian's log-scale moves, and (test above) by the all-reduced gradient."""
     _, ranks = two_ranks
@@ -203,6 +205,7 @@ def test_learned_likelihood_scale_is_trained(two_ranks):
     assert_close((params[0]["likelihood.log_scale"] - initial).abs(), LR, rtol=1e-3)
 
 
+@pytest.mark.integration
 def test_distributed_test_elbo_equals_one_process(two_ranks):
     _, ranks = two_ranks
     for result in ranks:
@@ -211,6 +214,7 @@ def test_distributed_test_elbo_equals_one_process(two_ranks):
     assert ranks[0]["mean_elbo"] == ranks[1]["mean_elbo"]
 
 
+@pytest.mark.integration
 def test_distributed_log_px_equals_one_process(two_ranks):
     """Same seed, same chunks: the same IWAE_K estimates whichever rank computed them."""
     _, ranks = two_ranks
@@ -264,6 +268,7 @@ def test_run_blocks_seeds_by_block_not_by_order():
     assert torch.equal(threaded["u"], values["u"])
 
 
+@pytest.mark.integration
 def test_fit_resume_equals_straight_run(two_ranks):
     out_dir, ranks = two_ranks
     straight, resumed, straight_state, resumed_state = ranks[0]["fit"]
@@ -283,6 +288,7 @@ def test_fit_resume_equals_straight_run(two_ranks):
         assert_close(value, straight_state[name], rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.integration
 def test_a_data_parallel_run_resumes_in_one_process(two_ranks, tmp_path):
     """One optimizer-state format for both: a Pyro estimator's run trained by 2 ranks goes on
     in one process, from the saved Adam moments and step count."""
@@ -320,6 +326,7 @@ def test_derive_seed_separates_streams():
     assert derive_seed(1, 2) == derive_seed(1, 2)
 
 
+@pytest.mark.integration
 def test_a_dead_rank_ends_the_run_with_a_message(two_ranks):
     _, ranks = two_ranks
     message, seconds = ranks[0]["dead_rank"]
@@ -328,6 +335,7 @@ def test_a_dead_rank_ends_the_run_with_a_message(two_ranks):
     assert seconds < TIMEOUT  # the peer's socket closed, or the timeout: not a hang
 
 
+@pytest.mark.integration
 def test_torchrun_train_writes_one_set_of_outputs(tmp_path):
     """The command line under torchrun: 2 processes, 2 epochs; rank 0 alone prints and
     writes, and the test ELBO it reports is that of the saved model in one process."""

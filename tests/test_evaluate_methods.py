@@ -105,6 +105,7 @@ def test_every_option_shows_its_default():
             assert "default" in (action.help or ""), action.option_strings
 
 
+@pytest.mark.integration
 def test_torchrun_splits_the_datapoints_and_gives_the_numbers_of_one_process(tiny_run,
                                                                               tmp_path):
     out = tmp_path / "two.json"
@@ -222,6 +223,7 @@ def test_ais_options_go_with_method_is_when_bdmc_runs_ais(tiny_run, tmp_path):
     assert report["bdmc"]["settings"]["num_steps"] == 4
 
 
+@pytest.mark.integration
 def test_the_committed_default_model_gives_its_recorded_figure(tmp_path):
     """benchmarks/models/default (README): IWAE_5000 on the first 100 test images."""
     model = REPO / "benchmarks" / "models" / "default"

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from tests.faults import MEMORY_LIMIT_MB, TINY, catalogue, fingerprint, make_template, run_all
 from tests.faults import run_cli as run_cli_in
 
+pytestmark = pytest.mark.integration  # scripts and commands run whole (the full tier)
+
 CATALOGUE = catalogue()
 
 

@@ -56,6 +56,7 @@ SOURCES = {  # setting source: (command-line options, config field listing the s
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("source", SOURCES)
 def test_quick_run_writes_json_markdown_and_png(tmp_path, one_thread, source):
     options, listing = SOURCES[source]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # scripts and commands run whole (the full tier)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

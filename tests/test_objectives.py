@@ -364,3 +364,22 @@ def test_lean_meanfield_falls_back_to_pyro_where_it_needs_the_log_densities(vali
     assert torch.equal(a_loss, b_loss)
     for a, b in zip(a_grads, b_grads, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_svi_takes_every_objective_as_its_loss_and_returns_minus_the_bound(name):
+    """``SVI(vae.model, vae.guide, optim, make_objective(name, vae))``: ``svi.step`` returns the
+    objective's loss (−bound, a float, for rws too) on the same random numbers, and steps every
+    parameter of the VAE."""
+    vae = VAE(6, latent_dim=2, hidden_sizes=(8,))
+    x = binary_batch(5, 6)
+    objective = make_objective(name, vae)
+    objective.differentiable_loss(x)  # a compiled estimator compiles (and draws) at first
+    pyro.set_rng_seed(3)
+    expected = float(objective.differentiable_loss(x).detach())
+    before = {k: v.detach().clone() for k, v in vae.named_parameters()}
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), objective)
+    pyro.set_rng_seed(3)
+    got = svi.step(x)
+    assert isinstance(got, float) and got == pytest.approx(expected, rel=1e-5)
+    assert all(not torch.equal(before[k], v) for k, v in vae.named_parameters()), name

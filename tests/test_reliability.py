@@ -312,6 +312,7 @@ STALL_AFTER_EPOCH = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_sigkill_then_resume_loses_at_most_the_epoch_under_way(tmp_path, mnist):
     """Kill a training process with SIGKILL at a known point (epoch 5 trained and reported,
     its checkpoint not yet written), resume it from the command line, and check that (a) the

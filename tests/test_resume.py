@@ -199,6 +199,7 @@ sys.exit(main({argv!r}))
 """
 
 
+@pytest.mark.integration
 def test_cli_ctrl_c_then_resume_equals_uninterrupted(tmp_path):
     """``pyro-vae train`` stopped by SIGINT after its second epoch line, then
     ``pyro-vae train --resume``, against one uninterrupted ``pyro-vae train``."""

@@ -4,8 +4,17 @@
 the estimator's. Divide by the batch size for nats per datapoint.
 
 Objectives know nothing of optimizers: :class:`pyro_vae.trainer.Trainer` steps any of them with
-:class:`torch.optim.Adam`, and a user's own loop can do the same, or hand the model, the guide
-and the ELBO to :class:`pyro.infer.SVI`.
+:class:`torch.optim.Adam`, a user's own loop can do the same, and :class:`pyro.infer.SVI` takes
+one as its loss, as it takes a Pyro ELBO::
+
+    >>> import pyro, torch
+    >>> from pyro_vae import VAE, make_objective
+    >>> vae = VAE(4, latent_dim=2, hidden_sizes=(8,))
+    >>> svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
+    ...                      make_objective("iwae", vae, num_particles=5))
+    >>> loss = svi.step(torch.ones(3, 4))   # −IWAE_5 summed over the 3 datapoints, in nats
+    >>> loss > 0
+    True
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+import pyro
 import torch
 from pyro import poutine
 
@@ -40,6 +50,16 @@ class Objective(abc.ABC):
         """The loss as a float, without gradients."""
         with torch.no_grad():
             return float(self.differentiable_loss(x, num_data=num_data))
+
+    def __call__(self, model, guide, x: torch.Tensor, *, num_data: int | None = None
+                 ) -> torch.Tensor:
+        """The differentiable loss, called as :class:`pyro.infer.SVI` calls its loss,
+        ``loss(model, guide, x)``, with the parameters registered in Pyro's param store so
+        that SVI's optimizer finds them: ``svi.step(x)`` then returns −bound as a float, for
+        every estimator. The objective is bound to its model; ``model`` and ``guide`` are the
+        VAE's own (``vae.model``, ``vae.guide``)."""
+        pyro.module(self.vae.prefix + "vae", self.vae)
+        return self.differentiable_loss(x, num_data=num_data)
 
     def scaled_loss(self, x: torch.Tensor, scale: float) -> torch.Tensor:
         """``scale`` × the loss of ``x``, for a shard ``x`` of a larger minibatch (data-parallel
