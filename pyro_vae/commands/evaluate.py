@@ -35,7 +35,7 @@ import torch
 from pyro_vae.build import check_device, load_data
 from pyro_vae.commands.options import existing_path, positive_float, positive_int, seed
 from pyro_vae.distributed import DEFAULT_TIMEOUT_SECONDS, process_group
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.evaluation import (
     MIN_PSIS_SAMPLES,
     SCHEDULES,
@@ -52,6 +52,7 @@ from pyro_vae.evaluation import (
     mean_elbo,
     report,
 )
+from pyro_vae.evaluation.elbo import elbo_terms
 from pyro_vae.resources import set_threads
 from pyro_vae.runs import RunFolder, load_checkpoint, vae_from_checkpoint
 
@@ -107,7 +108,11 @@ def add_arguments(p) -> None:
     p.add_argument("--no-psis", action="store_true",
                    help="skip the Pareto k-hat diagnostic (default: computed)")
     p.add_argument("--output", "-o", type=Path, metavar="FILE",
-                   help="JSON report (default: evaluation.json in the run folder)")
+                   help="JSON report, the pictures beside it (default: evaluation.json in the "
+                   "run folder; for a run that git tracks, in runs/<its name>)")
+    p.add_argument("--no-plots", action="store_true",
+                   help="write no pictures (default: the ELBO's decomposition, and AIS's "
+                   "diagnostics or the posterior against the guide where they apply)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="torch threads per process (default: torch's, one per core or "
                    "$OMP_NUM_THREADS; on a busy machine, fewer are faster: the command says "
@@ -219,7 +224,9 @@ def _run(args, device, world) -> int:
                                        >= MIN_PSIS_SAMPLES, execution=execution)
         test_elbo = mean_elbo(vae, data.test, execution=Execution(
             block_size=config.eval_batch_size, world=world))
-        out = report(vae, data.test, estimate, execution=execution, test_elbo=test_elbo)
+        terms = elbo_terms(vae, data.test, execution=execution)
+        out = report(vae, data.test, estimate, execution=execution, test_elbo=test_elbo,
+                     terms=terms)
     _add_sections(out, args, vae, data.test, settings, execution)
     out = {
         "checkpoint": str(checkpoint.path), "epoch": checkpoint.epoch,
@@ -232,10 +239,57 @@ def _run(args, device, world) -> int:
         "config": config.to_dict(),
     }
     if main:
-        output = RunFolder(checkpoint.path.parent).write_evaluation(out, args.output)
+        folder = RunFolder(checkpoint.path.parent)
+        previous = _previous_estimate(folder, out)
+        output = folder.write_evaluation(out, args.output)
         _print_summary(out)
-        print(f"wrote {output} ({out['wall_seconds']:.0f} s)")
+        pictures = [] if args.no_plots else _pictures(vae, data.test, out, output.parent,
+                                                      previous)
+        print(f"wrote {', '.join(str(p) for p in (output, *pictures))} "
+              f"({out['wall_seconds']:.0f} s)")
     return 0
+
+
+def _previous_estimate(folder: RunFolder, out: dict) -> dict | None:
+    """The other method's estimates of the same images from the run's last evaluation, for
+    IS against AIS image by image."""
+    try:
+        previous = folder.read_evaluation()
+    except (DataError, OSError):
+        return None
+    if (previous is None or previous.get("method") == out["method"]
+            or previous["num_datapoints"] != out["num_datapoints"]
+            or previous.get("data_source") != out["data_source"]):
+        return None
+    return previous
+
+
+def _pictures(vae, x: torch.Tensor, out: dict, folder: Path, previous: dict | None
+              ) -> list[Path]:
+    """The identity, drawn: the ELBO's decomposition; AIS's path (with IS against AIS where an
+    IS evaluation of the same images is at hand); q(z|x) against p(z|x) in two dimensions."""
+    from pyro_vae.plots.identity import (
+        plot_ais_diagnostics,
+        plot_elbo_decomposition,
+        plot_posterior_vs_guide,
+    )
+
+    per = {k: out["per_datapoint"][k] for k in ("expected_loglik", "kl_to_prior", "log_px")}
+    if "gaps" in out:
+        per.update({k: out["gaps"]["per_datapoint"][k] for k in ("amortization",
+                                                                  "approximation")})
+    method = "AIS" if out["method"] == "ais" else f"IWAE_{out['settings']['num_samples']}"
+    pictures = [plot_elbo_decomposition(per, folder / "elbo_decomposition.png",
+                                        log_px_from=method)]
+    if out["method"] == "ais":
+        pairs = None if previous is None else (previous["per_datapoint"]["log_px"],
+                                               out["per_datapoint"]["log_px"])
+        pictures.append(plot_ais_diagnostics({**out["by_step"], "target": out["acceptance"][
+            "target"]}, folder / "ais_diagnostics.png", is_vs_ais=pairs))
+    capabilities = vae.capabilities
+    if capabilities.layered and capabilities.layers == 1 and vae.latent_dim == 2:
+        pictures.append(plot_posterior_vs_guide(vae, x, folder / "posterior_vs_guide.png"))
+    return pictures
 
 
 def _add_sections(out: dict, args, vae, x: torch.Tensor, settings: AISSettings,
@@ -262,9 +316,6 @@ def _print_summary(report: dict) -> None:
         K = report["settings"]["num_samples"]
         print(f"log p(x) >= IWAE_{K}: {_fmt(lp['mean'])} +- {_fmt(lp['mc_stderr'])} (Monte "
               f"Carlo s.e.; +- {_fmt(lp['data_stderr'])} over test images) nats/datapoint")
-        print(f"test ELBO on these {n} images: {_fmt(report['elbo']['mean'])} nats/datapoint "
-              f"({K} samples each); gap log p(x) - ELBO ~ E KL(q(z|x) || p(z|x)): "
-              f"{_fmt(report['gap']['mean'])} nats")
     else:
         s = report["settings"]
         print(f"log p(x) >= AIS (T={s['num_steps']}, {s['num_chains']} chains, "
@@ -272,10 +323,12 @@ def _print_summary(report: dict) -> None:
               f"{_fmt(lp['mc_stderr'])} (Monte Carlo s.e.; +- {_fmt(lp['data_stderr'])} over "
               f"test images) nats/datapoint; HMC acceptance "
               f"{_fmt(report['acceptance']['mean'], 2)}")
-        print(f"test ELBO on these {n} images: {_fmt(report['test_elbo']['mean'])} "
-              "nats/datapoint (one sample each, as training computes it)")
-    print(f"KL(q || p(z)): {report['kl_to_prior']['total']:.3f} nats; active units: "
-          f"{au['count']} of {au['latent_dim']}")
+    d = report["elbo_decomposition"]
+    print(f"on these {n} images, log p(x) = E_q[log p(x|z)] - KL(q || p(z)) + KL(q || p(z|x)): "
+          f"{_fmt(d['log_px'], 2)} = {_fmt(d['expected_loglik'], 2)} - "
+          f"{_fmt(d['kl_to_prior'], 2)} + {_fmt(d['kl_to_posterior'], 2)} nats; the test ELBO "
+          f"(the first two) is {_fmt(d['elbo'], 2)} = -loss")
+    print(f"active units: {au['count']} of {au['latent_dim']}")
     if report["pareto_k"] is not None:
         pk = report["pareto_k"]
         print(f"Pareto k-hat: median {_fmt(pk['median'], 2)}, max {_fmt(pk['max'], 2)}, "

@@ -60,7 +60,7 @@ def _check_sizes(args, x_dim: int, image_shape) -> None:
 def run(args) -> int:
     """Draw the samples, write the PNG (and arrays); exit status 0."""
     from pyro_vae.plots import plot_images, sample_prior
-    from pyro_vae.runs import load_checkpoint, vae_from_checkpoint
+    from pyro_vae.runs import RunFolder, load_checkpoint, vae_from_checkpoint
 
     vae, checkpoint = vae_from_checkpoint(load_checkpoint(args.checkpoint))
     if checkpoint.image_shape is None:
@@ -68,7 +68,8 @@ def run(args) -> int:
                           "checkpoint; cannot draw images")
     _check_sizes(args, vae.x_dim, checkpoint.image_shape)
     seed_used = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-    out = args.out or checkpoint.path.parent / f"samples_seed{seed_used}.png"
+    out = args.out or RunFolder(checkpoint.path.parent).output_folder / \
+        f"samples_seed{seed_used}.png"
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: the picture is written as PNG; name it *.png")
     generator = torch.Generator().manual_seed(seed_used)

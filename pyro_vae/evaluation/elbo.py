@@ -21,7 +21,7 @@ from torch.distributions import Normal, kl_divergence
 from pyro_vae.evaluation.program import as_program
 from pyro_vae.evaluation.runner import Execution, as_data, run_blocks, split_data
 
-__all__ = ["elbo_per_datapoint", "mean_elbo"]
+__all__ = ["elbo_per_datapoint", "elbo_terms", "mean_elbo"]
 
 
 def elbo_per_datapoint(model, x: torch.Tensor, context=None, *, generator=None) -> torch.Tensor:
@@ -66,6 +66,69 @@ def mean_elbo(model, data, *, execution: Execution = Execution(block_size=1000))
     out = run_blocks(compute, data, {"elbo": 0}, execution, block=block,
                      label="test ELBO", threaded=model.capabilities.layered)
     return float(out["elbo"].sum()) / data[0].shape[0]
+
+
+@torch.no_grad()
+def elbo_terms(model, data, *, num_samples: int = 100,
+               execution: Execution = Execution()) -> dict[str, torch.Tensor]:
+    """The two terms of the ELBO of every datapoint, ``(N,)`` nats each:
+
+        ELBO(x) = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)),
+
+    ``expected_loglik`` (E_q[log p(x|z)] over ``num_samples`` draws of the guide),
+    ``kl_to_prior`` (the KL: in closed form where the model has one for every latent, one
+    layer and a Gaussian guide; E_q[log q(z|x) − log p(z)] over the same draws otherwise) and
+    ``elbo``, their difference. With log p(x) from AIS or IS, log p(x) − ELBO estimates the
+    third term of log p(x) = E_q[log p(x|z)] − KL(q ‖ p(z)) + KL(q ‖ p(z|x))."""
+    data = as_data(data)
+    execution = execution.validate()
+    if model.capabilities.layered:
+
+        def compute(xb: tuple, generator, bar) -> dict:
+            x, context = split_data(model, xb)
+            path = model.guide_path(x, context, num_samples=num_samples, generator=generator)
+            loglik = model.log_likelihood(x, path.zs[0], context).mean(0)
+            closed = model.capabilities.closed_form_kl_sites and len(path.zs) == 1
+            if closed:
+                q = Normal(path.locs[0], path.scales[0], validate_args=False)
+                kl = kl_divergence(q, Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale),
+                                             validate_args=False)).sum(-1)
+            else:
+                kl = (sum(path.log_q) - path.log_det - sum(model.log_prior(path.zs, context))
+                      ).mean(0)
+            return {"expected_loglik": loglik, "kl_to_prior": kl}
+
+    else:
+        program = as_program(model)
+
+        def compute(xb: tuple, generator, bar) -> dict:
+            parts = [_sampled_terms(program, xb) for _ in range(num_samples)]
+            return {"expected_loglik": torch.stack([p[0] for p in parts]).mean(0),
+                    "kl_to_prior": torch.stack([p[1] for p in parts]).mean(0)}
+
+    out = run_blocks(compute, data, {"expected_loglik": 0, "kl_to_prior": 0}, execution,
+                     block=execution.block_size or 128, label="the ELBO's terms",
+                     threaded=model.capabilities.layered)
+    return {**out, "elbo": out["expected_loglik"] - out["kl_to_prior"]}
+
+
+def _sampled_terms(program, data: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(x|z), log q(z|x) − log p(z)) per datapoint at one draw of the guide: the
+    observed sites' log-densities, and the latent sites' of guide and model."""
+    guide_trace = poutine.trace(program.guide).get_trace(*data)
+    model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(*data)
+    loglik, kl = 0.0, 0.0
+    for site in model_trace.nodes.values():
+        if site["type"] == "sample":
+            log_p = site["fn"].log_prob(site["value"])
+            if site["is_observed"]:
+                loglik = loglik + log_p
+            else:
+                kl = kl - log_p
+    for site in guide_trace.nodes.values():
+        if site["type"] == "sample":
+            kl = kl + site["fn"].log_prob(site["value"])
+    return loglik, kl
 
 
 def _sampled_elbo(program, data: tuple) -> torch.Tensor:

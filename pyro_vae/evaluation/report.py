@@ -80,13 +80,14 @@ def _what(estimate) -> str:
 
 def report(model, x: torch.Tensor, estimate: ISResult | AISResult, *,
            execution: Execution = Execution(), test_elbo: float | None = None,
-           active_threshold: float = 0.01) -> dict:
+           terms: dict | None = None, active_threshold: float = 0.01) -> dict:
     """The evaluation report of ``model`` on ``x`` with ``estimate``, as a JSON-ready dict in
     nats per datapoint: ``log_px`` (the estimate's mean, its Monte Carlo standard error and
     its spread over the datapoints), the ELBO (importance sampling: on its K samples;
     AIS: ``test_elbo``, as training computes it), ``kl_to_prior`` and ``active_units`` of
     ``model.encode``'s Gaussian, the ``pareto_k`` summary, and ``per_datapoint`` values in
-    data order. Issues a :class:`ReliabilityWarning` (and lists it under ``warnings``) when
+    data order; with the ELBO's ``terms`` (:func:`~.elbo.elbo_terms`), the decomposition of
+    log p(x) into E_q[log p(x|z)] − KL(q ‖ p(z)) + KL(q ‖ p(z|x)). Issues a :class:`ReliabilityWarning` (and lists it under ``warnings``) when
     more than 1 % of the datapoints have k̂ > 0.7."""
     n, se = estimate.log_px.numel(), estimate.log_px_mc_stderr
     count, variances = active_units(model, x, threshold=active_threshold)
@@ -142,12 +143,28 @@ def report(model, x: torch.Tensor, estimate: ISResult | AISResult, *,
                           "beta": estimate.betas.tolist(),
                           "acceptance": _column_means(estimate.accept_by_step),
                           "step_size": _column_means(estimate.step_size_by_step)}
+    if terms is not None:
+        out["elbo_decomposition"] = _decomposition(estimate.log_px, terms)
+        out["per_datapoint"].update({k: terms[k].tolist() for k in ("expected_loglik",
+                                                                    "kl_to_prior")})
     if test_elbo is not None:
         out["test_elbo"] = {"what": f"the test ELBO as training computes it, on these {n} "
                             "datapoints: one posterior sample each, from a fixed seed",
                             "mean": test_elbo}
     _check_pareto(out, estimate, is_sampling)
     return out
+
+
+def _decomposition(log_px: torch.Tensor, terms: dict) -> dict:
+    """log p(x) = E_q[log p(x|z)] − KL(q ‖ p(z)) + KL(q ‖ p(z|x)), each term's mean."""
+    kl_posterior = log_px - terms["elbo"]
+    return {"what": "log p(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)) + KL(q(z|x) || p(z|x)); "
+            "the first two are the ELBO (= -loss), the third is log p(x) - ELBO",
+            "log_px": float(log_px.mean()),
+            "expected_loglik": float(terms["expected_loglik"].mean()),
+            "kl_to_prior": float(terms["kl_to_prior"].mean()),
+            "elbo": float(terms["elbo"].mean()),
+            "kl_to_posterior": float(kl_posterior.mean())}
 
 
 def _column_means(values: torch.Tensor) -> list:

@@ -27,10 +27,12 @@ configuration, finite values), and an error names the file and the entry.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,15 +103,27 @@ class RunFolder:
 
     @property
     def evaluation(self) -> Path:
-        return self.path / "evaluation.json"
+        """``evaluation.json``: in :attr:`output_folder` (where evaluate writes it), or where an
+        earlier version of the package wrote it, beside the checkpoint."""
+        made = self.output_folder / "evaluation.json"
+        return made if made.exists() or self.output_folder == self.path else (
+            self.path / "evaluation.json")
+
+    @functools.cached_property
+    def output_folder(self) -> Path:
+        """Where the commands write what they make of this run (its evaluation, pictures,
+        samples): the folder itself, or, for a folder whose files a git repository tracks (a
+        model committed with the code), ``runs/<its name>`` in the current folder, so that the
+        checkout stays as it was."""
+        return Path("runs") / self.path.resolve().name if _tracked(self.path) else self.path
 
     @property
     def lock_file(self) -> Path:
         return self.path / "run.lock"
 
     def picture(self, name: str) -> Path:
-        """The path of picture ``name`` (e.g. ``"reconstructions"``) in this folder."""
-        return self.path / f"{name}.png"
+        """The path of picture ``name`` (e.g. ``"reconstructions"``) in :attr:`output_folder`."""
+        return self.output_folder / f"{name}.png"
 
     def holds_run(self) -> bool:
         """Whether a run has written here (a checkpoint or metrics)."""
@@ -258,7 +272,7 @@ class RunFolder:
     def write_evaluation(self, report: dict, path: str | os.PathLike | None = None) -> Path:
         """Write ``report`` (from :func:`pyro_vae.evaluation.evaluate`, with the command's
         fields) as ``evaluation.json``, or to ``path``."""
-        path = Path(path) if path is not None else self.evaluation
+        path = Path(path) if path is not None else self.output_folder / "evaluation.json"
         atomic_write_json(path, {"schema": EVALUATION_SCHEMA, "version": EVALUATION_VERSION,
                                  **report})
         return path
@@ -294,6 +308,18 @@ def _keep_previous(current: Path, previous: Path) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _tracked(folder: Path) -> bool:
+    """Whether a git repository tracks files in ``folder`` (False where git is missing)."""
+    if not folder.is_dir():
+        return False
+    try:
+        out = subprocess.run(["git", "ls-files", "--", "."], cwd=folder, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
 
 
 def _write_holder(fd: int) -> None:
