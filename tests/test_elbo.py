@@ -13,6 +13,7 @@ from pyro_vae.models.linear_gaussian import (
     closed_form_elbo,
     guide_joint,
     linear_gaussian_vae,
+    prior_joint,
     sample_model,
     set_to_posterior,
 )
@@ -48,26 +49,20 @@ def test_the_terms_add_up_to_the_closed_form_elbo(layers, path):
     assert_close(terms["elbo"], terms["expected_loglik"] - terms["kl_to_prior"], rtol=0,
                  atol=1e-9)
     assert_close(terms["elbo"], exact, rtol=0, atol=0.17)
-    prior = MultivariateNormal(torch.zeros(q_mean.shape[1], dtype=F64),
-                               covariance_matrix=_prior_cov(params))
+    prior = MultivariateNormal(*prior_joint(params))
     exact_kl = kl_divergence(MultivariateNormal(q_mean, covariance_matrix=q_cov), prior)
     atol = 1e-9 if (layers == 1 and path == "layered") else 0.17
     assert_close(terms["kl_to_prior"], exact_kl, rtol=0, atol=atol)
 
 
-def _prior_cov(params) -> torch.Tensor:
-    from pyro_vae.models.linear_gaussian import prior_joint
-
-    return prior_joint(params)[1]
-
-
 def test_the_test_elbo_is_the_hand_written_analytic_elbo_on_the_same_draws():
     """One sample per datapoint from the block's seed: the model's own log-densities give the
-    hand-written baseline's figure, up to float rounding (they are two implementations)."""
+    hand-written baseline's figure (two implementations; the baseline draws its noise in
+    float32, so the samples agree to float32 rounding)."""
     _, vae, x = chain(1)
     from pyro_vae.distributed import derive_seed
 
     g = torch.Generator().manual_seed(derive_seed(0, 0))
     expected = float(analytic_elbo(vae, x, generator=g, beta=1.0).mean().detach())
     assert mean_elbo(vae, x, execution=Execution(block_size=1000)) == pytest.approx(
-        expected, rel=1e-12)
+        expected, rel=1e-7)

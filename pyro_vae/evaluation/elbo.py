@@ -18,8 +18,16 @@ import torch
 from pyro import poutine
 from torch.distributions import Normal, kl_divergence
 
-from pyro_vae.evaluation.program import as_program
-from pyro_vae.evaluation.runner import Execution, as_data, run_blocks, split_data
+from pyro_vae.errors import ConfigError
+from pyro_vae.evaluation.program import (
+    as_program,
+    inspect_program,
+    log_density,
+    particles,
+    sample_sites,
+    site_log_prob,
+)
+from pyro_vae.evaluation.runner import Execution, as_data, run_blocks, slice_data, split_data
 
 __all__ = ["elbo_per_datapoint", "elbo_terms", "mean_elbo"]
 
@@ -100,11 +108,12 @@ def elbo_terms(model, data, *, num_samples: int = 100,
 
     else:
         program = as_program(model)
+        info = inspect_program(program.model, program.guide, slice_data(data, 0, 1),
+                               data_plate=program.data_plate)
 
         def compute(xb: tuple, generator, bar) -> dict:
-            parts = [_sampled_terms(program, xb) for _ in range(num_samples)]
-            return {"expected_loglik": torch.stack([p[0] for p in parts]).mean(0),
-                    "kl_to_prior": torch.stack([p[1] for p in parts]).mean(0)}
+            loglik, kl = _sampled_terms(program, xb, num_samples, info)
+            return {"expected_loglik": loglik.mean(0), "kl_to_prior": kl.mean(0)}
 
     out = run_blocks(compute, data, {"expected_loglik": 0, "kl_to_prior": 0}, execution,
                      block=execution.block_size or 128, label="the ELBO's terms",
@@ -112,22 +121,23 @@ def elbo_terms(model, data, *, num_samples: int = 100,
     return {**out, "elbo": out["expected_loglik"] - out["kl_to_prior"]}
 
 
-def _sampled_terms(program, data: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(x|z), log q(z|x) − log p(z)) per datapoint at one draw of the guide: the
-    observed sites' log-densities, and the latent sites' of guide and model."""
-    guide_trace = poutine.trace(program.guide).get_trace(*data)
-    model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(*data)
-    loglik, kl = 0.0, 0.0
-    for site in model_trace.nodes.values():
-        if site["type"] == "sample":
-            log_p = site["fn"].log_prob(site["value"])
-            if site["is_observed"]:
-                loglik = loglik + log_p
-            else:
-                kl = kl - log_p
-    for site in guide_trace.nodes.values():
-        if site["type"] == "sample":
-            kl = kl + site["fn"].log_prob(site["value"])
+def _sampled_terms(program, data: tuple, num: int, info) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(x|z), log q(z|x) − log p(z)) per particle and datapoint ``(num, B)`` at ``num``
+    draws of the guide, vectorized: the observed sites' log-densities, and the latent sites'
+    of guide and model (a program that enumerates a discrete latent has no such split)."""
+    if info.discrete_sites:
+        raise ConfigError("the ELBO's two terms of a program with a discrete latent summed out "
+                          f"({', '.join(info.discrete_sites)}) are not defined apart")
+    guide_trace = poutine.trace(particles(program.guide, num, info)).get_trace(*data)
+    model_trace = poutine.trace(poutine.replay(particles(program.model, num, info),
+                                               trace=guide_trace)).get_trace(*data)
+    shape = (num, data[0].shape[0])
+    model_sites = sample_sites(model_trace)
+    loglik = log_density([site_log_prob(s, info) for s in model_sites if s["is_observed"]],
+                         shape)
+    kl = log_density([site_log_prob(s, info) for s in sample_sites(guide_trace)]
+                     + [-site_log_prob(s, info) for s in model_sites if not s["is_observed"]],
+                     shape)
     return loglik, kl
 
 

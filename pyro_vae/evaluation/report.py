@@ -87,7 +87,8 @@ def report(model, x: torch.Tensor, estimate: ISResult | AISResult, *,
     AIS: ``test_elbo``, as training computes it), ``kl_to_prior`` and ``active_units`` of
     ``model.encode``'s Gaussian, the ``pareto_k`` summary, and ``per_datapoint`` values in
     data order; with the ELBO's ``terms`` (:func:`~.elbo.elbo_terms`), the decomposition of
-    log p(x) into E_q[log p(x|z)] − KL(q ‖ p(z)) + KL(q ‖ p(z|x)). Issues a :class:`ReliabilityWarning` (and lists it under ``warnings``) when
+    log p(x) into E_q[log p(x|z)] − KL(q ‖ p(z)) + KL(q ‖ p(z|x)). Issues a
+    :class:`ReliabilityWarning` (and lists it under ``warnings``) when
     more than 1 % of the datapoints have k̂ > 0.7."""
     n, se = estimate.log_px.numel(), estimate.log_px_mc_stderr
     count, variances = active_units(model, x, threshold=active_threshold)

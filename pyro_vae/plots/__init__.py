@@ -3,6 +3,7 @@
 =====================  ========================================================
 :mod:`.images`         reconstructions, prior samples, latent manifold and embedding
 :mod:`.curves`         learning curves, log p(x) against K, Pareto k̂ histogram
+:mod:`.identity`       the ELBO's decomposition, q(z|x) against p(z|x), AIS's path
 :mod:`.run`            every picture of a run folder (``pyro-vae train`` and ``plot``)
 :mod:`.canvas`         matplotlib plumbing (Agg canvas, atomic PNG files)
 =====================  ========================================================
@@ -13,6 +14,12 @@ from pyro_vae.plots.curves import (
     plot_learning_curves,
     plot_log_px_vs_k,
     plot_pareto_k,
+)
+from pyro_vae.plots.identity import (
+    plot_ais_diagnostics,
+    plot_elbo_decomposition,
+    plot_posterior_vs_guide,
+    posterior_and_guide_on_grid,
 )
 from pyro_vae.plots.images import (
     LABEL_NAMES,
@@ -38,15 +45,19 @@ __all__ = [
     "image_grid",
     "normal_quantile_grid",
     "pca_2d",
+    "plot_ais_diagnostics",
     "plot_comparison",
+    "plot_elbo_decomposition",
     "plot_images",
     "plot_latent_embedding",
     "plot_latent_manifold",
     "plot_learning_curves",
     "plot_log_px_vs_k",
     "plot_pareto_k",
+    "plot_posterior_vs_guide",
     "plot_prior_samples",
     "plot_reconstructions",
+    "posterior_and_guide_on_grid",
     "sample_prior",
     "write_run_figures",
 ]

@@ -20,7 +20,8 @@ from matplotlib.patches import Patch
 
 from pyro_vae.plots.canvas import figure, numpy_of, save
 
-__all__ = ["plot_ais_diagnostics", "plot_elbo_decomposition", "plot_posterior_vs_guide"]
+__all__ = ["plot_ais_diagnostics", "plot_elbo_decomposition", "plot_posterior_vs_guide",
+           "posterior_and_guide_on_grid"]
 
 _COLORS = {"loglik": "tab:blue", "kl_prior": "tab:red", "kl_post": "tab:green",
            "amortization": "tab:olive", "approximation": "tab:cyan"}
@@ -82,33 +83,43 @@ def plot_elbo_decomposition(per_datapoint: dict, path, *, images: int = 12,
 
 
 @torch.no_grad()
+def posterior_and_guide_on_grid(model, x: torch.Tensor, *, steps: int = 120):
+    """For one datapoint ``x`` (shape ``(1, D)``) of a layered model with one two-dimensional
+    latent layer: axes ``a``, ``b`` (``(steps,)``) over the region where the guide has its
+    mass, and on the grid they span (``(steps, steps)``, rows along ``b``) log p(z|x) and
+    log q(z|x), each normalized to sum to one over the grid, in nats."""
+    q = model.guide_path(x, num_samples=400)
+    z = q.zs[0][:, 0]  # (400, 2)
+    center, spread = z.mean(0), 4 * z.std(0).clamp_min(0.2)
+    lows, highs = center - spread, center + spread
+    a = torch.linspace(float(lows[0]), float(highs[0]), steps, dtype=x.dtype)
+    b = torch.linspace(float(lows[1]), float(highs[1]), steps, dtype=x.dtype)
+    grid = torch.stack(torch.meshgrid(a, b, indexing="xy"), -1).reshape(-1, 1, 2)
+    log_joint = model.log_likelihood(x, grid) + model.log_prior([grid])[0]
+    guide = model.guide_path(x, u=model.pull_back(x, [grid]))
+    log_q = guide.log_q[0] - guide.log_det
+
+    def normalized(v):
+        return (v - torch.logsumexp(v.flatten(), 0)).reshape(steps, steps)
+
+    return a, b, normalized(log_joint), normalized(log_q)
+
+
 def plot_posterior_vs_guide(model, x: torch.Tensor, path, *, images: int = 4,
                             steps: int = 120) -> Path:
     """For the first ``images`` datapoints of a layered model with one two-dimensional latent
-    layer: the exact posterior p(z|x) ∝ p(x|z) p(z) on a grid (filled contours, normalized on
-    the grid) against the guide q(z|x) (line contours), each on the region where either has
-    its mass. Their KL(q ‖ p(z|x)) is the gap between the ELBO and log p(x)."""
+    layer: the exact posterior p(z|x) ∝ p(x|z) p(z) on a grid (filled contours) against the
+    guide q(z|x) (line contours), from :func:`posterior_and_guide_on_grid`. Their
+    KL(q ‖ p(z|x)) is the gap between the ELBO and log p(x)."""
     n = min(images, x.shape[0])
     fig = figure(3.2 * n, 3.5)
     for i in range(n):
-        xi = x[i : i + 1]
-        q = model.guide_path(xi, num_samples=400)
-        z = q.zs[0][:, 0]  # (400, 2)
-        center, spread = z.mean(0), 4 * z.std(0).clamp_min(0.2)
-        lows, highs = center - spread, center + spread
-        a = torch.linspace(float(lows[0]), float(highs[0]), steps, dtype=x.dtype)
-        b = torch.linspace(float(lows[1]), float(highs[1]), steps, dtype=x.dtype)
-        grid = torch.stack(torch.meshgrid(a, b, indexing="xy"), -1).reshape(-1, 1, 2)
-        log_joint = (model.log_likelihood(xi, grid) + model.log_prior([grid])[0]).reshape(
-            steps, steps)
-        u = model.pull_back(xi, [grid])
-        guide = model.guide_path(xi, u=u)
-        log_q = (guide.log_q[0] - guide.log_det).reshape(steps, steps)
-        post = (log_joint - torch.logsumexp(log_joint.flatten(), 0)).exp()
+        a, b, log_post, log_q = (numpy_of(v) for v in posterior_and_guide_on_grid(
+            model, x[i : i + 1], steps=steps))
         ax = fig.add_subplot(1, n, i + 1)
-        ax.contourf(numpy_of(a), numpy_of(b), numpy_of(post), levels=12, cmap="Greys")
-        ax.contour(numpy_of(a), numpy_of(b), numpy_of((log_q - log_q.max()).exp()),
-                   levels=[0.05, 0.3, 0.6, 0.9], colors="tab:red", linewidths=1)
+        ax.contourf(a, b, np.exp(log_post), levels=12, cmap="Greys")
+        ax.contour(a, b, np.exp(log_q - log_q.max()), levels=[0.05, 0.3, 0.6, 0.9],
+                   colors="tab:red", linewidths=1)
         ax.set_title(f"image {i}", fontsize=9)
         ax.set_xlabel("z₁", fontsize=8)
         if i == 0:
