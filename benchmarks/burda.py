@@ -69,6 +69,7 @@ from pyro_vae.commands.options import Parser, positive_float, positive_int, seed
 from pyro_vae.config import LR_SCHEDULES, TrainConfig
 from pyro_vae.fit import fit
 from pyro_vae.runs import RunFolder
+from pyro_vae.threads import set_threads
 
 # Long, resumable runs (a run folder per estimator, checkpoints every epoch) go under runs/,
 # which git ignores; benchmarks/README.md's tables archive each run's burda.json in results/.
@@ -286,7 +287,7 @@ def main(argv=None) -> int:
         with torch.device("meta"):  # sizes only
             model = build_vae(row_config, 28 * 28, (28, 28))
         check_training_memory(row_config, model, config.device)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     log, progress = output(args)
     pyro.set_rng_seed(config.seed)
 

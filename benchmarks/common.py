@@ -8,6 +8,7 @@ from the repository root (a script run as a file first puts the root on ``sys.pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import io
 import math
@@ -45,6 +46,7 @@ from pyro_vae.files import atomic_write_bytes, atomic_write_json
 from pyro_vae.fit import step_checks
 from pyro_vae.models import get_preset
 from pyro_vae.objectives import ESTIMATORS, Bound, PyroObjective, get_estimator, make_objective
+from pyro_vae.threads import ThreadPolicy
 from pyro_vae.trainer import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -333,9 +335,11 @@ def seconds_per_epoch(config: TrainConfig, data: PreparedData, *,
     binary = vae.likelihood.needs_binary_data
     trainer.step(random_minibatch(train, config.batch_size, generator, binary))  # warm-up
     steps, t0 = 0, time.perf_counter()
+    threads = ThreadPolicy.default()  # as fit chooses them
     with step_checks(config.validate_every_step):  # as fit runs every step after its first
         while steps < 10 or time.perf_counter() - t0 < probe_seconds:
-            trainer.step(random_minibatch(train, config.batch_size, generator, binary))
+            with threads.step() if threads else contextlib.nullcontext():
+                trainer.step(random_minibatch(train, config.batch_size, generator, binary))
             steps += 1
     per_step = (time.perf_counter() - t0) / steps
     t1 = time.perf_counter()
@@ -447,12 +451,16 @@ def run_main(main: Callable[[], int], prog: str) -> int:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_out: Path | None, *,
-                         threads: int = 1, out_default_text: str | None = None) -> None:
+                         threads: int | None = None, out_default_text: str | None = None
+                         ) -> None:
     """The options every benchmark script takes: threads, output folder, quick mode, quiet.
-    ``default_out`` ``None``: the script chooses, as ``out_default_text`` says."""
+    ``default_out`` ``None``: the script chooses, as ``out_default_text`` says. ``threads``
+    ``None``: training chooses its thread count by timing (:mod:`pyro_vae.threads`); a script
+    that times a step itself fixes one, so that its figures compare."""
     parser.add_argument("--threads", type=positive_int, default=threads,
-                        help=f"torch intra-op threads (default {threads}; 1: least contention "
-                             "on shared cores)")
+                        help="torch intra-op threads, fixed (default: " + (
+                            f"{threads}" if threads else "the fastest, timed while training "
+                            "runs (pyro_vae.threads)") + ")")
     shown = _shown(default_out) if default_out is not None else out_default_text
     parser.add_argument("--out", type=Path, default=default_out,
                         help="output folder" + (f" (default {shown})" if shown else ""))

@@ -75,6 +75,7 @@ from pyro_vae.data import binarize
 from pyro_vae.fit import fit
 from pyro_vae.models.presets import get_preset
 from pyro_vae.progress import Progress
+from pyro_vae.threads import set_threads
 
 DEFAULT_OUT = RESULTS / "compare"
 BASELINE = Spec("analytic", 1)
@@ -285,7 +286,7 @@ def main(argv=None) -> int:
     if args.estimators:
         config.estimators = tuple(args.estimators)
     config.seed = args.seed
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     log, progress = output(args)
 
     specs = ([parse_spec(s) for s in config.estimators] if config.estimators

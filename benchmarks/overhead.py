@@ -333,7 +333,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="profile meanfield and time the validation checks at batch 32, 128")
     parser.add_argument("--device", nargs="+", default=None,
                         help="cpu and/or cuda (default: cpu, and cuda when present)")
-    add_common_arguments(parser, DEFAULT_OUT)
+    add_common_arguments(parser, DEFAULT_OUT, threads=1)
     return parser.parse_args(argv)
 
 

@@ -30,6 +30,7 @@ from typing import NamedTuple
 import pyro
 import torch
 
+from pyro_vae import checks
 from pyro_vae.build import build_vae, check_device, check_training_memory, load_data
 from pyro_vae.config import TrainConfig, resumed_config
 from pyro_vae.data import PreparedData, binarize, check_grey_levels
@@ -37,6 +38,7 @@ from pyro_vae.distributed import World, barrier
 from pyro_vae.errors import (
     CheckpointError,
     ConfigError,
+    ConfigTypeError,
     DataError,
     PyroVAEError,
     TrainingDivergedError,
@@ -47,6 +49,7 @@ from pyro_vae.objectives import get_estimator, make_objective
 from pyro_vae.progress import Progress
 from pyro_vae.runs import Checkpoint, RunFolder
 from pyro_vae.schedules import beta_at, learning_rate
+from pyro_vae.threads import ThreadPolicy
 from pyro_vae.trainer import Trainer
 
 __all__ = ["FitResult", "fit", "step_checks"]
@@ -68,6 +71,7 @@ class _State:
     history: list
     wall_start: float = dataclasses.field(default_factory=time.perf_counter)  # for wall_seconds
     validated: bool = False  # whether this call's first step (with validation) is done
+    threads: ThreadPolicy | None = None  # chooses torch's thread count, step by step
 
 
 def fit(
@@ -79,6 +83,7 @@ def fit(
     data: PreparedData | None = None,
     world: World | None = None,
     progress: bool | None = None,
+    threads: ThreadPolicy | int | str | None = "auto",
     log=print,
 ) -> FitResult:
     """Train a VAE as ``config`` says; see the module docstring for the figures.
@@ -95,6 +100,10 @@ def fit(
         only its rank 0 logs and writes.
     :param progress: a progress bar on a terminal and lines in logs (``None``), a bar
         (``True``) or nothing (``False``).
+    :param threads: torch's thread count: ``"auto"``, the fastest as timed while the steps
+        run (:class:`~pyro_vae.threads.ThreadPolicy`, unless the count was fixed by
+        :func:`~pyro_vae.threads.set_threads` or ``$OMP_NUM_THREADS``); a number fixes it;
+        ``None`` leaves it alone. The metrics do not depend on it.
     :raises TrainingDivergedError: if the loss or the parameters become non-finite; the last
         checkpoint is left as it was.
     """
@@ -108,6 +117,7 @@ def fit(
             run.prepare_new(overwrite=overwrite, log=log)
         data = data or load_data(config)
         state = _start(config, data, checkpoint, world, log)
+        state.threads = _thread_policy(threads, state, config, data)
         mode = "off" if progress is False or not main else ("bar" if progress else "auto")
         for epoch in range(len(state.history) + 1, config.epochs + 1):
             record = _train_epoch(state, config, data, epoch, world, mode, run)
@@ -119,6 +129,35 @@ def fit(
                 _save(run, state, config, data, epoch)
     barrier(world)  # under torchrun, every rank returns once rank 0 has written its files
     return FitResult(state.vae, state.history, run)
+
+
+def _thread_policy(threads, state: _State, config, data) -> ThreadPolicy | None:
+    """The policy of ``fit(threads=...)``, free to switch only between thread counts that
+    give the same bits on a first step (its gradients, from one seed)."""
+    if threads is None or isinstance(threads, int):
+        if threads is not None:
+            checks.integer("threads", threads)
+            torch.set_num_threads(threads)
+        return None
+    if threads == "auto":
+        threads = ThreadPolicy.default()
+    elif not isinstance(threads, ThreadPolicy):
+        raise ConfigTypeError(f"threads must be 'auto', a number, a ThreadPolicy or None; got "
+                              f"{threads!r}")
+    if threads is None or not threads.active:
+        return threads
+    x = data.train[: config.batch_size]
+    if state.vae.likelihood.needs_binary_data:
+        x = binarize(x, torch.Generator(device=x.device).manual_seed(config.seed))
+    objective = state.trainer.objective
+
+    def gradients() -> list[torch.Tensor]:
+        loss = objective.differentiable_loss(x)
+        params = [p for p in state.vae.parameters() if p.requires_grad]
+        return [loss, *torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)]
+
+    threads.agree(gradients)
+    return threads
 
 
 def _silent(*args, **kwargs) -> None:
@@ -214,7 +253,8 @@ def _train_epoch(state: _State, config, data, epoch: int, world, mode: str, run)
             x = data.train[permutation[start : start + batch_size]]
             if vae.likelihood.needs_binary_data:
                 x = binarize(x, generator)
-            loss = _step(state, x, num_data, config, epoch, step, run)
+            with state.threads.step() if state.threads else contextlib.nullcontext():
+                loss = _step(state, x, num_data, config, epoch, step, run)
             loss_sum += loss / (n / x.shape[0]) if num_data else loss
             seen += x.shape[0]
             bar.update(1, f"{label} {-loss_sum / seen:.2f} nats" if step % 20 == 0 else None)
@@ -224,15 +264,16 @@ def _train_epoch(state: _State, config, data, epoch: int, world, mode: str, run)
             "test_elbo": test_elbo, "beta": vae.beta, "lr": learning_rate(config, epoch),
             "steps": step, "epoch_seconds": epoch_seconds, "eval_seconds": eval_seconds,
             "wall_seconds": time.perf_counter() - state.wall_start,
-            "processes": 1 if world is None else world.world_size}
+            "processes": 1 if world is None else world.world_size,
+            "threads": state.threads.describe() if state.threads else torch.get_num_threads()}
 
 
 def _step(state: _State, x, num_data, config, epoch: int, step: int, run) -> float:
     """One trainer step with the validation policy, turning a diverged step into an error."""
-    checks = step_checks(not state.validated or config.validate_every_step)
+    validation = step_checks(not state.validated or config.validate_every_step)
     state.validated = True
     try:
-        with checks:
+        with validation:
             loss = state.trainer.step(x, num_data=num_data)
     except ValueError as e:
         what = _divergence_in(e, state.vae, lambda: state.trainer.objective.loss(x))

@@ -14,9 +14,8 @@ import torch
 
 from pyro_vae.errors import ConfigError
 
-__all__ = ["available_bytes", "check_fits", "flow_bytes", "format_bytes", "idle_cores",
-           "made_buffers", "made_parameters", "model_bytes", "reduce_hint", "set_threads",
-           "training_bytes"]
+__all__ = ["available_bytes", "check_fits", "flow_bytes", "format_bytes", "made_buffers",
+           "made_parameters", "model_bytes", "reduce_hint", "training_bytes"]
 
 _FLOAT = 4  # bytes of a float32
 _TRANSFORM_BYTES = 64_000  # a flow transform's modules, masks' bookkeeping, autograd records
@@ -129,33 +128,3 @@ def training_bytes(model, batch_size: int, num_particles: int) -> int:
     params = sum(p.numel() for p in model.parameters())
     rows = batch_size * num_particles
     return model_bytes(model) + 3 * _FLOAT * params + 2 * rows * model.bytes_per_row()
-
-
-def idle_cores() -> int:
-    """The CPU cores not busy with other work now: the core count minus the one-minute load
-    average, rounded, at least 1 (all cores where the load is unknown)."""
-    cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (OSError, AttributeError):  # pragma: no cover - not on every platform
-        return cores
-    return max(1, min(cores, int(cores - load + 0.5)))
-
-
-def set_threads(requested: int | None = None) -> str | None:
-    """Set torch's intra-op threads to ``requested`` (``None``: leave torch's choice, one per
-    core or ``$OMP_NUM_THREADS``). Returns a note to show the user when the threads outnumber
-    the cores idle now: on a machine busy with other jobs every op then waits at OpenMP's
-    barriers for a thread that is not running, and a training step can take many times, even
-    a hundred times, as long (measured: 412 s against 3.6 s per epoch of the default run, at a
-    load average of 5 on 2 cores). The thread count is not chosen from the load by itself:
-    the numbers of a run may depend on it (parallel reductions), and the same command should
-    give the same numbers."""
-    if requested is not None:
-        torch.set_num_threads(requested)
-    threads, idle = torch.get_num_threads(), idle_cores()
-    if threads <= idle:
-        return None
-    return (f"note: {threads} torch threads with {idle} core(s) idle now (load average "
-            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): steps may be many times "
-            f"slower than with --threads {idle}")

@@ -53,8 +53,8 @@ from pyro_vae.evaluation import (
     report,
 )
 from pyro_vae.evaluation.elbo import elbo_terms
-from pyro_vae.resources import set_threads
 from pyro_vae.runs import RunFolder, load_checkpoint, vae_from_checkpoint
+from pyro_vae.threads import set_threads
 
 _AIS = AISSettings()
 _GAPS = GapSettings()

@@ -36,8 +36,8 @@ from pyro_vae.fit import fit
 from pyro_vae.models import FLOWS, LIKELIHOODS, PRESETS
 from pyro_vae.models.networks import ACTIVATIONS
 from pyro_vae.objectives import ESTIMATORS, estimator_options
-from pyro_vae.resources import set_threads
 from pyro_vae.runs import RunFolder
+from pyro_vae.threads import set_threads
 
 DEFAULTS = TrainConfig()
 OPTION_NAMES: dict[str, str] = {}  # config field → its option, for messages
@@ -200,8 +200,9 @@ def _output_options(out) -> None:
     out.add_argument("--no-plots", action="store_true",
                      help="write no pictures at the end (see pyro-vae plot)")
     out.add_argument("--threads", type=positive_int, metavar="N",
-                     help="torch threads per process (default: torch's, one per core or "
-                     "$OMP_NUM_THREADS; on a busy machine, fewer are faster: the run says so)")
+                     help="torch threads per process, fixed (default: $OMP_NUM_THREADS if set, "
+                     "else the fastest of 1 to one per core, timed while the steps run and "
+                     "again as the machine's load changes; the metrics do not depend on it)")
     out.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_SECONDS,
                      metavar="SECONDS", help="under torchrun: how long a rank waits for the "
                      f"others before the run fails (default: {DEFAULT_TIMEOUT_SECONDS:g})")
