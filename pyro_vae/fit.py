@@ -49,6 +49,7 @@ from pyro_vae.objectives import get_estimator, make_objective
 from pyro_vae.progress import Progress
 from pyro_vae.runs import Checkpoint, RunFolder
 from pyro_vae.schedules import beta_at, learning_rate
+from pyro_vae.tensorboard import open_log
 from pyro_vae.threads import ThreadPolicy
 from pyro_vae.trainer import Trainer
 
@@ -84,6 +85,7 @@ def fit(
     world: World | None = None,
     progress: bool | None = None,
     threads: ThreadPolicy | int | str | None = "auto",
+    tensorboard: str | Path | None = None,
     log=print,
 ) -> FitResult:
     """Train a VAE as ``config`` says; see the module docstring for the figures.
@@ -104,13 +106,17 @@ def fit(
         run (:class:`~pyro_vae.threads.ThreadPolicy`, unless the count was fixed by
         :func:`~pyro_vae.threads.set_threads` or ``$OMP_NUM_THREADS``); a number fixes it;
         ``None`` leaves it alone. The metrics do not depend on it.
+    :param tensorboard: also log each epoch to TensorBoard in this folder
+        (:mod:`pyro_vae.tensorboard`; needs the ``tensorboard`` extra).
     :raises TrainingDivergedError: if the loss or the parameters become non-finite; the last
         checkpoint is left as it was.
     """
     run = RunFolder(run) if isinstance(run, (str, Path)) else run
     main = world is None or world.is_main
     log = log if main else _silent
-    with run.lock() if run is not None and main else contextlib.nullcontext():
+    board = open_log(tensorboard) if tensorboard is not None and main else None
+    with (run.lock() if run is not None and main else contextlib.nullcontext(),
+          board or contextlib.nullcontext()):
         checkpoint = _checkpoint_to_resume(run, resume)
         config = _config_for(config, checkpoint)
         if run is not None and main and checkpoint is None:
@@ -127,6 +133,8 @@ def fit(
                 f"nats/datapoint  ({record['epoch_seconds']:.1f} s)")
             if run is not None and main:
                 _save(run, state, config, data, epoch)
+            if board is not None:
+                board.log_epoch(record, state.vae, data.test, data.dataset.image_shape)
     barrier(world)  # under torchrun, every rank returns once rank 0 has written its files
     return FitResult(state.vae, state.history, run)
 

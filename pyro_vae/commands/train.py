@@ -199,6 +199,9 @@ def _output_options(out) -> None:
                      help="no progress bar or progress lines (the per-epoch lines remain)")
     out.add_argument("--no-plots", action="store_true",
                      help="write no pictures at the end (see pyro-vae plot)")
+    out.add_argument("--tensorboard", nargs="?", const="RUN_DIR/tensorboard", metavar="DIR",
+                     help="also log every epoch to TensorBoard in DIR (default with no DIR: "
+                     "RUN_DIR/tensorboard; needs pip install -e \".[tensorboard]\")")
     out.add_argument("--threads", type=positive_int, metavar="N",
                      help="torch threads per process, fixed (default: $OMP_NUM_THREADS if set, "
                      "else the fastest of 1 to one per core, timed while the steps run and "
@@ -274,8 +277,11 @@ def _train(args, config: TrainConfig, folder: RunFolder, checkpoint, world,
                   "grey levels are binarized at random (a new draw each epoch; the test set "
                   "once, seed 0); --likelihood continuous-bernoulli or gaussian models them "
                   "as grey levels", file=sys.stderr)
+    board = args.tensorboard
+    if board == "RUN_DIR/tensorboard":
+        board = folder.path / "tensorboard"
     result = fit(config, folder, resume=checkpoint or False, data=data, world=world,
-                 progress=False if args.quiet else None)
+                 progress=False if args.quiet else None, tensorboard=board)
     if not main_process:
         return 0
     pictures = []

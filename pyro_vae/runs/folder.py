@@ -43,7 +43,7 @@ import torch
 
 from pyro_vae.build import build_vae, check_device
 from pyro_vae.config import TrainConfig
-from pyro_vae.errors import CheckpointError, DataError, RunFolderError
+from pyro_vae.errors import CheckpointError, ConfigTypeError, DataError, RunFolderError
 from pyro_vae.files import atomic_write_json, read_torch_file, save_torch_file
 from pyro_vae.runs.migrations import (
     migrate_checkpoint,
@@ -359,9 +359,15 @@ def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> Checkpoin
     return check_checkpoint(raw, path)
 
 
-def vae_from_checkpoint(checkpoint: Checkpoint, *, device="cpu"):
-    """``(vae, checkpoint)``: the checkpoint's model, with β = 1, in eval mode, on ``device``
+def vae_from_checkpoint(checkpoint: Checkpoint | str | os.PathLike, *, device="cpu"):
+    """``(vae, checkpoint)``: the model of ``checkpoint`` (a :class:`Checkpoint`, or the path
+    of a ``checkpoint.pt`` or of its run folder), with β = 1, in eval mode, on ``device``
     (whatever device it was trained on)."""
+    if not isinstance(checkpoint, Checkpoint):
+        if not isinstance(checkpoint, (str, os.PathLike)):
+            raise ConfigTypeError(f"checkpoint must be a Checkpoint or a path; got "
+                                  f"{type(checkpoint).__name__}")
+        checkpoint = load_checkpoint(checkpoint)
     device = check_device(device)
     with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten anyway
         vae = build_vae(checkpoint.config, checkpoint.x_dim, checkpoint.image_shape)
