@@ -30,7 +30,6 @@ from typing import NamedTuple
 import pyro
 import torch
 
-from pyro_vae import checks
 from pyro_vae.build import build_vae, check_device, check_training_memory, load_data
 from pyro_vae.config import TrainConfig, resumed_config
 from pyro_vae.data import PreparedData, binarize, check_grey_levels
@@ -38,7 +37,6 @@ from pyro_vae.distributed import World, barrier
 from pyro_vae.errors import (
     CheckpointError,
     ConfigError,
-    ConfigTypeError,
     DataError,
     PyroVAEError,
     TrainingDivergedError,
@@ -50,7 +48,7 @@ from pyro_vae.progress import Progress
 from pyro_vae.runs import Checkpoint, RunFolder
 from pyro_vae.schedules import beta_at, learning_rate
 from pyro_vae.tensorboard import open_log
-from pyro_vae.threads import ThreadPolicy
+from pyro_vae.threads import ThreadPolicy, thread_policy
 from pyro_vae.trainer import Trainer
 
 __all__ = ["FitResult", "fit", "step_checks"]
@@ -123,14 +121,12 @@ def fit(
             run.prepare_new(overwrite=overwrite, log=log)
         data = data or load_data(config)
         state = _start(config, data, checkpoint, world, log)
-        state.threads = _thread_policy(threads, state, config, data)
+        state.threads = thread_policy(threads, lambda: _first_gradients(state, config, data))
         mode = "off" if progress is False or not main else ("bar" if progress else "auto")
         for epoch in range(len(state.history) + 1, config.epochs + 1):
             record = _train_epoch(state, config, data, epoch, world, mode, run)
             state.history.append(record)
-            log(f"epoch {epoch:3d}/{config.epochs}  train {record['train_objective']} "
-                f"{record['train_objective_nats']:9.3f}  test ELBO {record['test_elbo']:9.3f} "
-                f"nats/datapoint  ({record['epoch_seconds']:.1f} s)")
+            log(_epoch_line(record, config.epochs))
             if run is not None and main:
                 _save(run, state, config, data, epoch)
             if board is not None:
@@ -139,33 +135,21 @@ def fit(
     return FitResult(state.vae, state.history, run)
 
 
-def _thread_policy(threads, state: _State, config, data) -> ThreadPolicy | None:
-    """The policy of ``fit(threads=...)``, free to switch only between thread counts that
-    give the same bits on a first step (its gradients, from one seed)."""
-    if threads is None or isinstance(threads, int):
-        if threads is not None:
-            checks.integer("threads", threads)
-            torch.set_num_threads(threads)
-        return None
-    if threads == "auto":
-        threads = ThreadPolicy.default()
-    elif not isinstance(threads, ThreadPolicy):
-        raise ConfigTypeError(f"threads must be 'auto', a number, a ThreadPolicy or None; got "
-                              f"{threads!r}")
-    if threads is None or not threads.active:
-        return threads
+def _epoch_line(record: dict, epochs: int) -> str:
+    return (f"epoch {record['epoch']:3d}/{epochs}  train {record['train_objective']} "
+            f"{record['train_objective_nats']:9.3f}  test ELBO {record['test_elbo']:9.3f} "
+            f"nats/datapoint  ({record['epoch_seconds']:.1f} s)")
+
+
+def _first_gradients(state: _State, config, data) -> list[torch.Tensor]:
+    """The loss and gradients of a first step, on the first minibatch (the thread policy's
+    test that its thread counts agree bit for bit)."""
     x = data.train[: config.batch_size]
     if state.vae.likelihood.needs_binary_data:
         x = binarize(x, torch.Generator(device=x.device).manual_seed(config.seed))
-    objective = state.trainer.objective
-
-    def gradients() -> list[torch.Tensor]:
-        loss = objective.differentiable_loss(x)
-        params = [p for p in state.vae.parameters() if p.requires_grad]
-        return [loss, *torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)]
-
-    threads.agree(gradients)
-    return threads
+    loss = state.trainer.objective.differentiable_loss(x)
+    params = [p for p in state.vae.parameters() if p.requires_grad]
+    return [loss, *torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)]
 
 
 def _silent(*args, **kwargs) -> None:

@@ -24,7 +24,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-__all__ = ["ThreadPolicy", "default_threads", "idle_cores", "set_threads"]
+from pyro_vae import checks
+from pyro_vae.errors import ConfigTypeError
+
+__all__ = ["ThreadPolicy", "default_threads", "idle_cores", "set_threads", "thread_policy"]
 
 _EXPLICIT: list[int] = []  # the thread count set by set_threads(n), if any
 
@@ -193,3 +196,23 @@ class ThreadPolicy:
         medians = self.history[-1][1]
         timed = ", ".join(f"{c}: {1e3 * s:.1f} ms" for c, s in sorted(medians.items()))
         return f"{self.chosen} thread{'s' if self.chosen > 1 else ''} ({timed} a step)"
+
+
+def thread_policy(threads, first_step: Callable[[], Sequence[torch.Tensor]]
+                  ) -> ThreadPolicy | None:
+    """A loop's policy from its ``threads`` argument: ``"auto"`` (:meth:`ThreadPolicy.default`),
+    a number (fixed), a :class:`ThreadPolicy`, or ``None`` (leave torch's count alone). A
+    policy may switch only between counts that give the same bits for ``first_step``."""
+    if threads is None or isinstance(threads, int):
+        if threads is not None:
+            checks.integer("threads", threads)
+            torch.set_num_threads(threads)
+        return None
+    if threads == "auto":
+        threads = ThreadPolicy.default()
+    elif not isinstance(threads, ThreadPolicy):
+        raise ConfigTypeError(f"threads must be 'auto', a number, a ThreadPolicy or None; got "
+                              f"{threads!r}")
+    if threads is not None and threads.active:
+        threads.agree(first_step)
+    return threads

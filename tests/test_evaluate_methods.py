@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pyro_vae.build import load_data
 from pyro_vae.cli import build_parser, main
@@ -160,7 +161,8 @@ def test_evaluate_command_writes_the_report(tiny_run, capsys):
     report = json.loads((run / "evaluation.json").read_text())  # by default, in the run
     out = capsys.readouterr().out
     assert "log p(x) >= IWAE_50" in out and "nats/datapoint" in out
-    assert f"test ELBO on these {TEST_SIZE} images" in out
+    assert (f"on these {TEST_SIZE} images, log p(x) = E_q[log p(x|z)] - KL(q || p(z)) + "
+            "KL(q || p(z|x))") in out
     assert report["settings"]["num_samples"] == 50 and report["num_datapoints"] == TEST_SIZE
     for key in ("log_px", "elbo", "gap", "test_elbo", "kl_to_prior", "active_units",
                 "pareto_k", "log_px_by_k"):
@@ -233,3 +235,20 @@ def test_the_committed_default_model_gives_its_recorded_figure(tmp_path):
     assert round(report["log_px"]["mean"], 3) == -95.069
     assert report["num_datapoints"] == 100 and report["settings"]["num_samples"] == 5000
     assert sorted(p.name for p in model.iterdir()) == before  # nothing written there
+
+
+@pytest.mark.parametrize("evaluate", ["estimate_log_px", "ais", "mean_elbo", "elbo_terms"])
+def test_a_bare_pyro_function_is_refused_in_one_line(evaluate):
+    """A Pyro model function, not wrapped in Program(model, guide), is a ConfigTypeError that
+    says where it goes, not an AttributeError from deep inside."""
+    import pyro_vae.evaluation as evaluation
+    from pyro_vae.errors import ConfigTypeError
+    from pyro_vae.evaluation.elbo import elbo_terms
+
+    function = elbo_terms if evaluate == "elbo_terms" else getattr(evaluation, evaluate)
+
+    def model(x):
+        pass
+
+    with pytest.raises(ConfigTypeError, match=r"goes in Program\(model_fn, guide_fn\)"):
+        function(model, torch.zeros(3, 4))

@@ -149,8 +149,10 @@ def test_too_few_samples_or_chains_for_k_hat_is_a_note_not_a_warning():
     x = sample_model(params, 4, seeded(0))
     _, out = is_report(vae, x, 10, pareto_k=False)
     assert out["pareto_k"] is None and out["warnings"] == []
-    assert out["notes"] == ["Pareto k-hat not computed: it needs at least 21 num_samples, "
+    assert out["notes"] == ["Pareto k-hat not computed: it needs at least 21 samples (-K), "
                             "got 10"]
+    _, out = is_report(vae, x, 30, pareto_k=False)  # enough samples: --no-psis asked for it
+    assert out["notes"] == ["Pareto k-hat not computed (asked not to)"]
     estimate = ais(vae, x, AISSettings(num_steps=4, num_chains=8))
     out = report(vae, x, estimate)
     assert out["pareto_k"] is None and out["warnings"] == []

@@ -21,6 +21,7 @@ from torch.distributions import Normal, kl_divergence
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation.program import (
     as_program,
+    evaluable,
     inspect_program,
     log_density,
     particles,
@@ -59,7 +60,7 @@ def mean_elbo(model, data, *, execution: Execution = Execution(block_size=1000))
     data = as_data(data)
     execution = execution.validate()
     block = execution.block_size or 1000
-    if model.capabilities.layered:
+    if evaluable(model).capabilities.layered:
 
         def compute(xb: tuple, generator, bar) -> dict:
             x, context = split_data(model, xb)
@@ -90,7 +91,7 @@ def elbo_terms(model, data, *, num_samples: int = 100,
     third term of log p(x) = E_q[log p(x|z)] − KL(q ‖ p(z)) + KL(q ‖ p(z|x))."""
     data = as_data(data)
     execution = execution.validate()
-    if model.capabilities.layered:
+    if evaluable(model).capabilities.layered:
 
         def compute(xb: tuple, generator, bar) -> dict:
             x, context = split_data(model, xb)

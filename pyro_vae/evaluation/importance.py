@@ -34,7 +34,13 @@ import torch
 
 from pyro_vae import checks
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation.program import as_program, inspect_program, log_weights, trace_bytes
+from pyro_vae.evaluation.program import (
+    as_program,
+    evaluable,
+    inspect_program,
+    log_weights,
+    trace_bytes,
+)
 from pyro_vae.evaluation.psis import MIN_PSIS_SAMPLES, pareto_k_hat
 from pyro_vae.evaluation.runner import (
     MB,
@@ -176,7 +182,7 @@ def estimate_log_px(model, data, *, num_samples: int = 5000, pareto_k: bool = Fa
     if pareto_k and K < MIN_PSIS_SAMPLES:
         raise ConfigError(f"Pareto k-hat needs num_samples >= {MIN_PSIS_SAMPLES}, got {K}")
     data = as_data(data)
-    if model.capabilities.layered:
+    if evaluable(model).capabilities.layered:
         fast, out = True, _layered(model, data, K, pareto_k, execution)
     else:
         fast, out = False, _generic(as_program(model), data, K, pareto_k, execution)

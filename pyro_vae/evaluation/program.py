@@ -32,7 +32,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, ConfigTypeError
 from pyro_vae.evaluation.runner import as_data
 from pyro_vae.models.interface import Capabilities
 
@@ -42,6 +42,7 @@ __all__ = [
     "ProgramInfo",
     "as_program",
     "enumerated",
+    "evaluable",
     "inspect_program",
     "log_density",
     "log_weights",
@@ -82,7 +83,18 @@ class Program(NamedTuple):
 def as_program(model) -> Program:
     """``model`` itself if it is a :class:`Program`, else the Pyro program of a model of this
     package (:class:`~pyro_vae.models.VAEModel`): its ``model`` and ``guide``."""
+    model = evaluable(model)
     return model if isinstance(model, Program) else Program(model.model, model.guide)
+
+
+def evaluable(model):
+    """``model``, if the evaluation can take it (a model of this package, or a
+    :class:`Program`); a one-line :class:`ConfigTypeError` otherwise."""
+    if isinstance(model, Program) or hasattr(getattr(model, "capabilities", None), "layered"):
+        return model
+    raise ConfigTypeError(f"expected a model of this package or a Program(model, guide) of "
+                          f"one's own; got {type(model).__name__} (a Pyro model function "
+                          "goes in Program(model_fn, guide_fn))")
 
 
 class ProgramInfo(NamedTuple):

@@ -177,9 +177,10 @@ def _check_pareto(out: dict, estimate, is_sampling: bool) -> None:
     """A note when k̂ was not computed; a warning when it flags over 1 % of the data."""
     count = estimate.num_samples if is_sampling else estimate.num_chains
     if estimate.pareto_k is None:
-        what = "num_samples" if is_sampling else "chains (--chains)"
+        what = "samples (-K)" if is_sampling else "chains (--chains)"
         out["notes"].append(f"Pareto k-hat not computed: it needs at least {MIN_PSIS_SAMPLES} "
-                            f"{what}, got {count}")
+                            f"{what}, got {count}" if count < MIN_PSIS_SAMPLES else
+                            "Pareto k-hat not computed (asked not to)")
         return
     if (frac := out["pareto_k"]["fraction_above_0.7"]) > 0.01:
         message = (f"{100 * frac:.1f}% of the datapoints have Pareto k-hat > 0.7: their "

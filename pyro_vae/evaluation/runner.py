@@ -36,8 +36,9 @@ MB = 2**20
 
 
 class Execution(NamedTuple):
-    """How an evaluation runs. Only ``seed`` changes the numbers; the rest says where and in
-    what pieces they are computed."""
+    """How an evaluation runs: ``seed`` and the blocks (``block_size``, or ``memory_mb`` that
+    sizes them) decide the random numbers; the workers and the processes only say where the
+    blocks are computed, and do not change the numbers."""
 
     seed: int = 0  # block i draws from derive_seed(seed, i)
     memory_mb: float = 128.0  # working memory of a block (of each, with several workers), MB

@@ -5,7 +5,7 @@ AIS starts from, as functions of one unconstrained vector per chain and datapoin
 A *target* (:class:`LayeredTarget` for a layered model such as :class:`~pyro_vae.VAE`, the
 fast path; :class:`ProgramTarget` for any Pyro model and guide; :func:`target_for` chooses) is
 bound to a block of data and gives a *density* with, for u of shape ``(C, B, P)`` (C chains,
-B datapoints, P unconstrained latent dimensions per datapoint) and z = T(u) the latent values:
+B datapoints, P unconstrained latent dimensions per datapoint) and z = T(u) the latent values::
 
     log s_u(u) = log s(z) + log |det ∂T/∂u|      the start, s = p(z) or q(z|x)
     ℓ(u)       = log p(x, z) − log s(z)            the log-ratio AIS anneals in, β: 0 → 1
@@ -20,7 +20,7 @@ A density (``target.bind(data)``) offers, all in nats, ``(C, B)`` per chain and 
 ==============================  ===============================================================
 ``sample_start(C)``             u ``(C, B, P)`` drawn from the start s (global generator)
 ``start_and_ratio(u)``          (log s_u(u), ℓ(u)): what HMC and the AIS weights need
-``log_joint(u)``                log p(x, z) + log |det ∂z/∂u|: the target of the gaps' fit
+``log_joint(u)``                log p(x, z) + ``log |det ∂z/∂u|``: the target of the gaps' fit
 ``sample_guide(S)``             draws u of the guide q_φ and log q_φ on u: the encoder's ELBO
 ``guide_gaussian(S)``           the guide's mean and standard deviation on u ``(B, P)``
 ==============================  ===============================================================
@@ -46,6 +46,7 @@ from pyro_vae.evaluation.program import (
     Program,
     ProgramInfo,
     as_program,
+    evaluable,
     inspect_program,
     log_density,
     particles,
@@ -67,7 +68,7 @@ def target_for(model, *, start: str = "guide"):
     log-densities (``capabilities.layered``: the fast path), :class:`ProgramTarget` of its
     Pyro program otherwise (a :class:`~.program.Program` of one's own, say)."""
     checks.choice("AIS start", start, START_DISTRIBUTIONS)
-    if model.capabilities.layered:
+    if evaluable(model).capabilities.layered:
         return LayeredTarget(model, start=start)
     return ProgramTarget(as_program(model), start=start)
 
@@ -81,7 +82,7 @@ class LayeredTarget:
     :param start: ``"guide"``: q(z|x) itself. u is the guide's base draws, z = T(u) each
         layer's draw pushed through its flow (the identity without flows), so the start is the
         chain of base Gaussians, whose density is cheap where a flow's needs its inverse, and
-        the target is p(x, T(u)) |det ∂T/∂u|: AIS starts at q exactly, its first weight is q's
+        the target is ``p(x, T(u)) |det ∂T/∂u|``: AIS starts at q exactly, its first weight is q's
         importance weight, and the flows precondition HMC (NeuTra-style, Hoffman et al. 2019;
         the Jacobian is block-triangular, so its log-determinant is the sum of the layers').
         ``"prior"``: p(z), in z.
