@@ -10,7 +10,7 @@ encoder, where these are Cremer et al.'s gaps; for a richer guide, such as a flo
 "amortization gap" is measured against a diagonal Gaussian and may be negative). q*_x is
 found by stochastic gradient ascent on its ELBO, per datapoint (the datapoints' objectives
 are independent, so one vectorized Adam fits them all), from the guide's mean and standard
-deviation, with reparameterized samples and the Gaussian entropy in closed form:
+deviation, with reparameterized samples and the Gaussian entropy in closed form::
 
     ELBO[N(m, diag s²)] = E_ε[log p(x, m + s ε) + log |det ∂z/∂u|] + Σ_d log s_d + P/2 log(2πe).
 

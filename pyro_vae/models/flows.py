@@ -28,6 +28,8 @@ from pyro_vae.errors import ConfigError
 
 __all__ = ["FLOWS", "InverseAutoregressiveFlow", "make_flow"]
 
+#: The flows a guide may push its Gaussian through (``flow=`` of :class:`~pyro_vae.models.vae.VAE`,
+#: ``--flow``): ``"iaf"``, :class:`InverseAutoregressiveFlow`.
 FLOWS = ("iaf",)
 
 
@@ -68,7 +70,7 @@ class InverseAutoregressiveFlow(nn.Module):
         return flow.condition(context)
 
     def push(self, u: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z = T(u) and log |det ∂z/∂u| ``(...)``, the transforms conditioned on ``context``;
+        """z = T(u) and ``log |det ∂z/∂u|`` ``(...)``, the transforms conditioned on ``context``;
         u ``(..., latent_dim)``."""
         z, log_det = u, u.new_zeros(u.shape[:-1])
         for transform in self.transforms:

@@ -149,6 +149,8 @@ class Gaussian(Likelihood):
         return dist.Normal(loc, self.log_scale.exp().expand(loc.shape))
 
 
+#: The likelihoods p(x|z) by name (``likelihood=``, ``--likelihood``); :func:`make_likelihood`
+#: builds one.
 LIKELIHOODS = {
     "bernoulli": Bernoulli,
     "continuous-bernoulli": ContinuousBernoulli,

@@ -52,6 +52,9 @@ class Architecture:
         return "-".join(["x", *sizes])
 
 
+#: The architecture presets by name (``--preset``); :func:`get_preset` returns one.
+#:
+#: :meta hide-value:
 PRESETS = {
     # Pyro's VAE example (examples/vae/vae.py): one hidden layer of 400 softplus units.
     "pyro": Architecture(((400,),), (50,), "softplus", False, "Pyro examples/vae/vae.py"),

@@ -116,6 +116,10 @@ class Estimator:
         return k
 
 
+#: Every estimator by name, in the order registered (:func:`register`); :func:`get_estimator`
+#: looks one up and :func:`make_objective` binds it to a model; :func:`estimator_table` lists them.
+#:
+#: :meta hide-value:
 ESTIMATORS: dict[str, Estimator] = {}
 
 

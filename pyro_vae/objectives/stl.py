@@ -2,7 +2,7 @@
 removed from its gradient.
 
 For a reparameterized guide, z = z_φ(ε), the Monte Carlo gradient of the ELBO with respect to
-the guide's parameters φ has two parts,
+the guide's parameters φ has two parts, ::
 
     ∇_φ [log p_θ(x, z) − log q_φ(z|x)] = (∂_z [log p_θ(x, z) − log q_φ(z|x)]) ∂_φ z_φ(ε)
                                          − ∂_φ log q_φ(z|x) |_(z fixed),

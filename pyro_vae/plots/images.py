@@ -1,13 +1,13 @@
 """Pictures of what a trained VAE generates and encodes, and the numbers behind them.
 
-=========================  ==========================================================
+============================= ==========================================================
 :func:`plot_reconstructions`  test images beside the decoder's mean at their posterior mean
 :func:`plot_prior_samples`    decoder means of z ~ N(0, T² I) (T = 1: the prior)
 :func:`plot_latent_manifold`  (latent size ≤ 2) decoder means over a grid of N(0, 1) quantiles,
                               as in Kingma & Welling (2014), fig. 4
 :func:`plot_latent_embedding` posterior means of test images (PCA to 2-D above 2 latent
                               dimensions), coloured by label
-=========================  ==========================================================
+============================= ==========================================================
 
 Images are rows of ``D = rows·cols`` pixel values, shown with the data set's ``image_shape``
 (28 × 28 for MNIST), grey level 0 black and 1 white.
