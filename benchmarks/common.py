@@ -49,7 +49,9 @@ from pyro_vae.objectives import ESTIMATORS, Bound, PyroObjective, get_estimator,
 from pyro_vae.threads import ThreadPolicy
 from pyro_vae.trainer import Trainer
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# where a script writes unless given --out: under runs/, which git ignores (the published
+# tables are in benchmarks/results/, written there with --out)
+RESULTS = Path("runs") / "benchmarks"
 
 
 # --- estimators and their steppers -------------------------------------------------------------

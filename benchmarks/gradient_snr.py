@@ -455,7 +455,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="ppca training: Adam steps after which to measure, increasing "
                              f"(default {' '.join(map(str, default.snapshot_steps))})")
     add_common_arguments(parser, None, threads=1,
-                         out_default_text="benchmarks/results/gradient_snr_"
+                         out_default_text="runs/benchmarks/gradient_snr_"
                          "{mnist,ppca_trained,ppca_perturbation} by --model and --ppca-settings")
     args = parser.parse_args(argv)
     for entry in args.estimators or ():

@@ -52,6 +52,7 @@ import torch
 from matplotlib.figure import Figure
 
 from benchmarks.common import (
+    RESULTS,
     add_common_arguments,
     command_line,
     fmt,
@@ -510,8 +511,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--timing-images", type=positive_int, default=1000,
                         help="test images of the Burda model timed at the published budget "
                         "(default 1000)")
-    add_common_arguments(parser, ROOT / "benchmarks" / "results" / "log_likelihood",
-                         threads=1)
+    add_common_arguments(parser, RESULTS / "log_likelihood", threads=1)
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.bdmc_images, args.timing_images = 6, 4, 8

@@ -1,6 +1,5 @@
-"""pyro_vae: the variational autoencoder as a verifiable Pyro program.
-
-The public API is exactly what this module exports; see ``README.md`` for the tour.
+"""pyro_vae: the variational autoencoder as a verifiable Pyro program. The public API is
+exactly what this module exports (``README.md`` has the tour).
 """
 
 from pyro_vae.errors import (
@@ -29,27 +28,8 @@ from pyro_vae.objectives import ESTIMATORS, Bound, get_estimator, make_objective
 
 __version__ = "0.3.0"
 
-__all__ = [
-    "ESTIMATORS",
-    "FLOWS",
-    "LIKELIHOODS",
-    "PRESETS",
-    "VAE",
-    "Bound",
-    "Capabilities",
-    "CheckpointError",
-    "ConfigError",
-    "ConfigTypeError",
-    "DataError",
-    "DataNotFoundError",
-    "DataTypeError",
-    "InverseAutoregressiveFlow",
-    "LayeredModel",
-    "PyroVAEError",
-    "RunFolderError",
-    "TrainingDivergedError",
-    "VAEModel",
-    "get_estimator",
-    "make_likelihood",
-    "make_objective",
-]
+__all__ = ["ESTIMATORS", "FLOWS", "LIKELIHOODS", "PRESETS", "VAE", "Bound", "Capabilities",
+           "CheckpointError", "ConfigError", "ConfigTypeError", "DataError", "DataNotFoundError",
+           "DataTypeError", "InverseAutoregressiveFlow", "LayeredModel", "PyroVAEError",
+           "RunFolderError", "TrainingDivergedError", "VAEModel", "get_estimator",
+           "make_likelihood", "make_objective"]

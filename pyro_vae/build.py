@@ -48,10 +48,10 @@ def check_device(device: str | torch.device) -> torch.device:
 
 
 def build_vae(config: TrainConfig, x_dim: int, image_shape=None):
-    """The model that ``config`` describes, for data of ``x_dim`` features (images of
-    ``image_shape``, which a convolutional preset needs), on torch's default device: a
-    :class:`~pyro_vae.VAE` from its preset, or the model of ``config.model``. A model that
-    cannot fit in memory is refused before it is built."""
+    """The model that ``config`` describes for data of ``x_dim`` features (images of
+    ``image_shape``, for a convolutional preset), on torch's default device: a
+    :class:`~pyro_vae.VAE` from its preset or the model of ``config.model``, refused if it
+    cannot fit in memory."""
     likelihood = _likelihood(config, x_dim)
     if config.model is not None:
         return _own_model(config, x_dim, image_shape, likelihood)

@@ -1,10 +1,8 @@
-"""Argument checks, one copy each, for every entry point of the package: the Python API's
-constructors and functions, the configuration, the evaluators and the command line's types.
-
-Each check returns the value (converted where that is safe) or raises a one-line error that
-names the argument, what was expected and what was found: :class:`~pyro_vae.errors.ConfigError`
-for a value out of range, :class:`~pyro_vae.errors.ConfigTypeError` for one of the wrong type,
-and for tensors :class:`~pyro_vae.errors.DataError` and :class:`~pyro_vae.errors.DataTypeError`.
+"""Argument checks, one copy each, for every entry point of the package. Each returns the value
+(converted where that is safe) or raises a one-line error that names the argument, what was
+expected and what was found: :class:`~pyro_vae.errors.ConfigError` for a value out of range,
+:class:`~pyro_vae.errors.ConfigTypeError` for the wrong type, and for tensors
+:class:`~pyro_vae.errors.DataError` and :class:`~pyro_vae.errors.DataTypeError`.
 
 >>> integer("num_samples", 5000)
 5000
@@ -23,18 +21,8 @@ import torch
 
 from pyro_vae.errors import ConfigError, ConfigTypeError, DataError, DataTypeError
 
-__all__ = [
-    "MAX_SEED",
-    "choice",
-    "describe_range",
-    "integer",
-    "is_int",
-    "is_number",
-    "number",
-    "seed",
-    "sizes",
-    "tensor",
-]
+__all__ = ["MAX_SEED", "choice", "describe_range", "integer", "is_int", "is_number", "number",
+           "seed", "sizes", "tensor"]
 
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed also seeds NumPy's legacy generator: [0, 2³²)
 

@@ -1,10 +1,6 @@
 """The ``pyro-vae`` command line: ``train``, ``evaluate``, ``sample`` and ``plot`` (one module
-each in :mod:`pyro_vae.commands`).
-
-Every failure a user can cause (a bad argument, a bad or damaged file, a folder in use, a run
-that diverges, a size that cannot fit in memory) ends with one line on stderr,
-``pyro-vae: error: ...``, and exit status 2, never a traceback. Ctrl-C ends with exit status
-130, the shell's convention for an interrupt, and says what was saved.
+each in :mod:`pyro_vae.commands`). Every failure a user can cause ends in one line on stderr and
+exit status 2, never a traceback; Ctrl-C ends with exit status 130 and says what was saved.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """A training run's configuration, :class:`TrainConfig`: plain data, saved in every checkpoint
-and ``metrics.json``; everything a run does follows from it and the seed.
-
-:meth:`TrainConfig.validate` checks every field, its type and its range, before any work
-starts, and names the field in its error. What a configuration builds is in
-:mod:`pyro_vae.build`; its schedules in :mod:`pyro_vae.schedules`.
+and ``metrics.json``; everything a run does follows from it and the seed. What it builds is in
+:mod:`pyro_vae.build`, its schedules in :mod:`pyro_vae.schedules`.
 """
 
 from __future__ import annotations
@@ -21,8 +18,7 @@ from pyro_vae.objectives import ESTIMATORS, check_compatible, get_estimator
 __all__ = ["LR_SCHEDULES", "RESUMABLE_FIELDS", "TrainConfig", "resumed_config"]
 
 LR_SCHEDULES = ("constant", "burda", "burda-even")
-# Fields a resumed run may change: they do not change what the run computes, only how long it
-# runs, where its data are read from and on which device. Every other field is refused.
+# Fields a resumed run may change: how long it runs, where its data are read, on which device.
 RESUMABLE_FIELDS = ("epochs", "data_dir", "device")
 
 
@@ -32,8 +28,7 @@ class TrainConfig:
 
     dataset: str = "mnist"  # "mnist", "fashion-mnist", or an .npz file (pyro_vae.data)
     data_dir: str | None = None  # folder of the IDX files; None: see pyro_vae.data
-    preset: str = "pyro"  # architecture: pyro (784-400-50), burda (784-200-200-50), burda2
-    # (two stochastic layers, 784-200-200-100-100-100-50) or conv (convolutional)
+    preset: str = "pyro"  # architecture: a name of pyro_vae.models.PRESETS
     model: str | None = None  # "MODULE:FUNCTION" building a model of one's own (docs/models.md)
     latent_dim: int | None = None  # None: the preset's
     hidden_sizes: tuple[int, ...] | None = None  # None: the preset's
@@ -46,13 +41,11 @@ class TrainConfig:
     estimator: str = "meanfield"  # a name from pyro_vae.ESTIMATORS
     num_particles: int | None = None  # samples per datapoint; None: the estimator's default
     estimator_options: dict = field(default_factory=dict)  # the estimator's options by name
-    # (alpha for renyi, num_estimates for miwae and piwae, ciwae_beta for ciwae); the registry's
-    # default for each one not given. Saved with every default filled in (to_dict).
-    epochs: int = 10  # the Quickstart's run (README.md says how long it takes)
+    # (e.g. alpha for renyi); saved with the registry's default for each one not given
+    epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3  # Adam's learning rate (the first one, for the burda schedules)
-    lr_schedule: str = "constant"  # "burda": 10^(-i/7) decay over passes of 3^i epochs;
-    # "burda-even": the same eight rates, each for an equal share of the epochs
+    lr_schedule: str = "constant"  # or "burda", "burda-even" (pyro_vae.schedules)
     beta: float = 1.0  # KL weight on the latent site (1: the ELBO)
     beta_warmup_epochs: int = 0  # β rises linearly from β/warmup to β over these epochs
     scale_to_data: bool = False  # scale minibatch losses to the full-data ELBO (Pyro's scale)
@@ -65,10 +58,9 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)  # free-form notes carried into the metrics
 
     def validate(self) -> TrainConfig:
-        """Raise :class:`ConfigError` for any invalid value or type, before any work starts.
-        The device is checked for its form only: whether this machine has it is asked where
-        the run starts (:func:`pyro_vae.build.check_device`), so that a run trained on a GPU
-        loads anywhere."""
+        """Raise :class:`ConfigError` naming the field for any invalid value or type. The device
+        is checked for its form only (a run trained on a GPU loads anywhere):
+        :func:`pyro_vae.build.check_device` asks whether this machine has it."""
         _check_types(self)
         for name in ("epochs", "batch_size", "eval_batch_size", "latent_dim", "num_particles",
                      "train_size", "test_size", "flow_layers"):
@@ -122,8 +114,7 @@ class TrainConfig:
 
     @property
     def capabilities(self) -> Capabilities:
-        """What the model this configuration builds offers (its own report, once built:
-        ``vae.capabilities``, which the tests check equal for every preset and flow)."""
+        """What the model this configuration builds offers, without building it."""
         layers = get_preset(self.preset).stochastic_layers
         sites = (("z",) if layers == 1 else (f"z{layers}",)) if self.flow is None else ()
         return Capabilities(layers=layers, flow=self.flow,
@@ -218,8 +209,7 @@ def _check_types(config: TrainConfig) -> None:
 
 
 def _check_device_name(device: str) -> None:
-    """``cpu``, ``cuda`` or ``cuda:N``: the form of a device, whether this machine has it
-    or not."""
+    """``cpu``, ``cuda`` or ``cuda:N``, whether this machine has it or not."""
     kind, colon, index = device.partition(":")
     if kind not in ("cpu", "cuda") or (colon and (kind == "cpu" or not index.isdigit())):
         raise ConfigError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
@@ -227,10 +217,9 @@ def _check_device_name(device: str) -> None:
 
 def resumed_config(saved: TrainConfig, changes: dict, *, names: dict | None = None
                    ) -> TrainConfig:
-    """``saved`` with ``changes`` (field → value) applied, for resuming a run: the fields in
-    :data:`RESUMABLE_FIELDS` may change; a change to any other is refused with a
-    :class:`ConfigError` that lists each one beside its saved value (``names`` maps a field
-    to what the caller calls it, e.g. ``--batch-size``)."""
+    """``saved`` with ``changes`` (field → value) applied, for resuming a run; a change to a
+    field not in :data:`RESUMABLE_FIELDS` raises :class:`ConfigError`, listing each with its
+    saved value under its name in ``names`` (e.g. ``--batch-size``)."""
     names = names or {}
     saved_values = saved.to_dict()
     normalized = TrainConfig(**{**saved_values, **changes}).to_dict()

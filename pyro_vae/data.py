@@ -1,31 +1,15 @@
-"""Data sets as tensors, with every file checked, and their preparation for training and
-evaluation: MNIST-format data sets (IDX files, gzip or raw, read by :mod:`pyro_vae.idx`), and
-a data set of one's own, from an ``.npz`` file or from tensors (:func:`from_arrays`).
-
-The package ships the four canonical MNIST files (11 MB gzip-compressed, CC BY-SA 3.0), so
-training works offline on a fresh clone. Other locations, tried in this order:
-``data_dir`` argument → ``$PYRO_VAE_DATA/<name>`` and ``$PYRO_VAE_DATA`` (a folder there that
-holds another data set's files is passed over) → the data set's system folder (Fashion-MNIST
-from Debian's ``dataset-fashion-mnist``) → the copy shipped with the package (MNIST) → a
-download (only with ``download=True``), verified against the known checksum before it is used.
-
-**A data set of one's own** (``--dataset FILE.npz``, ``docs/data.md``): an ``.npz`` file with
-``train`` and ``test`` arrays of images, ``(N, H, W)`` or ``(N, D)``, either ``uint8`` grey levels
-0–255 or floats in [0, 1] (binary images are floats of 0 and 1), and optionally
-``train_labels`` and ``test_labels`` (integers, one per image).
-
-Pixels come back as tensors of shape ``(N, D)``, ``uint8`` or float grey levels in [0, 1];
-:func:`preprocess` turns them into floats, and :func:`prepare_data` into what a likelihood
-needs (binarized for Bernoulli, grey levels in [0, 1] else).
+"""Data sets as tensors, every file checked, and their preparation for training and
+evaluation: MNIST-format data sets (IDX files, :mod:`pyro_vae.idx`) and data sets of one's own
+(an ``.npz`` file, or arrays: :func:`from_arrays`); ``docs/data.md`` says where each is looked
+for and the ``.npz`` format. MNIST ships with the package (CC BY-SA 3.0), so training works
+offline. Images come back ``(N, D)``, ``uint8`` or float grey levels in [0, 1];
+:func:`prepare_data` makes them what a likelihood needs (binarized for Bernoulli).
 """
 
 from __future__ import annotations
 
-import http.client
 import math
 import os
-import tempfile
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,24 +19,11 @@ import numpy as np
 import torch
 
 from pyro_vae.errors import ConfigError, DataError, DataNotFoundError, DataTypeError
-from pyro_vae.idx import check_md5, parse_idx, read_idx, read_idx_bytes
+from pyro_vae.idx import check_md5, download, parse_idx, read_idx, read_idx_bytes
 
-__all__ = [
-    "DATASETS",
-    "TEST_BINARIZATION_SEED",
-    "Dataset",
-    "PreparedData",
-    "binarize",
-    "check_dataset_name",
-    "check_grey_levels",
-    "download",
-    "from_arrays",
-    "load_dataset",
-    "parse_idx",
-    "prepare_data",
-    "preprocess",
-    "read_idx",
-]
+__all__ = ["DATASETS", "TEST_BINARIZATION_SEED", "Dataset", "PreparedData", "binarize",
+           "check_dataset_name", "check_grey_levels", "download", "from_arrays", "load_dataset",
+           "parse_idx", "prepare_data", "preprocess", "read_idx"]
 
 TEST_BINARIZATION_SEED = 0  # one fixed binarized test set, whatever the training seed
 
@@ -257,10 +228,6 @@ def _square(d: int) -> tuple[int, int]:
     return (side, side) if side * side == d else (1, d)
 
 
-def _default_download_dir(name: str) -> Path:
-    return Path(os.environ.get("PYRO_VAE_DATA", Path.home() / ".cache" / "pyro_vae")) / name
-
-
 def _load_from(name: str, source: _Source, folder: Path) -> Dataset:
     """Read the four files in ``folder``: structure of each file first, then agreement between
     the files (image and label counts, train and test image shapes), then the checksums, so
@@ -295,47 +262,9 @@ def _load_from(name: str, source: _Source, folder: Path) -> Dataset:
         labels = arrays[f"{split}-labels-idx1-ubyte"]
         flat = torch.from_numpy(images.reshape(images.shape[0], -1).copy())
         splits += [flat, torch.from_numpy(labels.astype(np.int64))]
-    return Dataset(name, *splits, image_shape=tuple(train_shape), source=str(folder))
-
-
-def download(url: str, destination: str | os.PathLike, *, md5: str, timeout: float = 60.0):
-    """Download ``url`` to ``destination``, verifying the md5 of the uncompressed content
-    before the file appears under its final name.
-
-    The bytes go to a temporary ``*.part`` file in the destination folder, which is checked
-    (gzip, IDX structure, md5) and only then renamed to ``destination``; on any failure, or an
-    interruption, the temporary file is removed, so a partial or corrupt download never
-    appears under the final name.
-
-    :raises DataError: if the download fails or the file is not the expected one; the message
-        names the URL.
-    """
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
-    )
-    try:
-        with os.fdopen(fd, "wb") as out:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        try:
-            read_idx(tmp, md5=md5)
-        except DataError as e:  # name the URL, not the temporary file
-            reason = str(e).removeprefix(f"{tmp}: ")
-            raise DataError(f"download of {url}: {reason}; nothing was saved") from None
-        os.replace(tmp, destination)
-    except (OSError, ValueError, http.client.HTTPException) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"download of {url} failed: {e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return destination
+    # the packaged copy by its place in the package: no path of this machine in a run's files
+    where = f"pyro_vae/datasets/{name}" if folder == _PACKAGE_DIR / name else str(folder)
+    return Dataset(name, *splits, image_shape=tuple(train_shape), source=where)
 
 
 def fetch(name: str, folder: str | os.PathLike) -> Path:
@@ -358,6 +287,10 @@ def fetch(name: str, folder: str | os.PathLike) -> Path:
         else:
             raise DataError(f"could not download {stem} of {name!r}: " + "; ".join(errors))
     return folder
+
+
+def _default_download_dir(name: str) -> Path:
+    return Path(os.environ.get("PYRO_VAE_DATA", Path.home() / ".cache" / "pyro_vae")) / name
 
 
 def binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

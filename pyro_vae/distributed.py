@@ -1,28 +1,9 @@
-"""The process group of data-parallel runs under ``torchrun``, with :mod:`torch.distributed`:
-joining and leaving it, collectives that fail with a message instead of hanging, and the two
-rules that make a data-parallel run compute what one process computes.
-
-Launch the ordinary ``train`` command with ``torchrun``; every process (rank) runs the same
-program and one model is trained::
-
-    torchrun --nproc-per-node 2 -m pyro_vae train --estimator meanfield --epochs 10 --out runs/ddp
-
-* **Data.** Every rank seeds the permutation generator identically, so all ranks see the same
-  global minibatch (binarized with the shared generator, so the data are exactly those of a
-  one-process run with the same seed); rank ``r`` takes the ``r``-th of ``world_size``
-  contiguous slices of it (:func:`shard`). :class:`pyro_vae.trainer.Trainer` all-reduces the
-  gradients with DDP.
-* **Noise.** Streams are keyed by :func:`derive_seed`: per (seed, step, rank) in training,
-  per (seed, chunk) in evaluation.
-* **Evaluation.** :mod:`pyro_vae.evaluation.runner` splits per-datapoint work into blocks, each
-  with its own seed derived from its index, computes each rank's blocks (:func:`owns`) and
-  gathers the values (:func:`sum_across`, an exact all-reduce: every entry has one non-zero
-  contribution), so the result does not depend on the number of processes.
-* **Files.** Only rank 0 writes checkpoints and metrics. Collectives time out after
-  ``timeout`` seconds (:func:`init_process_group`), and a failed collective raises
-  :class:`DistributedError`, so a dead rank ends the run with a message instead of a hang.
-
-See ``docs/distributed.md``.
+"""The process group of data-parallel runs under ``torchrun`` (``docs/distributed.md``): joining
+and leaving it, and collectives that fail with :class:`DistributedError` after ``timeout``
+seconds instead of hanging. Every rank runs the same program on the same global minibatch and
+takes its slice (:func:`shard`); noise streams are keyed by :func:`derive_seed`; evaluation
+splits its blocks over the ranks (:func:`owns`) and gathers them exactly (:func:`sum_across`),
+so that the results do not depend on the number of processes. Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -40,20 +21,9 @@ import torch.distributed as dist
 
 from pyro_vae.errors import ConfigError, PyroVAEError
 
-__all__ = [
-    "DEFAULT_TIMEOUT_SECONDS",
-    "DistributedError",
-    "World",
-    "barrier",
-    "collective_error",
-    "derive_seed",
-    "init_process_group",
-    "launched",
-    "owns",
-    "process_group",
-    "shard",
-    "sum_across",
-]
+__all__ = ["DEFAULT_TIMEOUT_SECONDS", "DistributedError", "World", "barrier", "collective_error",
+           "derive_seed", "init_process_group", "launched", "owns", "process_group", "shard",
+           "sum_across"]
 
 DEFAULT_TIMEOUT_SECONDS = 300.0  # how long a collective waits for the other ranks
 
@@ -86,9 +56,8 @@ def launched() -> bool:
 def init_process_group(
     *, device: str = "cpu", timeout: float = DEFAULT_TIMEOUT_SECONDS
 ) -> World:
-    """Join the process group described by torchrun's environment variables (``RANK``,
-    ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): gloo for ``device`` cpu,
-    nccl for cuda (each rank then uses GPU ``LOCAL_RANK``).
+    """Join the process group that torchrun's environment variables describe: gloo for
+    ``device`` cpu, nccl for cuda (each rank then uses GPU ``LOCAL_RANK``).
 
     :param timeout: seconds any collective waits for the other ranks before it fails.
     :raises ConfigError: if the environment lacks a variable or the GPUs are too few.
@@ -139,9 +108,7 @@ def process_group(
     except BaseException:
         dist.destroy_process_group()  # no barrier: a peer may be dead
         raise
-    # A normal exit: free what may still hold the group (a DDP reducer in a reference cycle),
-    # then leave together, so that no rank tears its connections down under a peer still
-    # using them.
+    # free a DDP reducer left in a reference cycle, then leave together, not under a busy peer
     gc.collect()
     try:
         barrier(world)

@@ -1,31 +1,18 @@
-"""The project's error types.
-
-Every failure that a user can cause (a bad file, a bad argument, a run that diverges) raises
-one of these, with a one-line message that names the file or argument, what was expected and
-what was found. Each is also a :class:`ValueError` or :class:`TypeError` (or the builtin its
-kind of failure has always raised), so code that catches those keeps working. The command line
-turns them into one line on stderr and a non-zero exit status.
+"""The project's error types: every failure a user can cause raises one, with a one-line message
+that names the file or argument, what was expected and what was found. Each is also the builtin
+its kind of failure raises (:class:`ValueError`, :class:`TypeError`, ...), so code that catches
+those keeps working.
 """
 
-__all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "ConfigTypeError",
-    "DataError",
-    "DataNotFoundError",
-    "DataTypeError",
-    "PyroVAEError",
-    "RunFolderError",
-    "TrainingDivergedError",
-]
+__all__ = ["CheckpointError", "ConfigError", "ConfigTypeError", "DataError", "DataNotFoundError",
+           "DataTypeError", "PyroVAEError", "RunFolderError", "TrainingDivergedError"]
 
 
 class PyroVAEError(Exception):
     """Base class of the errors this package raises on purpose."""
 
     def __str__(self) -> str:
-        # Pyro's trace re-raises a ValueError from inside a model as a new one of the same
-        # type with its trace's shapes appended; show the message that was raised.
+        # Pyro re-raises a model's ValueError with the trace's shapes appended: show the original
         cause = self.__cause__
         if type(cause) is type(self):
             return str(cause)

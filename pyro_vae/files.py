@@ -1,13 +1,7 @@
-"""Crash-safe files: atomic writes, and torch files of plain data that load with
-``weights_only=True`` after their archive's checksums are verified.
-
-Every file is written to a temporary file in the same folder, flushed and fsynced, then
-renamed over the target (:func:`os.replace` is atomic on POSIX), so a process killed at any
-moment leaves either the old file or the new one, never a torn one.
-
-A checkpoint is such a file: a plain dict of tensors and Python literals (no pickled classes);
-what its entries mean, its format tag and version, and how older versions are migrated, is
-:mod:`pyro_vae.runs`'s business.
+"""Crash-safe files: atomic writes, so that a process killed at any moment leaves the old file or
+the new one, never a torn one; and torch files of plain data (tensors and Python literals, such
+as a checkpoint) that load with ``weights_only=True`` after their archive's checksums are
+verified. What a checkpoint's entries mean is :mod:`pyro_vae.runs`'s business.
 """
 
 from __future__ import annotations
@@ -56,9 +50,8 @@ _UMASK = _current_umask()  # read once, at import: os.umask can only be read by 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: a temporary file in the same folder, written,
-    flushed and fsynced, then renamed over ``path`` (and the folder fsynced), so that a crash
-    at any moment leaves the old file or the new one, whole. On an error the temporary file is
-    removed and the old file is left as it was."""
+    flushed and fsynced, then renamed over ``path`` (and the folder fsynced). On an error the
+    temporary file is removed and the old file is left as it was."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,11 +103,8 @@ def _check_plain(obj, where: str) -> None:
 
 
 def save_torch_file(path: str | os.PathLike, data: dict) -> None:
-    """Save a dict of plain data (tensors, dicts, lists, Python literals) atomically.
-
-    :raises TypeError: if an entry is not plain data (it could not be loaded back with
-        ``weights_only=True``); nothing is written then.
-    """
+    """Save a dict of plain data (tensors, dicts, lists, Python literals) atomically;
+    :class:`TypeError`, and nothing written, if an entry is not plain data."""
     _check_plain(data, "checkpoint")
     buffer = io.BytesIO()
     torch.save(data, buffer)
@@ -148,13 +138,12 @@ def _verify_archive(path: Path) -> None:
 
 
 def read_torch_file(path: str | os.PathLike, *, map_location="cpu"):
-    """What :func:`save_torch_file` saved at ``path``, loaded with
-    ``torch.load(weights_only=True)`` (no code in the file runs, whatever it holds) after the
-    CRC-32 of every archive member is checked, its tensors on ``map_location``.
+    """What :func:`save_torch_file` saved at ``path``, its tensors on ``map_location``: loaded
+    with ``torch.load(weights_only=True)`` (no code in the file runs) after the CRC-32 of every
+    archive member is checked.
 
     :raises CheckpointError: if the file is missing, unreadable, damaged, or not a torch file
-        of plain data (random bytes, a text file, a pickle of other objects); the message
-        names the file and what was found.
+        of plain data; the message names the file and what was found.
     """
     path = Path(path)
     if not path.is_file():

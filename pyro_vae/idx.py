@@ -1,6 +1,6 @@
 """The IDX file format of MNIST-format data sets (LeCun et al.): parsing, with a message for
-every malformed input, and reading a file, gzip-compressed or raw, with the decompression
-capped by the size its header declares.
+every malformed input; reading a file, gzip-compressed or raw, with the decompression capped
+by the size its header declares; downloading one, verified before it takes its name.
 
 An IDX file is a 4-byte magic number ``0x00 0x00 type ndim``, then ``ndim`` big-endian uint32
 sizes, then the data in C order.
@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import math
 import os
 import struct
+import tempfile
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -20,7 +23,7 @@ import numpy as np
 
 from pyro_vae.errors import DataError, DataTypeError
 
-__all__ = ["MAX_IDX_BYTES", "check_md5", "parse_idx", "read_idx", "read_idx_bytes"]
+__all__ = ["MAX_IDX_BYTES", "check_md5", "download", "parse_idx", "read_idx", "read_idx_bytes"]
 
 _UINT8 = 0x08  # the IDX type byte of unsigned bytes, the only type MNIST-format files use
 _IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32",
@@ -29,18 +32,13 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def parse_idx(raw: bytes, *, name: str = "<bytes>", ndim: int | None = None) -> np.ndarray:
-    """Parse the bytes of an uncompressed IDX file of unsigned bytes into an array.
+    """Parse the bytes of an uncompressed IDX file of unsigned bytes (type ``0x08``) into a
+    read-only ``uint8`` array of the header's shape.
 
-    An IDX file (LeCun et al., the MNIST format) is a 4-byte magic number ``0x00 0x00 type
-    ndim``, then ``ndim`` big-endian uint32 sizes, then the data in C order. Only the type
-    ``0x08`` (unsigned byte) is read.
-
-    :param name: the file name used in error messages.
+    :param name: the file name for error messages.
     :param ndim: the number of dimensions expected (1 for labels, 3 for images), if any.
-    :returns: a read-only ``uint8`` array of the header's shape.
-    :raises DataError: on a wrong magic number, another data type, an unexpected number of
-        dimensions, or a size that disagrees with the header (truncated or too long); the
-        message names ``name``, what was expected and what was found.
+    :raises DataError: on a wrong magic number or data type, an unexpected number of
+        dimensions, or a size that disagrees with the header.
 
     >>> parse_idx(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9])).tolist()
     [7, 8, 9]
@@ -92,9 +90,8 @@ MAX_IDX_BYTES = 2**31  # no MNIST-format data set comes near 2 GiB; a header tha
 
 def read_idx_bytes(path: Path) -> bytes:
     """The bytes of ``path``, decompressed if it starts with the gzip magic number; a gzip
-    stream is read no further than the IDX header inside it says the file is long (plus one
-    byte, to tell a longer file), so a small archive that inflates to gigabytes (a "gzip
-    bomb") is refused after its header, not decompressed."""
+    stream is read no further than its IDX header says the file is long (plus one byte), so a
+    decompression bomb is refused after its header."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if not path.is_file():
@@ -154,9 +151,8 @@ def check_md5(raw: bytes, md5: str, path) -> None:
 def read_idx(
     path: str | os.PathLike, *, md5: str | None = None, ndim: int | None = None
 ) -> np.ndarray:
-    """Read an IDX file (gzip-compressed or raw) with :func:`parse_idx`; then, when ``md5``
-    is given, check the md5 of the uncompressed bytes (structure first, so that a truncated
-    file says so rather than only that its checksum differs).
+    """Read an IDX file (gzip-compressed or raw) with :func:`parse_idx`, then check the md5 of
+    the uncompressed bytes when ``md5`` is given (structure first: a truncated file says so).
 
     :raises DataError: if the file is missing, unreadable, a corrupt gzip, malformed (see
         :func:`parse_idx`) or has another checksum; the message names the file.
@@ -167,3 +163,43 @@ def read_idx(
     if md5 is not None:
         check_md5(raw, md5, path)
     return array
+
+
+def download(url: str, destination: str | os.PathLike, *, md5: str, timeout: float = 60.0):
+    """Download ``url`` to ``destination``, verifying the md5 of the uncompressed content
+    before the file appears under its final name.
+
+    The bytes go to a temporary ``*.part`` file in the destination folder, which is checked
+    (gzip, IDX structure, md5) and only then renamed to ``destination``; on any failure, or an
+    interruption, the temporary file is removed, so a partial or corrupt download never
+    appears under the final name.
+
+    :raises DataError: if the download fails or the file is not the expected one; the message
+        names the URL.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
+    )
+    try:
+        with os.fdopen(fd, "wb") as out:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            read_idx(tmp, md5=md5)
+        except DataError as e:  # name the URL, not the temporary file
+            reason = str(e).removeprefix(f"{tmp}: ")
+            raise DataError(f"download of {url}: {reason}; nothing was saved") from None
+        os.replace(tmp, destination)
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"download of {url} failed: {e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return destination

@@ -1,12 +1,8 @@
 """Hand-written plain-PyTorch ELBO losses, the baselines Pyro's estimators are checked and
-timed against. Nothing here touches Pyro's inference code (traces, handlers, ELBOs); the
-networks and the likelihood's distribution object are shared with :class:`pyro_vae.VAE`.
-
-Both return the **loss = −ELBO summed over the minibatch** (nats), multiplied by
-``num_data / B`` when ``num_data`` is given: the same scale as Pyro's ``SVI.step``.
-The per-datapoint functions return the ELBO (higher is better) in nats, shape ``(B,)``.
-
-They cover :class:`~pyro_vae.VAE` with Gaussian guides, one layer or L; for L layers, with
+timed against: they share the networks and the likelihood with :class:`pyro_vae.VAE`, and
+nothing of Pyro's inference code. The losses are −ELBO summed over the minibatch (nats), times
+``num_data / B`` when ``num_data`` is given (the scale of Pyro's ``SVI.step``); the ``*_elbo``
+functions return the ELBO per datapoint, ``(B,)`` nats. For Gaussian guides of L layers, with
 z_0 = x and z_1..z_L drawn layer by layer,
 
     mc:        log p(x|z_1) + β Σ_l [log p(z_l|z_(l+1)) − log q(z_l|z_(l-1))],
@@ -24,14 +20,8 @@ import torch
 
 from pyro_vae.errors import ConfigError
 
-__all__ = [
-    "analytic_elbo",
-    "analytic_loss",
-    "gaussian_kl_to_standard_normal",
-    "mc_elbo",
-    "mc_loss",
-    "sample_posterior",
-]
+__all__ = ["analytic_elbo", "analytic_loss", "gaussian_kl_to_standard_normal", "mc_elbo",
+           "mc_loss", "sample_posterior"]
 
 _LOG_2PI = float(torch.log(torch.tensor(2 * torch.pi)))
 
@@ -54,11 +44,8 @@ def _normal_log_prob(z, loc, scale) -> torch.Tensor:
 
 
 def sample_posterior(loc, scale, num_particles: int = 1, generator=None) -> torch.Tensor:
-    """Reparameterized z = loc + scale·ε, shape ``(K, B, latent_dim)``.
-
-    Without a generator, ε is drawn as ``torch.distributions.Normal(loc, scale).rsample``
-    draws it, so that with the same RNG state the sample equals the one Pyro's guide draws.
-    """
+    """Reparameterized z = loc + scale·ε, shape ``(K, B, latent_dim)``; without a generator,
+    drawn as ``Normal(loc, scale).rsample`` draws it, so that it equals Pyro's guide's sample."""
     if generator is None:
         return torch.distributions.Normal(loc, scale).rsample((num_particles,))
     eps = torch.randn((num_particles, *loc.shape), generator=generator, device=loc.device)
@@ -67,10 +54,9 @@ def sample_posterior(loc, scale, num_particles: int = 1, generator=None) -> torc
 
 def analytic_elbo(vae, x, *, num_particles: int = 1, generator=None, beta=None):
     """E_q[log p(x|z)] (Monte Carlo over ``num_particles``) − β KL(q(z|x) ‖ p(z)) (closed
-    form), per datapoint: ``(B,)`` nats. β defaults to ``vae.beta``; β = 1 is the ELBO.
-    (Several layers: see the module docstring.)"""
+    form), per datapoint: ``(B,)`` nats. β defaults to ``vae.beta``; β = 1 is the ELBO."""
     beta = vae.beta if beta is None else beta
-    if _layers(vae) > 1:
+    if _layers(vae, x) > 1:
         return _hierarchical_elbo(vae, x, num_particles, generator, beta, closed_form_top=True)
     loc, scale = vae.encoder(x)
     z = sample_posterior(loc, scale, num_particles, generator)
@@ -80,11 +66,9 @@ def analytic_elbo(vae, x, *, num_particles: int = 1, generator=None, beta=None):
 
 def mc_elbo(vae, x, *, num_particles: int = 1, generator=None, beta=None):
     """log p(x|z) + β [log p(z) − log q(z|x)] on reparameterized samples, averaged over
-    ``num_particles``, per datapoint: ``(B,)`` nats. The log-densities of the Gaussians are
-    written out, so this shares nothing with Pyro but the networks. (Several layers: see the
-    module docstring.)"""
+    ``num_particles``, per datapoint: ``(B,)`` nats."""
     beta = vae.beta if beta is None else beta
-    if _layers(vae) > 1:
+    if _layers(vae, x) > 1:
         return _hierarchical_elbo(vae, x, num_particles, generator, beta, closed_form_top=False)
     loc, scale = vae.encoder(x)
     z = sample_posterior(loc, scale, num_particles, generator)
@@ -94,8 +78,10 @@ def mc_elbo(vae, x, *, num_particles: int = 1, generator=None, beta=None):
     return (log_px_given_z + beta * (log_pz - log_qz)).mean(0)
 
 
-def _layers(vae) -> int:
-    """The number of stochastic layers; refuses models these formulas do not describe."""
+def _layers(vae, x) -> int:
+    """The number of stochastic layers; refuses models these formulas do not describe, and
+    data the model does not take (as its own model and guide do)."""
+    vae.check_data(x, where="x")
     capabilities = vae.capabilities
     if capabilities.flow is not None or not capabilities.layered:
         raise ConfigError(f"the hand-written losses write q's Gaussian log-density by hand; "

@@ -1,8 +1,5 @@
-"""Progress of long work, for people watching a terminal and for logs.
-
-On a terminal, :class:`Progress` draws a :mod:`tqdm` bar. Elsewhere (a log file, CI, a job
-scheduler), where a bar is noise, it prints a line each time another 5 % of the work is done,
-at most one every 10 seconds, with the elapsed time and an estimate of the time left::
+"""Progress of long work: on a terminal, :class:`Progress` draws a :mod:`tqdm` bar; elsewhere (a
+log, CI) it prints a line each time another 5 % of the work is done, at most one every 10 s::
 
     log p(x), K=5000: 2560/10000 datapoints (25%), 3 min 2 s elapsed, about 9 min 6 s left
 
@@ -41,13 +38,11 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress:
-    """Progress over ``total`` units of work (see the module docstring).
+    """Progress over ``total`` units of work, written to ``stream`` (default: standard error).
 
     :param mode: ``"auto"`` (a bar on a terminal, lines elsewhere), ``"bar"``, ``"lines"`` or
         ``"off"``.
-    :param stream: where to write (default: standard error).
-    :param every: the fraction of the work between two lines.
-    :param min_interval: the fewest seconds between two lines.
+    :param every: the fraction of the work between two lines (``min_interval``: seconds).
     """
 
     def __init__(self, total: int, desc: str, unit: str, *, mode: str = "auto", stream=None,

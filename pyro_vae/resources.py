@@ -1,9 +1,6 @@
-"""Memory checked before it is allocated: an estimate of what a model, a training step, an
-evaluation or a picture needs, refused with the estimate and the limit when it cannot fit,
-instead of an allocator error (or the machine swapping) minutes into the work.
-
-The estimates count float32 numbers and round up; they are meant to catch sizes that are off
-by orders of magnitude (a mistyped ``--hidden-sizes 1000000000``), not to budget tightly.
+"""Memory checked before it is allocated: what a model, a training step, an evaluation or a
+picture needs, refused with the estimate and the limit when it cannot fit. The estimates count
+float32 numbers and round up: they catch sizes off by orders of magnitude, not budget tightly.
 """
 
 from __future__ import annotations
@@ -37,8 +34,7 @@ def format_bytes(n: float) -> str:
 def available_bytes(device: str | torch.device = "cpu") -> int:
     """Memory free for new allocations: ``MemAvailable`` of ``/proc/meminfo`` on Linux (all
     physical memory elsewhere), or the GPU's free memory for a CUDA device; at most
-    ``$PYRO_VAE_MEMORY_LIMIT_MB`` megabytes when that is set (e.g. to leave room for other
-    jobs, or in tests)."""
+    ``$PYRO_VAE_MEMORY_LIMIT_MB`` megabytes when that is set."""
     device = torch.device(device)
     limit = os.environ.get("PYRO_VAE_MEMORY_LIMIT_MB")
     free = _free_bytes(device)
@@ -104,9 +100,9 @@ def made_buffers(latent_dim: int, context_dim: int) -> int:
 
 def flow_bytes(latent_dims: tuple[int, ...], hidden_sizes: tuple[tuple[int, ...], ...],
                flow_layers: int) -> int:
-    """Memory of the IAF guides of a VAE with these layer sizes (the MADE networks, their masks
-    and each transform's Python objects, about 50 kB each, measured), counted before anything
-    is built: even on the meta device a transform's masks are made on the CPU."""
+    """Memory of the IAF guides of a VAE with these layer sizes (the MADE networks, their masks,
+    each transform's Python objects), counted before anything is built: even on the meta
+    device a transform's masks are made on the CPU."""
     numbers = sum(made_parameters(d, h[-1] if h else d) + made_buffers(d, h[-1] if h else d)
                   for d, h in zip(latent_dims, hidden_sizes, strict=True))
     return flow_layers * (_FLOAT * numbers + _TRANSFORM_BYTES * len(latent_dims))

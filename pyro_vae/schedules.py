@@ -1,5 +1,4 @@
-"""The schedules of a run: Adam's learning rate and the KL weight β in each epoch, as the
-configuration (:class:`~pyro_vae.config.TrainConfig`) names them."""
+"""The schedules of a run: Adam's learning rate and the KL weight β in each epoch."""
 
 from __future__ import annotations
 
@@ -10,13 +9,10 @@ __all__ = ["beta_at", "burda_learning_rate", "learning_rate"]
 
 def burda_learning_rate(epoch: int, total_epochs: int, lr0: float = 1e-3, *,
                         even: bool = False) -> float:
-    """Burda et al. (2016) schedule: pass i (i = 0..7) lasts 3^i epochs at lr0·10^(−i/7);
-    3280 epochs in all. For fewer ``total_epochs`` every pass shrinks in proportion.
-
-    With ``even``, the eight passes last ``total_epochs / 8`` epochs each: the same rates,
-    from lr0 down to lr0/10, for a short budget. Scaled in proportion, any budget spends two
-    thirds of its epochs in the last pass, at lr0/10, and under 4 % above lr0/4: right for
-    3280 epochs, slow for a few hundred. ``epoch`` counts from 0.
+    """Burda et al. (2016) schedule: pass i (i = 0..7) lasts 3^i epochs at lr0·10^(−i/7),
+    3280 epochs in all, every pass shrunk in proportion for fewer ``total_epochs``. With
+    ``even`` the eight passes are equal (the same rates, for a short budget). ``epoch`` counts
+    from 0.
 
     >>> burda_learning_rate(0, 3280), round(burda_learning_rate(3279, 3280), 6)
     (0.001, 0.0001)

@@ -1,24 +1,14 @@
-"""One trainer for every objective, in one process or data-parallel under ``torchrun``:
+"""One trainer for every objective, in one process or data-parallel under ``torchrun``: one
 :class:`torch.optim.Adam` over the VAE's parameters, stepping the objective's
-``differentiable_loss`` (Pyro's documented PyTorch-native path: an ELBO's differentiable loss
-and a torch optimizer, no param store, no Pyro optimizer).
+``differentiable_loss``; for Pyro's ELBOs, step for step what :class:`pyro.infer.SVI` with
+:class:`pyro.optim.Adam` computes (``docs/estimators.md``).
 
-For Pyro's ELBOs this is what :class:`pyro.infer.SVI` with :class:`pyro.optim.Adam` computes,
-step for step: the same surrogate gradient, and Adam's update is per parameter, so one torch
-Adam over all of them updates each exactly as Pyro's one-per-parameter optimizers do (a
-parameter reached by no gradient is left alone here, where Pyro would step it with a zero
-gradient; every parameter of the VAE gets a gradient at every step).
-
-**Data-parallel** (a :class:`~pyro_vae.distributed.World` given): every rank holds the same
-global minibatch and takes its :func:`~pyro_vae.distributed.shard`; the loss module is wrapped
-in :class:`torch.nn.parallel.DistributedDataParallel`, whose backward pass averages the
-gradients over the ranks, so each rank back-propagates ``world_size`` × its shard's loss: the
-average is then the gradient of the global minibatch's loss, as in one process. Before step
-``k`` rank ``r`` seeds torch's generator from ``(seed, k, r)``, so that the ranks draw
-independent samples and a resumed run draws the same ones as an uninterrupted run.
-
-The optimizer state is one format everywhere, ``{"adam": torch Adam state dict, "steps": k}``:
-a run can be resumed in one process or in any number of them.
+Data-parallel (a :class:`~pyro_vae.distributed.World` given), each rank back-propagates
+``world_size`` × the loss of its :func:`~pyro_vae.distributed.shard` of the global minibatch
+through :class:`~torch.nn.parallel.DistributedDataParallel`, whose average of the gradients is
+then the global minibatch's, and draws step ``k``'s samples from ``(seed, k, rank)``. The
+optimizer state, ``{"adam": torch Adam state dict, "steps": k}``, resumes in any number of
+processes (``docs/distributed.md``).
 """
 
 from __future__ import annotations
@@ -48,8 +38,7 @@ class LossModule(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         if x.shape[0] == 0:
-            # No rows on this rank (a last global batch smaller than world_size): a zero loss
-            # that still reaches every parameter, so the all-reduce of each one happens.
+            # no rows here: a zero loss that still reaches every parameter, for DDP's all-reduce
             return sum(p.sum() for p in self.parameters()) * 0.0
         return self.objective.scaled_loss(x, scale)
 
@@ -58,8 +47,7 @@ class Trainer:
     """Adam steps of ``objective`` (β = (0.9, 0.999), ε = 1e-8, as ``pyro.optim.Adam``).
 
     :param objective: an :class:`~pyro_vae.objectives.Objective` (any registered estimator).
-    :param lr: the learning rate (:meth:`set_lr` changes it).
-    :param world: train data-parallel in this process group (see the module docstring).
+    :param world: train data-parallel in this process group.
     :param seed: with ``world``, seeds each step's samples from (seed, step, rank).
     """
 
@@ -70,10 +58,9 @@ class Trainer:
         self.module = LossModule(objective) if world is None else _ddp(objective, world)
 
     def step(self, x: torch.Tensor, *, num_data: int | None = None) -> float:
-        """One step on the minibatch ``x`` ``(B, D)`` (in data-parallel training, the global
-        minibatch, the same on every rank). Returns the loss, −bound summed over the B rows in
-        nats (times ``num_data / B`` with ``num_data``, as :meth:`pyro.infer.SVI.step`). A
-        non-finite loss is returned before any update (on every rank alike)."""
+        """One step on the minibatch ``x`` ``(B, D)`` (data-parallel: the global minibatch, on
+        every rank). Returns the loss, −bound summed over the B rows in nats (times
+        ``num_data / B`` with ``num_data``), before any update if it is not finite."""
         self.optim.zero_grad(set_to_none=True)
         if self.world is None:
             loss = self.objective.differentiable_loss(x, num_data=num_data)
@@ -104,8 +91,7 @@ class Trainer:
             dist.all_reduce(total)
         except RuntimeError as e:
             raise collective_error(world, "summing the minibatch loss", e) from None
-        # DDP averages the ranks' gradients; world_size × the local loss makes the average
-        # the gradient of the global-minibatch loss.
+        # DDP averages the ranks' gradients: world_size × the local loss makes it the global one
         return float(total), loss * world.world_size
 
     def set_lr(self, lr: float) -> None:
@@ -136,8 +122,7 @@ class Trainer:
 def _ddp(objective, world: World) -> DistributedDataParallel:
     device_ids = [world.device.index] if world.device.type == "cuda" else None
     try:
-        # forward_sync_buffers=False: the only buffers (a fixed Gaussian scale) never change
-        # after the initial broadcast.
+        # the only buffers (a fixed Gaussian scale) never change after the initial broadcast
         return DistributedDataParallel(LossModule(objective), device_ids=device_ids,
                                        forward_sync_buffers=False,
                                        find_unused_parameters=False)

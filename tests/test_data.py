@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from pyro_vae import VAE, ConfigError, DataError
 from pyro_vae import data as data_module
+from pyro_vae import idx as idx_module
 from pyro_vae.data import (
     Dataset,
     check_grey_levels,
@@ -377,7 +378,7 @@ def test_download_interrupted_leaves_no_partial_file(tiny, tmp_path, monkeypatch
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data_module, "read_idx", interrupted)
+    monkeypatch.setattr(idx_module, "read_idx", interrupted)
     target = tmp_path / "dl" / "x.gz"
     with pytest.raises(KeyboardInterrupt):
         download((folder / "train-labels-idx1-ubyte.gz").as_uri(), target, md5="0" * 32)

@@ -1,4 +1,5 @@
-"""Every script in examples/ runs in its --quick mode and prints a figure in nats.
+"""Every script in examples/ runs in its --quick mode, prints a figure in nats and draws at
+least one picture (a PNG) into the folder given by its ``--out``, and nowhere else.
 
 The scripts are found with a glob, so a new example is smoke-tested without editing this file.
 Each runs as its own process, the way a reader runs it, with the repository on PYTHONPATH.
@@ -6,11 +7,13 @@ Each runs as its own process, the way a reader runs it, with the repository on P
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from matplotlib.image import imread
 
 pytestmark = pytest.mark.integration  # scripts and commands run whole (the full tier)
 
@@ -40,8 +43,29 @@ def test_there_are_examples():
     assert len(EXAMPLES) >= 5, f"expected the examples of the issue, found {EXAMPLES}"
 
 
+def untracked_files() -> set[str] | None:
+    """The repository's untracked files that git does not ignore (``git status``'s ``??``
+    lines); None where git or the repository is not there."""
+    if shutil.which("git") is None:
+        return None
+    proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        return None
+    return {line[3:] for line in proc.stdout.splitlines() if line.startswith("??")}
+
+
+def check_picture(path: Path) -> None:
+    """``path`` is a PNG that matplotlib reads as an image with something drawn on it."""
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG file"
+    image = imread(path)
+    assert image.ndim == 3 and image.shape[2] in (3, 4), (path.name, image.shape)
+    assert min(image.shape[:2]) >= 100, f"{path.name} is only {image.shape[:2]} pixels"
+    assert image[..., :3].std() > 0.01, f"{path.name} is blank"
+
+
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_runs_quick_and_prints_nats(script, tmp_path):
+def test_example_runs_quick_prints_nats_and_draws_into_out(script, tmp_path):
     if script.stem in NEEDS_DATASET and (why := dataset_missing(NEEDS_DATASET[script.stem])):
         pytest.skip(f"{script.name} needs a data set that is not installed: {why}")
     docstring = script.read_text().split('"""')[1] if '"""' in script.read_text() else ""
@@ -51,14 +75,27 @@ def test_example_runs_quick_and_prints_nats(script, tmp_path):
                # one thread per process: the test suite shares its cores with other work,
                # where OpenMP's spinning threads cost several times the work itself
                OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(script), "--quick"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
+    cwd, out = tmp_path / "cwd", tmp_path / "pictures"
+    cwd.mkdir()
+    before = untracked_files()
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
     assert proc.returncode == 0, (
         f"{script.name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     assert FIGURE_IN_NATS.search(proc.stdout), (
         f"{script.name} printed no figure in nats:\n{proc.stdout[-2000:]}")
-    # nothing is left in the folder it ran from, except under runs/ (which git ignores)
-    assert {p.name for p in tmp_path.iterdir()} <= {"runs"}, list(tmp_path.iterdir())
+    # its pictures: at least one PNG in --out, each readable and named in what it printed
+    pictures = sorted(out.glob("*.png")) if out.is_dir() else []
+    assert pictures, f"{script.name} wrote no PNG into --out:\n{proc.stdout[-2000:]}"
+    for png in pictures:
+        check_picture(png)
+        assert str(png) in proc.stdout, f"{script.name} did not print the path of {png.name}"
+    # and nothing elsewhere: not in the folder it ran from, not in the repository
+    assert not any(cwd.iterdir()), f"{script.name} wrote into its working folder: " \
+        f"{sorted(p.name for p in cwd.iterdir())}"
+    if before is not None:
+        assert untracked_files() - before == set(), (
+            f"{script.name} left new files in the repository")
 
 
 def run_fashion(tmp_path, *args):

@@ -1,19 +1,15 @@
-"""Evaluate a checkpoint: log p(x) by importance sampling or AIS, with BDMC bounds and the
-inference gaps on request.
+"""Evaluate a checkpoint: log p(x) by AIS or importance sampling, BDMC and inference gaps.
 
-Rebuilds the test set exactly as training did (the same data set, test size and, for the
-Bernoulli likelihood, the same fixed-seed binarization) and writes a JSON report (nats per
-datapoint). --method ais (the default): log p(x) by annealed importance sampling from the
-encoder, a stochastic lower bound that does not depend on how good the encoder is, with HMC
-acceptance rates and k-hat over the chains. --method is (the default when -K is given): the
-IWAE_K estimate with the encoder as proposal (a lower bound, biased low, see
-docs/evaluation.md; its Pareto k-hat flags most test images of a trained VAE as unreliable,
-which is why AIS is the default), its Monte Carlo standard error, the Pareto k-hat summary,
-the test ELBO on the same K samples, the gap log p(x) - ELBO, the KL to the prior per latent
-dimension and the active units. --bdmc N adds
-forward and reverse AIS bounds on N datapoints simulated from the model; --gaps adds the
-amortization and approximation gaps of every test image. Under torchrun the test images are
-split across the processes, with the same numbers as one process.
+Rebuilds the test set as training did (for the Bernoulli likelihood, the same fixed-seed
+binarization) and writes a JSON report in nats per datapoint. --method ais (the default):
+annealed importance sampling from the encoder, a stochastic lower bound that does not depend
+on how good the encoder is, with HMC acceptance rates and k-hat over the chains. --method is
+(the default when -K is given): the IWAE_K estimate with the encoder as proposal (a lower
+bound, biased low: docs/evaluation.md), its Monte Carlo standard error and Pareto k-hat, the
+test ELBO on the same K samples, the gap log p(x) - ELBO, the KL to the prior per latent
+dimension and the active units. --bdmc N adds forward and reverse AIS bounds on N datapoints
+simulated from the model; --gaps adds the amortization and approximation gaps of every test
+image. Under torchrun the test images are split across the processes, with the same numbers.
 
 Examples: pyro-vae evaluate runs/meanfield                  # AIS, T = 100, 16 chains
           pyro-vae evaluate runs/meanfield -K 5000          # importance sampling

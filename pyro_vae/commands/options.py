@@ -1,7 +1,5 @@
-"""Argument types and shared options of the ``pyro-vae`` subcommands.
-
-Each type turns a string into a checked value or raises :class:`argparse.ArgumentTypeError`,
-which the parser reports in one line naming the option.
+"""Argument types and shared options of the ``pyro-vae`` subcommands. Each type turns a string
+into a checked value or raises :class:`argparse.ArgumentTypeError`.
 """
 
 from __future__ import annotations
@@ -16,18 +14,8 @@ import torch
 
 from pyro_vae.errors import PyroVAEError
 
-__all__ = [
-    "MAX_SEED",
-    "Parser",
-    "existing_path",
-    "non_negative_float",
-    "non_negative_int",
-    "positive_float",
-    "positive_int",
-    "run_command",
-    "seed",
-    "temperature",
-]
+__all__ = ["MAX_SEED", "Parser", "existing_path", "non_negative_float", "non_negative_int",
+           "positive_float", "positive_int", "run_command", "seed", "temperature"]
 
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy's legacy generator too: [0, 2³²)
 
@@ -41,10 +29,9 @@ class Parser(argparse.ArgumentParser):
 
 def run_command(call: Callable[[], int | None], prog: str, *,
                 interrupted: Callable[[], str] = lambda: "") -> int:
-    """``call()``'s exit status, with every failure a user can cause as one line on stderr and
-    exit status 2: the project's errors, ``OSError`` (a full disk, a folder we may not write)
-    and running out of memory; Ctrl-C ends with exit status 130 and ``interrupted()`` (what
-    was kept)."""
+    """``call()``'s exit status; every failure a user can cause (the project's errors,
+    ``OSError``, out of memory) is one line on stderr and exit status 2, and Ctrl-C exit
+    status 130 with ``interrupted()`` (what was kept)."""
     try:
         return int(call() or 0)
     except (PyroVAEError, OSError) as e:

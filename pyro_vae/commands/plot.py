@@ -3,9 +3,8 @@
 For each RUN_DIR: reconstructions beside their inputs, samples from the prior, the decoded
 latent manifold (2-D latent space) or the PCA of the posterior means coloured by label, the
 learning curves, and, when `pyro-vae evaluate` wrote evaluation.json there, log p(x) against
-K and the histogram of Pareto k-hat. With several RUN_DIRs, also one figure comparing them:
-the test ELBO (the same bound for every run), what each one's training objective reached,
-and log p(x) where `pyro-vae evaluate` has been run.
+K and the histogram of Pareto k-hat. With several RUN_DIRs, also one figure comparing their
+test ELBO (the same bound for every run), training objectives, and log p(x) where evaluated.
 
 Example: pyro-vae plot runs/meanfield runs/iwae --compare-out compare.png
 """
@@ -19,7 +18,6 @@ from pyro_vae.errors import DataError
 
 
 def add_arguments(p) -> None:
-    """The arguments of ``pyro-vae plot``."""
     p.add_argument("run_dirs", type=existing_path, nargs="+", metavar="RUN_DIR",
                    help="folder written by pyro-vae train (metrics.json, checkpoint.pt)")
     p.add_argument("--compare-out", type=Path, metavar="FILE",

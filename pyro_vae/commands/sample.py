@@ -2,9 +2,6 @@
 
 Each image is the decoder's mean E[x|z] (pixel probabilities for the Bernoulli likelihood) at
 z = T·eps, eps ~ N(0, I): T = 1 samples the prior, T < 1 gives more typical, less varied images.
-Without --seed every call draws new images (the seed used is printed, to draw them again).
-With --save-arrays the means are also saved as a (N, D) float32 .npy file beside the PNG, and
-the latent draws as a (N, latent_dim) one.
 
 Example: pyro-vae sample runs/meanfield -n 64 --temperature 0.8 --out s.png
 """
@@ -26,7 +23,6 @@ MAX_PICTURE_PIXELS = 50_000_000  # a grid larger than this is no picture to look
 
 
 def add_arguments(p) -> None:
-    """The arguments of ``pyro-vae sample``."""
     p.add_argument("checkpoint", type=existing_path, metavar="CHECKPOINT",
                    help="checkpoint.pt written by pyro-vae train, or its run folder")
     p.add_argument("-n", "--num-images", type=positive_int, default=64,

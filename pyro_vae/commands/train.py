@@ -1,9 +1,7 @@
 """Train a VAE; write metrics.json, checkpoint.pt and pictures into a run folder.
 
-The folder is held locked while the run writes it; a folder that already holds a run is
-refused unless given --resume (continue it) or --overwrite (replace it). On --resume only
---epochs, --data-dir and --device may change; any other option that differs from the saved
-run is refused, with its saved value.
+A folder that already holds a run is refused unless given --resume (continue it) or
+--overwrite (replace it). On --resume only --epochs, --data-dir and --device may change.
 
 Examples:
   pyro-vae train                                    # meanfield, 10 epochs, runs/meanfield-<time>
@@ -267,9 +265,10 @@ def _train(args, config: TrainConfig, folder: RunFolder, checkpoint, world,
     data = load_data(config)
     if main_process:
         processes = "" if world is None else f" in {world.world_size} processes"
+        epochs = f"{config.epochs} epoch{'' if config.epochs == 1 else 's'}"
         print(f"training {config.estimator} on {data.dataset.name} ({data.train.shape[0]} "
               f"train / {data.test.shape[0]} test images from {data.dataset.source}) for "
-              f"{config.epochs} epochs{processes}, into {folder.path}", file=sys.stderr)
+              f"{epochs}{processes}, into {folder.path}", file=sys.stderr)
         if busy and world is None:
             print(busy, file=sys.stderr)
         if config.likelihood == "bernoulli" and config.dataset != "mnist":

@@ -15,25 +15,14 @@ around it, in nats per datapoint.
 :mod:`.report`         the report of ``pyro-vae evaluate``; active units
 =====================  ========================================================
 
-Every evaluator takes a model of this package (the fast path where it is layered) or a
-:class:`Program` of one's own, and chooses its path itself. See ``docs/evaluation.md``.
+Every evaluator takes a model of this package or a :class:`Program` of one's own.
 """
 
 from pyro_vae.evaluation.ais import SCHEDULES, AISResult, AISSettings, ais, annealing_schedule
 from pyro_vae.evaluation.bdmc import BDMCResult, bdmc
 from pyro_vae.evaluation.elbo import elbo_per_datapoint, mean_elbo
-from pyro_vae.evaluation.gaps import (
-    GapSettings,
-    GapsResult,
-    fit_diagonal_gaussian,
-    inference_gaps,
-)
-from pyro_vae.evaluation.importance import (
-    ISResult,
-    LogPxEstimate,
-    estimate_log_px,
-    subset_sizes,
-)
+from pyro_vae.evaluation.gaps import GapSettings, GapsResult, fit_diagonal_gaussian, inference_gaps
+from pyro_vae.evaluation.importance import ISResult, LogPxEstimate, estimate_log_px, subset_sizes
 from pyro_vae.evaluation.program import Program
 from pyro_vae.evaluation.psis import (
     MIN_PSIS_SAMPLES,
@@ -56,37 +45,10 @@ from pyro_vae.evaluation.targets import (
     target_for,
 )
 
-__all__ = [
-    "MIN_PSIS_SAMPLES",
-    "PARETO_K_THRESHOLDS",
-    "SCHEDULES",
-    "START_DISTRIBUTIONS",
-    "AISResult",
-    "AISSettings",
-    "BDMCResult",
-    "Execution",
-    "GapSettings",
-    "GapsResult",
-    "ISResult",
-    "LayeredTarget",
-    "LogPxEstimate",
-    "Program",
-    "ProgramTarget",
-    "ReliabilityWarning",
-    "active_units",
-    "ais",
-    "annealing_schedule",
-    "bdmc",
-    "bdmc_section",
-    "elbo_per_datapoint",
-    "estimate_log_px",
-    "fit_diagonal_gaussian",
-    "gaps_section",
-    "inference_gaps",
-    "mean_elbo",
-    "pareto_k_hat",
-    "pareto_k_summary",
-    "report",
-    "subset_sizes",
-    "target_for",
-]
+__all__ = ["MIN_PSIS_SAMPLES", "PARETO_K_THRESHOLDS", "SCHEDULES", "START_DISTRIBUTIONS",
+           "AISResult", "AISSettings", "BDMCResult", "Execution", "GapSettings", "GapsResult",
+           "ISResult", "LayeredTarget", "LogPxEstimate", "Program", "ProgramTarget",
+           "ReliabilityWarning", "active_units", "ais", "annealing_schedule", "bdmc",
+           "bdmc_section", "elbo_per_datapoint", "estimate_log_px", "fit_diagonal_gaussian",
+           "gaps_section", "inference_gaps", "mean_elbo", "pareto_k_hat", "pareto_k_summary",
+           "report", "subset_sizes", "target_for"]

@@ -1,49 +1,13 @@
 """Annealed importance sampling (AIS; Neal 2001), as Wu, Burda, Salakhutdinov & Grosse (2017)
-use it for decoder-based models: a stochastic lower bound on log p(x) per datapoint that,
-unlike importance sampling with the encoder as proposal, does not depend on how good the
-encoder is.
+use it for decoder-based models: a stochastic lower bound on log p(x) per datapoint, in nats.
 
-For each datapoint x, C chains start from a tractable distribution s (:mod:`.targets`) and
-move through T intermediate targets
-
-    f_t(z) = s(z) exp(β_t ℓ(z)),   ℓ(z) = log p(x, z) − log s(z),   0 = β_0 < … < β_T = 1,
-
-from f_0 = s to f_T = p(x, z) ∝ p(z|x), by one HMC transition leaving each f_t invariant
-(:mod:`.hmc`). Each chain carries the log-weight
-
-    log w = Σ_{t=1..T} (β_t − β_{t−1}) ℓ(z_{t−1}),
-
-and E[w] = p(x) (Neal 2001): log p̂(x) = log (1/C) Σ_c w_c is a stochastic lower bound,
-E[log p̂(x)] ≤ log p(x), whose bias falls as T grows. Its standard error over the chains is
-the delta-method one of importance sampling, √(Σ_c w̃_c² − 1/C), and the Pareto k̂ of the C
-weights says whether to trust it (when C ≥ 21).
-
-**Start.** ``"guide"`` (the default) starts from the encoder's q(z|x); ``"prior"`` from p(z).
-The encoder is already close to the posterior (the distance is the ELBO's gap, a few nats
-for a trained VAE), while the prior is KL(p(z|x) ‖ p(z)) away (tens of nats on MNIST), so at
-a given T the path from q is shorter and the bound tighter: on pPCA fitted to MNIST
-(784 → 50, exact log p(x)), at T = 500, 0.003 ± 0.016 nats below the truth from the
-encoder against 1.13 ± 0.06 from the prior (``benchmarks/log_likelihood.py``). Both give a
-valid bound; the prior is the choice when the guide's density at an arbitrary z is
-unavailable (a flow without an inverse) or when it should not matter how good the guide is.
-With flow guides the built-in VAE's target starts from the Gaussians its flows transform
-(:class:`~.targets.LayeredTarget`).
-
-**Schedule.** ``"sigmoid"`` (the default): β_t = (σ(δ(2t/T − 1)) − σ(−δ)) / (σ(δ) − σ(−δ)),
-δ = 4 (Grosse, Ghahramani & Adams 2015), which spends more steps at both ends, where the
-targets change fastest; ``"geometric"``: β_t = 10^(−4 (T − t)/(T − 1)), t ≥ 1;
-``"linear"``.
-
-**Step size.** One per datapoint, adapted after each transition by dual averaging towards a
-target acceptance probability (:class:`~.hmc.StepSizeAdapter`), from the acceptance averaged
-over that datapoint's chains, as Wu et al. (2017) adapt it during the run. Strictly, a step
-size that depends on the chains' past makes the transitions depend on the state they move,
-so that the bound holds only approximately; the effect shrinks with the number of chains and
-is part of what BDMC (:mod:`.bdmc`) measures. For a strict bound, pass ``step_sizes`` fixed
-in advance (e.g. those of an earlier run, as BDMC's reverse runs do).
-
-**Random numbers, blocks and ranks** are those of :mod:`.runner`: block ``i`` of datapoints
-draws from ``derive_seed(seed, i)``; under ``torchrun`` each rank runs its blocks.
+For each datapoint, C chains start from s (:mod:`.targets`: the guide q(z|x) or the prior p(z))
+and move through the targets f_t = s exp(β_t ℓ), ℓ = log p(x, z) − log s(z),
+0 = β_0 < … < β_T = 1, by one HMC transition (:mod:`.hmc`) at each β_t. Each chain carries
+log w = Σ_t (β_t − β_{t−1}) ℓ(z_{t−1}) with E[w] = p(x), so log p̂(x) = log (1/C) Σ_c w_c
+has E[log p̂(x)] ≤ log p(x). Step sizes adapted on the run make the bound approximate; fixed in
+advance (``step_sizes``), it is exact in expectation. ``docs/evaluation.md`` gives the starts,
+the schedules and the defaults.
 """
 
 from __future__ import annotations
@@ -60,7 +24,7 @@ from pyro_vae.evaluation.hmc import HMCState, StepSizeAdapter, hmc_transition, i
 from pyro_vae.evaluation.importance import LogPxEstimate, log_mean_exp_stats
 from pyro_vae.evaluation.psis import MIN_PSIS_SAMPLES, pareto_k_hat
 from pyro_vae.evaluation.runner import MB, Execution, as_data, run_blocks, slice_data
-from pyro_vae.evaluation.targets import START_DISTRIBUTIONS, target_for
+from pyro_vae.evaluation.targets import START_DISTRIBUTIONS, LayeredTarget, target_for
 from pyro_vae.resources import available_bytes, check_fits
 
 __all__ = ["SCHEDULES", "AISResult", "AISSettings", "AnnealResult", "ais", "anneal",
@@ -70,8 +34,9 @@ SCHEDULES = ("sigmoid", "geometric", "linear")
 
 
 def annealing_schedule(num_steps: int, kind: str = "sigmoid") -> torch.Tensor:
-    """β_0 = 0 < β_1 < … < β_T = 1 for T = ``num_steps``, float64 ``(T + 1,)``; see the module
-    docstring for the three kinds.
+    """β_0 = 0 < β_1 < … < β_T = 1 for T = ``num_steps``, float64 ``(T + 1,)``: ``"sigmoid"``
+    (Grosse et al. 2015, δ = 4), ``"geometric"`` (β_t = 10^(−4 (T − t)/(T − 1)), t ≥ 1) or
+    ``"linear"``.
 
     >>> annealing_schedule(4, "linear").tolist()
     [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -95,8 +60,7 @@ def annealing_schedule(num_steps: int, kind: str = "sigmoid") -> torch.Tensor:
 
 
 class AISSettings(NamedTuple):
-    """The budget and tuning of an AIS run; the defaults are those of
-    ``pyro-vae evaluate --method ais`` (see ``docs/evaluation.md`` for why)."""
+    """The budget and tuning of an AIS run; the defaults are ``pyro-vae evaluate``'s."""
 
     num_steps: int = 100  # T, intermediate distributions
     num_chains: int = 16  # C, chains (independent AIS runs) per datapoint
@@ -119,8 +83,7 @@ class AISSettings(NamedTuple):
 
     @property
     def gradient_evaluations(self) -> int:
-        """Gradient evaluations of log p(x, z) per chain: L + 1 per transition (the gradient
-        at the start of each trajectory is recomputed, since β changed), T − 1 transitions."""
+        """Gradient evaluations of log p(x, z) per chain: (L + 1)(T − 1)."""
         return (self.num_leapfrog + 1) * (self.num_steps - 1)
 
 
@@ -135,12 +98,12 @@ class AnnealResult(NamedTuple):
 
 
 def anneal(density, betas: torch.Tensor, u: torch.Tensor, settings: AISSettings, *,
-           step_sizes: torch.Tensor | None = None, on_step=None) -> AnnealResult:
-    """Move the chains at ``u`` ``(C, B, P)`` along ``betas`` (0 → 1 for AIS, 1 → 0 for the
-    reverse runs of BDMC), accumulating the log-weights, with one HMC transition at every
-    intermediate β. ``step_sizes`` ``(len(betas), B)`` fixes the step size of each transition;
-    without it they adapt (:class:`~.hmc.StepSizeAdapter`). ``on_step(acceptance)`` is
-    called after every β."""
+           step_sizes: torch.Tensor | None = None, on_step=None,
+           generator: torch.Generator | None = None) -> AnnealResult:
+    """Move the chains at ``u`` ``(C, B, P)`` along ``betas`` (1 → 0 for BDMC's reverse runs),
+    one HMC transition at each intermediate β, accumulating the log-weights. ``step_sizes``
+    ``(len(betas), B)`` fixes the step sizes, else they adapt; ``on_step(acceptance)`` after
+    every β."""
     state = initial_state(density, u)
     B = u.shape[1]
     log_w = torch.zeros(u.shape[:2], dtype=torch.float64, device=u.device)
@@ -157,7 +120,7 @@ def anneal(density, betas: torch.Tensor, u: torch.Tensor, settings: AISSettings,
         if t < last:  # no transition at the last target: its sample is not used
             used[t] = step_sizes[t] if adapter is None else adapter.step_size
             state, accept_prob = hmc_transition(density, state, betas[t].item(), used[t],
-                                                settings.num_leapfrog)
+                                                settings.num_leapfrog, generator)
             mean_accept = accept_prob.double().mean(0)  # (B,), over the chains
             probs[t] = mean_accept
             accepted += mean_accept
@@ -171,8 +134,7 @@ def anneal(density, betas: torch.Tensor, u: torch.Tensor, settings: AISSettings,
 
 @dataclass(frozen=True, kw_only=True)
 class AISResult(LogPxEstimate):
-    """AIS estimates of log p(x) per datapoint (``log_px``: log (1/C) Σ_c w_c, a stochastic
-    lower bound; its standard error over the chains), with the HMC diagnostics."""
+    """AIS estimates of log p(x) (``log_px``, a stochastic lower bound), with HMC diagnostics."""
 
     num_chains: int
     acceptance_rate: torch.Tensor  # (N,) mean HMC acceptance probability
@@ -207,20 +169,16 @@ def check_chains_fit(target, data: tuple, rows: int, option: str, device) -> Non
 
 def ais(model, data, settings: AISSettings | None = None, *, pareto_k: bool = True,
         execution: Execution = Execution()) -> AISResult:
-    """AIS estimates of log p(x) for every datapoint of ``data`` (see the module docstring).
+    """AIS estimates of log p(x) for every datapoint of ``data``.
 
-    :param model: a :class:`~pyro_vae.models.VAEModel` (its layered density where it offers
-        one, :class:`~.targets.LayeredTarget`) or a :class:`~.program.Program` of one's own.
+    :param model: a :class:`~pyro_vae.models.VAEModel` or a :class:`~.program.Program`.
     :param data: a tensor ``(N, ...)`` or a tuple of them (the program's arguments).
-    :param settings: :class:`AISSettings` (T, chains, leapfrog steps, schedule, start, ...).
     :param pareto_k: Pareto k̂ of each datapoint's weights over the chains (needs C ≥ 21).
-    :param execution: seed, memory budget, blocks, processes, progress
-        (:class:`~.runner.Execution`).
     """
     settings = (settings or AISSettings()).validate()
     execution = execution.validate()
     target = target_for(model, start=settings.start)
-    data = as_data(data)
+    data = as_data(data, model)
     N, C, T = data[0].shape[0], settings.num_chains, settings.num_steps
     block = execution.block_size or block_size_for(target, data, C, execution.memory_mb)
     check_chains_fit(target, data, C, "--chains", data[0].device)
@@ -229,10 +187,12 @@ def ais(model, data, settings: AISSettings | None = None, *, pareto_k: bool = Tr
                "per-step diagnostics)", "lower --ais-steps, --chains or --test-size")
     want_k = pareto_k and C >= MIN_PSIS_SAMPLES
     betas = annealing_schedule(T, settings.schedule)
+    threaded = isinstance(target, LayeredTarget)  # it draws from each block's own generator
 
     def compute(xb: tuple, generator, bar) -> dict:
         density = target.bind(xb)
-        run = anneal(density, betas, density.sample_start(C), settings,
+        run = anneal(density, betas, density.sample_start(C, generator), settings,
+                     generator=generator if threaded else None,
                      on_step=lambda acc: bar.update(1, postfix=f"acceptance "
                                                     f"{float(acc.mean()):.2f}"))
         log_px, se = log_mean_exp_stats(run.log_weights)
@@ -248,7 +208,8 @@ def ais(model, data, settings: AISSettings | None = None, *, pareto_k: bool = Tr
                "log_weights": C, "accept_by_step": T + 1, "step_size_by_step": T + 1,
                **({"pareto_k": 0} if want_k else {})}
     out = run_blocks(compute, data, columns, execution, block=block, steps_per_block=lambda b: T,
-                     label=f"log p(x) by AIS, T={T}, {C} chains", unit="steps")
+                     label=f"log p(x) by AIS, T={T}, {C} chains", unit="steps",
+                     threaded=threaded)
     return AISResult(log_px=out["log_px"], log_px_mc_stderr=out["log_px_mc_stderr"],
                      pareto_k=out.get("pareto_k"), num_chains=C,
                      acceptance_rate=out["acceptance"], step_size=out["step_size"],

@@ -1,24 +1,11 @@
-"""Bidirectional Monte Carlo (BDMC; Grosse, Ghahramani & Adams 2015; for decoder-based
-models Wu et al. 2017): how far AIS is from log p(x), measured on data simulated from the
-model, where the exact posterior sample comes with every datapoint.
+"""Bidirectional Monte Carlo (BDMC; Grosse, Ghahramani & Adams 2015; Wu et al. 2017): bounds
+on both sides of log p(x), per datapoint, for data simulated from the model.
 
-Draw (z, x) ~ p(z) p(x|z): then z is an exact sample of p(z|x). Per datapoint,
-
-* forward AIS (s → p(z|x), :mod:`.ais`) gives log p̂_fwd(x), a stochastic **lower** bound:
-  E[log p̂_fwd] ≤ log p(x);
-* reverse AIS, started at the exact z and annealed p(z|x) → s through the same targets in
-  reverse, gives weights whose mean is an unbiased estimate of 1/p(x) (the start is exactly
-  f_T/Z_T), so log p̂_rev(x) = −log (1/C) Σ_c w_c is a stochastic **upper** bound:
-  E[log p̂_rev] ≥ log p(x).
-
-The gap log p̂_rev − log p̂_fwd ≥ 0 (in expectation) brackets log p(x): it bounds the error
-of forward AIS with the same settings on this model, and of any estimator that is no better
-(importance sampling with the encoder at the same cost, for one). All C reverse chains of a
-datapoint start from its one exact sample; each chain's weight is still unbiased for 1/p(x).
-
-The reverse runs use, transition by transition, the step sizes the forward run of the same
-datapoint adapted to, in reverse order: fixed in advance for the reverse chains, so the
-upper bound is exact in expectation.
+Draw (z, x) ~ p(z) p(x|z), so that z is an exact sample of p(z|x). Forward AIS (:mod:`.ais`)
+gives a stochastic **lower** bound on log p(x); reverse AIS, started at z and annealed through
+the same targets in reverse with the forward run's step sizes, gives weights unbiased for
+1/p(x), hence a stochastic **upper** bound. Their gap bounds the error of AIS with the same
+settings on this model.
 """
 
 from __future__ import annotations
@@ -65,11 +52,8 @@ def bdmc(model, template, settings: AISSettings | None = None, *,
          execution: Execution = Execution()) -> BDMCResult:
     """Forward and reverse AIS bounds on log p(x) for datapoints simulated from ``model`` (a
     :class:`~pyro_vae.models.VAEModel` or a :class:`~.program.Program`), one per row of
-    ``template``: the data the program is called with, of which only the shapes of the
-    observations matter (they are replaced by the simulated ones), and any other argument
-    (a context) is used as it is. Block ``i`` simulates and anneals with
-    ``derive_seed(execution.seed, i)``.
-    """
+    ``template``: the program's arguments, whose observations give only their shape (any
+    context is used as it is)."""
     settings = (settings or AISSettings()).validate()
     execution = execution.validate()
     target = target_for(model, start=settings.start)

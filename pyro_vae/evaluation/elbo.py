@@ -1,15 +1,10 @@
-"""The test ELBO that training reports: one sample of q(z|x) per datapoint, from a fixed seed,
-so that the figure is the same for every run and every estimator evaluated on the same data.
+"""The test ELBO that training reports, in nats per datapoint: a lower bound on log p(x), from
+one sample of q(z|x) per datapoint drawn with a fixed seed, so that every run and estimator
+evaluated on the same data gets the same figure; and the ELBO's two terms.
 
-For a layered model (every built-in VAE) it is computed from the model's own log-densities, the
-ones that importance sampling and AIS use:
-
-    ELBO(x) = log p(x|z_1) + Σ_(l<L) [log p(z_l|z_(l+1)) − log q(z_l|z_(l-1))]
-              − KL(q(z_L|·) ‖ N(0, I)),
-
-with the top layer's KL in closed form where it is the ELBO's term (a Gaussian guide; see
-:mod:`pyro_vae.models.vae`), and log p(z_L) − log q(z_L|·) at the sample elsewhere (a flow). For
-a model of one's own, it is log p(x, z) − log q(z|x) at one draw of its Pyro traces.
+A layered model (every built-in VAE) uses its own log-densities, with the top layer's KL in
+closed form where it is the ELBO's term (a Gaussian guide); a model of one's own uses
+log p(x, z) − log q(z|x) at one draw of its Pyro traces.
 """
 
 from __future__ import annotations
@@ -53,11 +48,9 @@ def elbo_per_datapoint(model, x: torch.Tensor, context=None, *, generator=None) 
 
 @torch.no_grad()
 def mean_elbo(model, data, *, execution: Execution = Execution(block_size=1000)) -> float:
-    """The mean test ELBO over ``data`` (``x``, or ``(x, context)``) in nats per datapoint, one
-    posterior sample per datapoint; block ``i`` of ``execution.block_size`` datapoints draws
-    from ``derive_seed(execution.seed, i)``, so the figure is the same for every run, every
-    estimator and any number of processes (see the module docstring)."""
-    data = as_data(data)
+    """The mean test ELBO over ``data`` (``x``, or ``(x, context)``), nats per datapoint; block
+    ``i`` draws from ``derive_seed(execution.seed, i)``, whatever the number of processes."""
+    data = as_data(data, model)
     execution = execution.validate()
     block = execution.block_size or 1000
     if evaluable(model).capabilities.layered:
@@ -80,16 +73,10 @@ def mean_elbo(model, data, *, execution: Execution = Execution(block_size=1000))
 @torch.no_grad()
 def elbo_terms(model, data, *, num_samples: int = 100,
                execution: Execution = Execution()) -> dict[str, torch.Tensor]:
-    """The two terms of the ELBO of every datapoint, ``(N,)`` nats each:
-
-        ELBO(x) = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)),
-
-    ``expected_loglik`` (E_q[log p(x|z)] over ``num_samples`` draws of the guide),
-    ``kl_to_prior`` (the KL: in closed form where the model has one for every latent, one
-    layer and a Gaussian guide; E_q[log q(z|x) − log p(z)] over the same draws otherwise) and
-    ``elbo``, their difference. With log p(x) from AIS or IS, log p(x) − ELBO estimates the
-    third term of log p(x) = E_q[log p(x|z)] − KL(q ‖ p(z)) + KL(q ‖ p(z|x))."""
-    data = as_data(data)
+    """The two terms of ELBO(x) = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)), ``(N,)`` nats each:
+    ``expected_loglik`` over ``num_samples`` draws of the guide, ``kl_to_prior`` (closed form
+    for one layer with a Gaussian guide, else over the same draws), and ``elbo``."""
+    data = as_data(data, model)
     execution = execution.validate()
     if evaluable(model).capabilities.layered:
 
@@ -123,9 +110,8 @@ def elbo_terms(model, data, *, num_samples: int = 100,
 
 
 def _sampled_terms(program, data: tuple, num: int, info) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(x|z), log q(z|x) − log p(z)) per particle and datapoint ``(num, B)`` at ``num``
-    draws of the guide, vectorized: the observed sites' log-densities, and the latent sites'
-    of guide and model (a program that enumerates a discrete latent has no such split)."""
+    """(log p(x|z), log q(z|x) − log p(z)) ``(num, B)`` at ``num`` vectorized draws of the
+    guide; a program that enumerates a discrete latent has no such split."""
     if info.discrete_sites:
         raise ConfigError("the ELBO's two terms of a program with a discrete latent summed out "
                           f"({', '.join(info.discrete_sites)}) are not defined apart")
@@ -143,8 +129,7 @@ def _sampled_terms(program, data: tuple, num: int, info) -> tuple[torch.Tensor, 
 
 
 def _sampled_elbo(program, data: tuple) -> torch.Tensor:
-    """log p(x, z) − log q(z|x) per datapoint ``(B,)`` at one z ~ q(z|x) drawn by the guide
-    from torch's global generator; the sites' own log-densities, without the KL weight β."""
+    """log p(x, z) − log q(z|x) ``(B,)`` at one z ~ q(z|x) (global generator), without β."""
     guide_trace = poutine.trace(program.guide).get_trace(*data)
     model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(*data)
     log_w = 0.0

@@ -1,24 +1,13 @@
-"""The inference gap per datapoint, split in two (Cremer, Li & Duvenaud 2018):
+"""The inference gap per datapoint, split in two (Cremer, Li & Duvenaud 2018), in nats::
 
-    log p(x) − ELBO[q_φ(z|x)] = KL(q_φ(z|x) ‖ p(z|x))
-        = (log p(x) − ELBO[q*_x])          the approximation gap: the limit of the family
-        + (ELBO[q*_x] − ELBO[q_φ(z|x)])    the amortization gap: the price of one encoder
+    log p(x) − ELBO[q_φ] = (log p(x) − ELBO[q*_x])      the approximation gap
+                         + (ELBO[q*_x] − ELBO[q_φ])     the amortization gap
 
-where q_φ is the encoder and q*_x the best member of the family for this x alone. The family
-here is the diagonal Gaussian on the unconstrained latents (that of the built-in VAE's
-encoder, where these are Cremer et al.'s gaps; for a richer guide, such as a flow, the
-"amortization gap" is measured against a diagonal Gaussian and may be negative). q*_x is
-found by stochastic gradient ascent on its ELBO, per datapoint (the datapoints' objectives
-are independent, so one vectorized Adam fits them all), from the guide's mean and standard
-deviation, with reparameterized samples and the Gaussian entropy in closed form::
-
-    ELBO[N(m, diag s²)] = E_ε[log p(x, m + s ε) + log |det ∂z/∂u|] + Σ_d log s_d + P/2 log(2πe).
-
-log p(x) comes from AIS (:mod:`.ais`); the ELBOs are estimated with ``eval_samples`` draws
-each, and every figure carries its Monte Carlo standard error. Since the fitted ELBO is
-itself a lower bound found by a finite optimization, the approximation gap is an upper
-estimate and the amortization gap a lower one; their sum, log p(x) − ELBO[q_φ], is not
-affected by the fit.
+q_φ is the guide, q*_x the diagonal Gaussian on the unconstrained latents fitted to x alone by
+Adam on its ELBO (reparameterized samples, closed-form entropy), from the guide's mean and
+standard deviation. log p(x) comes from AIS; each ELBO is estimated with ``eval_samples``
+draws, with its Monte Carlo standard error. The fit being finite, the approximation gap is an
+upper estimate and the amortization gap a lower one.
 """
 
 from __future__ import annotations
@@ -44,7 +33,6 @@ class GapSettings(NamedTuple):
     num_samples: int = 16  # reparameterized samples per step
     lr: float = 0.02  # Adam's learning rate, decayed linearly to lr/20 over the steps
     eval_samples: int = 1000  # samples per ELBO estimate
-
     start: str = "guide"  # the coordinates u of the target (targets.py): the guide's base draws
 
     def validate(self) -> GapSettings:
@@ -89,8 +77,7 @@ def _estimate(log_values, draw, num_samples: int, chunk: int) -> tuple[torch.Ten
 def fit_diagonal_gaussian(density, settings: GapSettings | None = None, on_step=None
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loc, log scale) ``(B, P)`` of the diagonal Gaussian on u fitted to each datapoint of
-    a bound density (:mod:`.targets`) by Adam on its ELBO, from the guide's mean and standard
-    deviation (see the module docstring); ``on_step()`` after every step."""
+    a bound density (:mod:`.targets`); ``on_step()`` after every step."""
     settings = (settings or GapSettings()).validate()
     loc0, scale0 = density.guide_gaussian(256)
     loc = loc0.detach().clone().requires_grad_(True)
@@ -119,15 +106,12 @@ def inference_gaps(model, data, log_px: torch.Tensor, settings: GapSettings | No
     :param model: a :class:`~pyro_vae.models.VAEModel` or a :class:`~.program.Program`.
     :param log_px: log p(x) per datapoint ``(N,)``, from AIS (:func:`~.ais.ais`) or, on a
         model where it is known, exactly.
-    :param log_px_mc_stderr: its standard errors, added in quadrature to the approximation
-        gap's.
-    :param execution: block ``i`` draws from ``derive_seed(execution.seed, i)``; as for
-        :func:`~.ais.ais`.
+    :param log_px_mc_stderr: its standard errors, added to the approximation gap's.
     """
     settings = (settings or GapSettings()).validate()
     execution = execution.validate()
     target = target_for(model, start=settings.start)
-    data = as_data(data)
+    data = as_data(data, model)
     N = data[0].shape[0]
     log_px = torch.as_tensor(log_px, dtype=torch.float64).reshape(-1).cpu()
     if log_px.shape[0] != N:

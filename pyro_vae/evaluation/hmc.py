@@ -1,16 +1,11 @@
-"""Hamiltonian Monte Carlo transitions vectorized over chains × datapoints, with one step size
-per datapoint adapted by dual averaging: the Markov transitions of AIS (:mod:`.ais`).
+"""Hamiltonian Monte Carlo transitions (Neal 2011) vectorized over chains × datapoints, with one
+step size per datapoint adapted by dual averaging: the Markov transitions of :mod:`.ais`.
 
 A transition at inverse temperature β leaves f_β(u) = s_u(u) exp(β ℓ(u)) invariant
-(:mod:`.targets`; Neal 2011, "MCMC using Hamiltonian dynamics"): fresh momenta r ~ N(0, I),
-L leapfrog steps of Pyro's :func:`~pyro.ops.integrator.velocity_verlet` on the potential
-U(u) = −log f_β(u), then a Metropolis–Hastings accept/reject, chain by chain, on the energy
-H = U + ½|r|². Every chain of every datapoint is an independent Markov chain; they share the
-tensor operations only. A proposal whose energy is not finite is rejected.
-
-The gradient of U is taken of the sum over chains and datapoints, which is the gradient of
-each chain's own U since the chains do not interact. ``velocity_verlet`` returns the total
-energy only, so the potential keeps the per-chain values of its last evaluation.
+(:mod:`.targets`): fresh momenta, L leapfrog steps of Pyro's
+:func:`~pyro.ops.integrator.velocity_verlet`, then a Metropolis–Hastings test per chain. The
+chains are independent; they share tensor operations only, and one gradient of the summed
+potential.
 """
 
 from __future__ import annotations
@@ -63,13 +58,13 @@ def _energy(log_start, log_ratio, r: torch.Tensor, beta: float) -> torch.Tensor:
 
 
 def hmc_transition(density, state: HMCState, beta: float, step_size: torch.Tensor,
-                   num_leapfrog: int) -> tuple[HMCState, torch.Tensor]:
-    """One HMC transition leaving f_β invariant, with the step size ``step_size`` ``(B,)`` of
-    each datapoint; returns the new state and the acceptance probabilities
-    min(1, exp(H_0 − H_L)) ``(C, B)`` (0 where the proposal's energy is not finite). Draws
-    from torch's global generator."""
+                   num_leapfrog: int, generator: torch.Generator | None = None
+                   ) -> tuple[HMCState, torch.Tensor]:
+    """One HMC transition leaving f_β invariant, with a step size per datapoint ``(B,)``: the
+    new state and the acceptance probabilities ``(C, B)`` (0 where the proposal's energy is not
+    finite). Draws from ``generator`` (default: torch's global one)."""
     u, log_start, log_ratio = state
-    r = torch.randn_like(u)
+    r = torch.randn(u.shape, generator=generator, dtype=u.dtype, device=u.device)
     energy = _energy(log_start, log_ratio, r, beta)
     potential = _Potential(density, beta)
     with torch.enable_grad():
@@ -79,7 +74,8 @@ def hmc_transition(density, state: HMCState, beta: float, step_size: torch.Tenso
     with torch.no_grad():
         delta = energy - _energy(new_start, new_ratio, r_new["u"], beta)
         accept_prob = torch.nan_to_num(delta.clamp(max=0.0).exp(), nan=0.0)
-        accept = torch.rand_like(accept_prob) < accept_prob
+        accept = torch.rand(accept_prob.shape, generator=generator, dtype=accept_prob.dtype,
+                            device=accept_prob.device) < accept_prob
         state = HMCState(torch.where(accept[..., None], z_new["u"], u),
                          torch.where(accept, new_start, log_start),
                          torch.where(accept, new_ratio, log_ratio))
@@ -87,17 +83,10 @@ def hmc_transition(density, state: HMCState, beta: float, step_size: torch.Tenso
 
 
 class StepSizeAdapter:
-    """Step sizes ε ``(B,)``, one per datapoint, adapted after every transition towards a
-    target mean acceptance probability by dual averaging on log ε (Nesterov 2009; Hoffman &
-    Gelman 2014, section 3.2), with Pyro's :class:`~pyro.ops.dual_averaging.DualAveraging`
-    running elementwise on ``(B,)`` tensors. The statistic is target − the acceptance
-    probability averaged over the datapoint's chains. The latest iterate is used, not the
-    running average that NUTS keeps after warm-up: along an annealing path the target keeps
-    moving, and the step size has to follow it.
-
-    :param initial: the first step size of every datapoint ``(B,)``.
-    :param target_accept: the acceptance probability aimed at (0.65 in Wu et al. 2017).
-    """
+    """Step sizes ε ``(B,)``, one per datapoint, adapted after every transition towards
+    ``target_accept`` by dual averaging on log ε (Hoffman & Gelman 2014) of the acceptance
+    averaged over the datapoint's chains. The latest iterate is used, not the average: along
+    an annealing path the target keeps moving."""
 
     def __init__(self, initial: torch.Tensor, target_accept: float):
         self.target_accept = target_accept

@@ -1,28 +1,12 @@
-"""Importance sampling with the guide as proposal: the IWAE_K estimate of log p(x) per datapoint,
-for any model, in bounded memory.
+"""Importance sampling with the guide as proposal: the IWAE_K estimate of log p(x) per datapoint
+(Burda et al. 2016), in nats, for any model, in bounded memory.
 
-For each datapoint x, draw z_1..z_K ~ q(z|x) and form the log-weights
-log w_k = log p(x, z_k) − log q(z_k|x). Then
-
-    log p̂_K(x) = log (1/K) Σ_k w_k                                   (Burda et al. 2016)
-
-is the IWAE_K bound: E[log p̂_K(x)] ≤ log p(x) by Jensen's inequality, it is non-decreasing in
-K (their Theorem 1), and it tends to log p(x) as K → ∞. For finite K it is **biased low**; the
-delta method gives the bias ≈ −Var(w)/(2K E[w]²) = −se²/2 (Nowozin 2018, up to terms of
-order 1/K²). The per-datapoint Monte Carlo standard error from the same weights is
-
-    se(x) ≈ sd(w) / (√K · mean(w)) = √(Σ_k w̃_k² − 1/K),   w̃_k = w_k / Σ_j w_j,
-
-and the standard error of the mean over N datapoints is √(Σ_i se(x_i)²) / N. Both rest on the
-weights having a finite variance, which the Pareto k̂ (:mod:`.psis`) checks.
-
-**Two paths, one estimate.** :func:`estimate_log_px` takes the fast path where the model
-offers its layered log-densities (``capabilities.layered``, every built-in VAE: one layer or
-L, Gaussian or flow guides): the model's own log joint on chunks of (samples × datapoints)
-rows sized from the memory budget, on several threads. Elsewhere (a
-:class:`~.program.Program` of one's own) it reads the weights from Pyro's traces
-(:mod:`.program`: several latent sites, flows, discrete latents summed out). The tests check
-that both give the same numbers on the same model.
+With log w_k = log p(x, z_k) − log q(z_k|x), z_k ~ q(z|x), the estimate log (1/K) Σ_k w_k is a
+lower bound in expectation, biased low by about se²/2 (Nowozin 2018), where the delta-method
+standard error is se = √(Σ_k w̃_k² − 1/K), w̃ the normalized weights; both assume a finite
+variance, which Pareto k̂ (:mod:`.psis`) checks. A layered model (``capabilities.layered``)
+takes the fast path, its own log joint on threads; any other program is read from Pyro's traces
+(:mod:`.program`). Both paths give the same numbers.
 """
 
 from __future__ import annotations
@@ -52,8 +36,7 @@ from pyro_vae.evaluation.runner import (
 )
 from pyro_vae.resources import check_fits, format_bytes
 
-__all__ = ["ISResult", "LogPxEstimate", "estimate_log_px", "log_mean_exp_stats",
-           "subset_sizes"]
+__all__ = ["ISResult", "LogPxEstimate", "estimate_log_px", "log_mean_exp_stats", "subset_sizes"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,8 +67,7 @@ class LogPxEstimate:
 
 @dataclass(frozen=True, kw_only=True)
 class ISResult(LogPxEstimate):
-    """The importance-weighted (IWAE_K) estimate of log p(x), a lower bound in expectation,
-    and the guide's ELBO on the same samples."""
+    """The IWAE_K estimate of log p(x) and the guide's ELBO on the same samples."""
 
     num_samples: int  # K, importance samples per datapoint
     elbo: torch.Tensor  # (N,) mean_k log w_k: the guide's ELBO (discrete sites summed out)
@@ -95,8 +77,7 @@ class ISResult(LogPxEstimate):
 
 
 def subset_sizes(num_samples: int) -> list[int]:
-    """The k < K at which IWAE_k is also reported (from the first k of the K samples):
-    1, 3, 10, 30, … — the curve of the bound against K at no extra cost.
+    """The k < K at which IWAE_k is also reported, from the first k of the K samples.
 
     >>> subset_sizes(5000)
     [1, 3, 10, 30, 100, 300, 1000, 3000]
@@ -105,8 +86,8 @@ def subset_sizes(num_samples: int) -> list[int]:
 
 
 def log_mean_exp_stats(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``log_w (K, B)`` → (log (1/K) Σ_k w_k, its delta-method standard error), each ``(B,)``:
-    se = sd(w) / (√K mean(w)) = √(Σ_k w̃_k² − 1/K), NaN for K = 1."""
+    """``log_w (K, B)`` → (log (1/K) Σ_k w_k, its delta-method standard error, NaN for K = 1),
+    each ``(B,)``."""
     K = log_w.shape[0]
     lse = torch.logsumexp(log_w, 0)
     if K == 1:
@@ -134,10 +115,9 @@ def _columns(log_w: torch.Tensor, want_k: bool, budget_bytes: float) -> dict[str
 
 def _layout(model, num_datapoints: int, K: int, itemsize: int, execution: Execution
             ) -> tuple[int, int, int, float]:
-    """(datapoints per block, datapoints per chunk, samples per chunk, half the budget):
-    half of ``memory_mb`` for the chunk of (samples × datapoints) rows through the model, half
-    for the block's (K, block) log-weights. It fixes which random numbers each datapoint sees,
-    so it depends on neither the worker count nor the ranks."""
+    """(datapoints per block, datapoints per chunk, samples per chunk, half the budget): half
+    of ``memory_mb`` for a chunk's rows through the model, half for the block's log-weights.
+    It fixes each datapoint's random numbers, so it ignores workers and ranks."""
     budget = execution.memory_mb * MB / 2
     if 2 * K * itemsize > budget:
         raise ConfigError(
@@ -156,17 +136,14 @@ def _layout(model, num_datapoints: int, K: int, itemsize: int, execution: Execut
 
 def estimate_log_px(model, data, *, num_samples: int = 5000, pareto_k: bool = False,
                     execution: Execution = Execution()) -> ISResult:
-    """The importance-weighted estimate log (1/K) Σ_k p(x, z_k)/q(z_k|x), z_k ~ q(z|x), of
-    every datapoint of ``data`` (a tensor ``(N, x_dim)``, or a tuple with a context), in nats:
-    the IWAE_K lower bound on log p(x) (Burda et al. 2016), biased low by about se²/2 per
-    datapoint (see the module docstring).
+    """IWAE_K, log (1/K) Σ_k p(x, z_k)/q(z_k|x) with z_k ~ q(z|x), for every datapoint of
+    ``data`` (a tensor ``(N, x_dim)``, or a tuple with a context), in nats: a lower bound on
+    log p(x) in expectation.
 
-    :param model: a :class:`~pyro_vae.models.VAEModel` (the fast path where it is layered),
-        or a :class:`~.program.Program` of one's own.
+    :param model: a :class:`~pyro_vae.models.VAEModel` or a :class:`~.program.Program`.
     :param num_samples: K, importance samples per datapoint.
     :param pareto_k: also compute each datapoint's Pareto k̂ (needs K ≥ 21).
-    :param execution: seed, memory budget, blocks, threads, processes, progress
-        (:class:`~.runner.Execution`); the result depends on its seed alone.
+    :param execution: its seed alone fixes the result (:class:`~.runner.Execution`).
 
     >>> from pyro_vae import VAE
     >>> vae = VAE(6, latent_dim=2, hidden_sizes=(8,))
@@ -181,7 +158,7 @@ def estimate_log_px(model, data, *, num_samples: int = 5000, pareto_k: bool = Fa
     execution = execution.validate()
     if pareto_k and K < MIN_PSIS_SAMPLES:
         raise ConfigError(f"Pareto k-hat needs num_samples >= {MIN_PSIS_SAMPLES}, got {K}")
-    data = as_data(data)
+    data = as_data(data, model)
     if evaluable(model).capabilities.layered:
         fast, out = True, _layered(model, data, K, pareto_k, execution)
     else:
@@ -234,8 +211,7 @@ def _layered(model, data: tuple, K: int, pareto_k: bool, execution: Execution) -
 
 
 def _generic(program, data: tuple, K: int, pareto_k: bool, execution: Execution) -> dict:
-    """Pyro's traces: K particles vectorized, in chunks sized from the bytes of one particle's
-    traces (:func:`~.program.trace_bytes`, an estimate), one block after another."""
+    """Pyro's traces: K particles vectorized, in chunks sized by :func:`~.program.trace_bytes`."""
     block = max(1, min(data[0].shape[0], execution.block_size or 128))
     first = slice_data(data, 0, block)
     info = inspect_program(program.model, program.guide, first, data_plate=program.data_plate)

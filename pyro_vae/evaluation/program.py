@@ -1,22 +1,12 @@
-"""Any Pyro model and guide read as per-datapoint log-densities: what generic importance
-sampling (:mod:`.generic`), AIS (:mod:`.ais`), BDMC (:mod:`.bdmc`) and the inference gaps
-(:mod:`.gaps`) need from a program whose observations sit in a data plate.
+"""Any Pyro model and guide read as per-datapoint log-densities, for importance sampling, AIS,
+BDMC and the gaps. Conventions, checked by :func:`inspect_program`:
 
-Conventions, checked by :func:`inspect_program`:
-
-* The model and the guide take the data as their positional arguments, each a tensor whose
-  first dimension indexes the datapoints (``x``, and e.g. a per-datapoint ``context``); the
-  observations sit in a vectorized plate over that dimension, the *data plate*.
-* Every latent site is local, inside the data plate. A global latent couples the datapoints,
-  so that log p(x_1..x_N) no longer splits into one term per datapoint: it is refused.
-* Log-densities are the distributions' own, masks kept but **scales ignored**:
-  ``poutine.scale`` (minibatch scaling, a KL weight β, a loss weight) is a training device,
-  and log p(x) is that of the generative model itself.
-* Particles (importance samples, AIS chains) are vectorized in a plate left of the program's
-  plates, as Pyro's ``vectorize_particles`` does. Discrete latents enumerated in parallel
-  (``infer={"enumerate": "parallel"}``, :func:`pyro.infer.config_enumerate`) get enumeration
-  dimensions left of that, as in :class:`pyro.infer.TraceEnum_ELBO`, and are summed out
-  exactly: log-sum-exp over those dimensions of the per-datapoint log-density.
+* the data are the positional arguments, one row per datapoint; the observations sit in a
+  vectorized plate over the rows, the *data plate*, and so does every latent site;
+* log-densities are the distributions' own, masks kept and **scales ignored**
+  (``poutine.scale`` is a training device);
+* particles are vectorized in a plate left of the program's plates; discrete latents
+  enumerated in parallel get dims left of that and are summed out exactly.
 """
 
 from __future__ import annotations
@@ -36,37 +26,21 @@ from pyro_vae.errors import ConfigError, ConfigTypeError
 from pyro_vae.evaluation.runner import as_data
 from pyro_vae.models.interface import Capabilities
 
-__all__ = [
-    "PARTICLE_PLATE",
-    "Program",
-    "ProgramInfo",
-    "as_program",
-    "enumerated",
-    "evaluable",
-    "inspect_program",
-    "log_density",
-    "log_weights",
-    "particles",
-    "quiet_validation",
-    "sample_sites",
-    "simulate",
-    "site_log_prob",
-    "trace_bytes",
-]
+__all__ = ["PARTICLE_PLATE", "Program", "ProgramInfo", "as_program", "enumerated", "evaluable",
+           "inspect_program", "log_density", "log_weights", "particles", "quiet_validation",
+           "sample_sites", "simulate", "site_log_prob", "trace_bytes"]
 
 PARTICLE_PLATE = "_pyro_vae_particles"
 _ACTIVATION_FACTOR = 3  # trace tensors → working memory (hidden activations, temporaries)
 
 
 class Program(NamedTuple):
-    """A Pyro ``model`` and ``guide`` of one's own (conventions of the module docstring), for
-    the evaluators: ``estimate_log_px(Program(model, guide), data)``, AIS, BDMC, the gaps.
+    """A Pyro ``model`` and ``guide`` of one's own, for the evaluators
+    (``estimate_log_px(Program(model, guide), x)``, ``ais``, ``bdmc``, ``inference_gaps``).
 
-    ``data_plate`` names the plate over the datapoints where it cannot be told from the
-    program. ``start_guide``, a guide with the same sites (any normalized density will do),
-    is where AIS starts in place of ``guide``: for a flow guide, the Gaussians its flows
-    transform, whose density at a given z needs no inverse of the flow; ``guide`` still gives
-    the encoder's own ELBO.
+    ``data_plate`` names the plate over the datapoints where it cannot be told. ``start_guide``,
+    a normalized density over the same sites, is where AIS starts in place of ``guide`` (for a
+    flow guide, the Gaussians its flows transform: their density needs no inverse).
     """
 
     model: Callable
@@ -174,10 +148,9 @@ def _check_sites(sites: list[dict], plate, where: str) -> None:
 
 def inspect_program(model, guide, data: tuple, *, data_plate: str | None = None
                     ) -> ProgramInfo:
-    """Run ``guide`` and ``model`` (replayed against it) once on ``data``, find the data plate
-    (the plate of size N around every observed site, or ``data_plate``) and check the
-    conventions of the module docstring; :class:`ConfigError` says which one fails. Uses its
-    own random numbers: the caller's stream is left as it was."""
+    """Run ``guide`` and ``model`` once on ``data`` (on forked random numbers), find the data
+    plate (of size N around every observed site, or ``data_plate``) and check the conventions;
+    :class:`ConfigError` says which one fails."""
     data = as_data(data)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         guide_trace = poutine.trace(guide).get_trace(*data)
@@ -240,12 +213,9 @@ def _enumerated_traces(model, guide, data: tuple, num_particles: int, info: Prog
 
 def log_weights(model, guide, data: tuple, num_particles: int, info: ProgramInfo
                 ) -> torch.Tensor:
-    """log p(x, z_k) − log q(z_k|x) per particle and datapoint, ``(K, B)`` nats, z_k drawn
-    from the guide with the global torch generator, K particles vectorized.
-
-    Discrete sites that the guide enumerates in parallel are summed out exactly: with y
-    enumerated, the weight is Σ_y p(x, y, z_k) / q(z_k | x, y), an unbiased estimate of p(x)
-    (q(y|x) cancels), as in :class:`pyro.infer.TraceEnum_ELBO`'s enumeration."""
+    """log p(x, z_k) − log q(z_k|x) ``(K, B)`` nats, K particles of the guide vectorized (global
+    generator); a discrete y that the guide enumerates is summed out: Σ_y p(x, y, z_k) /
+    q(z_k | x, y)."""
     model_trace, guide_trace = _enumerated_traces(model, guide, data, num_particles, info)
     terms = [site_log_prob(s, info) for s in sample_sites(model_trace)]
     terms += [-site_log_prob(s, info) for s in sample_sites(guide_trace)
@@ -254,10 +224,8 @@ def log_weights(model, guide, data: tuple, num_particles: int, info: ProgramInfo
 
 
 def simulate(model, data: tuple, info: ProgramInfo) -> tuple[tuple, dict]:
-    """Draw (z, x) from the model: every latent site from its prior and the observed site
-    from p(x|z), with the global torch generator; returns the data with ``data[0]`` replaced
-    by the simulated observations, and the latent values (``{site: (B, ...)}``), an exact
-    sample of p(z|x) for those observations. Needs exactly one observed site, holding
+    """(z, x) ~ p(z) p(x|z) with the global generator: the data with ``data[0]`` replaced by
+    the simulated x, and ``{site: (B, ...)}`` of z. Needs one observed site, holding
     ``data[0]``."""
     if len(info.observed_sites) != 1:
         raise ConfigError(f"simulating data needs a model with one observed site (the "
@@ -274,9 +242,8 @@ def simulate(model, data: tuple, info: ProgramInfo) -> tuple[tuple, dict]:
 
 
 def trace_bytes(model, guide, data: tuple, info: ProgramInfo) -> int:
-    """Estimated bytes of one particle of one datapoint going through guide and model (with
-    their enumerated sites): every sample site's value and its distribution's batch × event
-    size, for both traces, times a factor for the activations a trace does not hold."""
+    """Estimated bytes of one particle of one datapoint through guide and model: the sites'
+    values and distributions, times a factor for the activations a trace does not hold."""
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         traces = _enumerated_traces(model, guide, data, 1, info)
     total = 0

@@ -1,10 +1,7 @@
 """Pareto k̂ of importance weights (PSIS: Vehtari et al. 2024; as a diagnostic of variational
-inference: Yao et al. 2018).
-
-k̂ is the shape of a generalized Pareto distribution fitted to the largest importance weights.
-k < 0.5: the weights have a finite variance and the usual standard error is trustworthy;
-0.5 ≤ k ≤ 0.7: finite mean, infinite variance, the estimate converges but slowly; k > 0.7:
-the estimate is unreliable at any practical number of samples.
+inference: Yao et al. 2018), the shape of a generalized Pareto distribution fitted to the
+largest weights. k̂ < 0.5: finite variance, the standard error holds; 0.5–0.7: finite mean,
+slow convergence; > 0.7: unreliable at any practical number of samples.
 """
 
 from __future__ import annotations
@@ -36,11 +33,8 @@ def pareto_k_hat(log_weights) -> torch.Tensor:
     """Pareto k̂ of importance weights, one value per row: ``(..., K)`` log-weights → ``(...)``.
 
     Pass **log-weights** log w = log p(x, z) − log q(z|x) (not their negatives), samples on
-    the last axis. Uses :func:`arviz.psislw` (Zhang & Stephens' fit of a generalized Pareto
-    distribution to the largest ⌈min(K/5, 3√K)⌉ weights, regularized towards 0.5; Vehtari et
-    al. 2024). Where the largest weights are all equal (e.g. q is the exact posterior and
-    every weight is the same), the weights are bounded and ArviZ's +∞ is replaced by −∞, the
-    limit of a point mass.
+    the last axis; :func:`arviz.psislw` fits the largest ⌈min(K/5, 3√K)⌉. Where those are all
+    equal (q is the exact posterior, say), k̂ is −∞, the limit of bounded weights.
 
     >>> g = np.random.default_rng(0)
     >>> k = pareto_k_hat(g.exponential(1 / 2.0, size=(20, 4000)))  # weights ~ Pareto(α = 2)

@@ -118,32 +118,7 @@ def report(model, x: torch.Tensor, estimate: ISResult | AISResult, *,
                           "log_px_mc_stderr": [_finite(v) for v in se.tolist()]},
         "warnings": [], "notes": [],
     }
-    if is_sampling:
-        K = estimate.num_samples
-        out["log_px"]["estimated_bias"] = -float(se.double().pow(2).mean()) / 2
-        out["log_px_by_k"] = {str(k): {"mean": float(v.mean())}
-                              for k, v in estimate.log_px_by_k.items()}
-        out["elbo"] = {"what": f"test ELBO, E_q[log p(x,z) - log q(z|x)], on the same {K} "
-                       "samples per datapoint", **_spread(estimate.elbo, (estimate.elbo_var / K)
-                                                          .sqrt())}
-        gap = estimate.log_px - estimate.elbo  # ≥ 0 datapoint by datapoint (Jensen)
-        out["gap"] = {"what": "log_px - elbo (same samples, so >= 0 for every datapoint): an "
-                      "estimate of the mean KL(q(z|x) || p(z|x)), low by the IWAE_K bias",
-                      **_spread(gap)}
-        out["per_datapoint"]["elbo"] = estimate.elbo.tolist()
-    else:
-        acc = estimate.acceptance_rate
-        out["acceptance"] = {"what": "HMC acceptance probability, mean over transitions and "
-                             "chains", "target": estimate.settings.target_accept,
-                             "mean": float(acc.mean()), "min": float(acc.min()),
-                             "max": float(acc.max())}
-        out["per_datapoint"]["acceptance_rate"] = acc.tolist()
-        out["per_datapoint"]["step_size"] = estimate.step_size.tolist()
-        out["by_step"] = {"what": "along the annealing path: beta_t, and the HMC acceptance "
-                          "and step size of the transition at beta_t, mean over the data",
-                          "beta": estimate.betas.tolist(),
-                          "acceptance": _column_means(estimate.accept_by_step),
-                          "step_size": _column_means(estimate.step_size_by_step)}
+    (_is_sections if is_sampling else _ais_sections)(out, estimate)
     if terms is not None:
         out["elbo_decomposition"] = _decomposition(estimate.log_px, terms)
         out["per_datapoint"].update({k: terms[k].tolist() for k in ("expected_loglik",
@@ -154,6 +129,40 @@ def report(model, x: torch.Tensor, estimate: ISResult | AISResult, *,
                             "mean": test_elbo}
     _check_pareto(out, estimate, is_sampling)
     return out
+
+
+def _is_sections(out: dict, estimate: ISResult) -> None:
+    """Importance sampling's: the bias estimate, log p(x) by K, the ELBO on the same samples
+    and the gap between the two."""
+    se = estimate.log_px_mc_stderr
+    K = estimate.num_samples
+    out["log_px"]["estimated_bias"] = -float(se.double().pow(2).mean()) / 2
+    out["log_px_by_k"] = {str(k): {"mean": float(v.mean())}
+                          for k, v in estimate.log_px_by_k.items()}
+    out["elbo"] = {"what": f"test ELBO, E_q[log p(x,z) - log q(z|x)], on the same {K} "
+                   "samples per datapoint", **_spread(estimate.elbo, (estimate.elbo_var / K)
+                                                      .sqrt())}
+    gap = estimate.log_px - estimate.elbo  # ≥ 0 datapoint by datapoint (Jensen)
+    out["gap"] = {"what": "log_px - elbo (same samples, so >= 0 for every datapoint): an "
+                  "estimate of the mean KL(q(z|x) || p(z|x)), low by the IWAE_K bias",
+                  **_spread(gap)}
+    out["per_datapoint"]["elbo"] = estimate.elbo.tolist()
+
+
+def _ais_sections(out: dict, estimate: AISResult) -> None:
+    """AIS's: the HMC acceptance, and the acceptance and step size along the path."""
+    acc = estimate.acceptance_rate
+    out["acceptance"] = {"what": "HMC acceptance probability, mean over transitions and "
+                         "chains", "target": estimate.settings.target_accept,
+                         "mean": float(acc.mean()), "min": float(acc.min()),
+                         "max": float(acc.max())}
+    out["per_datapoint"]["acceptance_rate"] = acc.tolist()
+    out["per_datapoint"]["step_size"] = estimate.step_size.tolist()
+    out["by_step"] = {"what": "along the annealing path: beta_t, and the HMC acceptance "
+                      "and step size of the transition at beta_t, mean over the data",
+                      "beta": estimate.betas.tolist(),
+                      "acceptance": _column_means(estimate.accept_by_step),
+                      "step_size": _column_means(estimate.step_size_by_step)}
 
 
 def _decomposition(log_px: torch.Tensor, terms: dict) -> dict:

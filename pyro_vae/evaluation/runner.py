@@ -65,9 +65,11 @@ class Execution(NamedTuple):
         return self.workers or torch.get_num_threads()
 
 
-def as_data(data) -> tuple[torch.Tensor, ...]:
-    """``data`` (a tensor, or a tuple of tensors with one row per datapoint) as a tuple."""
-    data = (data,) if torch.is_tensor(data) else tuple(data)
+def as_data(data, model=None) -> tuple[torch.Tensor, ...]:
+    """``data`` (a tensor, or a tuple of tensors with one row per datapoint) as a tuple; with a
+    ``model`` of this package, its x checked as the model checks it (one line if not)."""
+    data = (data,) if torch.is_tensor(data) else tuple(data) if isinstance(data, (tuple, list)) \
+        else ()
     if not data or not all(torch.is_tensor(d) and d.dim() >= 1 for d in data):
         raise ConfigError("data must be a tensor, or a tuple of tensors, whose first "
                           "dimension indexes the datapoints")
@@ -75,6 +77,8 @@ def as_data(data) -> tuple[torch.Tensor, ...]:
     if len(rows) != 1 or 0 in rows:
         raise ConfigError(f"every data tensor needs the same, non-zero number of rows; got "
                           f"shapes {[tuple(d.shape) for d in data]}")
+    if model is not None and hasattr(model, "check_data"):
+        model.check_data(data[0], where="x")
     return data
 
 
@@ -147,18 +151,23 @@ def run_blocks(
                 values[start : start + column.shape[0], offset : offset + max(w, 1)] = (
                     column.reshape(column.shape[0], -1))
 
-        workers = execution.thread_count(device) if threaded else 1
-        if workers == 1 or len(mine) <= 1:
-            for i in mine:
-                run(i)
-        else:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # one op per thread: no barrier between busy cores
-            try:
-                with ThreadPoolExecutor(workers) as pool:
-                    list(pool.map(run, mine))
-            finally:
-                torch.set_num_threads(threads)
+        _each(run, mine, execution.thread_count(device) if threaded else 1)
     values = sum_across(values, execution.world)
     return {name: values[:, offset] if w == 0 else values[:, offset : offset + w]
             for name, (offset, w) in offsets.items()}
+
+
+def _each(run: Callable[[int], None], blocks: list[int], workers: int) -> None:
+    """``run`` each block, on ``workers`` threads of one torch thread each: no OpenMP barrier
+    between the blocks, so a core taken by another job slows one block, not every op."""
+    if workers == 1 or len(blocks) <= 1:
+        for i in blocks:
+            run(i)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, blocks))
+    finally:
+        torch.set_num_threads(threads)

@@ -1,32 +1,18 @@
-"""The unnormalized posterior p(x, z) of a block of datapoints, and the tractable distribution
-AIS starts from, as functions of one unconstrained vector per chain and datapoint: what
-:mod:`.ais`, :mod:`.bdmc` and :mod:`.gaps` work on.
+"""The unnormalized posterior p(x, z) of a block of datapoints and the distribution s that AIS
+starts from (p(z) or q(z|x)), as functions of one unconstrained vector u per chain and
+datapoint: what :mod:`.ais`, :mod:`.bdmc` and :mod:`.gaps` work on.
 
-A *target* (:class:`LayeredTarget` for a layered model such as :class:`~pyro_vae.VAE`, the
-fast path; :class:`ProgramTarget` for any Pyro model and guide; :func:`target_for` chooses) is
-bound to a block of data and gives a *density* with, for u of shape ``(C, B, P)`` (C chains,
-B datapoints, P unconstrained latent dimensions per datapoint) and z = T(u) the latent values::
+:func:`target_for` picks :class:`LayeredTarget` (a layered model) or :class:`ProgramTarget`
+(any Pyro program). With z = T(u) (``biject_to`` of each support; discrete latents summed out
+by enumeration), ``target.bind(data)`` gives a density whose methods return nats, ``(C, B)``::
 
-    log s_u(u) = log s(z) + log |det ∂T/∂u|      the start, s = p(z) or q(z|x)
-    ℓ(u)       = log p(x, z) − log s(z)            the log-ratio AIS anneals in, β: 0 → 1
+    sample_start(C)      u ~ s, (C, B, P)
+    start_and_ratio(u)   log s_u(u) = log s(z) + log |det ∂T/∂u|,  ℓ(u) = log p(x, z) − log s(z)
+    log_joint(u)         log p(x, z) + log |det ∂T/∂u|
+    sample_guide(S)      u ~ q_φ and log q_φ on u
+    guide_gaussian(S)    the guide's mean and standard deviation on u, (B, P)
 
-so that the intermediate targets are f_β(u) = s_u(u) exp(β ℓ(u)) ∝ p(z|x) at β = 1 (the
-Jacobian cancels from ℓ). T maps ℝ^P onto each site's support (:func:`biject_to`), so HMC
-moves on ℝ^P whatever the latents' constraints. Discrete latents are summed out by
-enumeration (``config_enumerate``): AIS moves the continuous ones only.
-
-A density (``target.bind(data)``) offers, all in nats, ``(C, B)`` per chain and datapoint:
-
-==============================  ===============================================================
-``sample_start(C)``             u ``(C, B, P)`` drawn from the start s (global generator)
-``start_and_ratio(u)``          (log s_u(u), ℓ(u)): what HMC and the AIS weights need
-``log_joint(u)``                log p(x, z) + ``log |det ∂z/∂u|``: the target of the gaps' fit
-``sample_guide(S)``             draws u of the guide q_φ and log q_φ on u: the encoder's ELBO
-``guide_gaussian(S)``           the guide's mean and standard deviation on u ``(B, P)``
-==============================  ===============================================================
-
-and the target offers ``simulate(data)`` (BDMC's (x, z) ~ p(x, z)) and ``row_bytes(data)``
-(memory per chain × datapoint, to size the blocks).
+The target also gives ``simulate(data)`` ((x, z) ~ p(x, z), for BDMC) and ``row_bytes(data)``.
 """
 
 from __future__ import annotations
@@ -64,9 +50,8 @@ START_DISTRIBUTIONS = ("guide", "prior")
 
 
 def target_for(model, *, start: str = "guide"):
-    """The target of ``model``: :class:`LayeredTarget` where the model offers its layered
-    log-densities (``capabilities.layered``: the fast path), :class:`ProgramTarget` of its
-    Pyro program otherwise (a :class:`~.program.Program` of one's own, say)."""
+    """:class:`LayeredTarget` where ``model.capabilities.layered`` (the fast path), else
+    :class:`ProgramTarget` of its Pyro program."""
     checks.choice("AIS start", start, START_DISTRIBUTIONS)
     if evaluable(model).capabilities.layered:
         return LayeredTarget(model, start=start)
@@ -75,17 +60,12 @@ def target_for(model, *, start: str = "guide"):
 
 # --- a layered model --------------------------------------------------------------------------
 class LayeredTarget:
-    """A :class:`~pyro_vae.models.LayeredModel` (every built-in VAE): one density for one
-    layer or L, Gaussian or flow guides, from the model's own log-densities (those that
-    importance sampling and the test ELBO use too).
+    """A :class:`~pyro_vae.models.LayeredModel` (every built-in VAE, Gaussian or flow guides),
+    from the model's own log-densities.
 
-    :param start: ``"guide"``: q(z|x) itself. u is the guide's base draws, z = T(u) each
-        layer's draw pushed through its flow (the identity without flows), so the start is the
-        chain of base Gaussians, whose density is cheap where a flow's needs its inverse, and
-        the target is ``p(x, T(u)) |det ∂T/∂u|``: AIS starts at q exactly, its first weight is q's
-        importance weight, and the flows precondition HMC (NeuTra-style, Hoffman et al. 2019;
-        the Jacobian is block-triangular, so its log-determinant is the sum of the layers').
-        ``"prior"``: p(z), in z.
+    :param start: ``"guide"``: u is the guide's base draws and z = T(u) each layer's draw
+        through its flow, so AIS starts at q exactly and the flows precondition HMC (NeuTra,
+        Hoffman et al. 2019). ``"prior"``: p(z), in z.
     """
 
     def __init__(self, model, *, start: str = "guide"):
@@ -114,8 +94,7 @@ class LayeredTarget:
         return (x_sim,) if context is None else (x_sim, context), u.unsqueeze(0)
 
     def row_bytes(self, data) -> int:
-        """Bytes of working memory per (chain × datapoint) row of a gradient evaluation: three
-        times the model's forward pass (the backward pass and its temporaries)."""
+        """Bytes per (chain × datapoint) row of a gradient evaluation: 3 × the forward pass."""
         return 3 * self.model.bytes_per_row()
 
 
@@ -146,11 +125,13 @@ class _LayeredDensity:
         return log_lik + log_prior
 
     @torch.no_grad()
-    def sample_start(self, num_chains: int) -> torch.Tensor:
+    def sample_start(self, num_chains: int, generator=None) -> torch.Tensor:
         if self.start == "prior":
             shape = (num_chains, self.num_datapoints)
-            return torch.cat(self.model.sample_prior(shape, self.context), -1)
-        return self.model.guide_path(self.x, self.context, num_samples=num_chains).u
+            return torch.cat(self.model.sample_prior(shape, self.context, generator=generator),
+                             -1)
+        return self.model.guide_path(self.x, self.context, num_samples=num_chains,
+                                     generator=generator).u
 
     @torch.no_grad()
     def sample_guide(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,13 +162,11 @@ class _Site(NamedTuple):
 
 
 class ProgramTarget:
-    """Any Pyro program (a :class:`~.program.Program`, conventions of :mod:`.program`): the
-    continuous latent sites of the model packed per datapoint into u ∈ ℝ^P, each through
-    ``biject_to`` of its support; discrete latent sites summed out by parallel enumeration.
+    """Any Pyro program (a :class:`~.program.Program`): the model's continuous latent sites
+    packed per datapoint into u ∈ ℝ^P; discrete latent sites summed out by enumeration.
 
-    :param start: ``"guide"`` (the program's ``start_guide`` or guide, with its discrete
-        sites summed out) or ``"prior"``. The guide's density at arbitrary z is needed: a flow
-        without an inverse (planar, radial) works with ``"prior"`` only.
+    :param start: ``"guide"`` (the program's ``start_guide``, else its guide) or ``"prior"``.
+        A flow without an inverse (planar, radial) works with ``"prior"`` only.
     """
 
     def __init__(self, program: Program, *, start: str = "guide"):
@@ -219,8 +198,7 @@ class ProgramTarget:
         return new_data, density.pack({k: v.unsqueeze(0) for k, v in latents.items()})
 
     def row_bytes(self, data) -> int:
-        """Bytes of working memory per (chain × datapoint) row of a gradient evaluation
-        (twice :func:`~pyro_vae.evaluation.program.trace_bytes`: the backward pass)."""
+        """Bytes per (chain × datapoint) row of a gradient evaluation: 2 × ``trace_bytes``."""
         data = as_data(data)
         return 2 * trace_bytes(self.model, self.guide, data, self.info(data))
 
@@ -322,12 +300,13 @@ class _ProgramDensity:
             trace = poutine.trace(particles(fn, num_chains, self.info)).get_trace(*self.data)
         return self.pack({s.name: trace.nodes[s.name]["value"] for s in self.sites})
 
-    def sample_start(self, num_chains: int) -> torch.Tensor:
+    def sample_start(self, num_chains: int, generator=None) -> torch.Tensor:
+        """Drawn by Pyro, from torch's global generator (``generator`` is not used)."""
         return self._draw(self.start_guide if self.start == "guide" else self.model, num_chains)
 
     def sample_guide(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``num_samples`` draws of the guide and their log-density on u (from the guide's own
-        trace: a flow needs no inverse), discrete sites sampled, as the guide's ELBO has them."""
+        """``num_samples`` draws of the guide and their log-density on u, from its own trace
+        (no flow inverse), discrete sites sampled."""
         with torch.no_grad():
             trace = poutine.trace(particles(self.guide, num_samples, self.info)).get_trace(
                 *self.data)

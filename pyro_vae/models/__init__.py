@@ -1,5 +1,4 @@
-"""Models: the VAE as a Pyro program, the interface every model of the package implements, its
-networks, likelihoods and flows, and the linear-Gaussian model with its closed forms.
+"""The models: the VAE as a Pyro program, the interface every model implements, and their parts.
 
 =========================  ==================================================================
 :mod:`.interface`          :class:`VAEModel`, :class:`LayeredModel`, :class:`Capabilities`
@@ -19,19 +18,6 @@ from pyro_vae.models.likelihoods import LIKELIHOODS, Likelihood, make_likelihood
 from pyro_vae.models.presets import PRESETS, Architecture, get_preset
 from pyro_vae.models.vae import VAE
 
-__all__ = [
-    "FLOWS",
-    "LIKELIHOODS",
-    "PRESETS",
-    "VAE",
-    "Architecture",
-    "Capabilities",
-    "GuidePath",
-    "InverseAutoregressiveFlow",
-    "LayeredModel",
-    "Likelihood",
-    "VAEModel",
-    "get_preset",
-    "make_flow",
-    "make_likelihood",
-]
+__all__ = ["FLOWS", "LIKELIHOODS", "PRESETS", "VAE", "Architecture", "Capabilities", "GuidePath",
+           "InverseAutoregressiveFlow", "LayeredModel", "Likelihood", "VAEModel", "get_preset",
+           "make_flow", "make_likelihood"]

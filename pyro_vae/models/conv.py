@@ -5,10 +5,7 @@ the image (rounding down), mirrored by transposed convolutions that restore its 
     encoder:  x (H×W) → conv → ⋯ → conv → h (C · h' · w') → (loc, log scale) of q(z|x)
     decoder:  z → linear → (C, h', w') → transposed conv → ⋯ → (1, H, W) + a per-pixel bias
 
-The decoder's last layer has one bias per pixel, :attr:`ConvDecoder.output_bias`, which
-:meth:`pyro_vae.VAE.init_output_bias` sets from the data mean. The encoder offers
-``features``, ``heads`` and ``features_dim``, so an IAF guide conditions on its last hidden
-layer as it does on an MLP's.
+The encoder's ``features`` and ``heads`` let an IAF guide condition on its last hidden layer.
 """
 
 from __future__ import annotations

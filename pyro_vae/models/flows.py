@@ -1,19 +1,14 @@
 """Normalizing-flow guides: q(z|x) as a diagonal Gaussian pushed through K inverse
-autoregressive transforms (IAF, Kingma et al. 2016), built from Pyro's
-:func:`~pyro.distributions.transforms.conditional_affine_autoregressive` and
-:class:`~pyro.distributions.ConditionalTransformedDistribution`:
+autoregressive transforms (IAF; Kingma et al. 2016, eq. 10), Pyro's
+:func:`~pyro.distributions.transforms.conditional_affine_autoregressive`:
 
     z_0 = μ(x) + σ(x) ⊙ ε,   z_k = m_k(z_(k-1), h) + s_k(z_(k-1), h) ⊙ z_(k-1)   (k = 1..K),
-    log q(z_K|x) = log N(z_0; μ(x), diag σ(x)²) − Σ_k Σ_d log s_(k,d)     (change of variables)
+    log q(z_K|x) = log N(z_0; μ(x), diag σ(x)²) − Σ_k Σ_d log s_(k,d)
 
-(Kingma et al. 2016, eq. 10). Each (m_k, log s_k) is a MADE network (Germain et al. 2015)
-autoregressive in z_(k-1) under its own random ordering of the latent dimensions, so the
-Jacobian of each step is triangular with diagonal s_k; every network is conditioned on h, the
-encoder's last hidden layer (a function of x). Pyro clips log s_k to [−5, 3].
-
-Sampling, and the log-density of the sample just drawn, take one pass per flow layer (Pyro
-caches each transform's last input and output). The log-density of any other z needs the
-inverse, one pass per latent dimension and flow layer.
+Each (m_k, log s_k) is a MADE network (Germain et al. 2015) under its own random ordering of
+the latent dimensions, conditioned on h, the encoder's last hidden layer; Pyro clips log s_k to
+[−5, 3]. Sampling, and the log-density of the sample just drawn (Pyro caches it), take one pass
+per flow layer; the log-density of any other z needs the inverse, one pass per latent dimension.
 """
 
 from __future__ import annotations
@@ -28,19 +23,14 @@ from pyro_vae.errors import ConfigError
 
 __all__ = ["FLOWS", "InverseAutoregressiveFlow", "make_flow"]
 
-#: The flows a guide may push its Gaussian through (``flow=`` of :class:`~pyro_vae.models.vae.VAE`,
-#: ``--flow``): ``"iaf"``, :class:`InverseAutoregressiveFlow`.
+#: The flows a guide may push its Gaussian through (``flow=``, ``--flow``): ``"iaf"``.
 FLOWS = ("iaf",)
 
 
 class InverseAutoregressiveFlow(nn.Module):
     """K conditional affine autoregressive transforms (Pyro's IAF), conditioned on a context.
 
-    ``forward(base, context)`` returns the distribution of the base sample pushed through the K
-    transforms: a :class:`~pyro.distributions.TransformedDistribution` with the event shape
-    ``(latent_dim,)`` of ``base`` and its batch shape.
-
-    :param int latent_dim: size of z (at least 2: over one dimension an IAF is an affine map).
+    :param int latent_dim: size of z, at least 2.
     :param int context_dim: size of the context (the encoder's last hidden layer).
     :param int num_layers: K, the number of transforms.
     :param hidden_dims: hidden sizes of each MADE network (Pyro's default: 10 × latent_dim).
@@ -90,9 +80,7 @@ class InverseAutoregressiveFlow(nn.Module):
 def _conditional_iaf(latent_dim: int, context_dim: int, hidden_dims):
     if torch.get_default_device().type != "meta":
         return transforms.conditional_affine_autoregressive(latent_dim, context_dim, hidden_dims)
-    # A run folder checks a checkpoint against a model built on the meta device, and Pyro
-    # builds the MADE masks with .item(), which meta tensors refuse: build the transform on
-    # the CPU, leaving the global RNG as it was, then move it to meta.
+    # Pyro builds the MADE masks with .item(), which meta tensors refuse: build on the CPU
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         transform = transforms.conditional_affine_autoregressive(latent_dim, context_dim,
                                                                  hidden_dims)

@@ -1,23 +1,8 @@
-"""The model interface, written down once: what training, the evaluators, the pictures and the
-reports need from a model. :class:`~pyro_vae.VAE` implements all of it; a model of one's own
-that implements :class:`VAEModel` trains with every estimator that can train it and is
-evaluated by the generic paths (Pyro's traces), from Python and from the command line
-(``pyro-vae train --model MODULE:FUNCTION``, ``docs/models.md``).
-
-Consumers ask the model what it offers (:attr:`VAEModel.capabilities`); none of them asks what
-class it is.
-
-==========================  ===================================================================
-who                         what they use
-==========================  ===================================================================
-training (every estimator)  ``model``, ``guide``, ``beta``, ``parameters()``, ``check_data``;
-                            ``capabilities`` to refuse what an estimator cannot train
-memory checks               ``bytes_per_row()``
-IS, AIS, BDMC, gaps         ``model`` and ``guide`` (generic), or the :class:`LayeredModel`
-                            methods when ``capabilities.layered`` (the fast paths)
-test ELBO                   the :class:`LayeredModel` methods, else ``model`` and ``guide``
-pictures, reports           ``encode``, ``decode``, ``latent_dim``, ``likelihood``
-==========================  ===================================================================
+"""The model interface: what training, the evaluators, the pictures and the reports ask of a
+model (the table of who asks what: ``docs/models.md``). :class:`~pyro_vae.VAE` implements all
+of it; a model of one's own that implements :class:`VAEModel` trains with every estimator that
+can train it and is evaluated through Pyro's traces (``pyro-vae train --model MODULE:FUNCTION``).
+Consumers ask a model what it offers (:attr:`VAEModel.capabilities`), never what class it is.
 """
 
 from __future__ import annotations
@@ -42,8 +27,8 @@ class Capabilities(NamedTuple):
     layers: int = 1  # stochastic layers L: z_1 (next to x), ..., z_L (under the N(0, I) prior)
     flow: str | None = None  # None: diagonal Gaussian guides; "iaf": pushed through IAFs
     flow_layers: int = 0  # transforms per flow (0 without one)
-    closed_form_kl_sites: tuple[str, ...] = ()  # latent sites whose closed-form KL(q ‖ p) is
-    # the ELBO's term (the model samples them after no latent that the guide samples after)
+    closed_form_kl_sites: tuple[str, ...] = ()  # sites whose closed-form KL(q ‖ p) is the
+    # ELBO's term (the model samples them after no latent that the guide samples after)
     layered: bool = False  # offers the LayeredModel methods: the fast evaluators
     context_dim: int = 0  # size of the conditioning input the networks take (0: none)
 
@@ -104,11 +89,10 @@ class VAEModel(Protocol):
 
 
 class LayeredModel(VAEModel, Protocol):
-    """A :class:`VAEModel` whose guide is a chain of Gaussians, each optionally pushed
-    through a flow, q(z_1|x) q(z_2|z_1) ⋯, under the prior N(0, I) of the top layer
-    (``capabilities.layered``). Its log-densities in closed pieces are what the fast
-    evaluators (importance sampling, AIS in the guide's base coordinates, BDMC, the gaps) and
-    the test ELBO share: one log joint."""
+    """A :class:`VAEModel` whose guide is a chain of Gaussians q(z_1|x) q(z_2|z_1) ⋯, each
+    optionally pushed through a flow, under the prior N(0, I) of the top layer
+    (``capabilities.layered``): the log joint in closed pieces, which the fast evaluators and
+    the test ELBO share."""
 
     def guide_path(self, x: torch.Tensor, context=None, *, u: torch.Tensor | None = None,
                    num_samples: int = 1, generator: torch.Generator | None = None) -> GuidePath:

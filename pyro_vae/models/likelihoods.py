@@ -1,9 +1,7 @@
-"""Likelihoods p_θ(x|z), chosen once as an object that turns the decoder's output into a
-distribution over one datapoint's features (batch shape ``(..., B, x_dim)``; the model adds
-``.to_event(1)``).
-
-Each likelihood also checks that data lie in its support, so that grey-level pixels given to
-the Bernoulli likelihood fail with a clear message instead of deep inside torch.
+"""Likelihoods p_θ(x|z) as objects: each turns the decoder's output into a distribution over
+one datapoint's features (batch shape ``(..., B, x_dim)``; the model adds ``.to_event(1)``), and
+checks that data lie in its support, so that grey levels given to the Bernoulli likelihood fail
+with a clear message instead of deep inside torch.
 """
 
 from __future__ import annotations
@@ -16,14 +14,8 @@ from torch import nn
 
 from pyro_vae.errors import ConfigError, DataError, DataTypeError
 
-__all__ = [
-    "LIKELIHOODS",
-    "Bernoulli",
-    "ContinuousBernoulli",
-    "Gaussian",
-    "Likelihood",
-    "make_likelihood",
-]
+__all__ = ["LIKELIHOODS", "Bernoulli", "ContinuousBernoulli", "Gaussian", "Likelihood",
+           "make_likelihood"]
 
 
 class Likelihood(nn.Module):
@@ -31,13 +23,11 @@ class Likelihood(nn.Module):
 
     name = "likelihood"
     needs_binary_data = False
-    # What log p(x) is under this likelihood, for labelling every figure in nats.
-    density = "a log-density"
+    density = "a log-density"  # what log p(x) is under it, to label every figure
 
     def check_data(self, x: torch.Tensor, *, where: str = "data") -> None:
         """Raise :class:`DataError` if ``x`` holds values outside the support (NaN and infinity
-        included), :class:`DataTypeError` if it is not a floating-point tensor: one pass over
-        the data, cheap enough to run at every step."""
+        included), :class:`DataTypeError` if it is not a floating-point tensor."""
         if not x.is_floating_point():
             raise DataTypeError(f"{where}: expected floating-point values, found dtype "
                                 f"{x.dtype}; convert with {where}.float() (grey levels in [0, 1])")
@@ -58,8 +48,7 @@ class Likelihood(nn.Module):
 
     def log_prob_sum(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x|z) summed over the features, nats: ``params (..., B, D)`` (the decoder's
-        output) and ``x (B, D)`` → ``(..., B)``. Subclasses may offer a faster formula; the
-        tests check each against ``self(params).log_prob(x)``."""
+        output) and ``x (B, D)`` → ``(..., B)``; subclasses may offer a faster formula."""
         return self(params).log_prob(x).sum(-1)
 
 
@@ -93,8 +82,7 @@ class Bernoulli(Likelihood):
         return _logit_of_mean(mean)
 
     def log_prob_sum(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Σ_d [x_d l_d − softplus(l_d)] with the logits l: about three times faster on CPU
-        than ``Bernoulli.log_prob``, which evaluates a cross-entropy with extra terms."""
+        """Σ_d [x_d l_d − softplus(l_d)] with the logits l, faster than ``Bernoulli.log_prob``."""
         out = torch.nn.functional.softplus(params)
         out.addcmul_(params, x, value=-1.0)  # softplus(l) − x·l = −log p(x_d|z)
         return -out.sum(-1)
@@ -124,10 +112,9 @@ class ContinuousBernoulli(Likelihood):
 
 
 class Gaussian(Likelihood):
-    """N(x; decoder(z), σ² I) for real-valued data: σ = ``scale`` fixed, or learned when
-    ``learn_scale=True`` (stored as its logarithm): one σ per feature by default, or one σ
-    shared by all features with ``shared=True`` (the "σ-VAE" of Rybkin et al. 2021, which
-    cannot collapse on features that never vary, as MNIST's border pixels would)."""
+    """N(x; decoder(z), σ² I) for real-valued data: σ = ``scale`` fixed, or learned (as log σ)
+    with ``learn_scale``: one per feature, or with ``shared`` one for all features (the σ-VAE
+    of Rybkin et al. 2021, which features that never vary cannot drive to zero)."""
 
     name = "gaussian"
     density = ("a log-density on R^D, not comparable with the bernoulli likelihood's "
@@ -149,8 +136,7 @@ class Gaussian(Likelihood):
         return dist.Normal(loc, self.log_scale.exp().expand(loc.shape))
 
 
-#: The likelihoods p(x|z) by name (``likelihood=``, ``--likelihood``); :func:`make_likelihood`
-#: builds one.
+#: The likelihoods p(x|z) by name (``--likelihood``); :func:`make_likelihood` builds one.
 LIKELIHOODS = {
     "bernoulli": Bernoulli,
     "continuous-bernoulli": ContinuousBernoulli,

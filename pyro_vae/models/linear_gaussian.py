@@ -1,5 +1,5 @@
 """The linear-Gaussian VAE, where every quantity is known exactly: the ground truth that checks
-:class:`~pyro_vae.VAE` and every estimator against closed forms. With L stochastic layers,
+the VAE and every estimator. With L stochastic layers,
 
     p(z_L) = N(0, I),   p(z_(l-1)|z_l) = N(W_l z_l + μ_l, σ_l² I)   (l = L..1, z_0 = x),
 
@@ -8,9 +8,8 @@ S_(l-1) = W_l S_l W_lᵀ + σ_l² I (m_L = 0, S_L = I). One layer is probabilist
 Bishop 1999): p(x) = N(μ, W Wᵀ + σ² I), p(z|x) = N(M⁻¹ Wᵀ (x − μ), σ² M⁻¹), M = Wᵀ W + σ² I.
 
 The guide q(z_1|x) q(z_2|z_1) ⋯, each layer N(A_l z_(l-1) + c_l, diag s_l²)
-(:class:`LinearGaussian`), is a Gaussian over z = (z_1, ..., z_L) jointly, so its ELBO, its
-Rényi bound and its KL to the exact posterior are in closed form too. All log-densities are in
-nats per datapoint; use float64 for 1e-10 identities.
+(:class:`LinearGaussian`), is jointly Gaussian too: its ELBO, Rényi bound and KL to the exact
+posterior are in closed form. Log-densities are in nats per datapoint; use float64.
 """
 
 from __future__ import annotations
@@ -27,23 +26,10 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.models.likelihoods import Gaussian
 from pyro_vae.models.vae import VAE
 
-__all__ = [
-    "LayerParams",
-    "LinearDecoder",
-    "LinearGaussian",
-    "PPCAParams",
-    "closed_form_elbo",
-    "closed_form_renyi_bound",
-    "exact_posterior",
-    "guide_joint",
-    "kl_to_posterior",
-    "linear_gaussian_vae",
-    "log_marginal",
-    "max_likelihood",
-    "prior_joint",
-    "sample_model",
-    "set_to_posterior",
-]
+__all__ = ["LayerParams", "LinearDecoder", "LinearGaussian", "PPCAParams", "closed_form_elbo",
+           "closed_form_renyi_bound", "exact_posterior", "guide_joint", "kl_to_posterior",
+           "linear_gaussian_vae", "log_marginal", "max_likelihood", "prior_joint", "sample_model",
+           "set_to_posterior"]
 
 
 class LayerParams(NamedTuple):
@@ -63,13 +49,11 @@ def _layers(params) -> tuple[LayerParams, ...]:
 
 
 class LinearDecoder(nn.Module):
-    """z ↦ W z + μ; W and μ are parameters, or buffers when not ``trainable`` (so that
-    :func:`pyro.module` has nothing frozen to warn about)."""
+    """z ↦ W z + μ; W and μ are parameters, or buffers when not ``trainable``."""
 
     def __init__(self, W: torch.Tensor, mu: torch.Tensor, *, trainable: bool = True):
         super().__init__()
-        # contiguous copies: pyro.module would register a contiguous copy of a strided W
-        # (e.g. from torch.linalg.qr), which SVI would then step instead of this one
+        # pyro.module would register (and SVI step) a contiguous copy of a strided W
         for name, value in (("W", W), ("mu", mu)):
             value = value.clone().contiguous()
             if trainable:
@@ -83,9 +67,8 @@ class LinearDecoder(nn.Module):
 
 class LinearGaussian(nn.Module):
     """A linear-Gaussian conditional N(A h + c, diag exp(log_scale)²) of its input h: a layer of
-    the guide (initialised at A = 0, c = 0, scale 1) or the model's p(z_(l-1)|z_l) (given A, c
-    and a scalar scale; buffers when not ``trainable``). Its features are its input, so that a
-    flow can condition on it."""
+    the guide (at A = 0, c = 0, scale 1) or the model's p(z_(l-1)|z_l) (given A, c and a scalar
+    scale; buffers when not ``trainable``). Its features, which a flow conditions on, are h."""
 
     def __init__(self, in_dim: int, out_dim: int, *, A=None, c=None, scale=None,
                  trainable: bool = True, dtype=torch.float64):
@@ -114,11 +97,9 @@ class LinearGaussian(nn.Module):
 
 def linear_gaussian_vae(params, *, learn_model: bool = True, prefix: str = "",
                         flow: str | None = None, flow_layers: int = 2) -> VAE:
-    """A :class:`~pyro_vae.VAE` whose model is the linear-Gaussian chain ``params`` (a
-    :class:`LayerParams`, or a sequence of them, layer 1 first) and whose guide has one
-    :class:`LinearGaussian` per layer, at q = N(0, I) (pushed through IAFs with ``flow``). With
-    ``learn_model`` the decoder's W, μ, the noise scale σ of x and the upper layers are trained
-    too."""
+    """A :class:`~pyro_vae.VAE` whose model is the chain ``params`` (a :class:`LayerParams`, or
+    a sequence of them, layer 1 first) and whose guide has one :class:`LinearGaussian` per layer
+    at q = N(0, I) (pushed through IAFs with ``flow``); ``learn_model`` trains the model too."""
     layers = _layers(params)
     dims = (layers[0].W.shape[0], *(p.W.shape[1] for p in layers))
     dtype = layers[0].W.dtype
@@ -135,9 +116,6 @@ def linear_gaussian_vae(params, *, learn_model: bool = True, prefix: str = "",
     with torch.no_grad():  # log σ in W's precision (Gaussian() builds it in float32)
         vae.likelihood.log_scale.fill_(float(torch.as_tensor(sigma1, dtype=torch.float64).log()))
     return vae
-
-
-# --- the model's closed forms ---------------------------------------------------------------
 
 
 def _gaussian_chain(start: torch.Tensor, steps) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,8 +177,7 @@ def exact_posterior(x: torch.Tensor, params):
 def closed_form_elbo(x, q_mean, q_cov, params) -> torch.Tensor:
     """E_q[log p(x, z)] + H[q] for q(z|x) = N(q_mean, q_cov) over z = (z_1..z_L) (``q_cov``
     ``(Σd, Σd)`` or one per datapoint), per datapoint ``(B,)`` nats: each factor N(r; 0, σ² I)
-    of log p, with its residual r = R z + r0 linear in z, contributes
-    −d/2 log(2πσ²) − E‖r‖²/(2σ²), and H[q] = ½ log det(2πe q_cov)."""
+    of p, its residual r = R z + r0 linear in z, contributes −d/2 log(2πσ²) − E‖r‖²/(2σ²)."""
     layers = _layers(params)
     dims = [p.W.shape[1] for p in layers]
     starts = [sum(dims[:i]) for i in range(len(dims))]
@@ -228,15 +205,10 @@ def closed_form_elbo(x, q_mean, q_cov, params) -> torch.Tensor:
 
 
 def closed_form_renyi_bound(x, q_mean, q_cov, params, alpha: float) -> torch.Tensor:
-    """The Rényi bound of order α of q(z|x) = N(q_mean, q_cov) (Li & Turner 2016), per
-    datapoint ``(B,)`` nats:
-
-    VR_α = 1/(1 − α) log E_q[(p(x, z)/q(z|x))^(1−α)] = log p(x) − D_α(q(z|x) ‖ p(z|x)),
-    D_α(q ‖ p) = −1/(1 − α) log ∫ q^α p^(1−α) dz,
-
-    the integral of two powered Gaussians in closed form (precision P = α S_q⁻¹ + (1 − α) S_p⁻¹,
-    positive definite for α in [0, 1)). ELBO ≤ VR_α ≤ log p(x) for α in (0, 1); the limit
-    α → 1 is the ELBO, α = 0 is log p(x).
+    """The Rényi bound of order α in [0, 1) of q(z|x) = N(q_mean, q_cov) (Li & Turner 2016),
+    per datapoint ``(B,)`` nats: VR_α = log p(x) − D_α(q(z|x) ‖ p(z|x)), with
+    D_α(q ‖ p) = −1/(1 − α) log ∫ q^α p^(1−α) dz, an integral of two powered Gaussians in closed
+    form. α = 0 is log p(x); α → 1, the ELBO.
     """
     post_mean, post_cov = exact_posterior(x, params)
     P = post_cov.shape[-1]
@@ -292,9 +264,6 @@ def max_likelihood(X: torch.Tensor, latent_dim: int) -> LayerParams:
     return LayerParams(W, mu, sigma2.sqrt())
 
 
-# --- the guide's ------------------------------------------------------------------------------
-
-
 def guide_joint(vae: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``(B, Σd)`` and covariance ``(Σd, Σd)`` of the guide's q(z_1, ..., z_L|x), for
     :class:`LinearGaussian` encoders without flows."""
@@ -306,10 +275,9 @@ def guide_joint(vae: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def set_to_posterior(vae: VAE, params) -> None:
     """Set each :class:`LinearGaussian` layer of the guide to the exact conditional's mean map
-    and marginal standard deviations: q(z_1|x) to p(z_1|x), and q(z_l|z_(l-1)) to
-    p(z_l|z_(l-1), x) = p(z_l|z_(l-1)) (the chain is Markov). The guide is then the exact
-    posterior wherever those conditionals have diagonal covariances (in pPCA, when Wᵀ W is
-    diagonal)."""
+    and marginal standard deviations: q(z_1|x) to p(z_1|x), q(z_l|z_(l-1)) to
+    p(z_l|z_(l-1), x) = p(z_l|z_(l-1)). The guide is then the exact posterior wherever those
+    conditionals have diagonal covariances (in pPCA, when Wᵀ W is diagonal)."""
     layers = _layers(params)
     dims = [p.W.shape[1] for p in layers]
     starts = [sum(dims[:i]) for i in range(len(dims))]

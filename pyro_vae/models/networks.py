@@ -1,8 +1,6 @@
-"""Encoder and decoder networks: multilayer perceptrons with sizes, depth and activation as
-arguments (the presets that size them: :mod:`.presets`).
-
-Shapes: ``x`` is ``(..., x_dim)``, ``z`` is ``(..., latent_dim)``; leading dimensions (a batch,
-and for vectorized particles a particle dimension in front of it) pass through unchanged.
+"""Encoder and decoder networks: multilayer perceptrons of given sizes and activation. ``x`` is
+``(..., x_dim)``, ``z`` ``(..., latent_dim)``; leading dimensions (a batch, and a particle
+dimension in front of it) pass through unchanged.
 """
 
 from __future__ import annotations
@@ -47,19 +45,15 @@ def mlp(in_dim: int, hidden_sizes: tuple[int, ...], activation: str) -> nn.Seque
 def with_context(h: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
     if context is None:
         return h
-    # context (..., B, c) and h (..., B, d) broadcast against each other, e.g. a particle
-    # dimension in front of h, or an enumerated label in front of the context.
+    # broadcast, e.g. a particle dimension in front of h or an enumerated label in front of context
     batch = torch.broadcast_shapes(h.shape[:-1], context.shape[:-1])
     return torch.cat([h.expand(batch + h.shape[-1:]), context.expand(batch + context.shape[-1:])],
                      dim=-1)
 
 
 class GaussianEncoder(nn.Module):
-    """The amortized posterior q_φ(z|x) = N(loc(x), diag(scale(x)²)).
-
-    ``forward(x, context=None)`` returns ``(loc, scale)``, each ``(B, latent_dim)``; the scale
-    is ``exp`` of a linear output, as in Kingma & Welling (2014, appendix C.2).
-    """
+    """q_φ(z|x) = N(loc(x), diag(scale(x)²)): ``forward`` returns ``(loc, scale)``, the scale
+    ``exp`` of a linear output (Kingma & Welling 2014, appendix C.2)."""
 
     def __init__(
         self,
@@ -120,8 +114,7 @@ class MLPDecoder(nn.Module):
 @torch.no_grad()
 def output_numel(module: nn.Module, *inputs) -> int:
     """How many numbers the layers with parameters of ``module`` output in one forward pass
-    on ``inputs`` (a batch of one row: ``None`` inputs are passed as they are): the width of
-    its activations, whatever the architecture (linear, convolutional)."""
+    on ``inputs`` (one row; ``None`` passed as it is): the width of its activations."""
     total = 0
 
     def count(layer, args, output) -> None:

@@ -1,6 +1,5 @@
-"""The architecture presets, by name: the sizes of a VAE, and the networks that a preset of its
-own builds (``--preset NAME``; ``VAE.from_preset(NAME, x_dim)``). A new architecture is a module
-of networks and one entry here.
+"""The architecture presets by name (``--preset NAME``, ``VAE.from_preset(NAME, x_dim)``): the
+sizes of a VAE, and the networks a preset builds. A new architecture is one entry here.
 """
 
 from __future__ import annotations
@@ -56,18 +55,15 @@ class Architecture:
 #:
 #: :meta hide-value:
 PRESETS = {
-    # Pyro's VAE example (examples/vae/vae.py): one hidden layer of 400 softplus units.
+    # Pyro's VAE example (examples/vae/vae.py)
     "pyro": Architecture(((400,),), (50,), "softplus", False, "Pyro examples/vae/vae.py"),
-    # Burda, Grosse & Salakhutdinov (2016), one stochastic layer: 784-200-200-50, tanh, with
-    # the decoder output bias set to the logit of the training mean.
+    # Burda, Grosse & Salakhutdinov (2016), one stochastic layer
     "burda": Architecture(((200, 200),), (50,), "tanh", True,
                           "Burda et al. (2016), Importance Weighted Autoencoders"),
-    # Burda et al. (2016), two stochastic layers (their appendix): x-200-200-z_1(100) and
-    # z_1-100-100-z_2(50), tanh; the generative networks mirror them.
+    # Burda et al. (2016), two stochastic layers (their appendix)
     "burda2": Architecture(((200, 200), (100, 100)), (100, 50), "tanh", True,
                            "Burda et al. (2016), two stochastic layers"),
-    # Convolutions of 32 and 64 channels, 4 × 4 with stride 2, mirrored by transposed ones
-    # (the DCGAN-style VAE of many tutorials), for images of any size the data set declares.
+    # the DCGAN-style VAE of many tutorials, for images of any size
     "conv": Architecture(((32, 64),), (50,), "elu", True, "convolutional (pyro_vae.models.conv)",
                          networks=conv_networks),
 }

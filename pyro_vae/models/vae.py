@@ -1,85 +1,64 @@
-"""The VAE as a Pyro program with L ≥ 1 stochastic layers (Kingma & Welling 2014; for L ≥ 2
-Burda et al. 2016, section 5): ``model`` is the generative model and ``guide`` the amortized
-variational posterior, ready for :class:`pyro.infer.SVI`,
+"""The VAE as a Pyro program with L ≥ 1 stochastic layers (Kingma & Welling 2014; Burda et
+al. 2016 for L ≥ 2), ready for :class:`pyro.infer.SVI`::
 
-    model:  p(z_L) p(z_(L-1)|z_L) ⋯ p(z_1|z_2) p_θ(x|z_1),     p(z_L) = N(0, I),
-    guide:  q(z_1|x) q(z_2|z_1) ⋯ q(z_L|z_(L-1)),
+    model:  p(z_L) p(z_(L-1)|z_L) ⋯ p(z_1|z_2) p_θ(x|z_1),     p(z_L) = N(0, I)
+    guide:  q(z_1|x) q(z_2|z_1) ⋯ q(z_L|z_(L-1))
 
-each conditional a diagonal Gaussian from a network, each q optionally pushed through an inverse
-autoregressive flow (:mod:`.flows`). With z = (z_1, ..., z_L),
-
-    log p(x) = ELBO(x) + KL(q(z|x) ‖ p(z|x)),
-    ELBO(x)  = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)) = E_q[log p(x, z) − log q(z|x)].
-
-Sites: ``{prefix}z`` with one layer (``{prefix}z1`` … ``{prefix}zL`` with more) and
-``{prefix}x``, inside the plate ``{prefix}data``; modules ``{prefix}encoders``,
-``{prefix}priors`` (the networks of p(z_l|z_(l+1))), ``{prefix}decoder``,
-``{prefix}likelihood`` and ``{prefix}flows``, so that two VAEs can live in one program.
-
-Example::
+each conditional a diagonal Gaussian from a network, each q optionally pushed through an
+inverse autoregressive flow. Sites ``{prefix}z`` (``{prefix}z1`` … ``{prefix}zL`` with more
+layers) and ``{prefix}x`` in the plate ``{prefix}data``; modules ``{prefix}encoders``,
+``{prefix}priors``, ``{prefix}decoder``, ``{prefix}likelihood``, ``{prefix}flows``.
 
     >>> import torch, pyro
     >>> from pyro.infer import SVI, TraceMeanField_ELBO
     >>> vae = VAE(x_dim=4, latent_dim=2, hidden_sizes=(8,))
     >>> svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
-    >>> loss = svi.step(torch.ones(3, 4))   # −ELBO summed over the 3 datapoints, in nats
-    >>> loss > 0
+    >>> svi.step(torch.ones(3, 4)) > 0   # −ELBO summed over the 3 datapoints, in nats
     True
 
-.. warning:: With L ≥ 2 the guide draws z_2 after z_1 and from it, while the model's
-   p(z_1|z_2) depends on z_2, so the closed-form KL(q(z_1|x) ‖ p(z_1|z_2)) is **not** the
-   ELBO's term: only the top layer's KL may be taken in closed form
-   (``capabilities.closed_form_kl_sites``).
+With L ≥ 2 only the top layer's KL is the ELBO's term in closed form (the guide draws z_2
+from z_1, and p(z_1|z_2) depends on it): ``capabilities.closed_form_kl_sites``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from torch import nn
 from torch.distributions import Normal
 
 from pyro_vae import checks
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.flows import make_flow
+from pyro_vae.models.handlers import data_plate, latent_weight, register_modules
 from pyro_vae.models.interface import Capabilities, GuidePath
 from pyro_vae.models.likelihoods import Likelihood, make_likelihood
 from pyro_vae.models.networks import GaussianEncoder, MLPDecoder, output_numel
 from pyro_vae.models.presets import get_preset
 
-__all__ = ["VAE", "data_plate", "latent_weight"]
+__all__ = ["VAE"]
 
 
 class VAE(nn.Module):
     """A VAE with L stochastic layers (see the module docstring); one layer by default.
 
-    :param int x_dim: features of one datapoint (784 for MNIST; the data decide).
-    :param latent_dim: the size of z (one layer), or the sizes of z_1, ..., z_L.
-    :param hidden_sizes: the guide's hidden sizes: one tuple with one layer (the decoder
-        mirrors it), one tuple per layer with L (layer l's network reads z_(l-1), z_0 = x; the
-        model's network z_(l+1) → z_l and the decoder mirror them).
-    :param str activation: hidden-layer activation (:data:`~.networks.ACTIVATIONS`).
+    :param latent_dim: the size of z, or the sizes of z_1, ..., z_L.
+    :param hidden_sizes: the guide's hidden sizes: one tuple (one layer; the decoder mirrors
+        it) or one per layer (layer l reads z_(l-1), z_0 = x; the model mirrors them).
     :param likelihood: a :class:`~.likelihoods.Likelihood` or its name.
-    :param encoder: a module ``(input, context) → (loc, scale)`` of q(z_1|x), or L of them
-        (one per layer); they replace the MLPs (see ``examples/custom_decoder.py``).
-    :param priors: L − 1 modules ``(z_(l+1), context) → (loc, scale)`` of p(z_l|z_(l+1)).
-    :param decoder: a module ``(z_1, context) →`` the likelihood's parameter.
-    :param int context_dim: size of a conditioning input (e.g. a one-hot label) that every
-        network reads beside its input.
-    :param str prefix: prepended to every site, plate and module name.
-    :param float beta: weight β of every latent site's log-densities (1: the ELBO; other
-        values give the β-VAE objective of Higgins et al. 2017, not a bound on log p(x)).
-    :param str flow: ``None``, or ``"iaf"`` to push each layer's q through an inverse
-        autoregressive flow conditioned on its encoder's last hidden layer (the encoder must
-        offer ``features``, ``heads`` and ``features_dim``, as
-        :class:`~.networks.GaussianEncoder` does).
-    :param int flow_layers: transforms per flow.
+    :param encoder: a module ``(input, context) → (loc, scale)`` of q(z_1|x), or one per
+        layer; ``priors``: L − 1 modules of p(z_l|z_(l+1)); ``decoder``: a module
+        ``(z_1, context) →`` the likelihood's parameter. Given modules replace the MLPs.
+    :param context_dim: size of a conditioning input that every network reads.
+    :param prefix: prepended to every site, plate and module name.
+    :param beta: weight β of the latent sites' log-densities (1: the ELBO; otherwise the β-VAE
+        objective of Higgins et al. 2017, not a bound on log p(x)).
+    :param flow: ``"iaf"``: each q pushed through ``flow_layers`` inverse autoregressive
+        transforms conditioned on its encoder's last hidden layer.
     """
 
     def __init__(
@@ -200,15 +179,10 @@ class VAE(nn.Module):
 
     # --- the Pyro program ----------------------------------------------------------------
     def model(self, x, context=None, *, num_data: int | None = None, plate: bool = True):
-        """p(z_L) ⋯ p(z_1|z_2) p_θ(x|z_1) for a minibatch ``x`` ``(B, x_dim)``.
-
-        :param context: ``(B, context_dim)`` conditioning input (when ``context_dim``).
-        :param num_data: full data set size; scales the minibatch to the full-data ELBO.
-        :param plate: open the data plate; pass ``False`` when calling from inside an outer
-            plate over the same datapoints.
-        :returns: z ``(B, latent_dim)`` with one layer (particles in front if vectorized), the
-            tuple (z_1, ..., z_L) with more.
-        """
+        """p(z_L) ⋯ p(z_1|z_2) p_θ(x|z_1) for a minibatch ``x`` ``(B, x_dim)`` (``context``
+        ``(B, context_dim)``); ``num_data`` scales it to the full-data ELBO; ``plate=False``
+        from inside an outer plate over the same datapoints. Returns z ``(B, latent_dim)``, or
+        (z_1, ..., z_L)."""
         self._check_input(x, context, plate)
         register_modules(self, priors=self.priors if self.num_layers > 1 else None,
                          decoder=self.decoder,
@@ -253,8 +227,8 @@ class VAE(nn.Module):
         return self.flows[layer](dist.Normal(loc, scale).to_event(1), h)
 
     def _check_input(self, x, context, plate: bool) -> None:
-        """x as :meth:`check_data` wants it, the context's shape: always (whatever Pyro's
-        validation flag says), once per tensor (the guide's check serves the model's)."""
+        """x as :meth:`check_data` wants it, and the context's shape: always, once per tensor
+        (the guide's check serves the model's)."""
         ref, version = self._checked
         if ref is not None and ref() is x and version == x._version:
             return
@@ -343,9 +317,8 @@ class VAE(nn.Module):
 
     # --- plain-PyTorch conveniences --------------------------------------------------------
     def encode(self, x, context=None):
-        """Mean and standard deviation of the top layer's Gaussian q(z_L|z_(L-1)), each layer
-        below at its mean (for embeddings and pictures), ``(B, latent_dim)`` each; with a flow,
-        of the Gaussian that the flow transforms."""
+        """Mean and standard deviation ``(B, latent_dim)`` of the top layer's Gaussian (before
+        any flow), each layer below at its mean: for embeddings and pictures."""
         below = x
         for encoder in self.encoders:
             loc, scale = encoder(below, context)
@@ -353,8 +326,8 @@ class VAE(nn.Module):
         return loc, scale
 
     def decode(self, z, context=None):
-        """p(x|z_1) for a top-layer ``z`` ``(..., latent_dim)``, each layer between at the mean
-        of p(z_l|z_(l+1)) (for pictures); event shape ``(x_dim,)``."""
+        """p(x|z_1) for a top-layer ``z`` ``(..., latent_dim)``, the layers between at their
+        means (for pictures); event shape ``(x_dim,)``."""
         for prior in reversed(self.priors):
             z = prior(z, context)[0]
         return self.likelihood(self.decoder(z, context)).to_event(1)
@@ -378,10 +351,9 @@ class VAE(nn.Module):
             bias.copy_(self.likelihood.output_bias(mean.to(bias)))
 
     def bytes_per_row(self) -> int:
-        """Bytes of the activations of one sample of one datapoint through the model and the
-        guide above its first network, forward only: the decoder's, the priors' and the upper
-        encoders' outputs twice, x three times, z four times, each flow transform's (z, h) →
-        10 d → 2 d pass; a gradient evaluation needs about three times as much."""
+        """Bytes of the forward activations of one sample of one datapoint (a gradient
+        evaluation needs about three times as much): the networks' outputs twice, x three
+        times, z four times, each flow transform's (z, h) → 10 d → 2 d pass."""
         if self._row_numel is None:
             parameter = next(self.parameters())
             kw = {"dtype": parameter.dtype, "device": parameter.device}
@@ -395,9 +367,6 @@ class VAE(nn.Module):
                                                          strict=True))
             self._row_numel = 4 * sum(self.latent_dims) + 2 * widths + 3 * self.x_dim + flows
         return self._row_numel * next(self.parameters()).element_size()
-
-
-# --- helpers -----------------------------------------------------------------------------------
 
 
 def _latent_dims(latent_dim) -> tuple[int, ...]:
@@ -427,56 +396,3 @@ def _given(name: str, modules, count: int) -> list[nn.Module] | None:
     if len(modules) != count or not all(isinstance(m, nn.Module) for m in modules):
         raise ConfigError(f"{name}: expected {count} torch modules, got {len(modules)}")
     return modules
-
-
-def register_modules(vae, **modules) -> None:
-    """``pyro.module(vae.prefix + name, module)`` for each module given (``None``: skipped),
-    unless :func:`modules_unregistered` is in force: SVI and Pyro's JIT-compiled ELBOs find
-    the parameters through Pyro's param store, while a differentiable loss stepped by a torch
-    optimizer over ``vae.parameters()`` does not need it, and registering costs a Pyro message
-    per parameter at every step."""
-    if getattr(vae, "_registers_modules", True):
-        for name, module in modules.items():
-            if module is not None:
-                pyro.module(vae.prefix + name, module)
-
-
-@contextlib.contextmanager
-def modules_unregistered(vae):
-    """Within the block, ``vae``'s model and guide do not register their modules with Pyro's
-    param store (see :func:`register_modules`); the numbers are the same."""
-    previous = getattr(vae, "_registers_modules", True)
-    vae._registers_modules = False
-    try:
-        yield vae
-    finally:
-        vae._registers_modules = previous
-
-
-@contextlib.contextmanager
-def data_plate(name: str, batch_size: int, num_data: int | None, plate: bool, device):
-    """The data plate ``name`` over the B rows of x (nothing when not ``plate``); with
-    ``num_data`` the log-densities are scaled by num_data / B so that a minibatch loss estimates
-    the full-data loss. The plate must take the rightmost batch dimension, x's: inside another
-    plate of the caller's it would not, and the program would broadcast against that plate."""
-    if not plate:
-        yield
-        return
-    frame = pyro.plate(name, batch_size, device=device)
-    with frame:
-        if frame.dim != -1:
-            outer = [f.name for f in pyro.poutine.runtime.get_plates() if f.dim == -1]
-            raise ConfigError(f"the VAE was called inside the plate {outer[0]!r}, which holds "
-                              "the rightmost batch dimension, x's: pass plate=False and let "
-                              "that plate index the datapoints")
-        scaled = num_data is not None and num_data != batch_size
-        with poutine.scale(scale=num_data / batch_size) if scaled else contextlib.nullcontext():
-            yield
-
-
-def latent_weight(beta: float):
-    """The context of a latent site under the KL weight β: its log-densities (and a closed-form
-    KL) times β; at β = 0, where :func:`pyro.poutine.scale` refuses, masked out instead."""
-    if beta == 1.0:
-        return contextlib.nullcontext()
-    return poutine.scale(scale=beta) if beta > 0 else poutine.mask(mask=False)

@@ -1,11 +1,7 @@
 """An objective is an estimator bound to one model and guide: ``differentiable_loss(x)`` is the
-**loss = −bound** summed over the minibatch ``x``, in nats, on the scale of
-:meth:`pyro.infer.SVI.step` (times num_data / B when ``num_data`` is given); its gradient is
-the estimator's. Divide by the batch size for nats per datapoint.
-
-Objectives know nothing of optimizers: :class:`pyro_vae.trainer.Trainer` steps any of them with
-:class:`torch.optim.Adam`, a user's own loop can do the same, and :class:`pyro.infer.SVI` takes
-one as its loss, as it takes a Pyro ELBO::
+**loss = −bound** summed over the minibatch ``x``, in nats (times num_data / B when ``num_data``
+is given), and its gradient is the estimator's. Any optimizer steps it, and
+:class:`pyro.infer.SVI` takes one as its loss::
 
     >>> import pyro, torch
     >>> from pyro_vae import VAE, make_objective
@@ -28,7 +24,7 @@ import pyro
 import torch
 from pyro import poutine
 
-from pyro_vae.models.vae import modules_unregistered
+from pyro_vae.models.handlers import modules_unregistered
 
 __all__ = ["Objective", "PyroObjective", "TorchObjective"]
 
@@ -53,30 +49,21 @@ class Objective(abc.ABC):
 
     def __call__(self, model, guide, x: torch.Tensor, *, num_data: int | None = None
                  ) -> torch.Tensor:
-        """The differentiable loss, called as :class:`pyro.infer.SVI` calls its loss,
-        ``loss(model, guide, x)``, with the parameters registered in Pyro's param store so
-        that SVI's optimizer finds them: ``svi.step(x)`` then returns −bound as a float, for
-        every estimator. The objective is bound to its model; ``model`` and ``guide`` are the
-        VAE's own (``vae.model``, ``vae.guide``)."""
+        """The differentiable loss, called as :class:`pyro.infer.SVI` calls its loss, with the
+        parameters registered in Pyro's param store; ``model`` and ``guide`` are the VAE's."""
         pyro.module(self.vae.prefix + "vae", self.vae)
         return self.differentiable_loss(x, num_data=num_data)
 
     def scaled_loss(self, x: torch.Tensor, scale: float) -> torch.Tensor:
-        """``scale`` × the loss of ``x``, for a shard ``x`` of a larger minibatch (data-parallel
-        training): the loss that ``num_data`` would give in one process. Estimators that are
-        sums over datapoints are multiplied; Pyro's scale every log-density instead (see
-        :class:`PyroObjective`)."""
+        """``scale`` × the loss of a shard ``x`` of a larger minibatch (data-parallel training),
+        as ``num_data`` would scale it in one process."""
         loss = self.differentiable_loss(x)
         return loss if scale == 1.0 else scale * loss
 
 
 class PyroObjective(Objective):
-    """A Pyro ELBO with the VAE's model and guide.
-
-    For JIT-compiled ELBOs the minibatch size and β travel as a keyword argument, because
-    Pyro caches one compiled trace per distinct keyword arguments: a last minibatch of
-    another size, or a new β from a warm-up schedule, then compiles its own trace.
-    """
+    """A Pyro ELBO with the VAE's model and guide. For JIT-compiled ELBOs the minibatch size
+    and β travel as a keyword argument, so that each gets its own compiled trace."""
 
     def __init__(self, name: str, vae, elbo, *, jit: bool = False,
                  num_particles: int | None = None, options: Mapping | None = None):
@@ -96,18 +83,15 @@ class PyroObjective(Objective):
             self.model, self.guide = vae.model, vae.guide
 
     def arguments(self, x: torch.Tensor, num_data: int | None = None) -> tuple[tuple, dict]:
-        """``(args, kwargs)`` of the model and guide for minibatch ``x``: what to pass to the
-        ELBO's methods, or to :meth:`pyro.infer.SVI.step`, with ``self.model, self.guide``."""
+        """``(args, kwargs)`` of ``self.model`` and ``self.guide`` for minibatch ``x``."""
         kwargs = {} if num_data is None else {"num_data": int(num_data)}
         if self.jit:
             kwargs["_static"] = (x.shape[0], self.vae.beta)
         return (x,), kwargs
 
     def differentiable_loss(self, x, *, num_data=None) -> torch.Tensor:
-        """The ELBO's differentiable loss. Its gradient reaches the VAE's parameters directly,
-        so the model and guide skip registering their modules with Pyro's param store
-        (:func:`pyro_vae.models.vae.modules_unregistered`), except for the JIT-compiled ELBOs,
-        which find their parameters there."""
+        """The ELBO's differentiable loss; the modules skip Pyro's param store (except under
+        JIT, which finds its parameters there)."""
         args, kwargs = self.arguments(x, num_data)
         with contextlib.nullcontext() if self.jit else modules_unregistered(self.vae):
             return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
@@ -118,9 +102,8 @@ class PyroObjective(Objective):
             return float(self.elbo.loss(self.model, self.guide, *args, **kwargs))
 
     def scaled_loss(self, x, scale: float) -> torch.Tensor:
-        """Under :func:`pyro.poutine.scale`, which scales every site's log-density as
-        ``num_data`` does in one process, also inside IWAE's log-mean-exp where it is not a
-        plain factor. JIT-compiled ELBOs, whose traces are fixed, are multiplied."""
+        """Under :func:`pyro.poutine.scale`, as ``num_data`` scales every log-density (also
+        inside IWAE's log-mean-exp); JIT-compiled ELBOs, whose traces are fixed, multiply."""
         if scale == 1.0 or self.jit:
             return super().scaled_loss(x, scale)
         with poutine.scale(scale=scale):

@@ -1,8 +1,5 @@
-"""Pyro's JIT-compiled ELBOs, each with the fix that makes it usable as a differentiable loss.
-
-Both are thin subclasses of Pyro's classes; what each fixes is in its warning (found while
-testing pyro-ppl 1.9.2, and measured in ``benchmarks/README.md``).
-"""
+"""Pyro's JIT-compiled ELBOs, each a thin subclass with the fix (in its warning) that makes it
+usable as a differentiable loss."""
 
 from __future__ import annotations
 
@@ -14,11 +11,9 @@ __all__ = ["CompiledMeanField_ELBO", "CompiledTrace_ELBO"]
 class CompiledTrace_ELBO(pyro.infer.JitTrace_ELBO):
     """:class:`pyro.infer.JitTrace_ELBO` with a corrected ``differentiable_loss``.
 
-    .. warning:: In pyro-ppl 1.9.2, ``JitTrace_ELBO.differentiable_loss`` returns
-       ``loss + (surrogate − surrogate.detach())`` without detaching ``loss``, so for
-       reparameterized sites the gradient counts the pathwise term twice (the encoder's
-       gradient is exactly 2× that of ``Trace_ELBO``). ``loss_and_grads``, which SVI uses, is
-       correct; this class detaches ``loss`` so both agree with ``Trace_ELBO``.
+    .. warning:: In pyro-ppl 1.9.2, ``JitTrace_ELBO.differentiable_loss`` does not detach
+       ``loss`` from ``loss + (surrogate − surrogate.detach())``, so it counts the pathwise
+       gradient twice (``loss_and_grads`` is right); this class detaches it.
     """
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
@@ -30,13 +25,9 @@ class CompiledMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
     """:class:`pyro.infer.JitTraceMeanField_ELBO` that compiles once per distinct keyword
     arguments, as documented, instead of at every call.
 
-    .. warning:: In pyro-ppl 1.9.2, ``JitTraceMeanField_ELBO.differentiable_loss`` (which its
-       ``loss_and_grads``, hence ``SVI.step``, calls) tests ``self._loss_and_surrogate_loss``
-       for its cache but stores the compiled function in ``self._differentiable_loss``, so it
-       builds a new :func:`pyro.ops.jit.trace` and re-runs :func:`torch.jit.trace` at every
-       step. This class keeps the compiled function, which computes what Pyro's does; Pyro's,
-       tracing anew, also draws every step's random numbers twice (once while tracing), so
-       the two follow different sample paths from the same seed.
+    .. warning:: In pyro-ppl 1.9.2, ``JitTraceMeanField_ELBO.differentiable_loss`` looks for
+       its cached function under one attribute and stores it under another, so it re-runs
+       :func:`torch.jit.trace` at every step; this class keeps the compiled function.
     """
 
     def differentiable_loss(self, model, guide, *args, **kwargs):

@@ -20,14 +20,9 @@ def _is_observed(name, site) -> bool:
 
 def closed_form_kl_sites(model_trace, guide_trace) -> set[str]:
     """The latent sites whose closed-form KL(q ‖ p) may stand for E_q[log p − log q]: those
-    that the model samples after no latent site that the guide samples after them.
-
-    Pyro's condition (:class:`pyro.infer.TraceMeanField_ELBO`) is that a site's parents in the
-    model are not its descendants in the guide; this rule checks a sufficient form of it from
-    the program order, the only dependency the traces record: every latent the model draws
-    before z (its possible parents) is drawn by the guide before z (so it is not z's
-    descendant there). In the one-layer VAE, z qualifies. In the hierarchical VAE only the top
-    layer does: the model draws z_2 before z_1, the guide after it, and from it.
+    that the model samples after no latent site that the guide samples after them, a
+    sufficient form of Pyro's mean-field condition read from the program order. In the
+    hierarchical VAE only the top layer qualifies.
     """
     order = [name for name, site in guide_trace.nodes.items()
              if site["type"] == "sample" and name in model_trace.nodes]
@@ -63,31 +58,16 @@ def _closed_form_kl(guide_site, model_site):
 
 class MeanField_ELBO(pyro.infer.TraceMeanField_ELBO):
     """:class:`pyro.infer.TraceMeanField_ELBO` that takes the closed-form KL only where it is
-    the ELBO's term, without the log-densities it computes and never uses: on the one-layer VAE
-    the same loss and gradients, bit for bit, in less time per step (measured in
-    ``benchmarks/README.md``).
-
-    **Where the KL is used.** For a latent site z the estimator replaces log p(z|·) − log q(z|·)
-    by −KL(q ‖ p) when torch knows that KL and :func:`closed_form_kl_sites` admits z; elsewhere
-    it keeps the Monte Carlo term, as Pyro does where no KL is registered (an IAF guide: its
-    loss is then :class:`pyro.infer.Trace_ELBO`'s). Pyro's class takes the KL at every site
-    and only warns, under validation, when the model and guide sample in different orders; on
-    the hierarchical VAE its KL(q(z_1|x) ‖ p(z_1|z_2)) would bias the ELBO. Here that site gets
-    the Monte Carlo term and the top layer the KL.
-
-    **Leaner.** Pyro's class builds its traces with :func:`pyro.infer.enum.get_importance_trace`,
-    which evaluates log p(z) at every latent site of the model and log q(z|x) at every site of
-    the guide; where the KL is used, both are dropped. This class evaluates only the observed
-    sites' log-densities up front, and the others when a site needs them (a Monte Carlo term,
-    an auxiliary guide site). With validation enabled (:func:`pyro.enable_validation`) every
-    check of :func:`get_importance_trace` runs.
+    the ELBO's term (:func:`closed_form_kl_sites`, and torch knows the KL), the Monte Carlo
+    term elsewhere, and computes only the log-densities it uses. On the one-layer VAE: Pyro's
+    loss and gradients, bit for bit. Pyro's class takes the KL at every site, which on the
+    hierarchical VAE biases the ELBO.
     """
 
     def _get_trace(self, model, guide, args, kwargs):
         if is_validation_enabled() or isinstance(poutine.unwrap(guide),
                                                  poutine.messenger.Messenger):
-            # Trace_ELBO's traces and checks; the order check of Pyro's mean-field class is
-            # replaced by closed_form_kl_sites.
+            # Trace_ELBO's traces and checks; closed_form_kl_sites replaces Pyro's order check.
             return pyro.infer.Trace_ELBO._get_trace(self, model, guide, args, kwargs)
         guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
         model_trace = poutine.trace(

@@ -1,22 +1,11 @@
-"""The multi-sample bounds of Rainforth, Kosiorek, Le, Maddison, Igl, Wood & Teh (2018, "Tighter
-variational bounds are not necessarily better"), built on M·K importance weights per datapoint,
-w_mk = p(x, z_mk) / q(z_mk|x), z_mk ~ q(z|x), arranged as M groups of K:
+"""The multi-sample bounds of Rainforth et al. (2018), on M·K importance weights per datapoint,
+w_mk = p(x, z_mk) / q(z_mk|x), z_mk ~ q(z|x), in M groups of K:
 
-- MIWAE(M, K) = (1/M) Σ_m log (1/K) Σ_k w_mk: the average of M independent IWAE_K bounds.
-  E[MIWAE(M, K)] = E[IWAE_K]; for every sample it lies between the average log-weight (the
-  ELBO's estimate) and log (1/MK) Σ_mk w_mk (IWAE_MK). M = 1 is IWAE_K, K = 1 the ELBO with M
-  particles.
-- CIWAE(β) = β (1/K) Σ_k log w_k + (1 − β) log (1/K) Σ_k w_k: the ELBO and IWAE_K mixed, on the
-  same K samples; between the two for every sample. β = 0 is IWAE_K, β = 1 the ELBO.
-- PIWAE(M, K): the generative network θ trained on IWAE_MK, the inference network φ on
-  MIWAE(M, K), with the same M·K samples ("partially importance weighted"): the tighter bound
-  where it helps θ, the higher gradient signal-to-noise ratio for φ (their main result: with
-  M·K samples the encoder gradient's SNR is O(√(M/K)), the model's O(√(MK)), so IWAE_K's
-  encoder SNR falls as 1/√K).
+- MIWAE(M, K) = (1/M) Σ_m log (1/K) Σ_k w_mk, the mean of M independent IWAE_K bounds;
+- CIWAE(β) = β (1/K) Σ_k log w_k + (1 − β) log (1/K) Σ_k w_k, on the same K samples;
+- PIWAE(M, K): the model trained on IWAE_MK, the guide on MIWAE(M, K), the same samples.
 
-Each class's ``differentiable_loss`` is one scalar whose gradient is the estimator's, so that
-:class:`~pyro_vae.trainer.Trainer`, data-parallel training and :class:`pyro.infer.SVI` (through
-``loss_and_grads``) all step it::
+Each ``differentiable_loss`` is one scalar whose gradient is the estimator's::
 
     >>> import pyro, torch
     >>> from pyro_vae import VAE
@@ -43,8 +32,7 @@ __all__ = ["CIWAE_ELBO", "MIWAE_ELBO", "PIWAE_ELBO"]
 
 
 class _GroupedELBO(pyro.infer.ELBO):
-    """M groups of K vectorized particles per datapoint (Pyro draws M·K), and a bound of their
-    log-weights. ``loss`` and ``loss_and_grads`` (what SVI calls) use ``differentiable_loss``."""
+    """M groups of K vectorized particles per datapoint, and a bound of their log-weights."""
 
     name = "multi-sample"
 
@@ -101,10 +89,8 @@ def _iwae(log_w: torch.Tensor, dim) -> torch.Tensor:
 
 
 class MIWAE_ELBO(_GroupedELBO):
-    """MIWAE(M, K) (Rainforth et al. 2018): the loss is −(1/M) Σ_m log (1/K) Σ_k w_mk
-    summed over the minibatch, its gradient the gradient of that Monte Carlo estimate,
-    (1/M) Σ_m Σ_k w̃^(m)_k ∇ log w_mk, w̃^(m) normalized within group m. ``num_particles`` is
-    K, ``num_estimates`` M; Pyro draws M·K particles."""
+    """MIWAE(M, K): the loss is −MIWAE summed over the minibatch, its gradient that of the
+    estimate. ``num_particles`` is K, ``num_estimates`` M."""
 
     name = "miwae"
 
@@ -113,9 +99,8 @@ class MIWAE_ELBO(_GroupedELBO):
 
 
 class CIWAE_ELBO(_GroupedELBO):
-    """CIWAE(β) (Rainforth et al. 2018) on K samples: the loss is −[β (1/K) Σ_k log w_k
-    + (1 − β) log (1/K) Σ_k w_k] summed over the minibatch, its gradient that of the estimate,
-    Σ_k (β/K + (1 − β) w̃_k) ∇ log w_k."""
+    """CIWAE(β) on K samples: the loss is −CIWAE summed over the minibatch, its gradient that
+    of the estimate."""
 
     name = "ciwae"
 
@@ -130,28 +115,17 @@ class CIWAE_ELBO(_GroupedELBO):
 
 
 class PIWAE_ELBO(_GroupedELBO):
-    """PIWAE(M, K) (Rainforth et al. 2018): the generative network on IWAE_MK, the
-    inference network on MIWAE(M, K), both from the same M·K samples.
+    """PIWAE(M, K): the loss is −IWAE_MK summed over the minibatch; its gradient is IWAE_MK's
+    for the model (θ) and MIWAE(M, K)'s for the guide (φ), on the same M·K samples.
 
-    The loss is −IWAE_MK summed over the minibatch (:meth:`bound` per datapoint; MIWAE of the
-    same sample is not returned). Its gradient is
-
-    - model (θ): −Σ_mk a_mk ∇_θ log p_θ(x, z_mk), a = w / Σ_all w: the IWAE_MK gradient;
-    - guide (φ): −Σ_mk b_mk ∇_φ log w_mk, b_mk = w_mk / (M Σ_k w_mk): the MIWAE(M, K) gradient.
-
-    One surrogate gives both: −Σ a·log p_θ(x, z′) + Σ b·log q_φ(z|x), a and b held fixed, where
-    the model is replayed on z′, a view of each latent sample z whose incoming gradient is scaled
-    by b/a (a tensor hook; values untouched). z′ does not depend on θ, so θ's gradient is a's;
-    the gradient that log p sends to φ passes through z′ and arrives weighted by b, as does
-    log q's, directly. b/a = 1/(M c_m) depends on the group only, c_m = Σ_k w_mk / Σ_all w; a
-    group's share c_m below 1e-30 is raised to 1e-30 in a, so that a·(b/a) does not underflow
-    in float32 (θ's gradient changes by less than 1e-30 of its scale). Unlike DReG's hooks on
-    the guide's samples, these sit on the model's copies only: on the hierarchical model the
-    gradient through z_2 into z_1 is scaled once.
+    One surrogate gives both: −Σ a·log p_θ(x, z′) + Σ b·log q_φ(z|x), with a = w / Σ_all w and
+    b_mk = w_mk / (M Σ_k w_mk) held fixed, the model replayed on views z′ of the samples whose
+    gradient a hook scales by b/a. A group's share of the weight is raised to ``MIN_SHARE`` in
+    a, so that a·(b/a) does not underflow in float32.
     """
 
     name = "piwae"
-    MIN_SHARE = 1e-30  # smallest group share of the weight in a (see the class docstring)
+    MIN_SHARE = 1e-30  # smallest group share of the weight in a
 
     def bound(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """IWAE_MK per datapoint, ``(B,)`` nats, differentiable (the IWAE_MK gradient)."""

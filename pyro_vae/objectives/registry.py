@@ -1,14 +1,7 @@
-"""One registry of estimators, by name; the command line (its choices and help), the
-benchmarks, the tests and the tables of the documentation (:func:`estimator_table`,
-:func:`capability_table`) all take them from here, so a new estimator is one entry.
-
-Some take options (α, M, β), declared with their defaults and ranges (:class:`Option`):
-:func:`make_objective` takes them as keywords, :class:`~pyro_vae.config.TrainConfig` in its
-``estimator_options`` and the command line as flags (``--alpha``, ``-M``, ``--ciwae-beta``).
-
-Not every estimator trains every model: each says which it cannot train, and why, from the
-model's :class:`~pyro_vae.models.Capabilities`, and :func:`make_objective` (and
-:meth:`pyro_vae.config.TrainConfig.validate`) refuse those at once.
+"""The registry of estimators by name, from which the command line, the benchmarks, the tests
+and the documentation's tables take them: a new estimator is one entry. Each declares its
+bound, default K and options (:class:`Option`: α, M, β), and which models it cannot train and
+why (from their :class:`~pyro_vae.models.Capabilities`), which :func:`make_objective` refuses.
 """
 
 from __future__ import annotations
@@ -33,8 +26,7 @@ from pyro_vae.objectives.rws import MIN_PARTICLES_REASON, RWS_ELBO, RWSObjective
 from pyro_vae.objectives.stl import STL_ELBO
 
 __all__ = ["ESTIMATORS", "Bound", "Estimator", "Option", "capability_table", "check_compatible",
-           "estimator_options", "estimator_table", "get_estimator", "make_objective",
-           "register"]
+           "estimator_options", "estimator_table", "get_estimator", "make_objective", "register"]
 
 
 class Bound(enum.Enum):
@@ -48,10 +40,9 @@ class Bound(enum.Enum):
     IWAE_MK = "IWAE_MK"  # IWAE_K with M·K samples: PIWAE's bound for the model (the same)
 
     def label(self, num_particles: int = 1, beta: float = 1.0, **options) -> str:
-        """The name of the training objective with its parameters, e.g. ``ELBO``,
-        ``IWAE_5``, ``VR_5(alpha=0.5)``, ``MIWAE_2x5``, ``CIWAE_5(beta=0.5)``, ``IWAE_10``
-        (PIWAE, M = 2), or ``beta-ELBO`` (β ≠ 1 weights the KL: not a bound on log p(x) when
-        β < 1). ``options`` are the estimator's (:class:`Option`), all of them."""
+        """The objective's name with its parameters, e.g. ``IWAE_5``, ``VR_5(alpha=0.5)``,
+        ``MIWAE_2x5``, or ``beta-ELBO`` (β ≠ 1 weights the KL: not a bound when β < 1);
+        ``options`` are all of the estimator's."""
         k = num_particles
         name = {
             Bound.IWAE_K: lambda: f"IWAE_{k}",
@@ -85,8 +76,8 @@ class Estimator:
 
     def resolve(self, num_particles: int | None = None, options: Mapping | None = None
                 ) -> tuple[int, dict]:
-        """K (the default if ``None``) and every option's value (the default where not given),
-        checked; :class:`ConfigError` names a bad one, or an option this estimator lacks."""
+        """K and every option's value, defaults filled in, checked; :class:`ConfigError` names
+        a bad one, or an option this estimator lacks."""
         k = self.default_num_particles if num_particles is None else num_particles
         checks.integer("num_particles", k)
         if k < self.min_particles:
@@ -107,8 +98,7 @@ class Estimator:
                    for name, o in known.items()}
 
     def samples(self, num_particles: int | None = None, options: Mapping | None = None) -> int:
-        """The samples drawn per datapoint and step: K, times M for MIWAE and PIWAE (unchecked
-        values taken as they are, for estimates of memory)."""
+        """Samples drawn per datapoint and step: K, times M for MIWAE and PIWAE (unchecked)."""
         k = self.default_num_particles if num_particles is None else num_particles
         for option in self.options:
             if option.multiplies_particles:
@@ -116,8 +106,7 @@ class Estimator:
         return k
 
 
-#: Every estimator by name, in the order registered (:func:`register`); :func:`get_estimator`
-#: looks one up and :func:`make_objective` binds it to a model; :func:`estimator_table` lists them.
+#: Every estimator by name, in the order registered (:func:`register`).
 #:
 #: :meta hide-value:
 ESTIMATORS: dict[str, Estimator] = {}
@@ -169,11 +158,9 @@ def check_compatible(name: str, capabilities: Capabilities) -> None:
 
 def make_objective(name: str, vae, *, num_particles: int | None = None, **options
                    ) -> Objective:
-    """Bind estimator ``name`` to ``vae`` (a :class:`~pyro_vae.models.VAEModel`) with
-    ``num_particles`` samples per datapoint (default: the estimator's own, 1 for the ELBOs and
-    5 for the multi-sample bounds) and its ``options`` (e.g. ``alpha=0.2`` for ``renyi``; the
-    defaults where not given); a model it cannot train is refused (:func:`check_compatible`),
-    as are a bad option or K."""
+    """Bind estimator ``name`` to ``vae`` (a :class:`~pyro_vae.models.VAEModel`) with K =
+    ``num_particles`` (default: the estimator's own) and its ``options`` (e.g. ``alpha=0.2``
+    for ``renyi``); :class:`ConfigError` for a model it cannot train, a bad option or K."""
     estimator = get_estimator(name)
     check_compatible(name, vae.capabilities)
     k, options = estimator.resolve(num_particles, options)
@@ -332,7 +319,7 @@ TABLE_MODELS = {
 
 def estimator_table() -> str:
     """The registry as a Markdown table: name, what −loss estimates (:class:`Bound`), how,
-    its default K and its options (the README holds a copy; a test checks they agree)."""
+    default K and options (the README's copy is tested against it)."""
     rows = ["| name | what −loss estimates | how | default K | options |",
             "| --- | --- | --- | --- | --- |"]
     for name, e in ESTIMATORS.items():
@@ -343,8 +330,8 @@ def estimator_table() -> str:
 
 
 def capability_table() -> str:
-    """Which estimator trains which model, as a Markdown table: ``yes``, or ``no`` with a
-    note that gives the reason (the text of the estimator's error)."""
+    """Which estimator trains which model, as a Markdown table: ``yes``, or ``no`` with the
+    reason as a note."""
     rows = ["| estimator | " + " | ".join(TABLE_MODELS) + " |",
             "| --- |" + " --- |" * len(TABLE_MODELS)]
     reasons: list[str] = []

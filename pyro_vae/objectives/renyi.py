@@ -1,16 +1,9 @@
-"""The Rényi variational bound of Li & Turner (2016, "Rényi divergence variational inference"),
-for an order α in [0, 1):
+"""The Rényi variational bound of Li & Turner (2016) for an order α in [0, 1),
 
-    VR_α,K(x) = 1/(1 − α) · log (1/K) Σ_k w_k^(1−α),   w_k = p(x, z_k) / q(z_k|x),   z_k ~ q(z|x).
+    VR_α,K(x) = 1/(1 − α) · log (1/K) Σ_k w_k^(1−α),   w_k = p(x, z_k) / q(z_k|x),   z_k ~ q(z|x),
 
-For every sample, (1/K) Σ_k log w_k ≤ VR_α,K ≤ log (1/K) Σ_k w_k: a power mean of order 1 − α
-lies between the geometric mean and the arithmetic mean. So the ELBO (α → 1) and IWAE_K (α = 0)
-bracket it, sample by sample. In expectation it rises with K (as IWAE_K does) towards
-VR_α = log p(x) − D_α(q(z|x) ‖ p(z|x)) ≤ log p(x), a lower bound for α ≥ 0; at K = 1 it is the
-ELBO. At α = 0 it is the importance-weighted bound IWAE_K of Burda, Grosse & Salakhutdinov
-(2016), :class:`IWAE_ELBO`, which rises with K to log p(x) (their Theorem 1).
-:func:`pyro_vae.models.linear_gaussian.closed_form_renyi_bound` gives VR_α on the
-linear-Gaussian model::
+a lower bound on log p(x) between the ELBO (α → 1) and IWAE_K (α = 0: :class:`IWAE_ELBO`,
+Burda et al. 2016)::
 
     >>> import pyro, torch
     >>> from pyro_vae import VAE
@@ -36,19 +29,12 @@ __all__ = ["IWAE_ELBO", "VR_ELBO"]
 
 
 class VR_ELBO(pyro.infer.RenyiELBO):
-    """:class:`pyro.infer.RenyiELBO` for α in [0, 1), with K vectorized particles and the
-    ``differentiable_loss`` that Pyro's class lacks.
-
-    The loss is −VR_α,K summed over the minibatch (nats); per datapoint, :meth:`bound`. Its
-    gradient, for reparameterized guides, is −Σ_k ŵ_k ∇ log w_k with ŵ_k = w_k^(1−α) /
-    Σ_j w_j^(1−α) held fixed (the gradient of VR_α,K itself), computed by the same surrogate,
-    operation for operation, as ``RenyiELBO.loss_and_grads``: training with it follows
-    :class:`pyro.infer.SVI` with this ELBO step for step. ``loss`` and ``loss_and_grads`` are
-    Pyro's.
+    """:class:`pyro.infer.RenyiELBO` for α in [0, 1), with K vectorized particles and a
+    ``differentiable_loss``: −VR_α,K summed over the minibatch (nats), whose gradient is the
+    same surrogate's as ``RenyiELBO.loss_and_grads``, operation for operation.
 
     .. warning:: ``differentiable_loss`` and :meth:`bound` need every latent site
-       reparameterized (a :class:`~pyro_vae.errors.ConfigError` says which is not); Pyro's
-       ``loss_and_grads`` adds its score-function term for the others.
+       reparameterized (:class:`~pyro_vae.errors.ConfigError` otherwise).
     """
 
     name = "renyi"
@@ -82,9 +68,7 @@ class VR_ELBO(pyro.infer.RenyiELBO):
 
 
 class IWAE_ELBO(VR_ELBO):
-    """IWAE_K (Burda et al. 2016), the Rényi bound at α = 0: one log-mean-exp of the K weights
-    per datapoint. Its gradient is the IWAE gradient −Σ_k w̃_k ∇ log w_k, w̃ the normalized
-    weights held fixed."""
+    """IWAE_K (Burda et al. 2016), the Rényi bound at α = 0, with the IWAE gradient."""
 
     name = "iwae"
 

@@ -1,14 +1,6 @@
-"""Reweighted wake-sleep (Bornschein & Bengio 2015; Le, Kosiorek, Siddharth, Teh & Wood 2019,
-"Revisiting reweighted wake-sleep for models with stochastic control flow"): with K samples
-z_k ~ q(z|x) and their self-normalized weights w̃_k = w_k / Σ_j w_j, w_k = p(x, z_k) / q(z_k|x),
-
-- wake-θ: the model ascends IWAE_K, whose gradient is Σ_k w̃_k ∇_θ log p_θ(x, z_k);
-- wake-φ: the guide ascends Σ_k w̃_k log q_φ(z_k|x) at the samples held fixed, the
-  self-normalized estimate of E_p(z|x)[log q(z|x)] = −KL(p(z|x) ‖ q(z|x)) − H(p(z|x)): the guide
-  moves towards the posterior in the inclusive KL, and no gradient goes through the samples.
-
-:class:`RWS_ELBO` is :class:`pyro.infer.ReweightedWakeSleep` in wake-φ mode with the two changes
-that make it train a VAE on minibatches (each in its warning), and a ``differentiable_loss``::
+"""Reweighted wake-sleep (Bornschein & Bengio 2015; Le et al. 2019): with K samples z_k ~ q(z|x)
+and their normalized weights w̃_k, the model ascends IWAE_K (wake-θ) and the guide
+Σ_k w̃_k log q_φ(z_k|x) at the samples held fixed (wake-φ)::
 
     >>> import pyro, torch
     >>> from pyro_vae import VAE
@@ -38,8 +30,6 @@ from pyro_vae.objectives.util import sum_log_prob
 
 __all__ = ["RWS_ELBO", "RWSObjective"]
 
-
-# Why K = 1 is refused (the registry says it too).
 MIN_PARTICLES_REASON = ("with one particle its self-normalized weight is 1, and the wake-phi "
                         "gradient -grad log q(z|x) at z ~ q has mean zero: the guide would not "
                         "learn")
@@ -55,34 +45,18 @@ class _DetachLatents(Messenger):
 
 
 class RWS_ELBO(pyro.infer.ReweightedWakeSleep):
-    """Reweighted wake-sleep with wake-φ (``insomnia=1``), K ≥ 2 vectorized particles.
+    """:class:`pyro.infer.ReweightedWakeSleep` with wake-φ (``insomnia=1``; no sleep-φ), K ≥ 2
+    vectorized particles. ``loss`` and ``loss_and_grads`` return Pyro's pair: the wake-θ loss,
+    −IWAE_K summed over the minibatch (nats), and the wake-φ loss,
+    −Σ_k w̃_k log q_φ(z_k|x) summed over the minibatch. ``differentiable_loss`` is one scalar
+    with the wake-θ loss's value and both gradients.
 
-    ``loss`` and ``loss_and_grads`` return Pyro's pair (wake-θ loss, wake-φ loss), as tensors
-    and as floats:
+    .. warning:: Pyro's class (pyro-ppl 1.9.2) weights the particles of the whole minibatch as
+       one datapoint; this class weights each datapoint apart, as ``RenyiELBO`` does.
 
-    - the wake-θ loss is −IWAE_K summed over the minibatch (nats), its gradient (w.r.t. θ only:
-      the samples are detached) −Σ_k w̃_k ∇_θ log p_θ(x, z_k), the IWAE gradient of θ;
-    - the wake-φ loss is −Σ_k w̃_k log q_φ(z_k|x) summed over the minibatch, w̃ held fixed, its
-      gradient (w.r.t. φ only) −Σ_k w̃_k ∇_φ log q_φ(z_k|x).
-
-    ``differentiable_loss`` is one scalar: the wake-θ loss's value (−IWAE_K) plus the wake-φ
-    loss minus its own value, so its gradient is both at once, as ``loss_and_grads``
-    back-propagates their sum. There is no sleep-φ (``insomnia < 1``): it runs the guide on data
-    dreamed by the model, passed as ``observations=``, which the VAE's guide does not take.
-
-    .. warning:: Pyro's class (pyro-ppl 1.9.2) sums each particle's log-weight over the whole
-       minibatch ("Mini-batch training is not supported yet"): its weights are those of one
-       datapoint made of all B, whose K joint samples are far more degenerate, and its wake-θ
-       loss is IWAE_K of that joint datapoint. This class weights each datapoint's K particles
-       apart, as :class:`pyro.infer.RenyiELBO` does: its wake-θ loss is the sum of the B
-       IWAE_K bounds.
-
-    .. warning:: Pyro's class detaches the samples after the guide has run, so where the guide
-       computes q(z_2|z_1) from z_1, as the hierarchical VAE's does, the wake-φ gradient also
-       flows through z_1 = z_1(φ, ε): a path term ∂_(z_1) log q(z_2|z_1) ∂_φ z_1 that is not
-       part of ∇_φ log q_φ(z|x) at fixed z. This class detaches each sample where it is drawn.
-       On a one-layer guide and a minibatch of one datapoint the two classes compute the same
-       losses and gradients (the tests check it).
+    .. warning:: Pyro's class detaches the samples after the guide has run, so on a guide that
+       draws z_2 from z_1 the wake-φ gradient flows through z_1; this class detaches each
+       sample where it is drawn.
     """
 
     def __init__(self, num_particles: int = 5, max_plate_nesting: int = 1):
@@ -107,7 +81,7 @@ class RWS_ELBO(pyro.infer.ReweightedWakeSleep):
         return sum_log_prob(model_trace, sum_dims), sum_log_prob(guide_trace, sum_dims)
 
     def _loss(self, model, guide, args, kwargs):
-        """(wake-θ loss, wake-φ loss), tensors: see the class docstring."""
+        """(wake-θ loss, wake-φ loss), tensors."""
         log_p, log_q = self.log_densities(model, guide, *args, **kwargs)
         log_weights = log_p - log_q.detach()  # (K, B)
         log_sum_weight = torch.logsumexp(log_weights, dim=0)  # (B,)
@@ -119,16 +93,14 @@ class RWS_ELBO(pyro.infer.ReweightedWakeSleep):
         return wake_theta_loss, wake_phi_loss
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        """−IWAE_K summed over the minibatch; its gradient is wake-θ's for θ and wake-φ's for
-        φ (the class docstring)."""
+        """−IWAE_K summed over the minibatch; its gradient is wake-θ's and wake-φ's."""
         wake_theta_loss, wake_phi_loss = self._loss(model, guide, args, kwargs)
         return wake_theta_loss + (wake_phi_loss - wake_phi_loss.detach())
 
 
 class RWSObjective(PyroObjective):
     """An :class:`RWS_ELBO` bound to a VAE: ``loss`` is the wake-θ loss, −IWAE_K summed over
-    the minibatch, as for every objective; :meth:`PyroObjective.differentiable_loss` is the
-    ELBO's (its value the same, its gradient wake-θ's and wake-φ's)."""
+    the minibatch, as for every objective."""
 
     def loss(self, x, *, num_data=None) -> float:
         args, kwargs = self.arguments(x, num_data)

@@ -1,12 +1,6 @@
-"""Pieces that several objectives share: the per-particle log-densities of K vectorized particles,
-the guide's log-density with its parameters held fixed (the path-derivative trick), and the
-gradient reweighting of the latent samples that DReG and PIWAE use.
-
-    log w_k = log p(x, z_k) − log q(z_k|x),   z_k ~ q(z|x),
-
-summed over every sample site of the model (latent and observed) and every sample site of the
-guide, per datapoint: the weight of importance sampling with the guide as proposal, which the
-IWAE and Rényi bounds, the multi-sample bounds, DReG and RWS all start from.
+"""Pieces that several objectives share: the log-weights log w_k = log p(x, z_k) − log q(z_k|x)
+of K vectorized particles per datapoint, the guide's log-density with its parameters held fixed
+(the path derivative), and the reweighting of the samples' gradients (DReG, PIWAE).
 """
 
 from __future__ import annotations
@@ -46,10 +40,9 @@ def sum_log_prob(trace, sum_dims) -> torch.Tensor:
 
 
 class ImportanceTraces(NamedTuple):
-    """One (vectorized) particle's traces: the guide's as run (its plates' indices too, for
-    replaying it), the model's run against it and the guide's without the plates' indices
-    (``log_prob`` and ``score_parts`` computed), and the views of the samples that the model
-    was given."""
+    """One (vectorized) particle's traces: the guide's as run (for replaying it), the model's
+    and the guide's pruned with their log-densities computed, and the model's views of the
+    samples."""
 
     full_guide: poutine.Trace
     model: poutine.Trace
@@ -60,8 +53,8 @@ class ImportanceTraces(NamedTuple):
 def importance_traces(model, guide, args, kwargs, max_plate_nesting: int, *,
                       views: bool = False) -> ImportanceTraces:
     """Pyro's ``get_importance_trace("flat", ...)``, keeping the guide's full trace; with
-    ``views``, the model runs on a view of each latent sample (the same values, a tensor of its
-    own, on which a gradient hook sees only what flows back from the model)."""
+    ``views``, the model runs on a view of each latent sample, whose hooks see only the model's
+    gradient."""
     full = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
     guide_trace = prune_subsample_sites(full)
     values = {name: site["value"].view_as(site["value"])
@@ -97,11 +90,9 @@ class Particles(NamedTuple):
 
 def particles(elbo, model, guide, args, kwargs, *, estimator: str, views: bool = False,
               fixed: bool = False) -> Particles:
-    """``elbo.num_particles`` particles of ``model`` and ``guide``, vectorized in a plate left
-    of the program's (Pyro's ``vectorize_particles``), with every latent site of the guide
-    reparameterized (else :class:`ConfigError` naming ``estimator``): their log-densities, and
-    with ``fixed`` log q at fixed parameters (:func:`log_q_at_fixed_parameters`), with
-    ``views`` the model run on views of the samples (:func:`importance_traces`)."""
+    """The log-densities of ``elbo.num_particles`` vectorized particles; with ``fixed``, log q
+    at fixed parameters too; with ``views``, the model run on views of the samples.
+    :class:`ConfigError` naming ``estimator`` if a guide site is not reparameterized."""
     if elbo.max_plate_nesting == float("inf"):
         elbo._guess_max_plate_nesting(model, guide, args, kwargs)
     nesting = elbo.max_plate_nesting
@@ -126,8 +117,7 @@ def particles(elbo, model, guide, args, kwargs, *, estimator: str, views: bool =
 def reweight_gradients(views: dict[str, torch.Tensor], weights: torch.Tensor,
                        estimator: str) -> None:
     """Multiply the gradient that reaches each latent sample's view by ``weights`` ``(K, B)``
-    (a tensor hook; the values are untouched), so that every path from the model back through
-    the sample is reweighted once."""
+    (a tensor hook; values untouched)."""
     for name, z in views.items():
         if z.shape[: weights.dim()] != weights.shape:
             raise ConfigError(f"the {estimator} estimator: latent site {name!r} has shape "
@@ -148,11 +138,9 @@ def check_reparameterized(guide_trace, estimator: str) -> None:
 
 
 def log_prob_stop_q(site: dict) -> torch.Tensor:
-    """log q(z) of a guide sample site with the distribution's parameters detached and the
-    sample z not detached, scaled and masked like ``site["log_prob"]`` (batch shape, nats).
-
-    Its gradient is the path term ∂_z log q(z) ∂_φ z only; the score term
-    ∂_φ log q_φ(z)|_(z fixed) is gone (Roeder, Wu & Duvenaud 2017)."""
+    """log q(z) of a guide sample site with the distribution's parameters detached, scaled and
+    masked like ``site["log_prob"]`` (batch shape, nats): its gradient is the path term
+    ∂_z log q(z) ∂_φ z only (Roeder, Wu & Duvenaud 2017)."""
     fn = detach(site["fn"])
     log_q = fn.log_prob(site["value"], *site["args"], **site["kwargs"])
     return scale_and_mask(log_q, site["scale"], site["mask"])
@@ -166,17 +154,12 @@ def is_reparameterized(site: dict) -> bool:
 
 def log_q_at_fixed_parameters(guide, traces: ImportanceTraces, args, kwargs
                               ) -> dict[str, torch.Tensor]:
-    """log q(z) of each reparameterized latent site at its sample, with the value of
-    ``site["log_prob"]`` (scaled and masked, nats) and as gradient the path term only,
-    ∂_z log q_φ(z) ∂_φ z with φ held fixed and every latent z live (Roeder et al. 2017;
-    Tucker et al. 2019).
+    """log q(z) of each reparameterized latent site, with the value of ``site["log_prob"]``
+    (nats) and the path term ∂_z log q_φ(z) ∂_φ z only as gradient, φ held fixed.
 
-    With one latent site, q's parameters depend on the inputs and φ only: detaching them is
-    enough (:func:`log_prob_stop_q`). With more, a site's parameters can depend on another
-    latent (q(z_2|z_1)) and detaching them would also drop ∂_(z_1) log q(z_2|z_1); instead the
-    guide runs again on the samples detached, z̄, and log q_φ(z) − log q_φ(z̄) + log q_φ(z̄),
-    the last detached, keeps the value while its gradient loses the score term
-    ∂_φ log q_φ(z)|_(z fixed), and only that."""
+    With one latent site its parameters are detached (:func:`log_prob_stop_q`); with more, so
+    as to keep ∂_(z_1) log q(z_2|z_1), the guide runs again on the detached samples z̄ and
+    log q_φ(z) − log q_φ(z̄) + log q_φ(z̄) (the last detached) drops the score term only."""
     latents = _latent_sites(traces.guide)
     reparameterized = [name for name, site in latents if is_reparameterized(site)]
     if len(latents) == 1:

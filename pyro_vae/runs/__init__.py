@@ -1,10 +1,9 @@
-"""A run folder: everything one training run writes, and the only way the rest of the package
-reads it back.
+"""The run folder: everything one training run writes, and how the package reads it back.
 
 =====================  ========================================================
 :mod:`.folder`         :class:`RunFolder`: paths, the lock, writing and reading the files
 :mod:`.schema`         what each file holds (:class:`Checkpoint`), and its checks
-:mod:`.migrations`     files of format version 1, brought to the current schemas
+:mod:`.migrations`     files of older format versions, brought to the current schemas
 =====================  ========================================================
 """
 
@@ -19,16 +18,6 @@ from pyro_vae.runs.schema import (
     read_json,
 )
 
-__all__ = [
-    "CHECKPOINT_VERSION",
-    "EVALUATION_SCHEMA",
-    "EVALUATION_VERSION",
-    "METRICS_SCHEMA",
-    "METRICS_VERSION",
-    "PICTURES",
-    "Checkpoint",
-    "RunFolder",
-    "load_checkpoint",
-    "read_json",
-    "vae_from_checkpoint",
-]
+__all__ = ["CHECKPOINT_VERSION", "EVALUATION_SCHEMA", "EVALUATION_VERSION", "METRICS_SCHEMA",
+           "METRICS_VERSION", "PICTURES", "Checkpoint", "RunFolder", "load_checkpoint",
+           "read_json", "vae_from_checkpoint"]

@@ -1,27 +1,18 @@
 """A run folder: everything one training run writes, and the only way the rest of the package
-reads it back.
+reads it back (``docs/runs.md``).
 
 ================================  ==============================================================
-``checkpoint.pt``                 weights, optimizer and RNG states, config, history: to resume
-                                  and to evaluate (:class:`Checkpoint`, written every epoch)
-``checkpoint.prev.pt``            the checkpoint before it, kept so that a damaged latest one can
-                                  be recovered
+``checkpoint.pt``                 weights, optimizer and RNG states, config (:class:`Checkpoint`)
+``checkpoint.prev.pt``            the checkpoint before it, to recover a damaged latest one
 ``metrics.json``                  config, data and per-epoch figures (schema ``pyro_vae.metrics``)
 ``evaluation.json``               ``pyro-vae evaluate``'s report (schema ``pyro_vae.evaluation``)
 ``run.lock``                      held (``flock``) by the process writing the folder
 ``*.png``                         pictures (:mod:`pyro_vae.plots`)
 ================================  ==============================================================
 
-**Ownership.** A process that trains into a folder holds its lock for the life of the run, so
-a second writer fails at once with a message naming the holder; the kernel releases the lock
-when a process dies, so a lock left by a dead process is recovered without a stale-lock
-heuristic. A folder that already holds a run is never overwritten silently: a new run there
-needs ``--resume`` or an explicit ``--overwrite`` (:meth:`RunFolder.prepare_new`).
-
-**Schemas.** Each file has one schema with a version. Readers accept exactly the current one,
-and older versions only through an explicit migration (:mod:`.migrations`). A checkpoint is
-verified on load (the archive's CRCs, then every entry: types, shapes against the saved
-configuration, finite values), and an error names the file and the entry.
+The writer holds the lock for the life of the run (the kernel releases it if the process dies);
+a folder that holds a run is replaced only on request (:meth:`RunFolder.prepare_new`). Readers
+accept each file's current schema version, older ones through :mod:`.migrations`.
 """
 
 from __future__ import annotations
@@ -78,8 +69,7 @@ PICTURES = ("reconstructions.png", "prior_samples.png", "latent_manifold.png",
 
 
 class RunFolder:
-    """The folder of one run (see the module docstring). Nothing is created until a method
-    writes."""
+    """The folder of one run. Nothing is created until a method writes."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -103,18 +93,17 @@ class RunFolder:
 
     @property
     def evaluation(self) -> Path:
-        """``evaluation.json``: in :attr:`output_folder` (where evaluate writes it), or where an
-        earlier version of the package wrote it, beside the checkpoint."""
+        """``evaluation.json``: in :attr:`output_folder`, else beside the checkpoint (where
+        older versions wrote it)."""
         made = self.output_folder / "evaluation.json"
         return made if made.exists() or self.output_folder == self.path else (
             self.path / "evaluation.json")
 
     @functools.cached_property
     def output_folder(self) -> Path:
-        """Where the commands write what they make of this run (its evaluation, pictures,
-        samples): the folder itself, or, for a folder whose files a git repository tracks (a
-        model committed with the code), ``runs/<its name>`` in the current folder, so that the
-        checkout stays as it was."""
+        """Where the commands write what they make of this run (evaluation, pictures, samples):
+        the folder itself, or ``runs/<its name>`` in the current folder for a folder that git
+        tracks, so that the checkout stays as it was."""
         return Path("runs") / self.path.resolve().name if _tracked(self.path) else self.path
 
     @property
@@ -147,10 +136,8 @@ class RunFolder:
     def lock(self):
         """Hold this folder's lock (creating the folder) until the block ends; nested uses
         by the same :class:`RunFolder` are free. :class:`RunFolderError` at once if another
-        process holds it, naming that process. Where nothing but the lock file was written (a
-        run that failed before its first file: bad data, a refused size), the lock file goes,
-        and the folder too (with the parents) if this lock created it: a failure leaves no
-        debris."""
+        process holds it, naming that process. If nothing but the lock file was written, the
+        lock file goes, and so do the folders this lock created."""
         if self._lock_depth:
             self._lock_depth += 1
             try:
@@ -278,8 +265,7 @@ class RunFolder:
         return path
 
     def read_evaluation(self) -> dict | None:
-        """``evaluation.json`` checked (and migrated from versions 1 and 2), or ``None`` if
-        absent."""
+        """``evaluation.json`` checked (and migrated from versions 1 and 2), or ``None``."""
         if not self.evaluation.exists():
             return None
         document = read_json(self.evaluation)
@@ -361,8 +347,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> Checkpoin
 
 def vae_from_checkpoint(checkpoint: Checkpoint | str | os.PathLike, *, device="cpu"):
     """``(vae, checkpoint)``: the model of ``checkpoint`` (a :class:`Checkpoint`, or the path
-    of a ``checkpoint.pt`` or of its run folder), with β = 1, in eval mode, on ``device``
-    (whatever device it was trained on)."""
+    of a ``checkpoint.pt`` or of its run folder), with β = 1, in eval mode, on ``device``."""
     if not isinstance(checkpoint, Checkpoint):
         if not isinstance(checkpoint, (str, os.PathLike)):
             raise ConfigTypeError(f"checkpoint must be a Checkpoint or a path; got "

@@ -1,18 +1,13 @@
-"""Explicit migrations of older files to the current schemas (:mod:`.schema`). Readers accept
-the current version, and older ones only through these, one version at a time.
+"""Explicit migrations of older files to the current schemas (:mod:`.schema`), one version at a
+time.
 
-Version 1 (pyro_vae 0.1) → 2:
+Version 1 (pyro_vae 0.1) → 2: checkpoints' Pyro or torch optimizer states under
+``optimizer_state`` became one torch Adam state under ``trainer_state``; per-epoch records'
+``train_elbo`` became ``train_objective_nats``, and ``IWAE_K`` names its K (``IWAE_5``);
+``evaluation.json`` got its schema fields and ``"method": "is"``.
 
-- checkpoints: Pyro's per-parameter optimizer states (Pyro estimators) or torch Adam's (the
-  others) under ``optimizer_state`` became one torch Adam state under ``trainer_state``;
-- per-epoch records: ``train_elbo`` (which held IWAE_K or a β-weighted ELBO too) became
-  ``train_objective_nats``, and ``IWAE_K`` names its K (``IWAE_5``);
-- ``evaluation.json`` got its schema fields and ``"method": "is"``.
-
-Checkpoint version 2 (pyro_vae 0.2) → 3: one VAE class for every number of layers, whose
-networks sit in lists, so that a one-layer model's ``encoder.*`` weights became
-``encoders.0.*`` and ``flow.*`` became ``flows.0.*`` (the parameters keep their order, so the
-optimizer state is unchanged).
+Checkpoint version 2 (pyro_vae 0.2) → 3: a one-layer model's ``encoder.*`` and ``flow.*``
+weights became ``encoders.0.*`` and ``flows.0.*``, in the same order (the optimizer state fits).
 """
 
 from __future__ import annotations
@@ -47,8 +42,7 @@ def _objective_label(config: dict, label: str) -> str:
 
 
 def _migrate_record_v1(record, config: dict):
-    """``train_elbo`` (which held IWAE_K or a β-weighted ELBO too) became
-    ``train_objective_nats``."""
+    """A per-epoch record of version 1 brought to version 2."""
     if not isinstance(record, dict) or "train_elbo" not in record:
         return record
     out = {k: v for k, v in record.items() if k != "train_elbo"}
@@ -66,10 +60,8 @@ def migrate_metrics_v1(document: dict) -> dict:
 
 
 def migrate_evaluation(document: dict) -> dict:
-    """``evaluation.json`` of version 1 or 2 brought to version 3. Version 1 had no schema
-    fields and only importance sampling. Version 2 kept importance sampling's K at the top,
-    beside its settings, and two test ELBOs (``analytic_kl``, ``monte_carlo``); version 3 has
-    K in ``settings`` and the Monte Carlo ELBO on the K samples as ``elbo``."""
+    """``evaluation.json`` of version 1 or 2 brought to version 3, which moved K into
+    ``settings`` and kept only the Monte Carlo test ELBO (``monte_carlo``) as ``elbo``."""
     if "schema" not in document:
         document = {"schema": EVALUATION_SCHEMA, "version": 2, "method": "is", **document}
     if document.get("version") != 2:
@@ -84,15 +76,13 @@ def migrate_evaluation(document: dict) -> dict:
 
 
 def migrate_checkpoint(raw: dict, path) -> dict:
-    """``raw`` of format version 1 or 2 brought to version 3 (the module docstring)."""
+    """``raw`` of format version 1 or 2 brought to version 3."""
     if raw.get("format_version") == 1:
         raw = _checkpoint_v1_to_v2(raw, path)
     return _checkpoint_v2_to_v3(raw)
 
 
 def _checkpoint_v2_to_v3(raw: dict) -> dict:
-    """A one-layer model's ``encoder.*`` and ``flow.*`` weights → ``encoders.0.*``,
-    ``flows.0.*``."""
     config, state = raw.get("config"), raw.get("model_state")
     preset = config.get("preset") if isinstance(config, dict) else None
     one_layer = preset not in PRESETS or get_preset(preset).stochastic_layers == 1
@@ -105,10 +95,6 @@ def _checkpoint_v2_to_v3(raw: dict) -> dict:
 
 
 def _checkpoint_v1_to_v2(raw: dict, path) -> dict:
-    """Version 1 kept Pyro's per-parameter optimizer states for Pyro estimators (one torch
-    Adam state dict per param-store name) and torch Adam's for the others, under
-    ``optimizer_state``; version 2 keeps one torch Adam state for every run, under
-    ``trainer_state``, and names IWAE's K in the history."""
     out = {k: v for k, v in raw.items() if k != "optimizer_state"}
     out["format_version"] = 2
     config = raw.get("config") if isinstance(raw.get("config"), dict) else {}

@@ -18,20 +18,9 @@ from pyro_vae.checks import is_int, is_number
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_VERSION",
-    "EVALUATION_SCHEMA",
-    "EVALUATION_VERSION",
-    "METRICS_SCHEMA",
-    "METRICS_VERSION",
-    "RECORD_FIELDS",
-    "Checkpoint",
-    "check_checkpoint",
-    "check_evaluation",
-    "check_metrics",
-    "read_json",
-]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "EVALUATION_SCHEMA", "EVALUATION_VERSION",
+           "METRICS_SCHEMA", "METRICS_VERSION", "RECORD_FIELDS", "Checkpoint", "check_checkpoint",
+           "check_evaluation", "check_metrics", "read_json"]
 
 CHECKPOINT_FORMAT = "pyro_vae.checkpoint"  # the tag every checkpoint carries
 CHECKPOINT_VERSION = 3  # what is written; older versions are migrated (.migrations)
