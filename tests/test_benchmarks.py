@@ -7,6 +7,7 @@ import copy
 import importlib
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -26,7 +27,8 @@ from pyro_vae.trainer import Trainer
 from tests.conftest import assert_close, binary_batch
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("overhead", "compare_estimators", "burda", "gradient_snr", "distributed_throughput")
+SCRIPTS = ("overhead", "compare_estimators", "burda", "gradient_snr", "distributed_throughput",
+           "threads", "evaluation_speed")
 
 
 def make_vae(**kwargs):
@@ -244,7 +246,8 @@ def run_script(name: str, form: str, out: Path, *options: str) -> str:
     "module") from the repository root, in quick mode; its standard output."""
     target = [f"benchmarks/{name}.py"] if form == "file" else ["-m", f"benchmarks.{name}"]
     result = subprocess.run(
-        [sys.executable, *target, "--quick", "--threads", "1", "--out", str(out), *options],
+        [sys.executable, *target, "--quick", *([] if name == "threads" else ["--threads", "1"]),
+         "--out", str(out), *options],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -346,9 +349,33 @@ def check_distributed_throughput(out: Path) -> None:
     assert table.count("\n| ") == 1 + len(rows)  # the header's separator, then one per row
 
 
+def check_threads(out: Path) -> None:
+    """One condition in quick mode: the three settings, the same test ELBO in each (the
+    thread counts do not change the numbers), the default's ratio to the better fixed one."""
+    document = json.loads((out / "threads.json").read_text())
+    (condition,) = document["conditions"].values()
+    cells = condition["cells"]
+    assert list(cells) == ["1 thread", f"{os.cpu_count()} threads", "default"]
+    assert len({v for c in cells.values() for v in c["test_elbo"]}) == 1
+    best = min(c["epoch_seconds"] for k, c in cells.items() if k != "default")
+    assert condition["default_over_best"] == pytest.approx(
+        cells["default"]["epoch_seconds"] / best)
+
+
+def check_evaluation_speed(out: Path) -> None:
+    document, table = read(out, "evaluation_speed")
+    for run in document["runs"].values():
+        floor = sum(run["floor_flops_per_second"]) / 2
+        assert run["rate_over_floor"] == pytest.approx(run["flops_per_second"] / floor)
+        assert run["seconds_per_10000"] == pytest.approx(run["seconds"] * 10000 / run["images"])
+        assert run["log_px_mean"] < 0
+    assert table.count("\n| ") == 2  # a row a run, after the header
+
+
 CHECKS = {"overhead": check_overhead, "compare_estimators": check_compare_estimators,
           "gradient_snr": check_gradient_snr,
-          "distributed_throughput": check_distributed_throughput}
+          "distributed_throughput": check_distributed_throughput,
+          "threads": check_threads, "evaluation_speed": check_evaluation_speed}
 OPTIONS = {"gradient_snr": ("--model", "ppca", "--ppca-settings", "perturbation")}
 
 
