@@ -401,7 +401,7 @@ def test_burda_quick_run_as_a_file_then_resumed_as_a_module(tmp_path):
 
 
 def test_output_logs_and_shows_progress_unless_quiet():
-    """Progress comes as a bar on a terminal and as lines in logs (issue 17): mode "auto"."""
+    """Progress comes as a bar on a terminal and as lines in logs: mode "auto"."""
     assert common.output(overhead.parse_args([])).progress == "auto"
     quiet = common.output(overhead.parse_args(["--quiet"]))
     assert quiet.progress == "off" and quiet.log("anything") is None
@@ -423,7 +423,7 @@ def test_output_logs_and_shows_progress_unless_quiet():
 ])
 def test_a_bad_option_is_one_line_and_exit_status_2_before_any_work(tmp_path, name, options,
                                                                    named, capsys, monkeypatch):
-    """The fuzz run of this session found tracebacks for an estimator that cannot train the
+    """A fuzz run found tracebacks for an estimator that cannot train the
     model and a run started for --minutes 0; every script now refuses such input at once,
     as pyro-vae does, and writes nothing (burda: not even the meanfield row before dreg).
     Run in-process, through the same ``run_main`` as ``python -m benchmarks.NAME``."""

@@ -76,7 +76,7 @@ def test_ctrl_c_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, cap
 
 
 def test_every_option_that_takes_a_value_shows_its_default():
-    """Issue 17: `--help` of every command names each option's default (flags are off unless
+    """`--help` of every command names each option's default (flags are off unless
     given; `--resume RUN_DIR` has no default: without it a new run starts)."""
     from pyro_vae.cli import build_parser
 

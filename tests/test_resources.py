@@ -151,7 +151,7 @@ def test_training_bytes_grow_with_every_size_that_costs_memory():
 ])
 def test_a_model_that_cannot_fit_is_refused_before_it_is_built(options, named, monkeypatch):
     """A mistyped --flow-layers 100000 once built transforms until the kernel killed the
-    process (the fuzz run of issue 16); now build_vae refuses it at once, naming the size. A
+    process (found by a fuzz run); now build_vae refuses it at once, naming the size. A
     flow's size is refused before any of it is built; the other networks may be sized on the
     meta device (no memory), but are never built for real."""
     monkeypatch.setenv("PYRO_VAE_MEMORY_LIMIT_MB", "2000")
