@@ -44,6 +44,7 @@ import matplotlib
 import pyro
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
 
 from benchmarks.common import (
     RESULTS,
@@ -237,8 +238,13 @@ def plot(document: dict, path: Path) -> None:
             axes[row, 1].plot(seconds, values, **style)
     axes[1, 0].set_xlabel("epoch")
     axes[1, 1].set_xlabel("training wall-clock seconds (log scale; shared machine)")
+    for ax in axes[:, 0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
     for ax in axes[:, 1]:
         ax.set_xscale("log")
+        # decades labelled, the ticks between them unlabelled: no overlapping numbers
+        ax.xaxis.set_major_locator(LogLocator(base=10))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     axes[0, 0].set_ylabel("test ELBO (bound), nats per datapoint")
     axes[1, 0].set_ylabel(f"test log p(x) estimate (IWAE, K={k}), nats")
     for ax in axes.flat:

@@ -1,16 +1,19 @@
 """Plug a convolutional decoder into the same Pyro model and guide: ``VAE(decoder=...)``.
 
-    python examples/custom_decoder.py            # 5 epochs on MNIST, roughly 10 min on 2 CPUs
-    python examples/custom_decoder.py --quick    # 1 epoch on 2,000 images, seconds
+    python examples/custom_decoder.py            # 5 epochs on MNIST: about 2 min on one CPU core
+    python examples/custom_decoder.py --quick    # 1 epoch on 2,000 images: about 5 s on one
+                                                 # CPU core, of which ~2 s importing torch and pyro
 
 The decoder is any ``nn.Module`` mapping z ``(..., latent_dim)`` (and an optional context)
 to the likelihood's parameter ``(..., 784)``: here Bernoulli logits from transposed
 convolutions. Nothing else changes: the same ``vae.model`` / ``vae.guide``, the same
 estimators, the same SVI loop. Prints the training loss (= −ELBO) and the test ELBO of the
-convolutional decoder and of the default MLP decoder on the same budget, in nats per datapoint.
+convolutional decoder and of the default MLP decoder on the same budget, in nats per datapoint,
+and draws ``reconstructions.png`` into ``--out``: the same test images, reconstructed by each.
 """
 
 import argparse
+from pathlib import Path
 
 import pyro
 import torch
@@ -20,11 +23,16 @@ from pyro_vae import VAE, make_objective
 from pyro_vae.commands.options import DefaultsHelpFormatter
 from pyro_vae.data import binarize, load_dataset, preprocess
 from pyro_vae.evaluation import mean_elbo
+from pyro_vae.plots import decoder_mean, image_grid
+from pyro_vae.plots.canvas import figure, save, show
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=DefaultsHelpFormatter)
 parser.add_argument("--epochs", type=int, default=5, help="training epochs")
 parser.add_argument("--quick", action="store_true", help="1 epoch on 2,000 images")
+parser.add_argument("--out", type=Path, default=Path("runs") / "examples" / "custom_decoder",
+                    help="folder for the picture (default: runs/examples/custom_decoder, which "
+                    "git ignores)")
 args = parser.parse_args()
 
 # --- config --------------------------------------------------------------------------------
@@ -96,3 +104,28 @@ print(f"\ntest ELBO after {epochs} epoch(s) on {train.shape[0]} images, nats per
       "(a lower bound on log p(x), higher is better):")
 for name, (elbo, parameters) in results.items():
     print(f"  {name:>13} decoder ({parameters:,} parameters): {elbo:8.2f} nats")
+
+
+# --- the picture: the same test images, reconstructed by each model ---------------------------
+@torch.no_grad()
+def reconstruct(vae, x):
+    """E[x | z = E_q[z|x]]: the decoder's mean (pixel probabilities) at the posterior mean."""
+    vae.eval()
+    return decoder_mean(vae, vae.encode(x)[0])
+
+
+shown = test[:24]  # (24, 784) binarized test images
+panels = [("test inputs (binarized)", shown)] + [
+    (f"{name} decoder: test ELBO {elbo:.1f} nats", reconstruct(vae, shown))
+    for (name, (elbo, _)), vae in zip(results.items(), (conv, mlp), strict=True)]
+fig = figure(13.5, 3.8)
+for i, (title, images) in enumerate(panels, 1):
+    show(fig.add_subplot(1, 3, i), image_grid(images, (rows, cols), ncols=6), title)
+fig.suptitle(f"reconstructions E[x | z = posterior mean] after {epochs} epoch(s) on "
+             f"{train.shape[0]:,} images; each image in the same place in every panel",
+             fontsize=10)
+png = save(fig, args.out / "reconstructions.png")
+print(f"wrote {png}")
+if args.quick:
+    print("(--quick trains 20 steps: neither decoder has learnt digits yet, the convolutional "
+          "one least; the full run reconstructs them)")
