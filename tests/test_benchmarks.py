@@ -283,8 +283,9 @@ def check_overhead(out: Path) -> None:
         assert 0 < part["zeroing gradients"] < part["total"]
         assert (part["pyro.optim wrapper"] > 0) == (label == "meanfield [Pyro SVI]")
     assert set(document["validation"][0]["steppers"]) == {
-        "analytic", "analytic, validated every step", "meanfield",
-        "meanfield, validated every step"}
+        "analytic", "analytic, validated every step", "analytic, no input checks", "meanfield",
+        "meanfield, validated every step", "meanfield, no input checks"}
+    assert "The model's input checks cost meanfield " in table
     assert "| meanfield [Pyro SVI] |" in table and "Command: `python -m benchmarks.overhead" \
         in table
 
