@@ -46,6 +46,7 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
+from matplotlib.ticker import MaxNLocator
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.optim import ExponentialLR
@@ -196,6 +197,7 @@ ax.plot(range(1, epochs + 1), [h[0] for h in history], "o-", label="test images 
 ax.plot(range(1, epochs + 1), [h[1] for h in history], "s--", label="binarized test images")
 ax.axhline(96.1, color="k", lw=1, ls=":", label="Kingma et al. (2014), M2: 96.1%")
 ax.set_xlabel("epoch")
+ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
 ax.set_ylabel("test accuracy of argmax q(y|x), %")
 ax.set_title(f"M2 on MNIST with {num_labelled} labels", fontsize=10)
 ax.legend(loc="lower right", fontsize=8)
