@@ -27,6 +27,7 @@ import pyro.infer
 import pyro.optim
 import torch
 from matplotlib.figure import Figure
+from torch.autograd.graph import increment_version
 
 from pyro_vae import VAE
 from pyro_vae.build import build_vae
@@ -150,14 +151,20 @@ class PyroSVI:
 
 
 def identical_vaes(labels: list[str], x_dim: int, *, seed: int, device="cpu",
-                   **vae_kwargs) -> dict[str, VAE]:
+                   preset: str | None = None, image_shape=None, **vae_kwargs) -> dict[str, VAE]:
     """One VAE per label, all with the same initial weights (from ``seed``); distinct Pyro
-    prefixes keep their parameters apart in Pyro's global param store."""
+    prefixes keep their parameters apart in Pyro's global param store. With ``preset``, the
+    preset's networks (images of ``image_shape`` for ``conv``), sized by ``vae_kwargs``."""
+    def build(**kwargs) -> VAE:
+        if preset is None:
+            return VAE(x_dim, **kwargs, **vae_kwargs)
+        return VAE.from_preset(preset, x_dim, image_shape=image_shape, **kwargs, **vae_kwargs)
+
     torch.manual_seed(seed)
-    base = VAE(x_dim, **vae_kwargs).to(device)
+    base = build().to(device)
     vaes = {}
     for i, label in enumerate(labels):
-        vae = VAE(x_dim, prefix=f"s{i}_", **vae_kwargs).to(device)
+        vae = build(prefix=f"s{i}_").to(device)
         vae.load_state_dict(copy.deepcopy(base.state_dict()))
         vaes[label] = vae
     return vaes
@@ -174,6 +181,9 @@ def stepper(trainer, x: torch.Tensor, *, validate_every_step: bool = False) -> C
         nonlocal first
         checks = step_checks(validate_every_step or first)
         first = False
+        # a new version of x, as each minibatch of training is a new tensor: the model checks
+        # the values of each x it has not seen, so the check is timed at every step
+        increment_version(x)
         with checks:
             trainer.step(x)
         if cuda:

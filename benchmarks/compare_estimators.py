@@ -2,6 +2,7 @@
 
     python -m benchmarks.compare_estimators                      # the table in README.md
     python -m benchmarks.compare_estimators --seconds 60         # a wall-clock budget instead
+    python -m benchmarks.compare_estimators --preset conv --estimators meanfield iwae:5
     python benchmarks/compare_estimators.py --quick --out /tmp/compare   # smoke run
 
 Every estimator in :data:`pyro_vae.objectives.ESTIMATORS` runs, the multi-sample ones (``iwae``,
@@ -87,8 +88,8 @@ class CompareConfig:
     iwae_ks: tuple[int, ...] = (5, 50)  # K of every IWAE_K estimator
     estimators: tuple[str, ...] | None = None  # None: the whole registry
     preset: str = "pyro"
-    hidden_sizes: tuple[int, ...] = (200,)  # smaller than the preset's 400: K = 50 decodes
-    # 50 samples per image
+    hidden_sizes: tuple[int, ...] | None = (200,)  # smaller than the preset's 400: K = 50
+    # decodes 50 samples per image; None: the preset's
     latent_dim: int = 20
     batch_size: int = 128
     lr: float = 1e-3
@@ -111,6 +112,16 @@ QUICK = dict(hidden_sizes=(16,), latent_dim=4, batch_size=32, epochs=2, train_si
              block_seconds=0.01, ais_steps=5, ais_chains=2)
 
 
+PRESETS = ("pyro", "conv")  # one stochastic layer: what the step timing builds
+
+
+def network_name(config: CompareConfig, x_dim: int) -> str:
+    arch = get_preset(config.preset)
+    hidden = config.hidden_sizes or arch.hidden_sizes[0]
+    kind = "convolutional, channels " if config.preset == "conv" else ""
+    return f"{x_dim}-{kind}{'-'.join(map(str, hidden))}-{config.latent_dim} {arch.activation}"
+
+
 def train_config(config: CompareConfig, spec: Spec, epochs: int) -> TrainConfig:
     return TrainConfig(
         dataset="mnist", preset=config.preset, hidden_sizes=config.hidden_sizes,
@@ -127,9 +138,10 @@ def time_steps(config: CompareConfig, specs: list[Spec], data) -> dict:
     of the same initial network and validated on its first step, as in ``fit``."""
     pyro.clear_param_store()
     x = binarize(data.train[: config.batch_size], torch.Generator().manual_seed(config.seed))
+    sizes = {} if config.hidden_sizes is None else {"hidden_sizes": config.hidden_sizes}
     vaes = identical_vaes([s.label for s in specs], x.shape[1], seed=config.seed,
-                          latent_dim=config.latent_dim, hidden_sizes=config.hidden_sizes,
-                          activation=get_preset(config.preset).activation)
+                          preset=config.preset, image_shape=data.dataset.image_shape,
+                          latent_dim=config.latent_dim, **sizes)
     steppers = {s.label: stepper(make_trainer(s, vaes[s.label], config.lr), x) for s in specs}
     times = measure_steps(steppers, baseline=BASELINE.label, block_seconds=config.block_seconds,
                           budget_seconds=config.timing_seconds)
@@ -274,6 +286,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"test images of the log p(x) estimates (default {default.eval_size})")
     parser.add_argument("--eval-samples", type=positive_int,
                         help=f"K of the final log p(x) estimate (default {default.eval_samples})")
+    parser.add_argument("--preset", choices=PRESETS, default=default.preset,
+                        help="the network: pyro, an MLP with one hidden layer of 200 units "
+                             "(default), or conv, the convolutional preset's")
     parser.add_argument("--seed", type=seed, default=0, help="default 0")
     add_common_arguments(parser, DEFAULT_OUT)
     return parser.parse_args(argv)
@@ -292,6 +307,9 @@ def main(argv=None) -> int:
     if args.estimators:
         config.estimators = tuple(args.estimators)
     config.seed = args.seed
+    if args.preset != config.preset:  # the preset's own network sizes, but in a quick run
+        config.preset = args.preset
+        config.hidden_sizes = config.hidden_sizes if args.quick else None
     set_threads(args.threads)
     log, progress = output(args)
 
@@ -305,8 +323,7 @@ def main(argv=None) -> int:
                  "log p(x) (train_objective names which), log_px_mean an IWAE_K estimate of it",
         "command": command_line("benchmarks.compare_estimators", argv),
         "config": {**config.__dict__, "estimators": [s.label for s in specs]},
-        "network": f"{data.train.shape[1]}-{'-'.join(map(str, config.hidden_sizes))}-"
-                   f"{config.latent_dim} {get_preset(config.preset).activation}",
+        "network": network_name(config, data.train.shape[1]),
         "train_images": int(data.train.shape[0]), "test_images": int(data.test.shape[0]),
         "machine": machine(), "results": [],
     }

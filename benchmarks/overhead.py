@@ -19,6 +19,8 @@ minibatch of binarized MNIST images (the data do not change the work). Steppers:
                                    trace at every step (see :mod:`pyro_vae.objectives.jit`)
 ``meanfield [Pyro's ELBO class]``  ``meanfield`` with Pyro's own ``MeanField_ELBO``,
                                    which also computes log-densities that it does not use
+``matrix products alone (floor)``  the floor: the network's matrix products alone, forward
+                                   and backward (three per linear layer), nothing between
 =================================  =========================================================
 
 Every stepper trains its own copy of the same initial network. Steps run in interleaved
@@ -171,10 +173,34 @@ def fixed_minibatch(config: OverheadConfig, images: torch.Tensor, batch_size: in
         config.device)
 
 
+FLOOR = "matrix products alone (floor)"
+
+
+def matmul_floor(vae: VAE, batch_size: int) -> Callable[[], None]:
+    """A step's matrix products with nothing between them: for each linear layer of ``vae``,
+    the forward product and the two of its backward pass (input and weight gradients)."""
+    weights = [m.weight.detach() for m in vae.modules() if isinstance(m, torch.nn.Linear)]
+    ins = [torch.randn(batch_size, w.shape[1], device=w.device) for w in weights]
+    grads = [torch.randn(batch_size, w.shape[0], device=w.device) for w in weights]
+
+    def step() -> None:
+        for x, g, w in zip(ins, grads, weights, strict=True):
+            x @ w.T, g @ w, g.T @ x
+        if weights[0].device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
 def measure_batch_size(config: OverheadConfig, chosen: list[Variant], images: torch.Tensor,
-                       batch_size: int) -> dict:
-    """Interleaved step times of every variant at one batch size."""
+                       batch_size: int, *, floor: bool = False) -> dict:
+    """Interleaved step times of every variant at one batch size, and with ``floor`` of the
+    same network's matrix products alone."""
     steppers = make_steppers(config, chosen, fixed_minibatch(config, images, batch_size))
+    if floor:
+        network = identical_vaes(["floor"], images.shape[1], seed=config.seed,
+                                 device=config.device, **config.vae_kwargs())["floor"]
+        steppers[FLOOR] = matmul_floor(network, batch_size)
     times = measure_steps(steppers, baseline=BASELINE, block_seconds=config.block_seconds,
                           budget_seconds=config.seconds_per_batch_size,
                           max_rounds=config.max_rounds, warmup=5)
@@ -386,7 +412,7 @@ def main(argv=None) -> int:
             document["config"] = {**config.__dict__}
             chosen = variants(config.estimators, pyro_twins=config.pyro_twins)
             for batch_size in config.batch_sizes:
-                result = measure_batch_size(config, chosen, images, batch_size)
+                result = measure_batch_size(config, chosen, images, batch_size, floor=True)
                 result["device"] = config.device
                 document["results"].append(result)
                 log(f"{config.device} B={batch_size}: " + ", ".join(

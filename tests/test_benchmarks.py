@@ -267,7 +267,9 @@ def check_overhead(out: Path) -> None:
     for r in document["results"]:
         assert r["steppers"]["analytic"]["ratio"] == 1.0
         assert set(r["steppers"]) == {v.label for v in overhead.variants(
-            overhead.OverheadConfig.estimators, pyro_twins=True)}
+            overhead.OverheadConfig.estimators, pyro_twins=True)} | {overhead.FLOOR}
+        # the matrix products alone take less than the whole step they belong to
+        assert r["steppers"][overhead.FLOOR]["median_ms"] < r["steppers"]["analytic"]["median_ms"]
         assert all(s["median_ms"] > 0 and s["q1_ms"] <= s["median_ms"] <= s["q3_ms"]
                    for s in r["steppers"].values())
         assert r["rounds"] >= 2

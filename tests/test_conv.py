@@ -1,12 +1,19 @@
 """pyro_vae.models.conv: the convolutional encoder and decoder of ``--preset conv``, for images
 of any size; the VAE built from them trains, evaluates and samples like any other."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pyro
 import pytest
 import torch
 
 from pyro_vae import VAE, ConfigError, make_objective
 from pyro_vae.build import build_vae
+from pyro_vae.cli import main
 from pyro_vae.config import TrainConfig
 from pyro_vae.evaluation import estimate_log_px
 from pyro_vae.models.conv import ConvDecoder, ConvEncoder
@@ -74,3 +81,56 @@ def test_every_pyro_estimator_steps_the_conv_vae_and_log_px_is_a_bound(flow):
     assert sum(losses[-5:]) < sum(losses[:5])
     est = estimate_log_px(vae, x, num_samples=64)
     assert bool((est.log_px <= 0).all()) and bool((est.log_px >= est.elbo - 1e-4).all())
+
+
+# --- the command line end to end, as for the MLP presets ---------------------------------------
+CONV = ["--preset", "conv", "--hidden-sizes", "4", "--latent-dim", "2", "--train-size", "64",
+        "--test-size", "16", "--batch-size", "16", "--quiet"]
+
+
+@pytest.mark.integration
+def test_the_conv_preset_goes_through_every_command(tmp_path):
+    """train, --resume, evaluate (AIS, IS, --gaps, BDMC), sample and plot on one conv run;
+    torchrun trains it on two processes; compare_estimators times and trains it. Each figure
+    is a finite bound: IS at least the ELBO its samples give, AIS and IS at most 0 nats."""
+    run = tmp_path / "run"
+    assert main(["train", *CONV, "--epochs", "1", "--out", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet", "--no-plots"]) == 0
+    epochs = json.loads((run / "metrics.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert json.loads((run / "metrics.json").read_text())["config"]["preset"] == "conv"
+
+    ais_json, is_json = tmp_path / "ais.json", tmp_path / "is.json"
+    assert main(["evaluate", str(run), "--ais-steps", "3", "--chains", "2", "--gaps",
+                 "--gap-steps", "5", "--bdmc", "2", "--quiet", "-o", str(ais_json)]) == 0
+    assert main(["evaluate", str(run), "-K", "20", "--quiet", "--no-plots",
+                 "-o", str(is_json)]) == 0
+    for path in (ais_json, is_json):
+        text = path.read_text()
+        assert "NaN" not in text and "Infinity" not in text, path.name
+    assert {p.name for p in tmp_path.glob("*.png")} >= {"elbo_decomposition.png",
+                                                        "ais_diagnostics.png"}
+    assert main(["sample", str(run), "-n", "4", "--seed", "1"]) == 0
+    assert main(["plot", str(run), "--curves-only"]) == 0
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    dist_run = tmp_path / "dist"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--standalone", "-m", "pyro_vae", "train", *CONV, "--epochs", "1",
+                           "--no-plots", "--out", str(dist_run)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads((dist_run / "metrics.json").read_text())["epochs"][0]["processes"] == 2
+
+    out = tmp_path / "compare"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.compare_estimators", "--quick",
+                           "--preset", "conv", "--estimators", "meanfield", "iwae:3",
+                           "--threads", "1", "--quiet", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((out / "compare.json").read_text())
+    assert "convolutional" in results["network"]
+    assert [r["label"] for r in results["results"]][:1] == ["analytic"]
+    assert all(r["log_px_mean"] <= 0 for r in results["results"])

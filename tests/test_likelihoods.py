@@ -88,6 +88,35 @@ def test_support_checks():
         make_likelihood("bernoulli", x_dim=2).check_data(torch.tensor([[0.2, 1.0]]))
 
 
+SUPPORT = {  # the definitions, written as comparisons
+    "bernoulli": lambda x: (x == 0) | (x == 1),
+    "continuous-bernoulli": lambda x: (x >= 0) & (x <= 1),
+    "gaussian": torch.isfinite,
+}
+SPECIAL = [0.0, -0.0, 1.0, 0.5, 1e-45, -1e-45, 1 - 2**-24, 1 + 2**-23, 2.0, -1.0, 1e30, -1e30,
+           float("nan"), float("inf"), -float("inf")]
+
+
+@pytest.mark.parametrize("name", list(SUPPORT))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_fast_support_check_agrees_with_the_comparisons(name, dtype):
+    """all_in_support (one product and a sum for the Bernoulli) says what the comparisons say,
+    for binary rows with one special value put anywhere, and on non-contiguous views."""
+    g = torch.Generator().manual_seed(0)
+    lik = make_likelihood(name, x_dim=6)
+    base = torch.bernoulli(torch.full((4, 6), 0.5), generator=g).to(dtype)
+    assert lik.all_in_support(base) and lik.all_in_support(base.T)
+    for value in SPECIAL:
+        for i in range(0, base.numel(), 5):
+            x = base.clone()
+            x.view(-1)[i] = value
+            before = x.clone()
+            expected = bool(SUPPORT[name](x).all())
+            assert lik.all_in_support(x) == expected, (name, value, i)
+            assert lik.all_in_support(x.T) == expected, (name, value, i)
+            assert torch.equal(x.nan_to_num(), before.nan_to_num())  # x itself is untouched
+
+
 def test_unknown_likelihood_lists_the_known_ones():
     with pytest.raises(ConfigError, match="bernoulli, continuous-bernoulli, gaussian"):
         make_likelihood("poisson", x_dim=3)
