@@ -2,6 +2,14 @@
 exactly what this module exports (``README.md`` has the tour).
 """
 
+import os
+
+# MKL's strict reproducibility mode: its matrix products give the same bits on any number of
+# threads, as on one (without it, 2 threads differ from 1 for some shapes on a loaded
+# machine), so neither the thread policy's choice nor the load changes a run's numbers. Read
+# at torch's first matrix product, so set before it; a user's own setting wins.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 from pyro_vae.errors import (
     CheckpointError,
     ConfigError,

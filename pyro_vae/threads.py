@@ -9,9 +9,11 @@ machine is idle, and the load average lags by a minute, so no setting fixed in a
 both. :class:`ThreadPolicy` times a few steps at each thread count, keeps the fastest, and
 times them again at doubling intervals, or as soon as the steps slow down.
 
-The numbers do not depend on its choice: the thread counts it switches between must first
-give bit-identical gradients on the run's first step (:meth:`ThreadPolicy.agree`); where they
-do not (oneDNN's convolutions pick their algorithm by thread count), it holds torch's count.
+The numbers do not depend on its choice: importing :mod:`pyro_vae` sets MKL's strict
+reproducibility mode (``MKL_CBWR=AUTO,STRICT``), whose matrix products give the same bits on
+any number of threads, and the counts the policy switches between must first give
+bit-identical gradients on the run's first step (:meth:`ThreadPolicy.agree`); where they do
+not (oneDNN's convolutions pick their algorithm by thread count), it holds torch's count.
 """
 
 from __future__ import annotations
