@@ -150,6 +150,11 @@ class PyroSVI:
         return self.svi.step(*args, **kwargs)
 
 
+def linear_weights(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The weights of ``module``'s linear layers, in order: what a matrix-product floor times."""
+    return [m.weight.detach() for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+
 def identical_vaes(labels: list[str], x_dim: int, *, seed: int, device="cpu",
                    preset: str | None = None, image_shape=None, **vae_kwargs) -> dict[str, VAE]:
     """One VAE per label, all with the same initial weights (from ``seed``); distinct Pyro

@@ -34,6 +34,7 @@ from benchmarks.common import (
     RESULTS,
     add_common_arguments,
     command_line,
+    linear_weights,
     load_average,
     machine,
     markdown_table,
@@ -53,10 +54,6 @@ from pyro_vae.threads import set_threads
 DEFAULT_OUT = RESULTS / "evaluation_speed"
 MODELS = Path(__file__).resolve().parent / "models"
 RUNS = {"ais": ("default", "AIS, T = 100, 16 chains"), "is": ("burda2_full", "IS, K = 5000")}
-
-
-def decoder_weights(vae) -> list[torch.Tensor]:
-    return [m.weight.detach() for m in vae.decoder.modules() if isinstance(m, torch.nn.Linear)]
 
 
 def floor_rate(weights, rows: int, *, backward: bool, workers: int, repeats: int = 10) -> float:
@@ -89,7 +86,7 @@ def measure(method: str, images: int, quick: bool) -> dict:
     name, what = RUNS[method]
     vae, checkpoint = vae_from_checkpoint(MODELS / name)
     x = load_data(checkpoint.config, train=False).test[:images]
-    weights = decoder_weights(vae)
+    weights = linear_weights(vae.decoder)
     workers = torch.get_num_threads()
     if method == "ais":
         settings = AISSettings(num_steps=5, num_chains=4) if quick else AISSettings()

@@ -63,6 +63,7 @@ from benchmarks.common import (
     add_common_arguments,
     command_line,
     identical_vaes,
+    linear_weights,
     machine,
     markdown_table,
     measure_steps,
@@ -179,7 +180,7 @@ FLOOR = "matrix products alone (floor)"
 def matmul_floor(vae: VAE, batch_size: int) -> Callable[[], None]:
     """A step's matrix products with nothing between them: for each linear layer of ``vae``,
     the forward product and the two of its backward pass (input and weight gradients)."""
-    weights = [m.weight.detach() for m in vae.modules() if isinstance(m, torch.nn.Linear)]
+    weights = linear_weights(vae)
     ins = [torch.randn(batch_size, w.shape[1], device=w.device) for w in weights]
     grads = [torch.randn(batch_size, w.shape[0], device=w.device) for w in weights]
 
