@@ -124,10 +124,10 @@ def tensor(name: str, x, *, shape: Sequence[int | None] | None = None, min_dims:
     if not isinstance(x, torch.Tensor):
         raise DataTypeError(f"{name} must be a torch.Tensor, got a {type(x).__name__}")
     if shape is not None:
-        wanted = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
         leading = x.dim() - len(shape)
         if (leading != 0 if min_dims is None else x.dim() < min_dims or leading < 0) or any(
                 s is not None and x.shape[leading + i] != s for i, s in enumerate(shape)):
+            wanted = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
             hint = ""
             if x.dim() == len(shape) - 1 and shape[-1] is not None and x.shape[-1] == shape[-1]:
                 hint = f"; one datapoint is {name}.unsqueeze(0)"
@@ -138,7 +138,7 @@ def tensor(name: str, x, *, shape: Sequence[int | None] | None = None, min_dims:
     if dtype is not None and x.dtype != dtype:
         raise DataTypeError(f"{name} has dtype {x.dtype}, the model's parameters {dtype}: "
                             f"convert it with {name}.to({dtype})")
-    if device is not None and x.device != torch.device(device):
+    if device is not None and x.device != device and x.device != torch.device(device):
         raise DataError(f"{name} is on device {x.device}, the model on {device}: move it with "
                         f"{name}.to({str(device)!r})")
     if nonempty and x.numel() == 0:
