@@ -81,10 +81,11 @@ class AISSettings(NamedTuple):
         checks.choice("AIS start", self.start, START_DISTRIBUTIONS)
         return self
 
-    @property
-    def gradient_evaluations(self) -> int:
-        """Gradient evaluations of log p(x, z) per chain: (L + 1)(T − 1)."""
-        return (self.num_leapfrog + 1) * (self.num_steps - 1)
+    def gradient_evaluations(self, reuse: bool = False) -> int:
+        """Gradient evaluations of log p(x, z) per chain: (L + 1)(T − 1), or L(T − 1) + 1 where
+        each transition starts from the last one's gradient (``reuse``, :mod:`.hmc`)."""
+        T, L = self.num_steps, self.num_leapfrog
+        return L * (T - 1) + 1 if reuse else (L + 1) * (T - 1)
 
 
 class AnnealResult(NamedTuple):
@@ -145,6 +146,7 @@ class AISResult(LogPxEstimate):
     betas: torch.Tensor  # (T + 1,) the schedule
     settings: AISSettings
     start: str  # where the chains started, in words
+    gradient_evaluations: int  # per chain, as run (AISSettings.gradient_evaluations)
 
 
 def rows_for(target, data: tuple, memory_mb: float) -> int:
@@ -215,4 +217,5 @@ def ais(model, data, settings: AISSettings | None = None, *, pareto_k: bool = Tr
                      acceptance_rate=out["acceptance"], step_size=out["step_size"],
                      log_weights=out["log_weights"], accept_by_step=out["accept_by_step"],
                      step_size_by_step=out["step_size_by_step"], betas=betas,
-                     settings=settings, start=target.describe_start())
+                     settings=settings, start=target.describe_start(),
+                     gradient_evaluations=settings.gradient_evaluations(target.closed_form_start))

@@ -101,7 +101,7 @@ def report(model, x: torch.Tensor, estimate: ISResult | AISResult, *,
             {"num_samples": estimate.num_samples, "proposal": "the guide q(z|x)"
              + ("" if estimate.fast else ", generic path (Pyro's traces)")} if is_sampling
             else {**estimate.settings._asdict(), "start": estimate.start,
-                  "gradient_evaluations_per_chain": estimate.settings.gradient_evaluations})},
+                  "gradient_evaluations_per_chain": estimate.gradient_evaluations})},
         "num_datapoints": n,
         "log_px": {"what": _what(estimate), **_spread(estimate.log_px, se),
                    "mean_mc_stderr_per_datapoint": _finite(se.double().mean())},

@@ -8,6 +8,7 @@ by enumeration), ``target.bind(data)`` gives a density whose methods return nats
 
     sample_start(C)      u ~ s, (C, B, P)
     start_and_ratio(u)   log s_u(u) = log s(z) + log |det ∂T/∂u|,  ℓ(u) = log p(x, z) − log s(z)
+    start_grad(u)        ∇_u log s_u(u) in closed form, (C, B, P), or None where there is none
     log_joint(u)         log p(x, z) + log |det ∂T/∂u|
     sample_guide(S)      u ~ q_φ and log q_φ on u
     guide_gaussian(S)    the guide's mean and standard deviation on u, (B, P)
@@ -78,8 +79,15 @@ class LayeredTarget:
             return "the encoder q(z|x), in its flows' input coordinates"
         return "the encoder q(z|x)"
 
+    @property
+    def closed_form_start(self) -> bool:
+        """Whether ∇ log s_u is in closed form: the guide start of one layer, a Gaussian on
+        its base draws whose loc and scale depend on x alone (the GuidePath contract)."""
+        return self.start == "guide" and len(self.model.latent_dims) == 1
+
     def bind(self, data) -> _LayeredDensity:
-        return _LayeredDensity(self.model, *split_data(self.model, as_data(data)), self.start)
+        return _LayeredDensity(self.model, *split_data(self.model, as_data(data)), self.start,
+                               closed_form_start=self.closed_form_start)
 
     def simulate(self, data) -> tuple[tuple, torch.Tensor]:
         """(x, z) drawn from the model for as many datapoints as ``data`` has, with the global
@@ -99,10 +107,13 @@ class LayeredTarget:
 
 
 class _LayeredDensity:
-    def __init__(self, model, x: torch.Tensor, context, start: str):
+    def __init__(self, model, x: torch.Tensor, context, start: str, *,
+                 closed_form_start: bool = False):
         self.model, self.x, self.context, self.start = model, x, context, start
+        self.closed_form_start = closed_form_start
         self.num_datapoints, self.dim = x.shape[0], sum(model.latent_dims)
         self._sizes = list(model.latent_dims)
+        self._start_gaussian = None  # (loc, scale²) of s on u, for start_grad
 
     def _terms(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log s_u(u), log p(z), log p(x|z)) at u ``(C, B, P)``, with log |det ∂z/∂u| in
@@ -119,6 +130,18 @@ class _LayeredDensity:
     def start_and_ratio(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_start, log_prior, log_lik = self._terms(u)
         return log_start, log_lik + log_prior - log_start
+
+    def start_grad(self, u: torch.Tensor) -> torch.Tensor | None:
+        """−(u − loc) / scale², where s is one layer's Gaussian on its base draws
+        (:attr:`LayeredTarget.closed_form_start`), else None."""
+        if not self.closed_form_start:
+            return None
+        if self._start_gaussian is None:
+            with torch.no_grad():
+                path = self.model.guide_path(self.x, self.context, num_samples=1)
+            self._start_gaussian = (path.locs[0], path.scales[0].pow(2))
+        loc, variance = self._start_gaussian
+        return (loc - u) / variance
 
     def log_joint(self, u: torch.Tensor) -> torch.Tensor:
         _, log_prior, log_lik = self._terms(u)
@@ -168,6 +191,8 @@ class ProgramTarget:
     :param start: ``"guide"`` (the program's ``start_guide``, else its guide) or ``"prior"``.
         A flow without an inverse (planar, radial) works with ``"prior"`` only.
     """
+
+    closed_form_start = False  # ∇ log s_u comes from autograd
 
     def __init__(self, program: Program, *, start: str = "guide"):
         self.model, self.guide, self.data_plate = program.model, program.guide, program.data_plate
@@ -289,6 +314,10 @@ class _ProgramDensity:
         log_start = (log_prior if self.start == "prior"
                      else self._guide_log_density(values, u.shape[0]))
         return log_start + log_det, log_joint - log_start
+
+    def start_grad(self, u: torch.Tensor) -> None:
+        """None: a program's start has no gradient in closed form (autograd gives it)."""
+        return None
 
     def log_joint(self, u: torch.Tensor) -> torch.Tensor:
         values, log_det = self.unpack(u)
