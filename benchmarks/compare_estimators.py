@@ -71,7 +71,7 @@ from benchmarks.common import (
     write_results,
 )
 from pyro_vae.build import load_data
-from pyro_vae.commands.options import Parser, positive_float, positive_int, seed
+from pyro_vae.commands.options import Parser, dataset_name, positive_float, positive_int, seed
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import binarize
 from pyro_vae.fit import fit
@@ -88,6 +88,7 @@ class CompareConfig:
     iwae_ks: tuple[int, ...] = (5, 50)  # K of every IWAE_K estimator
     estimators: tuple[str, ...] | None = None  # None: the whole registry
     preset: str = "pyro"
+    dataset: str = "mnist"  # or fashion-mnist, or an .npz file (as pyro-vae train --dataset)
     hidden_sizes: tuple[int, ...] | None = (200,)  # smaller than the preset's 400: K = 50
     # decodes 50 samples per image; None: the preset's
     latent_dim: int = 20
@@ -124,7 +125,7 @@ def network_name(config: CompareConfig, x_dim: int) -> str:
 
 def train_config(config: CompareConfig, spec: Spec, epochs: int) -> TrainConfig:
     return TrainConfig(
-        dataset="mnist", preset=config.preset, hidden_sizes=config.hidden_sizes,
+        dataset=config.dataset, preset=config.preset, hidden_sizes=config.hidden_sizes,
         latent_dim=config.latent_dim, estimator=spec.name, num_particles=spec.k,
         estimator_options=dict(spec.options),
         batch_size=config.batch_size, lr=config.lr, epochs=epochs,
@@ -184,13 +185,14 @@ def markdown(document: dict) -> str:
     lines = [
         "# The registry's estimators side by side",
         "",
-        f"Network {document['network']}, Bernoulli likelihood, dynamically binarized MNIST "
-        f"(first {document['train_images']} training images), batch {c['batch_size']}, Adam "
-        f"lr {c['lr']}, seed {c['seed']}, budget {budget} each. Step: median ms of one "
-        "training step on one minibatch (wall-clock), timed in interleaved rounds; × = ratio to "
-        "analytic's [quartiles of the per-round ratio], and the same ratio in CPU time of the "
-        "process (without the time spent waiting for a core). Train objective: its value over "
-        "the last epoch (the bound it names: ELBO, IWAE_K, VR, MIWAE, ...); test ELBO: analytic-KL "
+        f"Network {document['network']}, Bernoulli likelihood, dynamically binarized "
+        f"{c.get('dataset', 'mnist')} (first {document['train_images']} training images), "
+        f"batch {c['batch_size']}, Adam lr {c['lr']}, seed {c['seed']}, budget {budget} each. "
+        "Step: median ms of one training step on one minibatch (wall-clock), timed in "
+        "interleaved rounds; × = ratio to analytic's [quartiles of the per-round ratio], and "
+        "the same ratio in CPU time of the process (without the time spent waiting for a "
+        "core). Train objective: its value over the last epoch (the bound it names: ELBO, "
+        "IWAE_K, VR, MIWAE, ...); test ELBO: analytic-KL "
         f"ELBO on {document['test_images']} test images; log p(x): IWAE_K estimate with K = "
         f"{c['eval_samples']} on the first {c['eval_size']} test images, ± Monte Carlo "
         "standard error (standard error from the choice of images); AIS: the AIS estimate "
@@ -289,6 +291,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=PRESETS, default=default.preset,
                         help="the network: pyro, an MLP with one hidden layer of 200 units "
                              "(default), or conv, the convolutional preset's")
+    parser.add_argument("--dataset", type=dataset_name, default=default.dataset,
+                        metavar="NAME|FILE.npz", help="the data set, as pyro-vae train "
+                        f"--dataset takes it (default {default.dataset})")
     parser.add_argument("--seed", type=seed, default=0, help="default 0")
     add_common_arguments(parser, DEFAULT_OUT)
     return parser.parse_args(argv)
@@ -306,7 +311,7 @@ def main(argv=None) -> int:
         config.iwae_ks = tuple(args.iwae_ks)
     if args.estimators:
         config.estimators = tuple(args.estimators)
-    config.seed = args.seed
+    config.seed, config.dataset = args.seed, args.dataset
     if args.preset != config.preset:  # the preset's own network sizes, but in a quick run
         config.preset = args.preset
         config.hidden_sizes = config.hidden_sizes if args.quick else None

@@ -18,7 +18,7 @@ import pyro.infer
 import pytest
 import torch
 
-from benchmarks import burda, common, overhead
+from benchmarks import burda, common, compare_estimators, overhead
 from pyro_vae import ESTIMATORS, VAE, ConfigError, make_objective
 from pyro_vae.build import load_data
 from pyro_vae.objectives import Bound
@@ -224,6 +224,13 @@ def test_burda_setup_is_the_papers():
     assert (even.lr_schedule, even.lr, even.batch_size) == ("burda-even", 2e-3, 20)
 
 
+def test_compare_estimators_trains_on_the_data_set_it_is_given():
+    assert compare_estimators.parse_args([]).dataset == "mnist"
+    config = compare_estimators.CompareConfig(dataset="fashion-mnist")
+    assert compare_estimators.train_config(config, common.Spec("meanfield", 1), 2).dataset == \
+        "fashion-mnist"
+
+
 def test_overhead_variants_name_what_they_step():
     labels = {v.label: v for v in overhead.variants(("meanfield", "jit-meanfield"),
                                                     pyro_twins=True)}
@@ -238,6 +245,20 @@ def test_overhead_variants_name_what_they_step():
     assert type(own.objective.elbo) is pyro.infer.TraceMeanField_ELBO
     assert [v.label for v in overhead.variants(("meanfield",), pyro_twins=False)] == [
         "analytic", "meanfield"]
+
+
+def test_the_input_checks_are_timed_inside_the_steps_that_call_them(monkeypatch):
+    config = overhead.OverheadConfig(**overhead.QUICK)
+    images = torch.bernoulli(torch.full((64, 784), 0.3))
+    for name in ("analytic", "meanfield"):
+        timed = overhead.input_checks_in_step(config, images, 8, name, seconds=0.2)
+        assert timed["steps"] >= 10 and 0 < timed["check_us"] < 1e3 * timed["step_ms"]
+        assert_close(timed["share"], timed["check_us"] / (1e3 * timed["step_ms"]), rtol=1e-9)
+    # with the checks gone from the model, nothing is timed: the wrappers time those calls only
+    plain = overhead.Variant("meanfield", "meanfield", input_checks=False)
+    monkeypatch.setattr(overhead, "Variant", lambda label, estimator: plain)
+    timed = overhead.input_checks_in_step(config, images, 8, "meanfield", seconds=0.1)
+    assert timed["check_us"] == 0
 
 
 # --- every script, both ways of running it, in quick mode ----------------------------------------
@@ -419,6 +440,7 @@ def test_output_logs_and_shows_progress_unless_quiet():
     ("burda", ["--flow", "iaf", "--flow-layers", "100000"], "needs about"),
     ("compare_estimators", ["--estimators", "renyi:5,alpha=2"], "alpha"),
     ("compare_estimators", ["--seconds", "nan"], "--seconds: expected a positive number"),
+    ("compare_estimators", ["--dataset", "cifar"], "unknown data set 'cifar'"),
     ("gradient_snr", ["--ks", "0"], "--ks: expected a positive integer"),
     ("log_likelihood", ["--images", "-1"], "--images: expected a positive integer"),
     ("overhead", ["--batch-sizes", "0"], "--batch-sizes: expected a positive integer"),

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.errors import PyroVAEError
+from pyro_vae.data import check_dataset_name
+from pyro_vae.errors import ConfigError, PyroVAEError
 
 __all__ = ["MAX_SEED", "Parser", "existing_path", "non_negative_float", "non_negative_int",
            "positive_float", "positive_int", "run_command", "seed", "temperature"]
@@ -120,6 +121,14 @@ def existing_path(text: str) -> Path:
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
     return path
+
+
+def dataset_name(text: str) -> str:
+    """argparse type: a data set's name, or an .npz file."""
+    try:
+        return check_dataset_name(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pyro_vae.build import load_data
 from pyro_vae.commands.options import (
+    dataset_name,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -27,7 +28,7 @@ from pyro_vae.commands.options import (
     seed,
 )
 from pyro_vae.config import LR_SCHEDULES, TrainConfig, resumed_config
-from pyro_vae.data import DATASETS, check_dataset_name, load_dataset
+from pyro_vae.data import DATASETS, load_dataset
 from pyro_vae.distributed import DEFAULT_TIMEOUT_SECONDS, barrier, process_group
 from pyro_vae.errors import ConfigError
 from pyro_vae.fit import fit
@@ -141,14 +142,6 @@ def _option_type(option):
                                              ) from None
 
     return parse
-
-
-def dataset_name(text: str) -> str:
-    """argparse type: a data set's name, or an .npz file."""
-    try:
-        return check_dataset_name(text)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _optimization_options(opt) -> None:
