@@ -27,7 +27,6 @@ import pyro.infer
 import pyro.optim
 import torch
 from matplotlib.figure import Figure
-from torch.autograd.graph import increment_version
 
 from pyro_vae import VAE
 from pyro_vae.build import build_vae
@@ -186,11 +185,11 @@ def stepper(trainer, x: torch.Tensor, *, validate_every_step: bool = False) -> C
         nonlocal first
         checks = step_checks(validate_every_step or first)
         first = False
-        # a new version of x, as each minibatch of training is a new tensor: the model checks
-        # the values of each x it has not seen, so the check is timed at every step
-        increment_version(x)
+        # a new tensor, just written, as training makes each minibatch (an index and a
+        # binarization): the model checks the values of every x it has not seen, at every step
+        batch = x.clone()
         with checks:
-            trainer.step(x)
+            trainer.step(batch)
         if cuda:
             torch.cuda.synchronize()
 
