@@ -167,3 +167,22 @@ def test_every_option_that_takes_a_value_names_its_default(script):
                           capture_output=True, timeout=60, env={**env, "COLUMNS": "100"})
     assert proc.returncode == 0, proc.stderr
     assert options_without_default(proc.stdout) == []
+
+
+@pytest.mark.parametrize("option, value, wanted", [
+    ("--labels", "25", "a multiple of 10 in [10, 50000]"),
+    ("--dropout", "1", "a number in [0, 1)"),
+    ("--lr-decay", "0", "a number in (0, 1]"),
+    ("--alpha", "-1", "a number >= 0"),
+    ("--epochs", "0", "a positive integer"),
+])
+def test_m2_refuses_a_bad_option_in_one_line_naming_it(tmp_path, option, value, wanted):
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "composed_model.py"),
+                           option, value, "--out", str(tmp_path / "out")], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=TIMEOUT_SECONDS)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"composed_model.py: error: {option} must be {wanted}, got ")
+    assert float(last.rsplit(" ", 1)[1]) == float(value)
+    assert not (tmp_path / "out").exists()
