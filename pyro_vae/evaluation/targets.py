@@ -137,8 +137,8 @@ class _LayeredDensity:
         if not self.closed_form_start:
             return None
         if self._start_gaussian is None:
-            with torch.no_grad():
-                path = self.model.guide_path(self.x, self.context, num_samples=1)
+            with torch.no_grad():  # at given base draws: no random number drawn
+                path = self.model.guide_path(self.x, self.context, u=u[:1].detach())
             self._start_gaussian = (path.locs[0], path.scales[0].pow(2))
         loc, variance = self._start_gaussian
         return (loc - u) / variance
