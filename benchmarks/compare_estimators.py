@@ -186,7 +186,7 @@ def markdown(document: dict) -> str:
         "# The registry's estimators side by side",
         "",
         f"Network {document['network']}, Bernoulli likelihood, dynamically binarized "
-        f"{c.get('dataset', 'mnist')} (first {document['train_images']} training images), "
+        f"{c['dataset']} (first {document['train_images']} training images), "
         f"batch {c['batch_size']}, Adam lr {c['lr']}, seed {c['seed']}, budget {budget} each. "
         "Step: median ms of one training step on one minibatch (wall-clock), timed in "
         "interleaved rounds; × = ratio to analytic's [quartiles of the per-round ratio], and "

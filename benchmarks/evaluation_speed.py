@@ -91,11 +91,10 @@ def measure(method: str, images: int, quick: bool) -> dict:
     if method == "ais":
         settings = AISSettings(num_steps=5, num_chains=4) if quick else AISSettings()
         what = f"AIS, T = {settings.num_steps}, {settings.num_chains} chains"
-        rows = block_size_for(LayeredTarget(vae), (x,), settings.num_chains, 128.0) * \
-            settings.num_chains
-        reuse = LayeredTarget(vae).closed_form_start  # HMC starts from the last gradient
-        # per chain: its gradient evaluations, and without reuse the start's value besides
-        evaluations = settings.num_chains * (settings.gradient_evaluations(reuse) + (not reuse))
+        target = LayeredTarget(vae)
+        rows = block_size_for(target, (x,), settings.num_chains, 128.0) * settings.num_chains
+        evaluations = settings.num_chains * settings.density_evaluations(
+            target.closed_form_start)
         flops_per_image, backward = 4 * sum(w.numel() for w in weights) * evaluations, True
         run = lambda: ais(vae, x, settings, execution=Execution())  # noqa: E731
     else:

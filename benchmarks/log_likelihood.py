@@ -56,6 +56,7 @@ from benchmarks.common import (
     add_common_arguments,
     command_line,
     fmt,
+    linear_weights,
     machine,
     markdown_table,
     output,
@@ -159,11 +160,9 @@ def _run_timing(vae, x, task) -> dict:
     est = ais(vae, x, settings, execution=Execution(progress=task["progress"]))
     seconds = time.perf_counter() - t0
     after = matmul_rate(vae, rows)
-    weights = sum(m.weight.numel() for m in vae.decoder.modules()
-                  if isinstance(m, torch.nn.Linear))
-    reuse = LayeredTarget(vae).closed_form_start  # HMC starts from the last gradient
-    evaluations = x.shape[0] * settings.num_chains * (settings.gradient_evaluations(reuse)
-                                                      + (not reuse))
+    weights = sum(w.numel() for w in linear_weights(vae.decoder))
+    evaluations = x.shape[0] * settings.num_chains * settings.density_evaluations(
+        LayeredTarget(vae).closed_form_start)
     rate = 4 * weights * evaluations / seconds
     return {"settings": task["settings"], "log_px_mean": est.mean,
             "mc_stderr": est.mean_mc_stderr, "acceptance": float(est.acceptance_rate.mean()),
@@ -293,7 +292,7 @@ def linear_gaussian_part(args, budgets, published, log, progress) -> dict:
 def matmul_rate(vae, rows: int, repeats: int = 20) -> float:
     """FLOP/s of the decoder's matrix products alone, forward and input gradient, on ``rows``
     rows, as the HMC steps run them (same dtype, same threads)."""
-    weights = [m.weight.detach() for m in vae.decoder.modules() if isinstance(m, torch.nn.Linear)]
+    weights = linear_weights(vae.decoder)
     inputs = [torch.randn(rows, w.shape[1]) for w in weights]
     grads = [torch.randn(rows, w.shape[0]) for w in weights]
     flops = 4 * rows * sum(w.numel() for w in weights)

@@ -87,6 +87,11 @@ class AISSettings(NamedTuple):
         T, L = self.num_steps, self.num_leapfrog
         return L * (T - 1) + 1 if reuse else (L + 1) * (T - 1)
 
+    def density_evaluations(self, reuse: bool = False) -> int:
+        """Evaluations of log p(x, z) per chain: the gradient evaluations, and without
+        ``reuse`` the start's value besides (with it, the start's carries its gradient)."""
+        return self.gradient_evaluations(reuse) + (not reuse)
+
 
 class AnnealResult(NamedTuple):
     """One annealing run over a block: C chains × B datapoints."""

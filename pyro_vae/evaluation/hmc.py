@@ -5,7 +5,8 @@ A transition at inverse temperature β leaves f_β(u) = s_u(u) exp(β ℓ(u)) in
 (:mod:`.targets`): fresh momenta, L leapfrog steps of Pyro's
 :func:`~pyro.ops.integrator.velocity_verlet`, then a Metropolis–Hastings test per chain. The
 chains are independent; they share tensor operations only, and one gradient of the summed
-potential. Where the density gives ∇ log s_u in closed form (``start_grad``), a state also keeps
+potential. Where the density gives ∇ log s_u in closed form (``closed_form_start``,
+``start_grad``), a state also keeps
 ∇ℓ at its position, so that a transition at a new β starts from the last one's gradient
 instead of evaluating it again: L gradient evaluations a transition instead of L + 1.
 """
@@ -32,9 +33,9 @@ class HMCState(NamedTuple):
 
 
 def initial_state(density, u: torch.Tensor) -> HMCState:
-    """The state at ``u`` ``(C, B, P)``, with ∇ℓ(u) where the density's ``start_grad`` is
-    not ``None``."""
-    if density.start_grad(u) is None:
+    """The state at ``u`` ``(C, B, P)``, with ∇ℓ(u) where the density has ``start_grad``
+    (``closed_form_start``)."""
+    if not density.closed_form_start:
         with torch.no_grad():
             return HMCState(u, *density.start_and_ratio(u))
     with torch.enable_grad():

@@ -8,7 +8,7 @@ by enumeration), ``target.bind(data)`` gives a density whose methods return nats
 
     sample_start(C)      u ~ s, (C, B, P)
     start_and_ratio(u)   log s_u(u) = log s(z) + log |det ∂T/∂u|,  ℓ(u) = log p(x, z) − log s(z)
-    start_grad(u)        ∇_u log s_u(u) in closed form, (C, B, P), or None where there is none
+    start_grad(u)        ∇_u log s_u(u) in closed form, (C, B, P), where closed_form_start
     log_joint(u)         log p(x, z) + log |det ∂T/∂u|
     sample_guide(S)      u ~ q_φ and log q_φ on u
     guide_gaussian(S)    the guide's mean and standard deviation on u, (B, P)
@@ -237,6 +237,7 @@ def _is_identity(transform) -> bool:
 class _ProgramDensity:
     def __init__(self, target: ProgramTarget, data: tuple, info: ProgramInfo):
         self.data, self.info, self.start = data, info, target.start
+        self.closed_form_start = target.closed_form_start
         self.model, self.guide, self.start_guide = target.model, target.guide, target.start_guide
         self.num_datapoints = data[0].shape[0]
         self._validated = False
@@ -314,10 +315,6 @@ class _ProgramDensity:
         log_start = (log_prior if self.start == "prior"
                      else self._guide_log_density(values, u.shape[0]))
         return log_start + log_det, log_joint - log_start
-
-    def start_grad(self, u: torch.Tensor) -> None:
-        """None: a program's start has no gradient in closed form (autograd gives it)."""
-        return None
 
     def log_joint(self, u: torch.Tensor) -> torch.Tensor:
         values, log_det = self.unpack(u)
