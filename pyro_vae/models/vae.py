@@ -103,6 +103,7 @@ class VAE(nn.Module):
         self.flows = None if flow is None else self._make_flows(flow, flow_layers)
         self.flow_name = flow
         self._checked = (None, -1)  # (a weak reference to the x last checked, its version)
+        self._holder: tuple[nn.Module, str] | None = None  # see _reference_parameter
         self._row_numel: int | None = None
 
     def _make_flows(self, flow: str, flow_layers: int) -> nn.ModuleList:
@@ -232,7 +233,7 @@ class VAE(nn.Module):
         ref, version = self._checked
         if ref is not None and ref() is x and version == x._version:
             return
-        parameter = next(self.parameters(), None)
+        parameter = self._reference_parameter()
         checks.tensor("x", x, shape=(None, self.x_dim), min_dims=None if plate else 2,
                       dtype=None if parameter is None else parameter.dtype,
                       device=None if parameter is None else parameter.device, finite=False)
@@ -243,6 +244,21 @@ class VAE(nn.Module):
         if context is not None:
             checks.tensor("context", context, shape=(None, self.context_dim), min_dims=2)
         self._checked = (weakref.ref(x), x._version)
+
+    def _reference_parameter(self) -> nn.Parameter | None:
+        """The first parameter, whose dtype and device x must share. Its holder is found once
+        and read by name after that (~0.2 µs, not the ~15 µs of a walk over the modules in a
+        step), so ``.to()`` and ``load_state_dict(assign=True)`` show through."""
+        if self._holder is not None:
+            parameter = self._holder[0]._parameters.get(self._holder[1])
+            if parameter is not None:
+                return parameter
+        for module in self.modules():
+            for name, parameter in module._parameters.items():
+                if parameter is not None:
+                    self._holder = (module, name)
+                    return parameter
+        return None
 
     # --- the layered model (:class:`~.interface.LayeredModel`) ------------------------------
     def guide_path(self, x, context=None, *, u=None, num_samples: int = 1,
@@ -335,7 +351,7 @@ class VAE(nn.Module):
     def check_data(self, x: torch.Tensor, *, where: str = "data") -> None:
         """Raise :class:`~pyro_vae.errors.DataError` unless ``x`` is a non-empty ``(N, x_dim)``
         tensor of the parameters' dtype, in the likelihood's support."""
-        parameter = next(self.parameters(), None)
+        parameter = self._reference_parameter()
         checks.tensor(where, x, shape=(None, self.x_dim),
                       dtype=None if parameter is None else parameter.dtype, finite=False)
         self.likelihood.check_data(x, where=where)
