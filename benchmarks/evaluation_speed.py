@@ -7,12 +7,14 @@
 Two runs, each as ``pyro-vae evaluate`` does it by default (every core, the runner's threads):
 AIS (T = 100, 16 chains, 5 leapfrog steps) on ``benchmarks/models/default``, and importance
 sampling with K = 5000 on ``benchmarks/models/burda2_full``, on the first ``--images`` test
-images. The floor of each is the decoder's matrix products alone, timed in the same process
-just before and after, on as many rows as one block of the run and on as many threads as the
-run uses at once: forward and input gradient for AIS (its HMC steps need ∂/∂z), forward only
-for IS. Reported: seconds, seconds per 10 000 images (extrapolated), the achieved rate of those
-products (FLOP/s) over the floor's, the estimate (a stochastic lower bound on log p(x), nats per
-image), peak resident memory and the load. Writes ``OUT/evaluation_speed.json`` and ``.md``.
+images. The floor of each is the matrix products that run once per sample alone, timed in the
+same process just before and after, on as many rows as one block of the run and on as many
+threads as the run uses at once: the decoder's forward and input gradient for AIS (its HMC
+steps need ∂/∂z), and for IS the forward of every network but the first encoder (which runs
+once per image): the upper encoders, the priors' networks and the decoder. Reported: seconds,
+seconds per 10 000 images (extrapolated), the achieved rate of those products (FLOP/s) over the
+floor's, the estimate (a stochastic lower bound on log p(x), nats per image), peak resident
+memory and the load. Writes ``OUT/evaluation_speed.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ RUNS = {"ais": ("default", "AIS, T = 100, 16 chains"), "is": ("burda2_full", "IS
 
 
 def floor_rate(weights, rows: int, *, backward: bool, workers: int, repeats: int = 10) -> float:
-    """FLOP/s of the decoder's matrix products alone on ``rows`` rows, forward (and the input
-    gradient with ``backward``), ``workers`` blocks at once on one thread each."""
+    """FLOP/s of the matrix products of ``weights`` alone on ``rows`` rows, forward (and the
+    input gradient with ``backward``), ``workers`` blocks at once on one thread each."""
     inputs = [torch.randn(rows, w.shape[1]) for w in weights]
     grads = [torch.randn(rows, w.shape[0]) for w in weights]
     per_block = (4 if backward else 2) * rows * sum(w.numel() for w in weights)
@@ -86,7 +88,7 @@ def measure(method: str, images: int, quick: bool) -> dict:
     name, what = RUNS[method]
     vae, checkpoint = vae_from_checkpoint(MODELS / name)
     x = load_data(checkpoint.config, train=False).test[:images]
-    weights = linear_weights(vae.decoder)
+    weights = linear_weights(vae.decoder)  # AIS: the decoder's products at every evaluation
     workers = torch.get_num_threads()
     if method == "ais":
         settings = AISSettings(num_steps=5, num_chains=4) if quick else AISSettings()
@@ -102,6 +104,10 @@ def measure(method: str, images: int, quick: bool) -> dict:
         what = f"IS, K = {k}"
         _, per_chunk, samples, _ = _layout(vae, images, k, x.element_size(), Execution())
         rows = per_chunk * samples  # rows of one chunk through the decoder
+        # per sample, every network but the first encoder (once per image) runs: the guide's
+        # upper layers, the priors' networks and the decoder
+        weights = [w for net in (*vae.encoders[1:], *vae.priors, vae.decoder)
+                   for w in linear_weights(net)]
         flops_per_image, backward = 2 * sum(w.numel() for w in weights) * k, False
         run = lambda: estimate_log_px(vae, x, num_samples=k)  # noqa: E731
     before, load_before = floor_rate(weights, rows, backward=backward, workers=workers), \

@@ -1,7 +1,7 @@
 """One trainer for every objective, in one process or data-parallel under ``torchrun``: one
 :class:`torch.optim.Adam` over the VAE's parameters, stepping the objective's
 ``differentiable_loss``; for Pyro's ELBOs, step for step what :class:`pyro.infer.SVI` with
-:class:`pyro.optim.Adam` computes (``docs/estimators.md``).
+:class:`pyro.optim.Adam` (fused) computes (``docs/estimators.md``).
 
 Data-parallel (a :class:`~pyro_vae.distributed.World` given), each rank back-propagates
 ``world_size`` × the loss of its :func:`~pyro_vae.distributed.shard` of the global minibatch
@@ -25,6 +25,8 @@ from pyro_vae.errors import CheckpointError
 
 __all__ = ["LossModule", "Trainer"]
 
+_FUSED_DEVICES = ("cpu", "cuda")  # where torch has a fused Adam kernel
+
 
 class LossModule(nn.Module):
     """``forward(x, scale)`` = ``scale`` × the objective's loss on ``x`` (nats, summed over
@@ -44,7 +46,11 @@ class LossModule(nn.Module):
 
 
 class Trainer:
-    """Adam steps of ``objective`` (β = (0.9, 0.999), ε = 1e-8, as ``pyro.optim.Adam``).
+    """Adam steps of ``objective`` (β = (0.9, 0.999), ε = 1e-8, as ``pyro.optim.Adam``), with
+    torch's fused Adam kernel on CPU and CUDA: one pass over each parameter instead of about
+    ten, which takes a quarter of a small model's step on a CPU (equal to
+    ``pyro.optim.Adam({"lr": lr, "fused": True})``; to rounding, to the unfused update). A
+    resumed run keeps the kernel it was saved with.
 
     :param objective: an :class:`~pyro_vae.objectives.Objective` (any registered estimator).
     :param world: train data-parallel in this process group.
@@ -54,7 +60,9 @@ class Trainer:
     def __init__(self, objective, lr: float, *, world: World | None = None, seed: int = 0):
         self.objective, self.world, self.seed = objective, world, seed
         self.steps = 0
-        self.optim = torch.optim.Adam(objective.vae.parameters(), lr=lr)
+        params = list(objective.vae.parameters())
+        fused = all(p.device.type in _FUSED_DEVICES for p in params) or None
+        self.optim = torch.optim.Adam(params, lr=lr, fused=fused)
         self.module = LossModule(objective) if world is None else _ddp(objective, world)
 
     def step(self, x: torch.Tensor, *, num_data: int | None = None) -> float:

@@ -5,6 +5,7 @@ traces) against exact answers and against each other; its standard error against
 Pyro's own importance sampler; which path the dispatcher takes and what it refuses; and the
 runner that every evaluator shares (blocks, seeds, threads, ranks, the caller's RNG)."""
 
+import contextlib
 import math
 
 import pyro
@@ -690,3 +691,44 @@ def test_the_test_elbo_does_not_depend_on_the_workers():
     x = binary_batch(30, 12, seed=2).double()
     values = [mean_elbo(vae, x, execution=Execution(block_size=4, workers=w)) for w in (1, 3)]
     assert values[0] == values[1]
+
+
+# --- subnormals flushed while a block is computed ----------------------------------------------
+
+def _subnormal_survives() -> bool:
+    return torch.tensor(2.0**-140).mul(1.0).item() != 0.0
+
+
+def test_subnormals_are_flushed_inside_a_block_and_the_callers_mode_comes_back():
+    assert _subnormal_survives()
+    with runner_module.subnormals_flushed():
+        assert not _subnormal_survives()
+    assert _subnormal_survives()
+    torch.set_flush_denormal(True)  # a caller who flushes keeps flushing
+    try:
+        with runner_module.subnormals_flushed():
+            pass
+        assert not _subnormal_survives()
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_flushing_subnormals_leaves_the_estimates_bit_for_bit(monkeypatch, workers):
+    """A decoder whose logits are −30 and −95 (softplus of them passes through subnormal
+    numbers) gives the same estimates with the flushing as without it."""
+    vae = VAE(12, latent_dim=2, hidden_sizes=(8,))
+    with torch.no_grad():
+        vae.decoder.out.bias.copy_(torch.tensor([-30.0, -95.0] * 6))
+    x = torch.zeros(9, 12)
+    x[:, :2] = 1.0  # two improbable pixels, so that log p(x) is not only the tiny ones
+    softplus = torch.nn.functional.softplus
+    assert 0 < softplus(torch.tensor(-95.0)) < 2.0**-126  # subnormal here: the case in point
+    with runner_module.subnormals_flushed():
+        assert softplus(torch.tensor(-95.0)) == 0
+    execution = Execution(seed=1, block_size=3, workers=workers)
+    flushed = estimate_log_px(vae, x, num_samples=50, execution=execution)
+    monkeypatch.setattr(runner_module, "subnormals_flushed", contextlib.nullcontext)
+    plain = estimate_log_px(vae, x, num_samples=50, execution=execution)
+    for name in ("log_px", "elbo", "elbo_var"):
+        assert torch.equal(getattr(flushed, name), getattr(plain, name)), name

@@ -29,13 +29,15 @@ def batches(n=6):
 @pytest.mark.parametrize("name", PYRO_ESTIMATORS)
 def test_trainer_steps_equal_svi_with_pyro_adam(name):
     """Same initial weights, same seeds: every step's loss and the final weights of our
-    Trainer equal those of pyro.infer.SVI with pyro.optim.Adam and the same ELBO object.
+    Trainer equal those of pyro.infer.SVI with pyro.optim.Adam (torch's fused kernel, as the
+    Trainer's) and the same ELBO object.
     (Pyro's param store is global: the second VAE gets its own names.)"""
     ours, theirs = make_vae(), make_vae(prefix="svi_")
     trainer = Trainer(make_objective(name, ours), lr=1e-2)
+    assert trainer.optim.param_groups[0]["fused"] is True
     objective = make_objective(name, theirs)
-    svi = pyro.infer.SVI(objective.model, objective.guide, pyro.optim.Adam({"lr": 1e-2}),
-                         objective.elbo)
+    svi = pyro.infer.SVI(objective.model, objective.guide,
+                         pyro.optim.Adam({"lr": 1e-2, "fused": True}), objective.elbo)
     pyro.clear_param_store()
     for step, x in enumerate(batches()):
         pyro.set_rng_seed(100 + step)

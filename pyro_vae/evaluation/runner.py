@@ -18,6 +18,7 @@ gathers them is exact: every rank gets the numbers that one process computes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -138,7 +139,8 @@ def run_blocks(
             xb = slice_data(data, start, start + block)
             seed = derive_seed(execution.seed, i)
             generator = torch.Generator(device=device).manual_seed(seed)
-            with torch.no_grad():  # grad mode is per thread: the workers' must be set again
+            # grad mode and the subnormals' mode are per thread: the workers' are set again
+            with torch.no_grad(), subnormals_flushed():
                 if threaded:
                     out = compute(xb, generator, bar)
                 else:
@@ -171,3 +173,20 @@ def _each(run: Callable[[int], None], blocks: list[int], workers: int) -> None:
             list(pool.map(run, blocks))
     finally:
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def subnormals_flushed():
+    """Subnormal floats read and written as zero on this thread within the block. A decoder's
+    very negative logits (−25 to −104) make the Bernoulli likelihood's softplus pass through
+    subnormal intermediates, which the CPU computes 5–10× slower: a trained model's importance
+    sampling took 20 % longer. Only values under 2⁻¹²⁶ (float32) change, which cannot move a
+    log-density or its gradient of any size that a figure shows; torch's own worker threads
+    keep their mode (no API reaches them), which for the same reason gives the same numbers."""
+    was_on = torch.tensor(2.0**-140).mul(1.0).item() == 0.0  # no getter: test a subnormal
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if not was_on:
+            torch.set_flush_denormal(False)

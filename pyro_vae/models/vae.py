@@ -243,7 +243,7 @@ class VAE(nn.Module):
                               "x: call it with (x, context)")
         if context is not None:
             checks.tensor("context", context, shape=(None, self.context_dim), min_dims=2)
-        self._checked = (weakref.ref(x), x._version)
+        self.__dict__["_checked"] = (weakref.ref(x), x._version)  # past nn.Module.__setattr__
 
     def _reference_parameter(self) -> nn.Parameter | None:
         """The first parameter, whose dtype and device x must share. Its holder is found once
