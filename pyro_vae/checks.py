@@ -21,8 +21,8 @@ import torch
 
 from pyro_vae.errors import ConfigError, ConfigTypeError, DataError, DataTypeError
 
-__all__ = ["MAX_SEED", "choice", "describe_range", "integer", "is_int", "is_number", "number",
-           "seed", "sizes", "tensor"]
+__all__ = ["MAX_SEED", "choice", "describe_range", "integer", "is_int", "is_number", "modules",
+           "number", "seed", "size_or_sizes", "sizes", "sizes_per_layer", "tensor"]
 
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed also seeds NumPy's legacy generator: [0, 2³²)
 
@@ -113,6 +113,35 @@ def sizes(name: str, values, *, allow_empty: bool = True) -> tuple[int, ...]:
     if not all(is_int(v, 1) for v in values) or (not values and not allow_empty):
         raise ConfigError(f"{name} must be positive integers, got {values!r}")
     return values
+
+
+def size_or_sizes(name: str, value) -> tuple[int, ...]:
+    """One positive integer, or a non-empty sequence of them, as a tuple."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return sizes(name, value, allow_empty=False)
+    return (integer(name, value),)
+
+
+def sizes_per_layer(name: str, value, layers: int) -> tuple[tuple[int, ...], ...]:
+    """Sizes for each of ``layers`` layers: a flat sequence is the one layer's, else one
+    sequence per layer."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ConfigTypeError(f"{name} must be a sequence of positive integers, got {value!r}")
+    per_layer = tuple(value) if any(isinstance(v, Sequence) for v in value) else (tuple(value),)
+    if len(per_layer) != layers:
+        raise ConfigError(f"{name} gives {len(per_layer)} layers' hidden sizes for {layers} "
+                          "stochastic layers: give one sequence per layer")
+    return tuple(sizes(name, v) for v in per_layer)
+
+
+def modules(name: str, value, count: int) -> list[torch.nn.Module] | None:
+    """The torch modules given for ``name`` (one, or a sequence of ``count``), or None."""
+    if value is None:
+        return None
+    value = [value] if isinstance(value, torch.nn.Module) else list(value)
+    if len(value) != count or not all(isinstance(m, torch.nn.Module) for m in value):
+        raise ConfigError(f"{name}: expected {count} torch modules, got {len(value)}")
+    return value
 
 
 def tensor(name: str, x, *, shape: Sequence[int | None] | None = None, min_dims: int | None = None,
