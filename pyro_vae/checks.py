@@ -15,21 +15,23 @@ pyro_vae.errors.ConfigTypeError: num_samples must be a positive integer, got '5'
 from __future__ import annotations
 
 import math
+import numbers
+import reprlib
 from collections.abc import Iterable, Sequence
 
 import torch
 
 from pyro_vae.errors import ConfigError, ConfigTypeError, DataError, DataTypeError
 
-__all__ = ["MAX_SEED", "choice", "describe_range", "integer", "is_int", "is_number", "modules",
-           "number", "seed", "size_or_sizes", "sizes", "sizes_per_layer", "tensor"]
+__all__ = ["MAX_SEED", "choice", "describe_range", "instance", "integer", "is_int", "is_number",
+           "modules", "number", "seed", "size_or_sizes", "sizes", "sizes_per_layer", "tensor"]
 
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed also seeds NumPy's legacy generator: [0, 2³²)
 
 
 def is_int(value, low: int | None = None) -> bool:
-    """Whether ``value`` is an ``int`` (not a ``bool``), at least ``low`` when given."""
-    return (isinstance(value, int) and not isinstance(value, bool)
+    """Whether ``value`` is an integer (a NumPy one too; not a ``bool``), at least ``low``."""
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
             and (low is None or value >= low))
 
 
@@ -61,8 +63,9 @@ def describe_range(low=None, high=None, *, open_low=False, open_high=False,
 
 
 def _shown(value) -> str:
-    return f"{value!r} ({type(value).__name__})" if not isinstance(value, (int, float)) \
-        or isinstance(value, bool) else repr(value)
+    shown = reprlib.repr(value)  # a long list or string shown by its start
+    return f"{shown} ({type(value).__name__})" if not isinstance(value, (int, float)) \
+        or isinstance(value, bool) else shown
 
 
 def integer(name: str, value, *, low: int | None = 1, high: int | None = None) -> int:
@@ -72,7 +75,7 @@ def integer(name: str, value, *, low: int | None = 1, high: int | None = None) -
         raise ConfigTypeError(f"{name} must be {what}, got {_shown(value)}")
     if (low is not None and value < low) or (high is not None and value > high):
         raise ConfigError(f"{name} must be {what}, got {value!r}")
-    return value
+    return int(value)
 
 
 def number(name: str, value, *, low: float | None = None, high: float | None = None,
@@ -115,6 +118,14 @@ def sizes(name: str, values, *, allow_empty: bool = True) -> tuple[int, ...]:
     return values
 
 
+def instance(name: str, value, cls: type, *, optional: bool = False):
+    """``value`` if it is a ``cls`` (or None, when ``optional``)."""
+    if not isinstance(value, cls) and not (optional and value is None):
+        article = "an" if cls.__name__[0] in "AEIOU" else "a"
+        raise ConfigTypeError(f"{name} must be {article} {cls.__name__}, got {_shown(value)}")
+    return value
+
+
 def size_or_sizes(name: str, value) -> tuple[int, ...]:
     """One positive integer, or a non-empty sequence of them, as a tuple."""
     if isinstance(value, Sequence) and not isinstance(value, str):
@@ -138,6 +149,9 @@ def modules(name: str, value, count: int) -> list[torch.nn.Module] | None:
     """The torch modules given for ``name`` (one, or a sequence of ``count``), or None."""
     if value is None:
         return None
+    if not isinstance(value, (torch.nn.Module, Sequence)):
+        raise ConfigTypeError(f"{name} must be a torch module or a sequence of {count}, got "
+                              f"{_shown(value)}")
     value = [value] if isinstance(value, torch.nn.Module) else list(value)
     if len(value) != count or not all(isinstance(m, torch.nn.Module) for m in value):
         raise ConfigError(f"{name}: expected {count} torch modules, got {len(value)}")
@@ -156,7 +170,7 @@ def tensor(name: str, x, *, shape: Sequence[int | None] | None = None, min_dims:
         leading = x.dim() - len(shape)
         if (leading != 0 if min_dims is None else x.dim() < min_dims or leading < 0) or any(
                 s is not None and x.shape[leading + i] != s for i, s in enumerate(shape)):
-            wanted = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+            wanted = str(tuple("N" if s is None else s for s in shape)).replace("'", "")
             hint = ""
             if x.dim() == len(shape) - 1 and shape[-1] is not None and x.shape[-1] == shape[-1]:
                 hint = f"; one datapoint is {name}.unsqueeze(0)"

@@ -30,6 +30,7 @@ from typing import NamedTuple
 import pyro
 import torch
 
+from pyro_vae import checks
 from pyro_vae.build import build_vae, check_device, check_training_memory, load_data
 from pyro_vae.config import TrainConfig, resumed_config
 from pyro_vae.data import PreparedData, binarize, check_grey_levels
@@ -88,14 +89,14 @@ def fit(
 ) -> FitResult:
     """Train a VAE as ``config`` says; see the module docstring for the figures.
 
-    :param run: the run folder to write (``checkpoint.pt`` and ``metrics.json`` after every
-        epoch, atomically), held locked for the call; ``None`` writes nothing. A folder that
-        holds a run is refused unless ``resume`` or ``overwrite``.
+    :param run: the run folder (``checkpoint.pt``, ``metrics.json`` after every epoch,
+        atomically), locked for the call; ``None`` writes nothing; one holding a run needs
+        ``resume`` or ``overwrite``.
     :param resume: continue the run in ``run`` (or from this loaded checkpoint): weights,
         optimizer state, epoch, RNG states and schedules, so the result equals an uninterrupted
         run with the same seed. ``config`` may then be ``None`` (the saved one) or differ from
         it only in :data:`~pyro_vae.config.RESUMABLE_FIELDS`.
-    :param overwrite: replace a run already in ``run``.
+    :param overwrite: replace a run already in ``run``. ``data``: a prepared data set.
     :param world: train data-parallel in this process group (:mod:`pyro_vae.distributed`);
         only its rank 0 logs and writes.
     :param progress: a progress bar on a terminal and lines in logs (``None``), a bar
@@ -104,12 +105,12 @@ def fit(
         run (:class:`~pyro_vae.threads.ThreadPolicy`, unless the count was fixed by
         :func:`~pyro_vae.threads.set_threads` or ``$OMP_NUM_THREADS``); a number fixes it;
         ``None`` leaves it alone. The metrics do not depend on it.
-    :param tensorboard: also log each epoch to TensorBoard in this folder
-        (:mod:`pyro_vae.tensorboard`; needs the ``tensorboard`` extra).
+    :param tensorboard: log each epoch to TensorBoard in this folder (the ``tensorboard`` extra).
     :raises TrainingDivergedError: if the loss or the parameters become non-finite; the last
         checkpoint is left as it was.
     """
     run = RunFolder(run) if isinstance(run, (str, Path)) else run
+    checks.instance("data", data, PreparedData, optional=True)
     main = world is None or world.is_main
     log = log if main else _silent
     board = open_log(tensorboard) if tensorboard is not None and main else None
@@ -167,6 +168,7 @@ def _checkpoint_to_resume(run: RunFolder | None, resume) -> Checkpoint | None:
 
 
 def _config_for(config: TrainConfig | None, checkpoint: Checkpoint | None) -> TrainConfig:
+    checks.instance("config", config, TrainConfig, optional=True)
     if checkpoint is None:
         if config is None:
             raise ConfigError("fit needs a TrainConfig, or resume=True with a run folder")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from pyro_vae import checks
 from pyro_vae.errors import ConfigError
 
 __all__ = ["analytic_elbo", "analytic_loss", "gaussian_kl_to_standard_normal", "mc_elbo",
@@ -119,7 +120,7 @@ def _hierarchical_elbo(vae, x, num_particles, generator, beta, *, closed_form_to
 
 
 def _to_loss(elbo: torch.Tensor, num_data: int | None) -> torch.Tensor:
-    scale = 1.0 if num_data is None else num_data / elbo.shape[0]
+    scale = 1.0 if num_data is None else checks.integer("num_data", num_data) / elbo.shape[0]
     return -scale * elbo.sum()
 
 

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from pyro_vae import checks
 from pyro_vae.distributed import World, collective_error, derive_seed, shard
 from pyro_vae.errors import CheckpointError
 
@@ -58,7 +59,8 @@ class Trainer:
     """
 
     def __init__(self, objective, lr: float, *, world: World | None = None, seed: int = 0):
-        self.objective, self.world, self.seed = objective, world, seed
+        lr = checks.number("lr", lr, low=0, open_low=True)
+        self.objective, self.world, self.seed = objective, world, checks.seed("seed", seed)
         self.steps = 0
         params = list(objective.vae.parameters())
         fused = all(p.device.type in _FUSED_DEVICES for p in params) or None

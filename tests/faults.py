@@ -743,9 +743,19 @@ def api_faults() -> list[Fault]:
     from pyro_vae import VAE, make_objective
     from pyro_vae.config import TrainConfig
     from pyro_vae.data import binarize, check_grey_levels, from_arrays
-    from pyro_vae.evaluation import AISSettings, Execution, ais, bdmc, estimate_log_px
+    from pyro_vae.evaluation import (
+        AISSettings,
+        Execution,
+        active_units,
+        ais,
+        bdmc,
+        elbo_per_datapoint,
+        estimate_log_px,
+        inference_gaps,
+    )
     from pyro_vae.fit import fit
     from pyro_vae.idx import parse_idx
+    from pyro_vae.trainer import Trainer
 
     def vae(**kwargs):
         return VAE(784, latent_dim=2, hidden_sizes=(8,), **kwargs)
@@ -762,6 +772,11 @@ def api_faults() -> list[Fault]:
                              pyro.infer.Trace_ELBO())
         with pyro.validation_enabled(validation):
             return svi.step(x)
+
+    def trace_model(v, x, **kwargs):
+        import pyro
+
+        return pyro.poutine.trace(v.model).get_trace(x, **kwargs)
 
     def objective_loss(name, x):
         return make_objective(name, vae()).differentiable_loss(x)
@@ -881,6 +896,33 @@ def api_faults() -> list[Fault]:
         "from_arrays(empty test)": lambda: from_arrays(torch.zeros(4, 9), torch.zeros(0, 9)),
         "from_arrays(int pixels above 255)": lambda: from_arrays(
             torch.full((4, 9), 300), torch.zeros(2, 9, dtype=torch.uint8)),
+        "Trainer(lr=-1)": lambda: Trainer(make_objective("meanfield", vae()), lr=-1.0),
+        "Trainer(lr=nan)": lambda: Trainer(make_objective("meanfield", vae()), lr=math.nan),
+        "Trainer(lr='a')": lambda: Trainer(make_objective("meanfield", vae()), lr="a"),
+        "Trainer(seed=-1)": lambda: Trainer(make_objective("meanfield", vae()), lr=0.1, seed=-1),
+        "Trainer.step(num_data=-1)": lambda: Trainer(make_objective("meanfield", vae()),
+                                                     lr=1e-3).step(ones, num_data=-1),
+        "Trainer.step(num_data=2.5), hand-written loss": lambda: Trainer(
+            make_objective("analytic", vae()), lr=1e-3).step(ones, num_data=2.5),
+        "vae.model(num_data=0)": lambda: trace_model(vae(), ones, num_data=0),
+        "vae.model(num_data='a')": lambda: trace_model(vae(), ones, num_data="a"),
+        "VAE(likelihood=5)": lambda: VAE(784, likelihood=5),
+        "VAE(encoder=5)": lambda: VAE(784, encoder=5),
+        "make_objective of a string, not a model": lambda: make_objective("iwae", "vae"),
+        "vae.init_output_bias(mean of the wrong shape)": lambda: vae().init_output_bias(
+            torch.ones(10)),
+        "vae.sample_prior(shape=(-1,))": lambda: vae().sample_prior((-1,)),
+        "estimate_log_px(execution=None)": lambda: estimate_log_px(vae(), ones, num_samples=3,
+                                                                   execution=None),
+        "ais(settings a dict)": lambda: ais(vae(), ones, {"num_steps": 3}),
+        "bdmc(settings a tensor)": lambda: bdmc(vae(), ones, torch.ones(2)),
+        "inference_gaps(log_px=None)": lambda: inference_gaps(vae(), ones, None),
+        "elbo_per_datapoint(grey levels, bernoulli)": lambda: elbo_per_datapoint(vae(),
+                                                                                  ones * 0.5),
+        "elbo_per_datapoint(x a list)": lambda: elbo_per_datapoint(vae(), [[1.0] * 784]),
+        "active_units(empty x)": lambda: active_units(vae(), ones[:0]),
+        "fit(config a dict)": lambda: fit({"epochs": 1}),
+        "fit(data a string)": lambda: fit(TrainConfig(epochs=1), data="x"),
     }
     for bad, value in (("grey levels", 0.5), ("a pixel of 2.0", 2.0), ("a pixel of -1", -1.0),
                        ("a NaN pixel", float("nan"))):

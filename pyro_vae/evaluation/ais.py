@@ -182,8 +182,9 @@ def ais(model, data, settings: AISSettings | None = None, *, pareto_k: bool = Tr
     :param data: a tensor ``(N, ...)`` or a tuple of them (the program's arguments).
     :param pareto_k: Pareto k̂ of each datapoint's weights over the chains (needs C ≥ 21).
     """
-    settings = (settings or AISSettings()).validate()
-    execution = execution.validate()
+    settings = checks.instance("settings", AISSettings() if settings is None else settings,
+                               AISSettings).validate()
+    execution = checks.instance("execution", execution, Execution).validate()
     target = target_for(model, start=settings.start)
     data = as_data(data, model)
     N, C, T = data[0].shape[0], settings.num_chains, settings.num_steps

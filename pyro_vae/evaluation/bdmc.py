@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import torch
 
+from pyro_vae import checks
 from pyro_vae.evaluation.ais import (
     AISSettings,
     anneal,
@@ -54,8 +55,9 @@ def bdmc(model, template, settings: AISSettings | None = None, *,
     :class:`~pyro_vae.models.VAEModel` or a :class:`~.program.Program`), one per row of
     ``template``: the program's arguments, whose observations give only their shape (any
     context is used as it is)."""
-    settings = (settings or AISSettings()).validate()
-    execution = execution.validate()
+    settings = checks.instance("settings", AISSettings() if settings is None else settings,
+                               AISSettings).validate()
+    execution = checks.instance("execution", execution, Execution).validate()
     target = target_for(model, start=settings.start)
     template = as_data(template)
     N, T, C = template[0].shape[0], settings.num_steps, settings.num_chains

@@ -13,6 +13,7 @@ import torch
 from pyro import poutine
 from torch.distributions import Normal, kl_divergence
 
+from pyro_vae import checks
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation.program import (
     as_program,
@@ -32,6 +33,7 @@ def elbo_per_datapoint(model, x: torch.Tensor, context=None, *, generator=None) 
     """The ELBO of each datapoint ``(B,)`` nats at one draw of the layered ``model``'s guide
     (from ``generator``), with the top layer's KL in closed form where it is the ELBO's term;
     without the KL weight β."""
+    model.check_data(x, where="x")
     path = model.guide_path(x, context, num_samples=1, generator=generator)
     log_prior = model.log_prior(path.zs, context)
     elbo = model.log_likelihood(x, path.zs[0], context)
@@ -51,7 +53,7 @@ def mean_elbo(model, data, *, execution: Execution = Execution(block_size=1000))
     """The mean test ELBO over ``data`` (``x``, or ``(x, context)``), nats per datapoint; block
     ``i`` draws from ``derive_seed(execution.seed, i)``, whatever the number of processes."""
     data = as_data(data, model)
-    execution = execution.validate()
+    execution = checks.instance("execution", execution, Execution).validate()
     block = execution.block_size or 1000
     if evaluable(model).capabilities.layered:
 
@@ -77,7 +79,7 @@ def elbo_terms(model, data, *, num_samples: int = 100,
     ``expected_loglik`` over ``num_samples`` draws of the guide, ``kl_to_prior`` (closed form
     for one layer with a Gaussian guide, else over the same draws), and ``elbo``."""
     data = as_data(data, model)
-    execution = execution.validate()
+    execution = checks.instance("execution", execution, Execution).validate()
     if evaluable(model).capabilities.layered:
 
         def compute(xb: tuple, generator, bar) -> dict:

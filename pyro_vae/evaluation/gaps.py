@@ -78,7 +78,8 @@ def fit_diagonal_gaussian(density, settings: GapSettings | None = None, on_step=
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loc, log scale) ``(B, P)`` of the diagonal Gaussian on u fitted to each datapoint of
     a bound density (:mod:`.targets`); ``on_step()`` after every step."""
-    settings = (settings or GapSettings()).validate()
+    settings = checks.instance("settings", GapSettings() if settings is None else settings,
+                               GapSettings).validate()
     loc0, scale0 = density.guide_gaussian(256)
     loc = loc0.detach().clone().requires_grad_(True)
     log_scale = scale0.detach().clamp_min(1e-6).log().clone().requires_grad_(True)
@@ -108,12 +109,13 @@ def inference_gaps(model, data, log_px: torch.Tensor, settings: GapSettings | No
         model where it is known, exactly.
     :param log_px_mc_stderr: its standard errors, added to the approximation gap's.
     """
-    settings = (settings or GapSettings()).validate()
-    execution = execution.validate()
+    settings = checks.instance("settings", GapSettings() if settings is None else settings,
+                               GapSettings).validate()
+    execution = checks.instance("execution", execution, Execution).validate()
     target = target_for(model, start=settings.start)
     data = as_data(data, model)
     N = data[0].shape[0]
-    log_px = torch.as_tensor(log_px, dtype=torch.float64).reshape(-1).cpu()
+    log_px = checks.tensor("log_px", log_px).to(torch.float64).reshape(-1).cpu()
     if log_px.shape[0] != N:
         raise ConfigError(f"log_px has {log_px.shape[0]} values for {N} datapoints")
     check_chains_fit(target, data, settings.num_samples, "gap num_samples", data[0].device)

@@ -35,6 +35,7 @@ def active_units(model, x: torch.Tensor, *, threshold: float = 0.01, batch_size:
 
     :returns: ``(count, variances)``, an int and the ``(L,)`` tensor of A_d.
     """
+    model.check_data(x, where="x")
     loc = torch.cat([model.encode(x[s : s + batch_size])[0] for s in range(0, x.shape[0],
                                                                            batch_size)]).double()
     variances = loc.var(0) if loc.shape[0] > 1 else torch.zeros_like(loc[0])

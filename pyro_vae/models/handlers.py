@@ -9,6 +9,7 @@ import contextlib
 import pyro
 from pyro import poutine
 
+from pyro_vae import checks
 from pyro_vae.errors import ConfigError
 
 __all__ = ["data_plate", "latent_weight", "modules_unregistered", "register_modules"]
@@ -45,6 +46,8 @@ def data_plate(name: str, batch_size: int, num_data: int | None, plate: bool, de
     ``num_data`` the log-densities are scaled by num_data / B so that a minibatch loss estimates
     the full-data loss. The plate must take the rightmost batch dimension, x's: inside another
     plate of the caller's it would not, and the program would broadcast against that plate."""
+    if num_data is not None:
+        checks.integer("num_data", num_data)
     if not plate:
         yield
         return

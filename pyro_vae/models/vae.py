@@ -97,8 +97,8 @@ class VAE(nn.Module):
                             context_dim=c) for i in range(len(dims) - 1)])
         self.decoder = decoder or MLPDecoder(dims[0], x_dim, tuple(reversed(hidden[0])),
                                              activation, context_dim=c)
-        self.likelihood = (make_likelihood(likelihood, x_dim=x_dim)
-                           if isinstance(likelihood, str) else likelihood)
+        self.likelihood = (make_likelihood(likelihood, x_dim=x_dim) if isinstance(likelihood, str)
+                           else checks.instance("likelihood", likelihood, Likelihood))
         self._likelihood_has_params = any(True for _ in self.likelihood.parameters())
         self.flows = None if flow is None else self._make_flows(flow, flow_layers)
         self.flow_name = flow
@@ -302,6 +302,7 @@ class VAE(nn.Module):
                      ) -> list[torch.Tensor]:
         """z_1..z_L, each ``shape + (d_l,)``, drawn top down as loc + scale·ε (ε from
         ``generator``, else torch's global one)."""
+        shape = checks.sizes("shape", shape)
         parameter = self._reference_parameter()
         z = torch.randn((*shape, self.latent_dim), generator=generator, dtype=parameter.dtype,
                         device=parameter.device)
@@ -357,6 +358,7 @@ class VAE(nn.Module):
     def init_output_bias(self, mean: torch.Tensor) -> None:
         """Set the decoder's output bias from the per-feature training mean (Burda et al. 2016):
         the decoder must offer ``output_bias``, a ``(x_dim,)`` parameter."""
+        checks.tensor("mean", mean, shape=(self.x_dim,))
         bias = getattr(self.decoder, "output_bias", None)
         if not isinstance(bias, torch.Tensor) or bias.shape != (self.x_dim,):
             raise ConfigError(f"init_output_bias needs a decoder with an output_bias of shape "

@@ -84,7 +84,7 @@ class PyroObjective(Objective):
 
     def arguments(self, x: torch.Tensor, num_data: int | None = None) -> tuple[tuple, dict]:
         """``(args, kwargs)`` of ``self.model`` and ``self.guide`` for minibatch ``x``."""
-        kwargs = {} if num_data is None else {"num_data": int(num_data)}
+        kwargs = {} if num_data is None else {"num_data": num_data}
         if self.jit:
             kwargs["_static"] = (x.shape[0], self.vae.beta)
         return (x,), kwargs

@@ -162,6 +162,9 @@ def make_objective(name: str, vae, *, num_particles: int | None = None, **option
     ``num_particles`` (default: the estimator's own) and its ``options`` (e.g. ``alpha=0.2``
     for ``renyi``); :class:`ConfigError` for a model it cannot train, a bad option or K."""
     estimator = get_estimator(name)
+    if not isinstance(getattr(vae, "capabilities", None), Capabilities):
+        raise checks.ConfigTypeError(f"make_objective needs a model of this package (see "
+                                     f"pyro_vae.VAEModel), got {type(vae).__name__}")
     check_compatible(name, vae.capabilities)
     k, options = estimator.resolve(num_particles, options)
     return estimator.build(vae, k, **options)
