@@ -118,11 +118,13 @@ def sizes(name: str, values, *, allow_empty: bool = True) -> tuple[int, ...]:
     return values
 
 
-def instance(name: str, value, cls: type, *, optional: bool = False):
+def instance(name: str, value, cls: type | tuple[type, ...], *, optional: bool = False):
     """``value`` if it is a ``cls`` (or None, when ``optional``)."""
     if not isinstance(value, cls) and not (optional and value is None):
-        article = "an" if cls.__name__[0] in "AEIOU" else "a"
-        raise ConfigTypeError(f"{name} must be {article} {cls.__name__}, got {_shown(value)}")
+        names = [c.__name__ for c in (cls if isinstance(cls, tuple) else (cls,))]
+        article = "an" if names[0][0] in "AEIOU" else "a"
+        raise ConfigTypeError(f"{name} must be {article} {' or '.join(names)}, got "
+                              f"{_shown(value)}")
     return value
 
 
@@ -160,10 +162,10 @@ def modules(name: str, value, count: int) -> list[torch.nn.Module] | None:
 
 def tensor(name: str, x, *, shape: Sequence[int | None] | None = None, min_dims: int | None = None,
            dtype: torch.dtype | None = None, device: torch.device | None = None,
-           nonempty: bool = True, finite: bool = True) -> torch.Tensor:
-    """``x`` if it is a floating tensor of ``dtype`` on ``device`` whose trailing dimensions
-    match ``shape`` (``None``: any size; with ``min_dims`` more may lead), not empty and
-    finite; the error names ``name``, the shape, the dtype or the offending values."""
+           nonempty: bool = True, finite: bool = True, floating: bool = True) -> torch.Tensor:
+    """``x`` if it is a (with ``floating``, floating) tensor of ``dtype`` on ``device`` whose
+    trailing dimensions match ``shape`` (``None``: any size; with ``min_dims`` more may lead),
+    not empty and finite; the error names ``name``, the shape, the dtype or the offending values."""
     if not isinstance(x, torch.Tensor):
         raise DataTypeError(f"{name} must be a torch.Tensor, got a {type(x).__name__}")
     if shape is not None:
@@ -175,7 +177,7 @@ def tensor(name: str, x, *, shape: Sequence[int | None] | None = None, min_dims:
             if x.dim() == len(shape) - 1 and shape[-1] is not None and x.shape[-1] == shape[-1]:
                 hint = f"; one datapoint is {name}.unsqueeze(0)"
             raise DataError(f"{name} must have shape {wanted}, found {tuple(x.shape)}{hint}")
-    if not x.is_floating_point():
+    if floating and not x.is_floating_point():
         raise DataTypeError(f"{name} has dtype {x.dtype}, expected floating-point values: "
                             f"convert it with {name}.float()")
     if dtype is not None and x.dtype != dtype:

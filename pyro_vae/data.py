@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from pyro_vae import checks
 from pyro_vae.errors import ConfigError, DataError, DataNotFoundError, DataTypeError
 from pyro_vae.idx import check_md5, download, parse_idx, read_idx, read_idx_bytes
 
@@ -298,6 +299,8 @@ def binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> 
     Salakhutdinov & Murray 2008); ``images`` are uint8, or floats in [0, 1].
 
     :raises DataError: for another dtype or floats outside [0, 1] (e.g. 0-255 as floats)."""
+    checks.tensor("binarize: images", images, nonempty=False, finite=False, floating=False)
+    checks.instance("generator", generator, torch.Generator, optional=True)
     if images.dtype == torch.uint8:
         return torch.bernoulli(images.float() / 255.0, generator=generator)
     if not images.is_floating_point():
@@ -312,7 +315,11 @@ def binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> 
 
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """Grey levels → float32 in [0, 1]: uint8 pixels divided by 255, floats as they are."""
+    checks.tensor("preprocess: images", images, nonempty=False, finite=False, floating=False)
     if images.is_floating_point():
+        if images.numel() and not (images.min() >= 0 and images.max() <= 1):  # NaN fails too
+            raise DataError(f"preprocess: float grey levels must lie in [0, 1], found values in "
+                            f"[{float(images.min()):.4g}, {float(images.max()):.4g}]")
         return images.float()
     if images.dtype != torch.uint8:
         raise DataTypeError(f"preprocess: expected uint8 pixels or float grey levels, found "

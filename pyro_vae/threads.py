@@ -59,6 +59,7 @@ def set_threads(requested: int | None = None) -> str | None:
     cores idle now: every op may then wait at OpenMP's barriers for a thread that is not
     running (measured: 412 s against 3.6 s per epoch of the default run, at a load average
     of 5 on 2 cores)."""
+    requested = None if requested is None else checks.integer("threads", requested)
     _EXPLICIT.clear()
     if requested is None:
         return None

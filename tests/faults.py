@@ -742,19 +742,31 @@ def run_folder_faults() -> list[Fault]:
 def api_faults() -> list[Fault]:
     from pyro_vae import VAE, make_objective
     from pyro_vae.config import TrainConfig
-    from pyro_vae.data import binarize, check_grey_levels, from_arrays
+    from pyro_vae.data import binarize, check_grey_levels, from_arrays, preprocess
     from pyro_vae.evaluation import (
         AISSettings,
         Execution,
+        Program,
         active_units,
         ais,
+        annealing_schedule,
         bdmc,
         elbo_per_datapoint,
         estimate_log_px,
         inference_gaps,
+        pareto_k_hat,
+        report,
     )
+    from pyro_vae.evaluation.elbo import elbo_terms
     from pyro_vae.fit import fit
     from pyro_vae.idx import parse_idx
+    from pyro_vae.plots import (
+        plot_elbo_decomposition,
+        plot_latent_embedding,
+        plot_posterior_vs_guide,
+    )
+    from pyro_vae.runs import RunFolder, load_checkpoint
+    from pyro_vae.threads import set_threads
     from pyro_vae.trainer import Trainer
 
     def vae(**kwargs):
@@ -813,6 +825,7 @@ def api_faults() -> list[Fault]:
         return run
 
     ones = torch.ones(3, 784)
+    binary = torch.zeros(3, 784)
     calls = {
         "VAE(beta=nan)": lambda: VAE(784, beta=float("nan")),
         "VAE(latent_dim=0)": lambda: VAE(784, latent_dim=0),
@@ -923,6 +936,27 @@ def api_faults() -> list[Fault]:
         "active_units(empty x)": lambda: active_units(vae(), ones[:0]),
         "fit(config a dict)": lambda: fit({"epochs": 1}),
         "fit(data a string)": lambda: fit(TrainConfig(epochs=1), data="x"),
+        "binarize(a list)": lambda: binarize([0.5]),
+        "binarize(generator a string)": lambda: binarize(torch.tensor([0.5]), "g"),
+        "preprocess(a list)": lambda: preprocess([1, 2]),
+        "preprocess(floats up to 300)": lambda: preprocess(torch.full((2, 2), 300.0)),
+        "load_checkpoint(5)": lambda: load_checkpoint(5),
+        "RunFolder(5)": lambda: RunFolder(5),
+        "set_threads(0)": lambda: set_threads(0),
+        "set_threads('a')": lambda: set_threads("a"),
+        "report(vae, x, estimate=5)": lambda: report(vae(), binary, 5),
+        "pareto_k_hat(NaN log-weights)": lambda: pareto_k_hat(torch.full((30,), math.nan)),
+        "annealing_schedule(-1)": lambda: annealing_schedule(-1),
+        "elbo_terms(num_samples=0)": lambda: elbo_terms(vae(), binary, num_samples=0),
+        "vae.encode(x of the wrong width)": lambda: vae().encode(torch.ones(3, 10)),
+        "vae.decode(z of the wrong width)": lambda: vae().decode(torch.ones(3, 10)),
+        "plot_posterior_vs_guide of a 50-dimensional latent": lambda: plot_posterior_vs_guide(
+            VAE(784, hidden_sizes=(8,)), binary, "unused.png"),
+        "plot_elbo_decomposition({})": lambda: plot_elbo_decomposition({}, "unused.png"),
+        "plot_latent_embedding(labels of the wrong length)": lambda: plot_latent_embedding(
+            vae(), binary, torch.zeros(5), "unused.png"),
+        "estimate_log_px(Program(5, 6))": lambda: estimate_log_px(Program(5, 6), binary,
+                                                                  num_samples=3),
     }
     for bad, value in (("grey levels", 0.5), ("a pixel of 2.0", 2.0), ("a pixel of -1", -1.0),
                        ("a NaN pixel", float("nan"))):

@@ -3,11 +3,11 @@ change in the load, drops a count that loses by far after one step, switches onl
 counts that agree bit for bit; and a run's metrics and weights do not depend on its choices."""
 
 import os
-import time
 
 import pytest
 import torch
 
+from pyro_vae import threads as threads_module
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.fit import fit
@@ -24,23 +24,41 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
-def run_steps(policy, costs, n):
-    """``n`` steps whose seconds depend on the thread count (``costs(step)``: {threads: s});
-    the thread count of each step."""
+class Clock:
+    """A clock that the fake steps advance: the policy's choices, not the machine's load,
+    decide these tests (a real sleep of 1.2 ms against 2 ms swaps places on a busy machine)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = Clock()
+    monkeypatch.setattr(threads_module, "time", fake)
+    return fake
+
+
+def run_steps(policy, costs, n, clock):
+    """``n`` steps whose seconds depend on the thread count (``costs(step)``: {threads: s}),
+    on the fake ``clock``; the thread count of each step."""
     used = []
     for i in range(n):
         with policy.step():
             used.append(torch.get_num_threads())
-            time.sleep(costs(i)[used[-1]])
+            clock.now += costs(i)[used[-1]]
     return used
 
 
-def test_the_policy_keeps_the_faster_count_and_follows_the_load():
+def test_the_policy_keeps_the_faster_count_and_follows_the_load(clock):
     """Two threads faster, then (the load arrives at step 150) ten times slower: the policy
     runs most steps at the faster count in each phase."""
     policy = ThreadPolicy((2, 1), hold_seconds=0.05, max_hold_seconds=0.2)
     used = run_steps(policy, lambda i: {1: 0.002, 2: 0.0012} if i < 150 else
-                     {1: 0.002, 2: 0.02}, 300)
+                     {1: 0.002, 2: 0.02}, 300, clock)
     assert used[40:150].count(2) / 110 > 0.8
     assert used[200:].count(1) / 100 > 0.9
     winners = [min(m, key=m.get) for _, m in policy.history]
@@ -48,20 +66,20 @@ def test_the_policy_keeps_the_faster_count_and_follows_the_load():
     assert policy.describe().startswith("1 thread (1: ")
 
 
-def test_a_count_that_loses_by_far_is_timed_once():
+def test_a_count_that_loses_by_far_is_timed_once(clock):
     """Held at one thread, a probe of two threads that take 20 × as long costs one step."""
     policy = ThreadPolicy((2, 1), probe_steps=5, hold_seconds=0.03, max_hold_seconds=0.03)
     costs = {1: 0.001, 2: 0.02}
-    run_steps(policy, lambda i: costs, 40)  # first probe: two warm-up steps at each count
+    run_steps(policy, lambda i: costs, 40, clock)  # first probe: two warm-up steps at each count
     probes = len(policy.history)
-    used = run_steps(policy, lambda i: costs, 200)
+    used = run_steps(policy, lambda i: costs, 200, clock)
     assert len(policy.history) > probes + 3  # it probed again, several times
     assert used.count(2) <= len(policy.history) - probes + 1
 
 
-def test_hold_doubles_while_the_same_count_wins():
+def test_hold_doubles_while_the_same_count_wins(clock):
     policy = ThreadPolicy((2, 1), hold_seconds=0.01, max_hold_seconds=0.04)
-    run_steps(policy, lambda i: {1: 0.001, 2: 0.003}, 200)
+    run_steps(policy, lambda i: {1: 0.001, 2: 0.003}, 200, clock)
     assert policy.hold == 0.04
 
 

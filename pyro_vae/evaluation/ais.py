@@ -43,6 +43,7 @@ def annealing_schedule(num_steps: int, kind: str = "sigmoid") -> torch.Tensor:
     >>> [round(b, 3) for b in annealing_schedule(4).tolist()]  # sigmoid: small steps at both ends
     [0.0, 0.105, 0.5, 0.895, 1.0]
     """
+    num_steps = checks.integer("num_steps", num_steps)
     t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
     if kind == "sigmoid":
         s = torch.sigmoid(4.0 * (2 * t - 1))

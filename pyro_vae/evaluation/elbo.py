@@ -79,6 +79,7 @@ def elbo_terms(model, data, *, num_samples: int = 100,
     ``expected_loglik`` over ``num_samples`` draws of the guide, ``kl_to_prior`` (closed form
     for one layer with a Gaussian guide, else over the same draws), and ``elbo``."""
     data = as_data(data, model)
+    num_samples = checks.integer("num_samples", num_samples)
     execution = checks.instance("execution", execution, Execution).validate()
     if evaluable(model).capabilities.layered:
 

@@ -64,7 +64,14 @@ def as_program(model) -> Program:
 def evaluable(model):
     """``model``, if the evaluation can take it (a model of this package, or a
     :class:`Program`); a one-line :class:`ConfigTypeError` otherwise."""
-    if isinstance(model, Program) or hasattr(getattr(model, "capabilities", None), "layered"):
+    if isinstance(model, Program):
+        for name in ("model", "guide", "start_guide"):
+            part = getattr(model, name)
+            if not callable(part) and (part is not None or name != "start_guide"):
+                raise ConfigTypeError(f"Program's {name} must be a Pyro program (a callable), "
+                                      f"got {type(part).__name__}")
+        return model
+    if hasattr(getattr(model, "capabilities", None), "layered"):
         return model
     raise ConfigTypeError(f"expected a model of this package or a Program(model, guide) of "
                           f"one's own; got {type(model).__name__} (a Pyro model function "

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import torch
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, DataError
 
 __all__ = ["MIN_PSIS_SAMPLES", "PARETO_K_THRESHOLDS", "pareto_k_hat", "pareto_k_summary"]
 
@@ -50,7 +50,8 @@ def pareto_k_hat(log_weights) -> torch.Tensor:
             f"got {num_samples}"
         )
     if not np.isfinite(lw).all():
-        raise ValueError("pareto_k_hat: log-weights must be finite")
+        raise DataError(f"pareto_k_hat: log-weights must be finite, found "
+                        f"{int((~np.isfinite(lw)).sum())} of {lw.size} that are not")
     with np.errstate(divide="ignore", invalid="ignore"):  # ties are handled below
         _, k = _import_arviz().psislw(lw)
     k = np.asarray(k, dtype=np.float64)

@@ -12,6 +12,7 @@ import warnings
 import torch
 from torch.distributions import Normal, kl_divergence
 
+from pyro_vae import checks
 from pyro_vae.evaluation.ais import AISResult
 from pyro_vae.evaluation.bdmc import BDMCResult
 from pyro_vae.evaluation.gaps import GapsResult
@@ -91,6 +92,7 @@ def report(model, x: torch.Tensor, estimate: ISResult | AISResult, *,
     log p(x) into E_q[log p(x|z)] − KL(q ‖ p(z)) + KL(q ‖ p(z|x)). Issues a
     :class:`ReliabilityWarning` (and lists it under ``warnings``) when
     more than 1 % of the datapoints have k̂ > 0.7."""
+    checks.instance("estimate", estimate, (ISResult, AISResult))
     n, se = estimate.log_px.numel(), estimate.log_px_mc_stderr
     count, variances = active_units(model, x, threshold=active_threshold)
     kl = _kl_to_prior(model, x)

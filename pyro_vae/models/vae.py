@@ -334,7 +334,7 @@ class VAE(nn.Module):
     def encode(self, x, context=None):
         """Mean and standard deviation ``(B, latent_dim)`` of the top layer's Gaussian (before
         any flow), each layer below at its mean: for embeddings and pictures."""
-        below = x
+        below = checks.tensor("x", x, shape=(None, self.x_dim), min_dims=2, finite=False)
         for encoder in self.encoders:
             loc, scale = encoder(below, context)
             below = loc
@@ -343,6 +343,7 @@ class VAE(nn.Module):
     def decode(self, z, context=None):
         """p(x|z_1) for a top-layer ``z`` ``(..., latent_dim)``, the layers between at their
         means (for pictures); event shape ``(x_dim,)``."""
+        checks.tensor("z", z, shape=(self.latent_dim,), min_dims=1, finite=False)
         for prior in reversed(self.priors):
             z = prior(z, context)[0]
         return self.likelihood(self.decoder(z, context)).to_event(1)

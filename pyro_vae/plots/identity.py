@@ -18,6 +18,7 @@ import torch
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from pyro_vae.errors import ConfigError
 from pyro_vae.plots.canvas import figure, numpy_of, save
 
 __all__ = ["plot_ais_diagnostics", "plot_elbo_decomposition", "plot_posterior_vs_guide",
@@ -37,6 +38,10 @@ def plot_elbo_decomposition(per_datapoint: dict, path, *, images: int = 12,
     :param per_datapoint: ``(N,)`` arrays: ``expected_loglik``, ``kl_to_prior``, ``log_px``,
         and optionally ``amortization`` and ``approximation``.
     """
+    missing = [k for k in ("expected_loglik", "kl_to_prior", "log_px") if k not in per_datapoint]
+    if missing:
+        raise ConfigError(f"per_datapoint lacks {', '.join(missing)}: it needs expected_loglik, "
+                          "kl_to_prior and log_px, (N,) each")
     columns = {k: numpy_of(v).astype(float) for k, v in per_datapoint.items()}
     n = min(images, columns["log_px"].shape[0])
     rows = [(f"image {i}", {k: v[i] for k, v in columns.items()}) for i in range(n)]
@@ -88,6 +93,10 @@ def posterior_and_guide_on_grid(model, x: torch.Tensor, *, steps: int = 120):
     latent layer: axes ``a``, ``b`` (``(steps,)``) over the region where the guide has its
     mass, and on the grid they span (``(steps, steps)``, rows along ``b``) log p(z|x) and
     log q(z|x), each normalized to sum to one over the grid, in nats."""
+    if model.capabilities.layers != 1 or model.latent_dim != 2:
+        raise ConfigError(f"the posterior on a grid needs one two-dimensional latent layer; this "
+                          f"model has {model.capabilities.layers} of size {model.latent_dim} "
+                          "(the top one)")
     q = model.guide_path(x, num_samples=400)
     z = q.zs[0][:, 0]  # (400, 2)
     center, spread = z.mean(0), 4 * z.std(0).clamp_min(0.2)

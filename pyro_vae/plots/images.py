@@ -261,6 +261,8 @@ def plot_latent_embedding(vae, x: torch.Tensor, labels: torch.Tensor | None, pat
     """Save a scatter plot of the posterior means E_q[z|x] of the first ``max_points`` rows
     of ``x``, coloured by ``labels``: the latent coordinates themselves for 1 or 2 latent
     dimensions, their first two principal components (:func:`pca_2d`) for more."""
+    if labels is not None and len(labels) != x.shape[0]:
+        raise DataError(f"labels has {len(labels)} values for {x.shape[0]} rows of x")
     x = x[:max_points]
     loc, _ = vae.encode(x)
     loc = loc.cpu()

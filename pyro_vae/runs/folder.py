@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from pyro_vae import checks
 from pyro_vae.build import build_vae, check_device
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import CheckpointError, ConfigTypeError, DataError, RunFolderError
@@ -72,7 +73,7 @@ class RunFolder:
     """The folder of one run. Nothing is created until a method writes."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        self.path = Path(checks.instance("path", path, (str, os.PathLike)))
         self._lock_fd: int | None = None
         self._lock_depth = 0
 
@@ -327,7 +328,7 @@ def _read_holder(fd: int) -> str:
 def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> Checkpoint:
     """Read, migrate and verify the checkpoint at ``path`` (a file, or a run folder), its
     tensors on ``map_location`` (the CPU: a run trained on a GPU loads anywhere)."""
-    path = Path(path)
+    path = Path(checks.instance("path", path, (str, os.PathLike)))
     if path.is_dir():
         path = path / "checkpoint.pt"
     raw = read_torch_file(path, map_location=map_location)
