@@ -17,31 +17,39 @@ fewer active units (Cov_x E_q[z_d] > 0.01, Burda et al. 2016). It draws ``beta_t
 into ``--out``: KL(q ‖ p(z)), E_q[log p(x|z)] and the test ELBO against β, one point per β.
 """
 
-import argparse
 import dataclasses
 from pathlib import Path
 
 import torch
 
 from pyro_vae.build import load_data
-from pyro_vae.commands.options import DefaultsHelpFormatter
+from pyro_vae.commands.options import (
+    DefaultsHelpFormatter,
+    Parser,
+    non_negative_float,
+    non_negative_int,
+    output_folder,
+    positive_int,
+)
 from pyro_vae.config import TrainConfig
 from pyro_vae.evaluation import active_units
 from pyro_vae.fit import fit
 from pyro_vae.losses import analytic_elbo, gaussian_kl_to_standard_normal
 from pyro_vae.plots.canvas import figure, save
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=DefaultsHelpFormatter)
-parser.add_argument("--epochs", type=int, default=10, help="training epochs")
-parser.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 4.0],
+parser = Parser(description=__doc__.split("\n\n")[0],
+                formatter_class=DefaultsHelpFormatter)
+parser.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
+parser.add_argument("--betas", type=non_negative_float, nargs="+", default=[0.5, 1.0, 4.0],
                     help="KL weights to train with")
-parser.add_argument("--warmup", type=int, default=3, metavar="W", help="warm-up epochs")
+parser.add_argument("--warmup", type=non_negative_int, default=3, metavar="W",
+                    help="warm-up epochs")
 parser.add_argument("--quick", action="store_true", help="β = 1, 4; 3 epochs on 2,000 images")
-parser.add_argument("--out", type=Path, default=Path("runs") / "examples" / "beta_vae",
+parser.add_argument("--out", type=Path, default="runs/examples/beta_vae",
                     help="folder for the picture (default: runs/examples/beta_vae, which git "
                     "ignores)")
 args = parser.parse_args()
+output_folder(parser, args.out)
 
 # --- config --------------------------------------------------------------------------------
 betas = [1.0, 4.0] if args.quick else args.betas

@@ -47,7 +47,6 @@ on log p(x). Writes ``accuracy.png`` (test accuracy against epochs) and ``class_
 (one row per digit y: the decoder's mean for the same few z ~ N(0, I) in every row).
 """
 
-import argparse
 import time
 from pathlib import Path
 
@@ -61,16 +60,16 @@ from pyro.optim import ExponentialLR
 from torch import nn
 
 from pyro_vae import VAE
-from pyro_vae.commands.options import DefaultsHelpFormatter
+from pyro_vae.commands.options import DefaultsHelpFormatter, Parser, output_folder, positive_int
 from pyro_vae.data import binarize, load_dataset, preprocess
 from pyro_vae.evaluation import AISSettings, Program, ais, estimate_log_px
 from pyro_vae.plots.canvas import figure, image_figsize, save, show
 from pyro_vae.plots.images import image_grid
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=DefaultsHelpFormatter)
-parser.add_argument("--epochs", type=int, default=40, help="training epochs")
-parser.add_argument("--labels", type=int, default=3000,
+parser = Parser(description=__doc__.split("\n\n")[0],
+                formatter_class=DefaultsHelpFormatter)
+parser.add_argument("--epochs", type=positive_int, default=40, help="training epochs")
+parser.add_argument("--labels", type=positive_int, default=3000,
                     help="labelled training images, as many of each digit (a multiple of 10)")
 parser.add_argument("--alpha", type=float, default=10.0,
                     help="weight α of the classification loss (their eq. 9)")
@@ -79,11 +78,10 @@ parser.add_argument("--dropout", type=float, default=0.2,
 parser.add_argument("--lr-decay", type=float, default=0.95,
                     help="factor of Adam's learning rate (1e-3 at first) after each epoch")
 parser.add_argument("--quick", action="store_true", help="100 labels, 2,000 images, 2 epochs")
-parser.add_argument("--out", type=Path, default=Path("runs") / "m2",
+parser.add_argument("--out", type=Path, default="runs/m2",
                     help="folder for the pictures (default: runs/m2, which git ignores)")
 args = parser.parse_args()
 for option, bad, wanted in (
-        ("--epochs", args.epochs < 1, "a positive integer"),
         ("--labels", not 10 <= args.labels <= 50_000 or args.labels % 10,
          "a multiple of 10 in [10, 50000]"),
         ("--alpha", not 0 <= args.alpha < float("inf"), "a number >= 0"),
@@ -92,7 +90,7 @@ for option, bad, wanted in (
     if bad:
         value = getattr(args, option[2:].replace("-", "_"))
         parser.error(f"{option} must be {wanted}, got {value}")
-args.out.mkdir(parents=True, exist_ok=True)
+output_folder(parser, args.out)
 # Subnormal floats (most likely the tiny probabilities and gradients of the digits a sure
 # classifier rules out) are slow on CPUs: flushed to zero, an epoch stays at 1.1 minutes
 torch.set_flush_denormal(True)

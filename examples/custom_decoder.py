@@ -12,7 +12,6 @@ convolutional decoder and of the default MLP decoder on the same budget, in nats
 and draws ``reconstructions.png`` into ``--out``: the same test images, reconstructed by each.
 """
 
-import argparse
 from pathlib import Path
 
 import pyro
@@ -20,20 +19,21 @@ import torch
 from torch import nn
 
 from pyro_vae import VAE, make_objective
-from pyro_vae.commands.options import DefaultsHelpFormatter
+from pyro_vae.commands.options import DefaultsHelpFormatter, Parser, output_folder, positive_int
 from pyro_vae.data import binarize, load_dataset, preprocess
 from pyro_vae.evaluation import mean_elbo
 from pyro_vae.plots import decoder_mean, image_grid
 from pyro_vae.plots.canvas import figure, save, show
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=DefaultsHelpFormatter)
-parser.add_argument("--epochs", type=int, default=5, help="training epochs")
+parser = Parser(description=__doc__.split("\n\n")[0],
+                formatter_class=DefaultsHelpFormatter)
+parser.add_argument("--epochs", type=positive_int, default=5, help="training epochs")
 parser.add_argument("--quick", action="store_true", help="1 epoch on 2,000 images")
-parser.add_argument("--out", type=Path, default=Path("runs") / "examples" / "custom_decoder",
+parser.add_argument("--out", type=Path, default="runs/examples/custom_decoder",
                     help="folder for the picture (default: runs/examples/custom_decoder, which "
                     "git ignores)")
 args = parser.parse_args()
+output_folder(parser, args.out)
 
 # --- config --------------------------------------------------------------------------------
 latent_dim = 16

@@ -25,13 +25,12 @@ Prints both tables (nats) and writes ``elbo_identity.png`` into ``--out``: the i
 the path, IWAE_K against K, and the gap log p(x) − IWAE_K against K on log–log axes.
 """
 
-import argparse
 import math
 from pathlib import Path
 
 import torch
 
-from pyro_vae.commands.options import DefaultsHelpFormatter
+from pyro_vae.commands.options import DefaultsHelpFormatter, Parser, output_folder
 from pyro_vae.evaluation import Execution, estimate_log_px
 from pyro_vae.models.linear_gaussian import (
     PPCAParams,
@@ -44,14 +43,14 @@ from pyro_vae.models.linear_gaussian import (
 )
 from pyro_vae.plots.canvas import figure, save
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=DefaultsHelpFormatter)
+parser = Parser(description=__doc__.split("\n\n")[0],
+                formatter_class=DefaultsHelpFormatter)
 parser.add_argument("--quick", action="store_true", help="fewer K and repeats: a few seconds")
-parser.add_argument("--out", type=Path, default=Path("runs") / "examples" / "elbo_identity",
+parser.add_argument("--out", type=Path, default="runs/examples/elbo_identity",
                     help="folder for the PNG (default: runs/examples/elbo_identity, which git "
                     "ignores)")
 args = parser.parse_args()
-args.out.mkdir(parents=True, exist_ok=True)
+output_folder(parser, args.out)
 torch.set_num_threads(1)  # tiny problem: threads only add overhead
 
 # --- the model: D = 10 observed, L = 2 latent dimensions, float64 so identities hold to 1e-12

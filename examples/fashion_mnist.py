@@ -21,7 +21,6 @@ binarized data. Writing the ELBO's likelihood term with the
 leaves out the normalizer log C(λ) of each pixel; the last line prints how many nats that is.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -29,26 +28,27 @@ import torch
 
 from pyro_vae import DataNotFoundError, PyroVAEError
 from pyro_vae.build import load_data
-from pyro_vae.commands.options import DefaultsHelpFormatter
+from pyro_vae.commands.options import DefaultsHelpFormatter, Parser, output_folder, positive_int
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import load_dataset
 from pyro_vae.fit import fit
 from pyro_vae.losses import analytic_elbo
 from pyro_vae.plots import plot_prior_samples, plot_reconstructions
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=DefaultsHelpFormatter)
-parser.add_argument("--epochs", type=int, default=10, help="training epochs")
+parser = Parser(description=__doc__.split("\n\n")[0],
+                formatter_class=DefaultsHelpFormatter)
+parser.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
 parser.add_argument("--data-dir", help="folder of the four Fashion-MNIST IDX files (default: "
                     "$PYRO_VAE_DATA, else the installed /usr/share/datasets/fashion-mnist)")
 parser.add_argument("--download", action="store_true",
                     help="download Fashion-MNIST (checksum-verified) if it is not installed")
-parser.add_argument("--out", type=Path, default=Path("runs") / "examples" / "fashion_mnist",
+parser.add_argument("--out", type=Path, default="runs/examples/fashion_mnist",
                     help="folder for the pictures (default: runs/examples/fashion_mnist, which "
                     "git ignores)")
 parser.add_argument("--quick", action="store_true",
                     help="3 epochs on 10,000 images, seconds")
 args = parser.parse_args()
+output_folder(parser, args.out)
 
 # --- config --------------------------------------------------------------------------------
 config = TrainConfig(

@@ -22,25 +22,26 @@ since IWAE_K does not push q(z|x) to fit the posterior as tightly, its ELBO can 
 (Rainforth et al. 2018, "Tighter variational bounds are not necessarily better").
 """
 
-import argparse
 import dataclasses
 from pathlib import Path
 
 from pyro_vae.build import load_data
-from pyro_vae.commands.options import DefaultsHelpFormatter
+from pyro_vae.commands.options import DefaultsHelpFormatter, Parser, output_folder, positive_int
 from pyro_vae.config import TrainConfig
 from pyro_vae.evaluation import Execution, active_units, estimate_log_px, mean_elbo
 from pyro_vae.fit import fit
 from pyro_vae.plots.canvas import figure, save
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=DefaultsHelpFormatter)
-parser.add_argument("--epochs", type=int, default=10, help="training epochs")
-parser.add_argument("-K", "--num-particles", type=int, default=5, help="K of the IWAE bound")
+parser = Parser(description=__doc__.split("\n\n")[0],
+                formatter_class=DefaultsHelpFormatter)
+parser.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
+parser.add_argument("-K", "--num-particles", type=positive_int, default=5,
+                    help="K of the IWAE bound")
 parser.add_argument("--quick", action="store_true", help="smoke run: small network and data")
-parser.add_argument("--out", type=Path, default=Path("runs") / "examples" / "iwae",
+parser.add_argument("--out", type=Path, default="runs/examples/iwae",
                     help="folder for the picture (default: runs/examples/iwae, which git ignores)")
 args = parser.parse_args()
+output_folder(parser, args.out)
 
 # --- config: one architecture and budget for both objectives -------------------------------
 base = TrainConfig(

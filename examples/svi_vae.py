@@ -9,7 +9,6 @@ Prints the training loss (= −ELBO) and the test ELBO, both in nats per datapoi
 ``prior_samples.png`` (decoder means of 64 draws from the prior) into ``--out``.
 """
 
-import argparse
 from pathlib import Path
 
 import pyro
@@ -18,19 +17,20 @@ from pyro.infer import SVI, TraceMeanField_ELBO
 from pyro.optim import Adam
 
 from pyro_vae import VAE
-from pyro_vae.commands.options import DefaultsHelpFormatter
+from pyro_vae.commands.options import DefaultsHelpFormatter, Parser, output_folder, positive_int
 from pyro_vae.data import binarize, load_dataset, preprocess
 from pyro_vae.losses import analytic_elbo
 from pyro_vae.plots import plot_prior_samples, plot_reconstructions
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=DefaultsHelpFormatter)
-parser.add_argument("--epochs", type=int, default=10, help="training epochs")
+parser = Parser(description=__doc__.split("\n\n")[0],
+                formatter_class=DefaultsHelpFormatter)
+parser.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
 parser.add_argument("--quick", action="store_true", help="2 epochs on 5,000 images")
-parser.add_argument("--out", type=Path, default=Path("runs") / "examples" / "svi_vae",
+parser.add_argument("--out", type=Path, default="runs/examples/svi_vae",
                     help="folder for the pictures (default: runs/examples/svi_vae, which git "
                     "ignores)")
 args = parser.parse_args()
+output_folder(parser, args.out)
 
 # --- data: MNIST ships with pyro_vae; grey levels in [0, 1], binarized afresh per minibatch
 pyro.set_rng_seed(0)

@@ -174,7 +174,6 @@ def test_every_option_that_takes_a_value_names_its_default(script):
     ("--dropout", "1", "a number in [0, 1)"),
     ("--lr-decay", "0", "a number in (0, 1]"),
     ("--alpha", "-1", "a number >= 0"),
-    ("--epochs", "0", "a positive integer"),
 ])
 def test_m2_refuses_a_bad_option_in_one_line_naming_it(tmp_path, option, value, wanted):
     proc = subprocess.run([sys.executable, str(REPO / "examples" / "composed_model.py"),
@@ -182,7 +181,34 @@ def test_m2_refuses_a_bad_option_in_one_line_naming_it(tmp_path, option, value, 
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
                           text=True, timeout=TIMEOUT_SECONDS)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
+    last = proc.stderr.strip().splitlines()[-1].split(" (see ")[0]
     assert last.startswith(f"composed_model.py: error: {option} must be {wanted}, got ")
     assert float(last.rsplit(" ", 1)[1]) == float(value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script, arguments, named", [
+    ("svi_vae.py", ["--epochs", "0"], "--epochs"),
+    ("iwae.py", ["-K", "0"], "-K/--num-particles"),
+    ("beta_vae.py", ["--betas", "1", "-1"], "--betas"),
+    ("beta_vae.py", ["--warmup", "-1"], "--warmup"),
+    ("custom_decoder.py", ["--epochs", "-1"], "--epochs"),
+    ("fashion_mnist.py", ["--epochs", "0"], "--epochs"),
+    ("composed_model.py", ["--epochs", "0"], "--epochs"),
+    ("elbo_identity.py", ["--out", "{file}/sub"], "--out"),
+    ("svi_vae.py", ["--out", "{file}/sub"], "--out"),
+])
+def test_an_example_refuses_a_bad_option_before_any_work(tmp_path, script, arguments, named):
+    """One line naming the option, exit status 2, before any training (an --out that cannot be
+    written is found before the work, not after it), and no folder left behind."""
+    (tmp_path / "file").write_text("not a folder")
+    arguments = [a.replace("{file}", str(tmp_path / "file")) for a in arguments]
+    out = [] if "--out" in arguments else ["--out", str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / script), *arguments, *out],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: "), proc.stderr
+    assert named in lines[0]
     assert not (tmp_path / "out").exists()

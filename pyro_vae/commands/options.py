@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from pyro_vae.data import check_dataset_name
 from pyro_vae.errors import ConfigError, PyroVAEError
 
 __all__ = ["MAX_SEED", "Parser", "existing_path", "non_negative_float", "non_negative_int",
-           "positive_float", "positive_int", "run_command", "seed", "temperature"]
+           "output_folder", "positive_float", "positive_int", "run_command", "seed", "temperature"]
 
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy's legacy generator too: [0, 2³²)
 
@@ -120,6 +121,19 @@ def existing_path(text: str) -> Path:
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
+    return path
+
+
+def output_folder(parser: argparse.ArgumentParser, path: Path, option: str = "--out") -> Path:
+    """Create the folder ``path`` for a script's outputs once its arguments are checked, so
+    that a run cannot end, after its work, unable to write: ``parser``'s one-line error if it
+    cannot be created or written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        parser.error(f"{option} {path}: cannot write there ({e.strerror or e})")
     return path
 
 
