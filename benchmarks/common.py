@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 
 from pyro_vae import VAE
 from pyro_vae.build import build_vae
-from pyro_vae.commands.options import positive_int, run_command
+from pyro_vae.commands.options import run_command, thread_count
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import PreparedData, binarize
 from pyro_vae.errors import ConfigError
@@ -473,7 +473,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_out: Path | No
     ``default_out`` ``None``: the script chooses, as ``out_default_text`` says. ``threads``
     ``None``: training chooses its thread count by timing (:mod:`pyro_vae.threads`); a script
     that times a step itself fixes one, so that its figures compare."""
-    parser.add_argument("--threads", type=positive_int, default=threads,
+    parser.add_argument("--threads", type=thread_count, default=threads,
                         help="torch intra-op threads, fixed (default: " + (
                             f"{threads}" if threads else "the fastest, timed while training "
                             "runs (pyro_vae.threads)") + ")")

@@ -53,13 +53,20 @@ def idle_cores() -> int:
     return max(1, min(cores, int(cores - load + 0.5)))
 
 
+def max_threads() -> int:
+    """The most threads :func:`set_threads` takes: 1024, or 4 a core where that is more
+    (libgomp fails to start some tens of thousands, and the process then crashes)."""
+    return max(1024, 4 * (os.cpu_count() or 1))
+
+
 def set_threads(requested: int | None = None) -> str | None:
     """Fix torch's intra-op threads at ``requested`` (``None``: leave them to
     :class:`ThreadPolicy`). Returns a note for the user when a fixed count outnumbers the
     cores idle now: every op may then wait at OpenMP's barriers for a thread that is not
     running (measured: 412 s against 3.6 s per epoch of the default run, at a load average
     of 5 on 2 cores)."""
-    requested = None if requested is None else checks.integer("threads", requested)
+    requested = None if requested is None else checks.integer("threads", requested,
+                                                               high=max_threads())
     _EXPLICIT.clear()
     if requested is None:
         return None
@@ -208,8 +215,7 @@ def thread_policy(threads, first_step: Callable[[], Sequence[torch.Tensor]]
     policy may switch only between counts that give the same bits for ``first_step``."""
     if threads is None or isinstance(threads, int):
         if threads is not None:
-            checks.integer("threads", threads)
-            torch.set_num_threads(threads)
+            torch.set_num_threads(checks.integer("threads", threads, high=max_threads()))
         return None
     if threads == "auto":
         threads = ThreadPolicy.default()

@@ -310,6 +310,9 @@ def argument_faults() -> list[Fault]:
     faults.append(_cli("argument", "train --seed 4294967295 (valid: 2^32 - 1)",
                        ["train", "--seed", "4294967295", "--epochs", "1", "--out", "new", *TINY],
                        succeeds=True))
+    faults += [_cli("argument", f"{command} --threads 100000 (libgomp cannot start them)",
+                    [command, *where, "--threads", "100000"])
+               for command, where in (("train", ["--out", "new", *TINY]), ("evaluate", ["run"]))]
     faults += [
         _cli("argument", "no command", []),
         _cli("argument", "unknown command", ["fit"]),
@@ -944,6 +947,7 @@ def api_faults() -> list[Fault]:
         "RunFolder(5)": lambda: RunFolder(5),
         "set_threads(0)": lambda: set_threads(0),
         "set_threads('a')": lambda: set_threads("a"),
+        "set_threads(100000) (libgomp cannot start them)": lambda: set_threads(100_000),
         "report(vae, x, estimate=5)": lambda: report(vae(), binary, 5),
         "pareto_k_hat(NaN log-weights)": lambda: pareto_k_hat(torch.full((30,), math.nan)),
         "annealing_schedule(-1)": lambda: annealing_schedule(-1),

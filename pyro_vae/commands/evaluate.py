@@ -29,7 +29,13 @@ from pathlib import Path
 import torch
 
 from pyro_vae.build import check_device, load_data
-from pyro_vae.commands.options import existing_path, positive_float, positive_int, seed
+from pyro_vae.commands.options import (
+    existing_path,
+    positive_float,
+    positive_int,
+    seed,
+    thread_count,
+)
 from pyro_vae.distributed import DEFAULT_TIMEOUT_SECONDS, process_group
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.evaluation import (
@@ -109,7 +115,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-plots", action="store_true",
                    help="write no pictures (default: the ELBO's decomposition, and AIS's "
                    "diagnostics or the posterior against the guide where they apply)")
-    p.add_argument("--threads", type=positive_int, metavar="N",
+    p.add_argument("--threads", type=thread_count, metavar="N",
                    help="torch threads per process (default: torch's, one per core or "
                    "$OMP_NUM_THREADS; on a busy machine, fewer are faster: the command says "
                    "so)")

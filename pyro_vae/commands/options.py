@@ -15,9 +15,11 @@ import torch
 
 from pyro_vae.data import check_dataset_name
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.threads import max_threads
 
 __all__ = ["MAX_SEED", "Parser", "existing_path", "non_negative_float", "non_negative_int",
-           "output_folder", "positive_float", "positive_int", "run_command", "seed", "temperature"]
+           "output_folder", "positive_float", "positive_int", "run_command", "seed", "temperature",
+           "thread_count"]
 
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy's legacy generator too: [0, 2³²)
 
@@ -62,6 +64,15 @@ def positive_int(text: str) -> int:
     value = _integer(text, "a positive integer")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def thread_count(text: str) -> int:
+    """argparse type: a count of threads, from 1 to :func:`~pyro_vae.threads.max_threads`."""
+    value = _integer(text, "a positive integer")
+    if not 1 <= value <= max_threads():
+        raise argparse.ArgumentTypeError(f"expected an integer in [1, {max_threads()}], got "
+                                         f"{value}")
     return value
 
 

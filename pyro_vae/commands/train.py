@@ -26,6 +26,7 @@ from pyro_vae.commands.options import (
     positive_float,
     positive_int,
     seed,
+    thread_count,
 )
 from pyro_vae.config import LR_SCHEDULES, TrainConfig, resumed_config
 from pyro_vae.data import DATASETS, load_dataset
@@ -193,7 +194,7 @@ def _output_options(out) -> None:
     out.add_argument("--tensorboard", nargs="?", const="RUN_DIR/tensorboard", metavar="DIR",
                      help="also log every epoch to TensorBoard in DIR (default with no DIR: "
                      "RUN_DIR/tensorboard; needs pip install -e \".[tensorboard]\")")
-    out.add_argument("--threads", type=positive_int, metavar="N",
+    out.add_argument("--threads", type=thread_count, metavar="N",
                      help="torch threads per process, fixed (default: $OMP_NUM_THREADS if set, "
                      "else the fastest of 1 to one per core, timed while the steps run and "
                      "again as the machine's load changes; the metrics do not depend on it)")
