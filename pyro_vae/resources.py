@@ -5,6 +5,7 @@ float32 numbers and round up: they catch sizes off by orders of magnitude, not b
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -40,10 +41,13 @@ def available_bytes(device: str | torch.device = "cpu") -> int:
     free = _free_bytes(device)
     if limit:
         try:
-            return min(free, int(float(limit) * 1e6))
+            megabytes = float(limit)
         except ValueError:
-            raise ConfigError(f"$PYRO_VAE_MEMORY_LIMIT_MB must be a number of megabytes, got "
-                              f"{limit!r}") from None
+            megabytes = math.nan
+        if not 0 < megabytes < math.inf:
+            raise ConfigError(f"$PYRO_VAE_MEMORY_LIMIT_MB must be a positive number of "
+                              f"megabytes, got {limit!r}")
+        return min(free, int(megabytes * 1e6))
     return free
 
 

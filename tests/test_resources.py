@@ -181,3 +181,16 @@ def test_a_model_that_cannot_fit_is_refused_before_it_is_built(options, named, m
     build_vae(TrainConfig(**small).validate(), 784)
     preset = small.get("preset", "pyro")
     assert built == [("meta", preset), ("cpu", preset)]  # the same model at its default sizes
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "nan", "inf", "1e400"])
+def test_a_memory_limit_that_is_not_a_positive_number_is_refused_in_one_line(monkeypatch,
+                                                                              value):
+    from pyro_vae.resources import available_bytes
+
+    monkeypatch.setenv("PYRO_VAE_MEMORY_LIMIT_MB", value)
+    with pytest.raises(ConfigError, match=r"^\$PYRO_VAE_MEMORY_LIMIT_MB must be a positive "
+                                          f"number of megabytes, got '{value}'$"):
+        available_bytes()
+    monkeypatch.setenv("PYRO_VAE_MEMORY_LIMIT_MB", "0.5")
+    assert available_bytes() == 500_000
