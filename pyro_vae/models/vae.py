@@ -248,7 +248,8 @@ class VAE(nn.Module):
     def _reference_parameter(self) -> nn.Parameter | None:
         """The first parameter, whose dtype and device x must share, read by name from its
         holder once found (~0.2 µs, not a ~15 µs walk; ``.to()`` and an assigning load show)."""
-        parameter = self._holder and self._holder[0]._parameters.get(self._holder[1])
+        holder = self.__dict__.get("_holder")  # absent from a VAE pickled before it existed
+        parameter = holder and holder[0]._parameters.get(holder[1])
         if parameter is not None:
             return parameter
         for module in self.modules():
