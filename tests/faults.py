@@ -763,6 +763,8 @@ def api_faults() -> list[Fault]:
     from pyro_vae.evaluation.elbo import elbo_terms
     from pyro_vae.fit import fit
     from pyro_vae.idx import parse_idx
+    from pyro_vae.models import make_likelihood
+    from pyro_vae.models.linear_gaussian import PPCAParams, log_marginal, sample_model
     from pyro_vae.plots import (
         plot_elbo_decomposition,
         plot_latent_embedding,
@@ -829,6 +831,7 @@ def api_faults() -> list[Fault]:
 
     ones = torch.ones(3, 784)
     binary = torch.zeros(3, 784)
+    ppca = PPCAParams(W=torch.eye(4)[:, :2], mu=torch.zeros(4), sigma=torch.tensor(0.5))
     calls = {
         "VAE(beta=nan)": lambda: VAE(784, beta=float("nan")),
         "VAE(latent_dim=0)": lambda: VAE(784, latent_dim=0),
@@ -961,6 +964,17 @@ def api_faults() -> list[Fault]:
             vae(), binary, torch.zeros(5), "unused.png"),
         "estimate_log_px(Program(5, 6))": lambda: estimate_log_px(Program(5, 6), binary,
                                                                   num_samples=3),
+        "make_likelihood('bernoulli', scale=2)": lambda: make_likelihood("bernoulli", x_dim=3,
+                                                                         scale=2.0),
+        "estimate_log_px(x on the meta device)": lambda: estimate_log_px(
+            vae(), binary.to("meta"), num_samples=3),
+        "vae.model(plate='no')": lambda: trace_model(vae(), binary, plate="no"),
+        "VAE.from_preset('conv', image_shape=(28,))": lambda: VAE.from_preset(
+            "conv", 784, image_shape=(28,)),
+        "VAE.from_preset('conv', image_shape='a')": lambda: VAE.from_preset(
+            "conv", 784, image_shape="a"),
+        "sample_model(params, n=-1)": lambda: sample_model(ppca, -1),
+        "log_marginal(x, params=5)": lambda: log_marginal(torch.zeros(3, 4), 5),
     }
     for bad, value in (("grey levels", 0.5), ("a pixel of 2.0", 2.0), ("a pixel of -1", -1.0),
                        ("a NaN pixel", float("nan"))):

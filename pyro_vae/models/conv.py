@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pyro_vae import checks
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.networks import make_activation, with_context
 
@@ -101,7 +102,9 @@ class ConvDecoder(nn.Module):
 def conv_networks(x_dim: int, *, latent_dim, hidden_sizes, activation: str,
                   context_dim: int = 0, image_shape=None) -> dict:
     """The encoder and decoder of the ``conv`` preset for images of ``image_shape``."""
-    if image_shape is None or image_shape[0] * image_shape[1] != x_dim:
+    if image_shape is not None:
+        image_shape = checks.sizes("image_shape", image_shape)
+    if image_shape is None or len(image_shape) != 2 or image_shape[0] * image_shape[1] != x_dim:
         raise ConfigError(f"the conv preset needs images: an image shape whose pixels number "
                           f"x_dim = {x_dim}, got {image_shape!r}")
     if not hidden_sizes or isinstance(latent_dim, Sequence):

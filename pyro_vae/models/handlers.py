@@ -48,6 +48,7 @@ def data_plate(name: str, batch_size: int, num_data: int | None, plate: bool, de
     plate of the caller's it would not, and the program would broadcast against that plate."""
     if num_data is not None:
         checks.integer("num_data", num_data)
+    checks.instance("plate", plate, bool)
     if not plate:
         yield
         return

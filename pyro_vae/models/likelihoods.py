@@ -6,6 +6,7 @@ with a clear message instead of deep inside torch.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pyro.distributions as dist
@@ -155,6 +156,13 @@ def make_likelihood(name: str, *, x_dim: int, **kwargs) -> Likelihood:
         raise ConfigError(
             f"unknown likelihood {name!r}; known likelihoods: {', '.join(LIKELIHOODS)}"
         ) from None
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    takes = [k for k, p in inspect.signature(cls).parameters.items()
+             if p.kind in named and k != "x_dim"]
+    unknown = sorted(set(kwargs) - set(takes))
+    if unknown:
+        raise ConfigError(f"the {name} likelihood takes {', '.join(takes) or 'no options'}; "
+                          f"got {', '.join(unknown)}")
     if cls is Gaussian:
         return Gaussian(x_dim=x_dim, **kwargs)
     return cls(**kwargs)

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from pyro_vae.errors import ConfigError
+from pyro_vae import checks
+from pyro_vae.errors import ConfigError, ConfigTypeError
 from pyro_vae.models.likelihoods import Gaussian
 from pyro_vae.models.vae import VAE
 
@@ -45,7 +46,12 @@ PPCAParams = LayerParams  # probabilistic PCA is the one-layer chain
 
 def _layers(params) -> tuple[LayerParams, ...]:
     """``params`` as a tuple of layers (one :class:`LayerParams` is pPCA)."""
-    return (params,) if isinstance(params, LayerParams) else tuple(params)
+    layers = (params,) if isinstance(params, LayerParams) else params
+    if not isinstance(layers, (tuple, list)) or not layers or not all(
+            isinstance(layer, LayerParams) for layer in layers):
+        raise ConfigTypeError(f"params must be a LayerParams or a sequence of them, got "
+                              f"{type(params).__name__}")
+    return tuple(layers)
 
 
 class LinearDecoder(nn.Module):
@@ -241,7 +247,7 @@ def kl_to_posterior(x, q_mean, q_cov, params) -> torch.Tensor:
 
 def sample_model(params, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw ``n`` datapoints ``(n, D)`` from the model, top down."""
-    layers = _layers(params)
+    layers, n = _layers(params), checks.integer("n", n)
     dtype = layers[0].W.dtype
     z = torch.randn(n, layers[-1].W.shape[1], generator=generator, dtype=dtype)
     for W, mu, sigma in reversed(layers):

@@ -351,10 +351,11 @@ class VAE(nn.Module):
 
     def check_data(self, x: torch.Tensor, *, where: str = "data") -> None:
         """Raise :class:`~pyro_vae.errors.DataError` unless ``x`` is a non-empty ``(N, x_dim)``
-        tensor of the parameters' dtype, in the likelihood's support."""
+        tensor of the parameters' dtype and device, in the likelihood's support."""
         parameter = self._reference_parameter()
-        checks.tensor(where, x, shape=(None, self.x_dim),
-                      dtype=None if parameter is None else parameter.dtype, finite=False)
+        checks.tensor(where, x, shape=(None, self.x_dim), finite=False,
+                      dtype=None if parameter is None else parameter.dtype,
+                      device=None if parameter is None else parameter.device)
         self.likelihood.check_data(x, where=where)
 
     def init_output_bias(self, mean: torch.Tensor) -> None:
