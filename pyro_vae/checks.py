@@ -24,7 +24,8 @@ import torch
 from pyro_vae.errors import ConfigError, ConfigTypeError, DataError, DataTypeError
 
 __all__ = ["MAX_SEED", "choice", "describe_range", "instance", "integer", "is_int", "is_number",
-           "modules", "number", "seed", "size_or_sizes", "sizes", "sizes_per_layer", "tensor"]
+           "modules", "number", "seed", "size_or_sizes", "sizes", "sizes_per_layer", "tensor",
+           "validated"]
 
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed also seeds NumPy's legacy generator: [0, 2³²)
 
@@ -126,6 +127,14 @@ def instance(name: str, value, cls: type | tuple[type, ...], *, optional: bool =
         raise ConfigTypeError(f"{name} must be {article} {' or '.join(names)}, got "
                               f"{_shown(value)}")
     return value
+
+
+def validated(name: str, value, cls: type, *, default=None):
+    """``value.validate()`` if ``value`` is a ``cls`` (``default`` stands for None when given),
+    for the settings objects that the evaluators take."""
+    if value is None and default is not None:
+        value = default
+    return instance(name, value, cls).validate()
 
 
 def size_or_sizes(name: str, value) -> tuple[int, ...]:

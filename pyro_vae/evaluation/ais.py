@@ -183,9 +183,8 @@ def ais(model, data, settings: AISSettings | None = None, *, pareto_k: bool = Tr
     :param data: a tensor ``(N, ...)`` or a tuple of them (the program's arguments).
     :param pareto_k: Pareto k̂ of each datapoint's weights over the chains (needs C ≥ 21).
     """
-    settings = checks.instance("settings", AISSettings() if settings is None else settings,
-                               AISSettings).validate()
-    execution = checks.instance("execution", execution, Execution).validate()
+    settings = checks.validated("settings", settings, AISSettings, default=AISSettings())
+    execution = checks.validated("execution", execution, Execution)
     target = target_for(model, start=settings.start)
     data = as_data(data, model)
     N, C, T = data[0].shape[0], settings.num_chains, settings.num_steps

@@ -55,9 +55,8 @@ def bdmc(model, template, settings: AISSettings | None = None, *,
     :class:`~pyro_vae.models.VAEModel` or a :class:`~.program.Program`), one per row of
     ``template``: the program's arguments, whose observations give only their shape (any
     context is used as it is)."""
-    settings = checks.instance("settings", AISSettings() if settings is None else settings,
-                               AISSettings).validate()
-    execution = checks.instance("execution", execution, Execution).validate()
+    settings = checks.validated("settings", settings, AISSettings, default=AISSettings())
+    execution = checks.validated("execution", execution, Execution)
     target = target_for(model, start=settings.start)
     template = as_data(template)
     N, T, C = template[0].shape[0], settings.num_steps, settings.num_chains

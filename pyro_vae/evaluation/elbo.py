@@ -34,6 +34,11 @@ def elbo_per_datapoint(model, x: torch.Tensor, context=None, *, generator=None) 
     (from ``generator``), with the top layer's KL in closed form where it is the ELBO's term;
     without the KL weight β."""
     model.check_data(x, where="x")
+    return _elbo_per_datapoint(model, x, context, generator)
+
+
+def _elbo_per_datapoint(model, x, context, generator) -> torch.Tensor:
+    """:func:`elbo_per_datapoint` of data already checked (a block of :func:`mean_elbo`)."""
     path = model.guide_path(x, context, num_samples=1, generator=generator)
     log_prior = model.log_prior(path.zs, context)
     elbo = model.log_likelihood(x, path.zs[0], context)
@@ -53,13 +58,13 @@ def mean_elbo(model, data, *, execution: Execution = Execution(block_size=1000))
     """The mean test ELBO over ``data`` (``x``, or ``(x, context)``), nats per datapoint; block
     ``i`` draws from ``derive_seed(execution.seed, i)``, whatever the number of processes."""
     data = as_data(data, model)
-    execution = checks.instance("execution", execution, Execution).validate()
+    execution = checks.validated("execution", execution, Execution)
     block = execution.block_size or 1000
     if evaluable(model).capabilities.layered:
 
         def compute(xb: tuple, generator, bar) -> dict:
             x, context = split_data(model, xb)
-            return {"elbo": elbo_per_datapoint(model, x, context, generator=generator)}
+            return {"elbo": _elbo_per_datapoint(model, x, context, generator)}
 
     else:
         program = as_program(model)
@@ -80,7 +85,7 @@ def elbo_terms(model, data, *, num_samples: int = 100,
     for one layer with a Gaussian guide, else over the same draws), and ``elbo``."""
     data = as_data(data, model)
     num_samples = checks.integer("num_samples", num_samples)
-    execution = checks.instance("execution", execution, Execution).validate()
+    execution = checks.validated("execution", execution, Execution)
     if evaluable(model).capabilities.layered:
 
         def compute(xb: tuple, generator, bar) -> dict:

@@ -78,8 +78,7 @@ def fit_diagonal_gaussian(density, settings: GapSettings | None = None, on_step=
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loc, log scale) ``(B, P)`` of the diagonal Gaussian on u fitted to each datapoint of
     a bound density (:mod:`.targets`); ``on_step()`` after every step."""
-    settings = checks.instance("settings", GapSettings() if settings is None else settings,
-                               GapSettings).validate()
+    settings = checks.validated("settings", settings, GapSettings, default=GapSettings())
     loc0, scale0 = density.guide_gaussian(256)
     loc = loc0.detach().clone().requires_grad_(True)
     log_scale = scale0.detach().clamp_min(1e-6).log().clone().requires_grad_(True)
@@ -109,9 +108,8 @@ def inference_gaps(model, data, log_px: torch.Tensor, settings: GapSettings | No
         model where it is known, exactly.
     :param log_px_mc_stderr: its standard errors, added to the approximation gap's.
     """
-    settings = checks.instance("settings", GapSettings() if settings is None else settings,
-                               GapSettings).validate()
-    execution = checks.instance("execution", execution, Execution).validate()
+    settings = checks.validated("settings", settings, GapSettings, default=GapSettings())
+    execution = checks.validated("execution", execution, Execution)
     target = target_for(model, start=settings.start)
     data = as_data(data, model)
     N = data[0].shape[0]

@@ -155,7 +155,7 @@ def estimate_log_px(model, data, *, num_samples: int = 5000, pareto_k: bool = Fa
     True
     """
     K = checks.integer("num_samples", num_samples)
-    execution = checks.instance("execution", execution, Execution).validate()
+    execution = checks.validated("execution", execution, Execution)
     if pareto_k and K < MIN_PSIS_SAMPLES:
         raise ConfigError(f"Pareto k-hat needs num_samples >= {MIN_PSIS_SAMPLES}, got {K}")
     data = as_data(data, model)

@@ -233,11 +233,7 @@ class VAE(nn.Module):
         ref, version = self._checked
         if ref is not None and ref() is x and version == x._version:
             return
-        parameter = self._reference_parameter()
-        checks.tensor("x", x, shape=(None, self.x_dim), min_dims=None if plate else 2,
-                      dtype=None if parameter is None else parameter.dtype,
-                      device=None if parameter is None else parameter.device, finite=False)
-        self.likelihood.check_data(x, where="x")
+        self._check_x(x, "x", min_dims=None if plate else 2)
         if self.context_dim and context is None:
             raise ConfigError(f"this VAE reads a context of {self.context_dim} features beside "
                               "x: call it with (x, context)")
@@ -352,8 +348,11 @@ class VAE(nn.Module):
     def check_data(self, x: torch.Tensor, *, where: str = "data") -> None:
         """Raise :class:`~pyro_vae.errors.DataError` unless ``x`` is a non-empty ``(N, x_dim)``
         tensor of the parameters' dtype and device, in the likelihood's support."""
+        self._check_x(x, where)
+
+    def _check_x(self, x, where: str, min_dims: int | None = None) -> None:
         parameter = self._reference_parameter()
-        checks.tensor(where, x, shape=(None, self.x_dim), finite=False,
+        checks.tensor(where, x, shape=(None, self.x_dim), min_dims=min_dims, finite=False,
                       dtype=None if parameter is None else parameter.dtype,
                       device=None if parameter is None else parameter.device)
         self.likelihood.check_data(x, where=where)
@@ -374,7 +373,7 @@ class VAE(nn.Module):
         evaluation needs about three times as much): the networks' outputs twice, x three
         times, z four times, each flow transform's (z, h) → 10 d → 2 d pass."""
         if self._row_numel is None:
-            parameter = next(self.parameters())
+            parameter = self._reference_parameter()
             kw = {"dtype": parameter.dtype, "device": parameter.device}
             c = torch.zeros(1, self.context_dim, **kw) if self.context_dim else None
             widths = output_numel(self.decoder, torch.zeros(1, self.latent_dims[0], **kw), c)
@@ -385,5 +384,5 @@ class VAE(nn.Module):
                 14 * d + e.features_dim for d, e in zip(self.latent_dims, self.encoders,
                                                          strict=True))
             self._row_numel = 4 * sum(self.latent_dims) + 2 * widths + 3 * self.x_dim + flows
-        return self._row_numel * next(self.parameters()).element_size()
+        return self._row_numel * self._reference_parameter().element_size()
 
