@@ -261,6 +261,42 @@ def test_the_input_checks_are_timed_inside_the_steps_that_call_them(monkeypatch)
     assert timed["check_us"] == 0
 
 
+def test_the_paired_ratio_steps_with_the_checks_on_in_half_the_blocks_and_restores_them(
+        monkeypatch):
+    config = overhead.OverheadConfig(**overhead.QUICK)
+    images = torch.bernoulli(torch.full((64, 784), 0.3))
+    calls = [0]
+    real = VAE._check_x
+
+    def counted(self, *args, **kwargs):
+        calls[0] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(VAE, "_check_x", counted)
+    made = []
+    monkeypatch.setattr(overhead, "identical_vaes", lambda *a, **k: made.append(
+        common.identical_vaes(*a, **k)) or made[-1])
+    for name in ("analytic", "meanfield"):  # one full check per step: meanfield's guide's
+        calls[0] = 0                        # serves its model
+        paired = overhead.input_checks_ratio(config, images, 8, name, seconds=0.05,
+                                             steps_per_block=3)
+        assert paired["rounds"] >= 4 and paired["steps_per_block"] == 3
+        assert calls[0] == 5 + 3 * paired["rounds"]  # 5 warm-up steps, then the on blocks
+        vae = made[-1]["paired"]
+        assert "_check_input" not in vae.__dict__ and "check_data" not in vae.__dict__
+        assert paired["ratio_low"] <= paired["ratio"] <= paired["ratio_high"]
+
+
+def test_ratio_interval_is_the_median_with_a_bootstrap_interval_around_it():
+    assert overhead.ratio_interval([1.02] * 9) == {"ratio": 1.02, "ratio_low": 1.02,
+                                                   "ratio_high": 1.02}
+    ratios = [1.0, 1.01, 1.02, 1.03, 1.04] * 4 + [1.5]
+    out = overhead.ratio_interval(ratios)
+    assert out["ratio"] == 1.02  # the median, which one outlying round does not move
+    assert 1.0 <= out["ratio_low"] < 1.02 < out["ratio_high"] <= 1.04
+    assert overhead.ratio_interval(ratios) == out  # seeded: the same interval each time
+
+
 # --- every script, both ways of running it, in quick mode ----------------------------------------
 def run_script(name: str, form: str, out: Path, *options: str) -> str:
     """``python benchmarks/NAME.py`` (form "file") or ``python -m benchmarks.NAME`` (form

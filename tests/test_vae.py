@@ -327,6 +327,30 @@ def test_the_dtype_check_follows_the_model_through_to_and_an_assigning_load():
         vae.guide(binary_batch(3, 12).double())
 
 
+def test_the_fast_path_of_the_x_checks_agrees_with_the_general_checks(monkeypatch):
+    """Each x meets the same outcome, error and message included, with the few-call fast path
+    as with the general checks alone: it may only skip work, never let a bad x through."""
+    def outcome(vae, x):
+        try:
+            vae.check_data(x, where="x")
+            vae.guide(x, plate=x.dim() == 2)
+        except Exception as e:  # the outcome itself is compared
+            return type(e), str(e)
+        return None
+
+    b = binary_batch(3, 12)
+    xs = [b, b.double(), b.half(), b.to(torch.uint8), b.t().contiguous().t(), b[:, :11],
+          b[:0], b.unsqueeze(0), b[0], torch.nn.Parameter(b), b.requires_grad_(False) * 0.5,
+          torch.full((3, 12), float("nan")), torch.full((3, 12), -0.0), b + 1,
+          torch.empty(3, 12, device="meta"), [[0.0] * 12]]
+    cpu, meta = small_vae(), small_vae().to("meta")
+    cases = [(vae, x) for vae in (cpu, meta) for x in xs]
+    fast = [outcome(vae, x) for vae, x in cases]
+    assert sum(out is None for out in fast) >= 3  # some pass: the comparison is not all errors
+    monkeypatch.setattr(VAE, "_is_plain_batch", lambda *args: False)
+    assert [outcome(vae, x) for vae, x in cases] == fast
+
+
 @pytest.mark.parametrize("validation", [True, False], ids=["validated", "unvalidated"])
 def test_a_data_error_inside_svi_is_one_line_without_the_trace_shapes(validation):
     """Pyro's trace re-raises an error from inside a program with its shapes appended; the
