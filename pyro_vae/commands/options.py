@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from pyro_vae.checks import MAX_SEED, describe_range
 from pyro_vae.data import check_dataset_name
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.threads import max_threads
@@ -20,8 +21,6 @@ from pyro_vae.threads import max_threads
 __all__ = ["MAX_SEED", "Parser", "existing_path", "non_negative_float", "non_negative_int",
            "output_folder", "positive_float", "positive_int", "run_command", "seed", "temperature",
            "thread_count"]
-
-MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy's legacy generator too: [0, 2³²)
 
 
 class Parser(argparse.ArgumentParser):
@@ -52,79 +51,35 @@ def _fail(prog: str, message: str) -> int:
     return 2
 
 
-def _integer(text: str, what: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+def _ranged(parse: Callable[[str], float], low=None, high=None, *, open_low: bool = False,
+            note: str = "", what: str = "") -> Callable[[str], float]:
+    """An argparse type: ``parse`` (``int`` or ``float``) of the text, finite, in the range
+    (``what``, by default :func:`~pyro_vae.checks.describe_range`'s words); ``high`` may be a
+    callable, read when an argument is checked."""
+    def convert(text: str):
+        top = high() if callable(high) else high
+        what_ = what or describe_range(low, top, open_low=open_low, integer=parse is int)
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what_}, got {text!r}") from None
+        in_range = ((low is None or value > low or (value == low and not open_low))
+                    and (top is None or value <= top))
+        if not (in_range and (parse is int or math.isfinite(value))):  # an int may pass 1e308
+            raise argparse.ArgumentTypeError(f"expected {what_}{note}, got {value}")
+        return value
+    return convert
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer > 0."""
-    value = _integer(text, "a positive integer")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def thread_count(text: str) -> int:
-    """argparse type: a count of threads, from 1 to :func:`~pyro_vae.threads.max_threads`."""
-    value = _integer(text, "a positive integer")
-    if not 1 <= value <= max_threads():
-        raise argparse.ArgumentTypeError(f"expected an integer in [1, {max_threads()}], got "
-                                         f"{value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer ≥ 0."""
-    value = _integer(text, "an integer >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def seed(text: str) -> int:
-    """argparse type: a seed, an integer in [0, 2³² − 1]."""
-    value = _integer(text, f"an integer in [0, {MAX_SEED}]")
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, {MAX_SEED}], got {value}")
-    return value
-
-
-def _number(text: str, what: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    value = _number(text, "a positive number")
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number ≥ 0."""
-    value = _number(text, "a number >= 0")
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
-    return value
-
+positive_int = _ranged(int, 1)  # an integer > 0
+non_negative_int = _ranged(int, 0)  # an integer ≥ 0
+seed = _ranged(int, 0, MAX_SEED)  # a seed: pyro.set_rng_seed seeds NumPy's legacy generator too
+thread_count = _ranged(int, 1, max_threads)  # threads, from 1 to threads.max_threads()
+positive_float = _ranged(float, 0, open_low=True)  # a finite number > 0
+non_negative_float = _ranged(float, 0, what="a finite number >= 0")
 
 MAX_TEMPERATURE = 100.0  # z = T·ε: beyond this the decoder sees z far outside its training range
-
-
-def temperature(text: str) -> float:
-    """argparse type: a sampling temperature in [0, 100]."""
-    value = _number(text, f"a number in [0, {MAX_TEMPERATURE:g}]")
-    if not 0 <= value <= MAX_TEMPERATURE:
-        raise argparse.ArgumentTypeError(
-            f"expected a number in [0, {MAX_TEMPERATURE:g}] (1 samples the prior), got {value}")
-    return value
+temperature = _ranged(float, 0, MAX_TEMPERATURE, note=" (1 samples the prior)")
 
 
 def existing_path(text: str) -> Path:
