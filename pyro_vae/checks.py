@@ -24,8 +24,8 @@ import torch
 from pyro_vae.errors import ConfigError, ConfigTypeError, DataError, DataTypeError
 
 __all__ = ["MAX_SEED", "choice", "describe_range", "instance", "integer", "is_int", "is_number",
-           "modules", "number", "seed", "size_or_sizes", "sizes", "sizes_per_layer", "tensor",
-           "validated"]
+           "is_plain_batch", "modules", "number", "seed", "size_or_sizes", "sizes",
+           "sizes_per_layer", "tensor", "validated"]
 
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed also seeds NumPy's legacy generator: [0, 2³²)
 
@@ -167,6 +167,18 @@ def modules(name: str, value, count: int) -> list[torch.nn.Module] | None:
     if len(value) != count or not all(isinstance(m, torch.nn.Module) for m in value):
         raise ConfigError(f"{name}: expected {count} torch modules, got {len(value)}")
     return value
+
+
+def is_plain_batch(x, width: int, reference: torch.Tensor | None) -> bool:
+    """Whether ``x`` is a non-empty ``(B, width)`` tensor of ``reference``'s dtype on its (not
+    meta) device, without gradients: :func:`tensor`'s common case in a few cheap reads, for
+    the first reads of a training step, which find the caches swept by the optimizer (there
+    ``x.device`` alone costs ~17 µs and :func:`tensor` ~40 µs)."""
+    shape = x.shape if type(x) is torch.Tensor else None
+    return (shape is not None and reference is not None and len(shape) == 2
+            and shape[1] == width and shape[0] > 0 and x.dtype is reference.dtype
+            and ((x.is_cpu and reference.is_cpu) or x.device == reference.device)
+            and not x.is_meta and not x.requires_grad)
 
 
 def tensor(name: str, x, *, shape: Sequence[int | None] | None = None, min_dims: int | None = None,

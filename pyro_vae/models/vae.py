@@ -353,23 +353,13 @@ class VAE(nn.Module):
     def _check_x(self, x, where: str, min_dims: int | None = None) -> None:
         parameter = self._reference_parameter()
         # _modules: nn.Module.__getattr__ costs ~8 µs on a step's cold caches
-        if self._is_plain_batch(x, parameter) and self._modules["likelihood"].all_in_support(x):
+        if (checks.is_plain_batch(x, self.x_dim, parameter)
+                and self._modules["likelihood"].all_in_support(x)):
             return
         checks.tensor(where, x, shape=(None, self.x_dim), min_dims=min_dims, finite=False,
                       dtype=None if parameter is None else parameter.dtype,
                       device=None if parameter is None else parameter.device)
         self.likelihood.check_data(x, where=where)
-
-    def _is_plain_batch(self, x, parameter) -> bool:
-        """Whether ``x`` is a non-empty ``(B, x_dim)`` tensor of the parameters' dtype on their
-        (not meta) device, without gradients, read in a few cheap calls: a step's first reads
-        find its caches swept by the optimizer, where ``x.device`` and the general checks cost
-        ~40 µs."""
-        shape = x.shape if type(x) is torch.Tensor else None
-        return (shape is not None and parameter is not None and len(shape) == 2
-                and shape[1] == self.x_dim and shape[0] > 0 and x.dtype is parameter.dtype
-                and ((x.is_cpu and parameter.is_cpu) or x.device == parameter.device)
-                and not x.is_meta and not x.requires_grad)
 
     def init_output_bias(self, mean: torch.Tensor) -> None:
         """Set the decoder's output bias from the per-feature training mean (Burda et al. 2016):
