@@ -212,11 +212,12 @@ def time_interleaved(
     steps_per_block: int | dict[str, int],
     warmup: int = 5,
     budget_seconds: float | None = None,
+    min_blocks: int = 2,
 ) -> Timings:
     """Times of each call of each stepper, measured in rounds of blocks: each stepper in turn
     makes ``steps_per_block`` calls (an int, or one per stepper), A A A B B B, then the next
     round, so that a slow spell of a shared machine hits every stepper alike.
-    ``budget_seconds`` stops after the round that exceeds it (at least two rounds).
+    ``budget_seconds`` stops after the round that exceeds it (at least ``min_blocks`` rounds).
 
     .. note:: CPU time counts every thread of the process; GPU work that a stepper does not
        wait for is in neither time.
@@ -240,7 +241,8 @@ def time_interleaved(
                 step()
                 cpu.append(cpu_clock() - c0)
                 wall.append(clock() - t0)
-        if budget_seconds is not None and block >= 1 and clock() - start > budget_seconds:
+        if (budget_seconds is not None and block >= min_blocks - 1
+                and clock() - start > budget_seconds):
             break
     return timings
 
@@ -257,19 +259,25 @@ def steps_for_block(steppers: dict[str, Callable[[], object]], block_seconds: fl
     return out
 
 
+def per_round_ratios(times: dict[str, list[float]], steps_per_block: dict[str, int], name: str,
+                     baseline: str) -> list[float]:
+    """Round by round, the ratio of ``name``'s median step time to ``baseline``'s."""
+    def rounds(label):
+        n = steps_per_block[label]
+        return [statistics.median(times[label][i : i + n])
+                for i in range(0, len(times[label]), n)]
+
+    return [a / b for a, b in zip(rounds(name), rounds(baseline), strict=True)]
+
+
 def round_ratios(times: dict[str, list[float]], steps_per_block: dict[str, int],
                  baseline: str) -> dict[str, dict]:
     """Per stepper: the ratio of its median step time to ``baseline``'s, and the quartiles
     of the same ratio computed round by round (one block of each per round)."""
-    def rounds(name):
-        n = steps_per_block[name]
-        return [statistics.median(times[name][i : i + n]) for i in range(0, len(times[name]), n)]
-
-    base_rounds = rounds(baseline)
     base = statistics.median(times[baseline])
     out = {}
     for name in times:
-        ratios = [a / b for a, b in zip(rounds(name), base_rounds, strict=True)]
+        ratios = per_round_ratios(times, steps_per_block, name, baseline)
         q = (statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1
              else ratios * 3)
         out[name] = {"ratio": statistics.median(times[name]) / base, "round_ratio_q1": q[0],

@@ -71,8 +71,10 @@ from benchmarks.common import (
     markdown_table,
     measure_steps,
     output,
+    per_round_ratios,
     run_main,
     stepper,
+    time_interleaved,
     write_results,
 )
 from pyro_vae import VAE
@@ -313,28 +315,23 @@ def input_checks_ratio(config: OverheadConfig, images: torch.Tensor, batch_size:
                          **config.vae_kwargs())["paired"]
     step = stepper(Variant(estimator, estimator).trainer(vae, config.lr),
                    fixed_minibatch(config, images, batch_size))
-    for _ in range(5):
-        step()
-    ratios, start = [], time.perf_counter()
-    try:
-        while time.perf_counter() - start < seconds or len(ratios) < 4:
-            medians = {}
-            for on in (True, False) if len(ratios) % 2 == 0 else (False, True):
+
+    def with_checks(on: bool) -> Callable[[], None]:
+        def call() -> None:
+            if ("_check_input" in vae.__dict__) == on:  # switched at a block's first step
                 _switch_input_checks(vae, on)
-                medians[on] = statistics.median(_step_seconds(step, steps_per_block))
-            ratios.append(medians[True] / medians[False])
+            step()
+        return call
+
+    try:
+        timings = time_interleaved({"on": with_checks(True), "off": with_checks(False)},
+                                   blocks=10**9, steps_per_block=steps_per_block,
+                                   budget_seconds=seconds, min_blocks=4)
     finally:
         _switch_input_checks(vae, True)
+    ratios = per_round_ratios(timings.wall, dict.fromkeys(("on", "off"), steps_per_block),
+                              "on", "off")
     return {"rounds": len(ratios), "steps_per_block": steps_per_block, **ratio_interval(ratios)}
-
-
-def _step_seconds(step: Callable[[], None], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        step()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def ratio_interval(ratios: list[float], *, draws: int = 2000, seed: int = 0) -> dict:

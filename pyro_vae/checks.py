@@ -177,8 +177,9 @@ def is_plain_batch(x, width: int, reference: torch.Tensor | None) -> bool:
     shape = x.shape if type(x) is torch.Tensor else None
     return (shape is not None and reference is not None and len(shape) == 2
             and shape[1] == width and shape[0] > 0 and x.dtype is reference.dtype
-            and ((x.is_cpu and reference.is_cpu) or x.device == reference.device)
-            and not x.is_meta and not x.requires_grad)
+            and ((x.is_cpu and reference.is_cpu) or (x.device == reference.device
+                                                     and not x.is_meta))
+            and not x.requires_grad)
 
 
 def tensor(name: str, x, *, shape: Sequence[int | None] | None = None, min_dims: int | None = None,

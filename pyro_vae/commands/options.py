@@ -58,15 +58,19 @@ def _ranged(parse: Callable[[str], float], low=None, high=None, *, open_low: boo
     callable, read when an argument is checked."""
     def convert(text: str):
         top = high() if callable(high) else high
-        what_ = what or describe_range(low, top, open_low=open_low, integer=parse is int)
+
+        def refused(got: str, why: str = "") -> argparse.ArgumentTypeError:
+            words = what or describe_range(low, top, open_low=open_low, integer=parse is int)
+            return argparse.ArgumentTypeError(f"expected {words}{why}, got {got}")
+
         try:
             value = parse(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what_}, got {text!r}") from None
+            raise refused(repr(text)) from None
         in_range = ((low is None or value > low or (value == low and not open_low))
                     and (top is None or value <= top))
-        if not (in_range and (parse is int or math.isfinite(value))):  # an int may pass 1e308
-            raise argparse.ArgumentTypeError(f"expected {what_}{note}, got {value}")
+        if not (in_range and (parse is int or math.isfinite(value))):  # isfinite overflows
+            raise refused(str(value), note)                             # on a huge int
         return value
     return convert
 
