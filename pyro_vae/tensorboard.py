@@ -75,7 +75,7 @@ class TensorBoardLog:
         w.flush()
 
     def _images(self, vae, test: torch.Tensor, image_shape: tuple[int, int], epoch: int) -> None:
-        from pyro_vae.plots.images import decoder_mean, image_grid
+        from pyro_vae.plots.images import decoder_mean, image_grid, sample_prior
 
         x = test[:_IMAGES]
         reconstruction = decoder_mean(vae, vae.encode(x)[0])
@@ -83,12 +83,10 @@ class TensorBoardLog:
         self.writer.add_image("test/inputs and reconstructions",
                               _clip(image_grid(pairs, image_shape, ncols=8)), epoch,
                               dataformats="HW")
-        if hasattr(vae, "sample_prior"):
-            generator = torch.Generator(device=x.device).manual_seed(0)
-            z = vae.sample_prior((64,), generator=generator)[0]
-            self.writer.add_image("prior samples (decoder means)",
-                                  _clip(image_grid(decoder_mean(vae, z), image_shape)), epoch,
-                                  dataformats="HW")
+        prior = sample_prior(vae, 64, generator=torch.Generator(device=x.device).manual_seed(0))
+        self.writer.add_image("prior samples (decoder means)",
+                              _clip(image_grid(prior.mean, image_shape)), epoch,
+                              dataformats="HW")
 
     def __enter__(self) -> TensorBoardLog:
         return self

@@ -1,9 +1,13 @@
 """TensorBoard logs (pyro_vae.tensorboard): the event files read back hold the run's own
 numbers, epoch by epoch, and its image grids; a missing extra is one line."""
 
+import io
 import sys
 
+import matplotlib.image
+import numpy as np
 import pytest
+import torch
 
 from pyro_vae.build import load_data
 from pyro_vae.cli import main
@@ -12,6 +16,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import Execution
 from pyro_vae.evaluation.elbo import elbo_terms
 from pyro_vae.fit import fit
+from pyro_vae.plots.images import image_grid, sample_prior
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator")
@@ -52,6 +57,23 @@ def test_the_event_files_hold_the_runs_numbers(tmp_path):
         2, pytest.approx(float(terms["expected_loglik"].mean()), rel=1e-6))
     assert images == {"test/inputs and reconstructions": [1, 2],
                       "prior samples (decoder means)": [1, 2]}
+
+
+@pytest.mark.parametrize("model", [{"preset": "burda2"}, {"model": "tests.own_model:build"}],
+                         ids=["two layers", "a model of one's own"])
+def test_the_prior_samples_are_the_top_layers_draws_of_any_model(tmp_path, model):
+    # the top layer's z, decoded: a two-layer model's z_1 is not what decode takes
+    config = TrainConfig(train_size=128, test_size=64, batch_size=64, epochs=1, seed=0, **model)
+    result = fit(config, tensorboard=tmp_path / "tb", progress=False, log=lambda *a: None)
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    (logged,) = events.Images("prior samples (decoder means)")
+    pixels = matplotlib.image.imread(io.BytesIO(logged.encoded_image_string), format="png")
+    expected = image_grid(sample_prior(result.vae, 64, generator=torch.Generator().manual_seed(
+        0)).mean, (28, 28))
+    assert pixels.shape[:2] == expected.shape
+    # TensorBoard stores 8-bit grey levels, truncated
+    assert np.abs(pixels[..., 0] - np.clip(expected, 0, 1)).max() <= 1 / 255 + 1e-6
 
 
 def test_a_missing_tensorboard_is_one_line(tmp_path, monkeypatch):
