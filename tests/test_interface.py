@@ -103,6 +103,18 @@ REFUSED = {
 }
 
 
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_every_estimator_refuses_a_model_with_a_context_in_one_line(name):
+    # the hand-written baselines ended in torch's "mat1 and mat2 shapes cannot be multiplied"
+    vae = VAE(6, latent_dim=2, hidden_sizes=(8,), context_dim=3)
+    with pytest.raises(ConfigError) as refused:
+        make_objective(name, vae)
+    assert str(refused.value) == (
+        f"the {name} estimator trains on x alone, and this model reads a context of 3 features "
+        "beside it: train the program that supplies the context with a Pyro ELBO "
+        "(examples/composed_model.py)")
+
+
 @pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("name", list(ESTIMATORS))
 def test_every_estimator_trains_every_model_or_refuses_at_once(name, model):

@@ -165,6 +165,11 @@ def make_objective(name: str, vae, *, num_particles: int | None = None, **option
     if not isinstance(getattr(vae, "capabilities", None), Capabilities):
         raise checks.ConfigTypeError(f"make_objective needs a model of this package (see "
                                      f"pyro_vae.VAEModel), got {type(vae).__name__}")
+    if vae.capabilities.context_dim:  # an objective's loss takes x alone
+        raise ConfigError(f"the {name} estimator trains on x alone, and this model reads a "
+                          f"context of {vae.capabilities.context_dim} features beside it: train "
+                          "the program that supplies the context with a Pyro ELBO "
+                          "(examples/composed_model.py)")
     check_compatible(name, vae.capabilities)
     k, options = estimator.resolve(num_particles, options)
     return estimator.build(vae, k, **options)
