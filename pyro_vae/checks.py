@@ -23,8 +23,8 @@ import torch
 
 from pyro_vae.errors import ConfigError, ConfigTypeError, DataError, DataTypeError
 
-__all__ = ["MAX_SEED", "choice", "describe_range", "instance", "integer", "is_int", "is_number",
-           "is_plain_batch", "modules", "number", "seed", "size_or_sizes", "sizes",
+__all__ = ["MAX_SEED", "choice", "context", "describe_range", "instance", "integer", "is_int",
+           "is_number", "is_plain_batch", "modules", "number", "seed", "size_or_sizes", "sizes",
            "sizes_per_layer", "tensor", "validated"]
 
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed also seeds NumPy's legacy generator: [0, 2³²)
@@ -215,3 +215,24 @@ def tensor(name: str, x, *, shape: Sequence[int | None] | None = None, min_dims:
         if bad:
             raise DataError(f"{name}: {bad} of {x.numel()} values are NaN or infinite")
     return x
+
+
+def context(value, context_dim: int, beside: torch.Tensor, name: str = "x"):
+    """``value`` if it is the conditioning input that networks of ``context_dim`` features read
+    beside ``name``: ``None`` where they read none, else a finite ``(..., context_dim)`` tensor
+    of ``beside``'s dtype and device, with a row for each of its rows (broadcasting)."""
+    if value is None and context_dim:
+        raise ConfigError(f"this VAE reads a context of {context_dim} features beside {name}: "
+                          f"call it with ({name}, context)")
+    if value is None:
+        return None
+    if not context_dim:
+        raise ConfigError(f"this VAE reads no context: call it with {name} alone")
+    tensor("context", value, shape=(None, context_dim), min_dims=2, dtype=beside.dtype,
+           device=beside.device)
+    rows, theirs = value.shape[:-1], beside.shape[:-1]
+    if any(a != b and 1 not in (a, b) for a, b in zip(reversed(rows), reversed(theirs),
+                                                      strict=False)):
+        raise DataError(f"context has shape {tuple(value.shape)} and {name} "
+                        f"{tuple(beside.shape)}: one row of context for each of {name}")
+    return value

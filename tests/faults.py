@@ -300,6 +300,9 @@ def argument_faults() -> list[Fault]:
         *[_cli("argument", f"--estimator {name} --flow iaf",
                ["train", "--estimator", name, "--flow", "iaf", "--out", "new", *TINY])
           for name in ("stl", "dreg", "rws", "analytic", "mc")],
+        _cli("argument", "--preset burda2 --tensorboard (valid: the top layer's prior samples)",
+             ["train", "--preset", "burda2", "--tensorboard", "--epochs", "1", "--out", "new",
+              *TINY_FIXED], succeeds=True),
         _cli("argument", "--preset burda2 --flow iaf --estimator piwae (valid)",
              ["train", "--preset", "burda2", "--flow", "iaf", "--flow-layers", "1", "--estimator",
               "piwae", "--epochs", "1", "--out", "new", *TINY_FIXED], succeeds=True),
@@ -795,6 +798,11 @@ def api_faults() -> list[Fault]:
 
         return pyro.poutine.trace(v.model).get_trace(x, **kwargs)
 
+    def with_context(*contexts):
+        v = vae(context_dim=3)
+        for context in contexts:
+            v.guide(ones, context)
+
     def objective_loss(name, x):
         return make_objective(name, vae()).differentiable_loss(x)
 
@@ -893,6 +901,17 @@ def api_faults() -> list[Fault]:
         "parse_idx('a string')": lambda: parse_idx("a string"),
         "estimate_log_px of a VAE with a context, x alone": lambda: estimate_log_px(
             vae(context_dim=3), ones, num_samples=10),
+        "a VAE with a context: a NaN context after a good call": lambda: with_context(
+            torch.zeros(3, 3), torch.full((3, 3), math.nan)),
+        "a VAE with a context: a context of other rows": lambda: with_context(torch.zeros(5, 3)),
+        "a VAE with a context: encode(x) alone": lambda: vae(context_dim=3).encode(ones),
+        "a VAE with a context: decode(z) alone": lambda: vae(context_dim=3).decode(
+            torch.zeros(2, 2)),
+        "a VAE with a context: report given x alone": lambda: report(
+            vae(context_dim=3), ones, estimate_log_px(vae(context_dim=3), (ones, torch.zeros(
+                3, 3)), num_samples=2)),
+        "make_objective('analytic') of a VAE with a context": lambda: make_objective(
+            "analytic", vae(context_dim=3)),
         "estimate_log_px(memory_mb=0)": lambda: estimate_log_px(
             vae(), ones, num_samples=10, execution=Execution(memory_mb=0)),
         "estimate_log_px(execution=Execution(seed=-1))": lambda: estimate_log_px(

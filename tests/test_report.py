@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 
+from pyro_vae import VAE, ConfigError
 from pyro_vae.distributed import derive_seed
 from pyro_vae.evaluation import (
     AISSettings,
@@ -66,6 +67,32 @@ def test_active_units_recover_known_variances():
     count, variances = active_units(vae, x, batch_size=3000)
     assert count == 2
     assert_close(variances, target, rtol=0.05, atol=1e-4)
+
+
+class ContextMean(torch.nn.Module):
+    """q(z|x, c) = N(c, I): the encoder's mean is the context alone."""
+
+    def forward(self, x, context):
+        return context, torch.ones_like(context)
+
+
+def test_the_report_of_a_model_with_a_context_encodes_each_x_beside_its_own():
+    """With q(z|x, c) = N(c, I), Cov_x(E_q[z_d]) is the variance of context column d and
+    KL(q ‖ N(0, I)) per dimension is the mean of c_d² / 2; the context rows stay with their
+    x across blocks. Given x alone, one line."""
+    vae = VAE(6, latent_dim=3, hidden_sizes=(4,), context_dim=3, encoder=ContextMean())
+    x = torch.randn(2500, 6, generator=seeded(0)).gt(0).float()
+    c = torch.randn(2500, 3, generator=seeded(1)) * torch.tensor([2.0, 0.5, 0.05])
+    estimate = estimate_log_px(vae, (x, c), num_samples=5)
+    out = report(vae, (x, c), estimate)
+    c = c.double()
+    assert out["active_units"]["count"] == 2
+    assert_close(torch.tensor(out["active_units"]["variances"], dtype=F64), c.var(0),
+                 rtol=1e-6, atol=0)
+    assert_close(torch.tensor(out["kl_to_prior"]["per_dimension"], dtype=F64),
+                 c.pow(2).mean(0) / 2, rtol=1e-6, atol=0)
+    with pytest.raises(ConfigError, match=r"^this model reads x and a context of 3 features"):
+        report(vae, x, estimate)
 
 
 def test_report_figures_against_closed_forms():

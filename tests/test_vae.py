@@ -302,6 +302,30 @@ def test_gaussian_nan_and_a_missing_context_are_refused_without_validation():
         conditional.guide(binary_batch(3, 12), torch.zeros(3, 5))
 
 
+def test_the_context_is_checked_at_every_call_and_beside_z_too():
+    vae = small_vae(context_dim=2)
+    x, context = binary_batch(3, 12), torch.zeros(3, 2)
+    vae.guide(x, context)
+    # x was checked already: the context's check must not be skipped with it
+    with pytest.raises(DataError, match=r"^context: 3 of 6 values are NaN or infinite$"):
+        vae.guide(x, torch.full((3, 2), float("nan")).index_fill(1, torch.tensor([1]), 0.0))
+    with pytest.raises(DataError, match=r"^context has shape \(4, 2\) and x \(3, 12\): one row "
+                       r"of context for each of x$"):
+        vae.model(x, torch.zeros(4, 2))
+    with pytest.raises(DataTypeError, match=r"^context has dtype torch\.float64"):
+        vae.model(x, context.double())
+    vae.model(x, torch.zeros(5, 1, 2))  # a context enumerated in parallel broadcasts
+    with pytest.raises(ConfigError, match=r"context of 2 features beside x: call it with "
+                       r"\(x, context\)$"):
+        vae.encode(x)
+    with pytest.raises(ConfigError, match=r"beside z: call it with \(z, context\)$"):
+        vae.decode(torch.zeros(4, 3))
+    loc = vae.encode(x, context)[0]
+    assert_close(vae.decode(loc, context).mean, vae.decode(loc, torch.zeros(1, 2)).mean)
+    with pytest.raises(ConfigError, match=r"^this VAE reads no context: call it with x alone$"):
+        small_vae().guide(x, context)
+
+
 def test_an_x_changed_in_place_after_a_check_is_checked_again():
     vae = small_vae()
     x = binary_batch(3, 12)

@@ -18,7 +18,7 @@ from pyro_vae.evaluation.bdmc import BDMCResult
 from pyro_vae.evaluation.gaps import GapsResult
 from pyro_vae.evaluation.importance import ISResult
 from pyro_vae.evaluation.psis import MIN_PSIS_SAMPLES, pareto_k_summary
-from pyro_vae.evaluation.runner import Execution
+from pyro_vae.evaluation.runner import Execution, as_data, split_data
 
 __all__ = ["ReliabilityWarning", "active_units", "bdmc_section", "gaps_section", "report"]
 
@@ -28,30 +28,35 @@ class ReliabilityWarning(UserWarning):
     are unreliable for them (Yao et al. 2018)."""
 
 
+def _encoded(model, data, batch_size: int):
+    """``model.encode``'s Gaussian of the top layer on ``data`` (x, or (x, context)), block
+    by block: the (loc, scale) of each block."""
+    x, context = split_data(model, as_data(data, model))
+    for s in range(0, x.shape[0], batch_size):
+        yield model.encode(x[s : s + batch_size],
+                           None if context is None else context[s : s + batch_size])
+
+
 @torch.no_grad()
-def active_units(model, x: torch.Tensor, *, threshold: float = 0.01, batch_size: int = 1000):
+def active_units(model, data, *, threshold: float = 0.01, batch_size: int = 1000):
     """The number of active latent units (Burda et al. 2016): dimension d is active if
-    A_d = Cov_x(E_{q(z|x)}[z_d]) > ``threshold``, the variance over the datapoints of ``x`` of
-    the posterior mean (``model.encode``'s).
+    A_d = Cov_x(E_{q(z|x)}[z_d]) > ``threshold``, the variance over the datapoints of
+    ``data`` (x, or (x, context)) of the posterior mean (``model.encode``'s).
 
     :returns: ``(count, variances)``, an int and the ``(L,)`` tensor of A_d.
     """
-    model.check_data(x, where="x")
-    loc = torch.cat([model.encode(x[s : s + batch_size])[0] for s in range(0, x.shape[0],
-                                                                           batch_size)]).double()
+    loc = torch.cat([loc for loc, _ in _encoded(model, data, batch_size)]).double()
     variances = loc.var(0) if loc.shape[0] > 1 else torch.zeros_like(loc[0])
     return int((variances > threshold).sum()), variances
 
 
 @torch.no_grad()
-def _kl_to_prior(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def _kl_to_prior(model, data, batch_size: int = 1000) -> torch.Tensor:
     """KL(q(z_L|x) ‖ N(0, I)) per latent dimension of ``model.encode``'s Gaussian, closed
-    form, averaged over ``x``: ``(L,)``."""
-    total = 0.0
-    for start in range(0, x.shape[0], batch_size):
-        loc, scale = model.encode(x[start : start + batch_size])
-        total = total + kl_divergence(Normal(loc, scale), Normal(0.0, 1.0)).double().sum(0)
-    return total / x.shape[0]
+    form, averaged over the data: ``(L,)``."""
+    kls = [kl_divergence(Normal(loc, scale), Normal(0.0, 1.0)).double()
+           for loc, scale in _encoded(model, data, batch_size)]
+    return sum(kl.sum(0) for kl in kls) / sum(kl.shape[0] for kl in kls)
 
 
 def _finite(value) -> float | None:
@@ -80,22 +85,22 @@ def _what(estimate) -> str:
             "stochastic lower bound (E[log p_hat] <= log p(x))")
 
 
-def report(model, x: torch.Tensor, estimate: ISResult | AISResult, *,
+def report(model, data, estimate: ISResult | AISResult, *,
            execution: Execution = Execution(), test_elbo: float | None = None,
            terms: dict | None = None, active_threshold: float = 0.01) -> dict:
-    """The evaluation report of ``model`` on ``x`` with ``estimate``, as a JSON-ready dict in
-    nats per datapoint: ``log_px`` (the estimate's mean, its Monte Carlo standard error and
-    its spread over the datapoints), the ELBO (importance sampling: on its K samples;
-    AIS: ``test_elbo``, as training computes it), ``kl_to_prior`` and ``active_units`` of
-    ``model.encode``'s Gaussian, the ``pareto_k`` summary, and ``per_datapoint`` values in
-    data order; with the ELBO's ``terms`` (:func:`~.elbo.elbo_terms`), the decomposition of
-    log p(x) into E_q[log p(x|z)] − KL(q ‖ p(z)) + KL(q ‖ p(z|x)). Issues a
-    :class:`ReliabilityWarning` (and lists it under ``warnings``) when
-    more than 1 % of the datapoints have k̂ > 0.7."""
+    """The evaluation report of ``model`` on ``data`` (x, or (x, context)) with ``estimate``,
+    as a JSON-ready dict in nats per datapoint: ``log_px`` (the estimate's mean, its Monte
+    Carlo standard error and its spread over the datapoints), the ELBO (importance sampling:
+    on its K samples; AIS: ``test_elbo``, as training computes it), ``kl_to_prior`` and
+    ``active_units`` of ``model.encode``'s Gaussian, the ``pareto_k`` summary, and
+    ``per_datapoint`` values in data order; with the ELBO's ``terms``
+    (:func:`~.elbo.elbo_terms`), the decomposition of log p(x) into E_q[log p(x|z)] −
+    KL(q ‖ p(z)) + KL(q ‖ p(z|x)). Issues a :class:`ReliabilityWarning` (and lists it under
+    ``warnings``) when more than 1 % of the datapoints have k̂ > 0.7."""
     checks.instance("estimate", estimate, (ISResult, AISResult))
     n, se = estimate.log_px.numel(), estimate.log_px_mc_stderr
-    count, variances = active_units(model, x, threshold=active_threshold)
-    kl = _kl_to_prior(model, x)
+    count, variances = active_units(model, data, threshold=active_threshold)
+    kl = _kl_to_prior(model, data)
     is_sampling = isinstance(estimate, ISResult)
     out = {
         "units": "nats per datapoint",

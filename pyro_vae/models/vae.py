@@ -228,18 +228,13 @@ class VAE(nn.Module):
         return self.flows[layer](dist.Normal(loc, scale).to_event(1), h)
 
     def _check_input(self, x, context, plate: bool) -> None:
-        """x as :meth:`check_data` wants it, and the context's shape: always, once per tensor
-        (the guide's check serves the model's)."""
+        """x as :meth:`check_data` wants it, once per tensor (the guide's check serves the
+        model's), and the context at every call."""
         ref, version = self._checked
-        if ref is not None and ref() is x and version == x._version:
-            return
-        self._check_x(x, "x", min_dims=None if plate else 2)
-        if self.context_dim and context is None:
-            raise ConfigError(f"this VAE reads a context of {self.context_dim} features beside "
-                              "x: call it with (x, context)")
-        if context is not None:
-            checks.tensor("context", context, shape=(None, self.context_dim), min_dims=2)
-        self.__dict__["_checked"] = (weakref.ref(x), x._version)  # past nn.Module.__setattr__
+        if ref is None or ref() is not x or version != x._version:
+            self._check_x(x, "x", min_dims=None if plate else 2)
+            self.__dict__["_checked"] = (weakref.ref(x), x._version)  # past nn.Module.__setattr__
+        checks.context(context, self.context_dim, x)
 
     def _reference_parameter(self) -> nn.Parameter | None:
         """The first parameter, whose dtype and device x must share, read by name from its
@@ -332,6 +327,7 @@ class VAE(nn.Module):
         """Mean and standard deviation ``(B, latent_dim)`` of the top layer's Gaussian (before
         any flow), each layer below at its mean: for embeddings and pictures."""
         below = checks.tensor("x", x, shape=(None, self.x_dim), min_dims=2, finite=False)
+        checks.context(context, self.context_dim, x)
         for encoder in self.encoders:
             loc, scale = encoder(below, context)
             below = loc
@@ -341,6 +337,7 @@ class VAE(nn.Module):
         """p(x|z_1) for a top-layer ``z`` ``(..., latent_dim)``, the layers between at their
         means (for pictures); event shape ``(x_dim,)``."""
         checks.tensor("z", z, shape=(self.latent_dim,), min_dims=1, finite=False)
+        checks.context(context, self.context_dim, z, "z")
         for prior in reversed(self.priors):
             z = prior(z, context)[0]
         return self.likelihood(self.decoder(z, context)).to_event(1)
