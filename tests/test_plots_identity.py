@@ -106,6 +106,26 @@ def test_on_the_grid_a_guide_off_the_posterior_is_its_own_gaussian():
     assert b[0] < loc[0, 1] - 3 * sd[1] and b[-1] > loc[0, 1] + 3 * sd[1]
 
 
+def test_the_grid_spans_a_posterior_far_from_the_guide():
+    """The encoder moved 8 units off in each coordinate: the grid spans the exact posterior's
+    mass as well as the guide's (it spanned the guide's alone, and drew the posterior cut off
+    at an edge), and on it the posterior is the closed-form one."""
+    params, vae, x = ppca_vae(seed=2)
+    x = x[:1]
+    with torch.no_grad():
+        vae.encoder.c.add_(8.0)
+    a, b, log_post, log_q = posterior_and_guide_on_grid(vae, x, steps=60)
+    for loc, cov in (exact_posterior(x, params), guide_joint(vae, x)):
+        sd = cov.diagonal().sqrt()
+        assert a[0] < loc[0, 0] - 3 * sd[0] and a[-1] > loc[0, 0] + 3 * sd[0]
+        assert b[0] < loc[0, 1] - 3 * sd[1] and b[-1] > loc[0, 1] + 3 * sd[1]
+    loc, cov = exact_posterior(x, params)
+    grid = torch.stack(torch.meshgrid(a, b, indexing="xy"), -1)
+    closed = MultivariateNormal(loc[0], cov).log_prob(grid)
+    torch.testing.assert_close(log_post, closed - torch.logsumexp(closed.flatten(), 0), rtol=0,
+                               atol=1e-9)
+
+
 def test_the_posterior_picture_has_one_panel_per_image(tmp_path, drawn):
     params, vae = posterior_ppca_vae()
     x = sample_model(params, 6, torch.Generator().manual_seed(0))

@@ -90,28 +90,52 @@ def plot_elbo_decomposition(per_datapoint: dict, path, *, images: int = 12,
 @torch.no_grad()
 def posterior_and_guide_on_grid(model, x: torch.Tensor, *, steps: int = 120):
     """For one datapoint ``x`` (shape ``(1, D)``) of a layered model with one two-dimensional
-    latent layer: axes ``a``, ``b`` (``(steps,)``) over the region where the guide has its
-    mass, and on the grid they span (``(steps, steps)``, rows along ``b``) log p(z|x) and
-    log q(z|x), each normalized to sum to one over the grid, in nats."""
+    latent layer: axes ``a``, ``b`` (``(steps,)``) over the region where the guide and the
+    posterior have their mass, and on the grid they span (``(steps, steps)``, rows along
+    ``b``) log p(z|x) and log q(z|x), each normalized to sum to one over the grid, in nats."""
     if model.capabilities.layers != 1 or model.latent_dim != 2:
         raise ConfigError(f"the posterior on a grid needs one two-dimensional latent layer; this "
                           f"model has {model.capabilities.layers} of size {model.latent_dim} "
                           "(the top one)")
-    q = model.guide_path(x, num_samples=400)
-    z = q.zs[0][:, 0]  # (400, 2)
-    center, spread = z.mean(0), 4 * z.std(0).clamp_min(0.2)
-    lows, highs = center - spread, center + spread
-    a = torch.linspace(float(lows[0]), float(highs[0]), steps, dtype=x.dtype)
-    b = torch.linspace(float(lows[1]), float(highs[1]), steps, dtype=x.dtype)
-    grid = torch.stack(torch.meshgrid(a, b, indexing="xy"), -1).reshape(-1, 1, 2)
-    log_joint = model.log_likelihood(x, grid) + model.log_prior([grid])[0]
+    z = model.guide_path(x, num_samples=400).zs[0][:, 0]  # (400, 2)
+    lows, highs = _around(z.mean(0), z.std(0))
+    # Where the posterior lies: its mean and spread on a grid over the guide's region and the
+    # prior's, widened while the posterior's region runs past it.
+    search = torch.minimum(lows, torch.full_like(lows, -5)), torch.maximum(highs, torch.full_like(
+        highs, 5))
+    for _ in range(8):
+        _, _, grid = _grid(*search, steps)
+        weights = _log_joint(model, x, grid)[:, 0].softmax(0)[:, None]
+        mean = (weights * grid[:, 0]).sum(0)
+        post = _around(mean, (weights * (grid[:, 0] - mean) ** 2).sum(0).sqrt())
+        if (post[0] >= search[0]).all() and (post[1] <= search[1]).all():
+            break
+        search = torch.minimum(search[0], post[0]), torch.maximum(search[1], post[1])
+    a, b, grid = _grid(torch.minimum(lows, post[0]), torch.maximum(highs, post[1]), steps)
     guide = model.guide_path(x, u=model.pull_back(x, [grid]))
     log_q = guide.log_q[0] - guide.log_det
 
     def normalized(v):
         return (v - torch.logsumexp(v.flatten(), 0)).reshape(steps, steps)
 
-    return a, b, normalized(log_joint), normalized(log_q)
+    return a, b, normalized(_log_joint(model, x, grid)), normalized(log_q)
+
+
+def _around(center: torch.Tensor, sd: torch.Tensor):
+    """Four standard deviations (at least 0.8) each way of ``center``."""
+    spread = 4 * sd.clamp_min(0.2)
+    return center - spread, center + spread
+
+
+def _grid(lows: torch.Tensor, highs: torch.Tensor, steps: int):
+    """Axes from ``lows`` to ``highs`` and the ``(steps², 1, 2)`` points of their grid."""
+    a, b = (torch.linspace(float(lo), float(hi), steps, dtype=lows.dtype)
+            for lo, hi in zip(lows, highs, strict=True))
+    return a, b, torch.stack(torch.meshgrid(a, b, indexing="xy"), -1).reshape(-1, 1, 2)
+
+
+def _log_joint(model, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    return model.log_likelihood(x, grid) + model.log_prior([grid])[0]
 
 
 def plot_posterior_vs_guide(model, x: torch.Tensor, path, *, images: int = 4,
