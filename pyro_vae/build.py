@@ -88,7 +88,8 @@ def _own_model(config: TrainConfig, x_dim: int, image_shape, likelihood):
             factory = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError, ValueError) as e:
         raise ConfigError(f"model {config.model!r}: cannot import it ({type(e).__name__}: {e}); "
-                          "expected MODULE:FUNCTION of an importable module") from None
+                          "expected MODULE:FUNCTION of a module importable here (from the current "
+                          "folder or $PYTHONPATH)") from None
     model = factory(x_dim=x_dim, image_shape=image_shape, likelihood=likelihood,
                     beta=config.beta)
     missing = [name for name in _INTERFACE if not hasattr(model, name)]

@@ -114,7 +114,7 @@ def test_the_grid_spans_a_posterior_far_from_the_guide():
     x = x[:1]
     with torch.no_grad():
         vae.encoder.c.add_(8.0)
-    a, b, log_post, log_q = posterior_and_guide_on_grid(vae, x, steps=60)
+    a, b, log_post, _ = posterior_and_guide_on_grid(vae, x, steps=60)
     for loc, cov in (exact_posterior(x, params), guide_joint(vae, x)):
         sd = cov.diagonal().sqrt()
         assert a[0] < loc[0, 0] - 3 * sd[0] and a[-1] > loc[0, 0] + 3 * sd[0]

@@ -172,6 +172,24 @@ def test_a_damaged_entry_is_refused_naming_the_file_and_the_entry(trained, tmp_p
     assert re.search(DAMAGE[case], message), message
 
 
+def test_a_run_of_ones_own_model_away_from_its_code_says_so_not_damaged(tmp_path, monkeypatch):
+    code, elsewhere = tmp_path / "code", tmp_path / "elsewhere"
+    code.mkdir(), elsewhere.mkdir()
+    (code / "my_model.py").write_text("from tests.own_model import build  # noqa: F401\n")
+    monkeypatch.chdir(code)  # --model MODULE is imported from the current folder
+    fit(TrainConfig(epochs=1, model="my_model:build", train_size=64, test_size=32,
+                    batch_size=32), code / "run", progress=False, log=lambda *a: None)
+    monkeypatch.delitem(sys.modules, "my_model")
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: its model cannot be built here: "
+                       r"model 'my_model:build': cannot import it \(ModuleNotFoundError: No "
+                       r"module named 'my_model'\); expected MODULE:FUNCTION of a module "
+                       r"importable here \(from the current folder or \$PYTHONPATH\)$"):
+        load_checkpoint(code / "run")
+    monkeypatch.chdir(code)
+    assert load_checkpoint(code / "run").config.model == "my_model:build"
+
+
 def test_a_damaged_latest_checkpoint_says_how_to_recover_the_previous(trained, tmp_path):
     run = copy_of(trained, tmp_path)
     raw = bytearray(run.checkpoint.read_bytes())

@@ -114,6 +114,8 @@ def _check_model_state(state, config: TrainConfig, x_dim: int, image_shape, path
         with torch.device("meta"):  # shapes only: no memory, no draw from the global RNG
             expected = build_vae(config, x_dim, image_shape)
     except (ConfigError, RuntimeError, MemoryError) as e:
+        if config.model is not None:  # a model of one's own: its code, not the file, is missing
+            raise CheckpointError(f"{path}: its model cannot be built here: {e}") from None
         raise bad_entry(path, "entry config", f"describes no buildable model ({e})") from None
     wanted = expected.state_dict()
     missing, extra = sorted(set(wanted) - set(state)), sorted(set(state) - set(wanted))
