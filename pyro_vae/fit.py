@@ -109,7 +109,7 @@ def fit(
     :raises TrainingDivergedError: if the loss or the parameters become non-finite; the last
         checkpoint is left as it was.
     """
-    run = RunFolder(run) if isinstance(run, (str, Path)) else run
+    run = None if run is None else RunFolder.of(run)
     checks.instance("data", data, PreparedData, optional=True)
     main = world is None or world.is_main
     log = log if main else _silent

@@ -772,6 +772,7 @@ def api_faults() -> list[Fault]:
         plot_elbo_decomposition,
         plot_latent_embedding,
         plot_posterior_vs_guide,
+        write_run_figures,
     )
     from pyro_vae.runs import RunFolder, load_checkpoint
     from pyro_vae.threads import set_threads
@@ -889,6 +890,8 @@ def api_faults() -> list[Fault]:
             hidden_sizes=5).validate(),
         "TrainConfig.from_dict([])": lambda: TrainConfig.from_dict([]),
         "fit(None) without a run to resume": lambda: fit(None),
+        "fit(config, run=3)": lambda: fit(TrainConfig(), 3),
+        "write_run_figures(3)": lambda: write_run_figures(3),
         "fit(resume=True) without a folder": lambda: fit(TrainConfig(), resume=True),
         "SVI step, empty batch": lambda: svi_step(ones[:0]),
         "SVI step, x on the meta device": lambda: svi_step(ones.to("meta")),

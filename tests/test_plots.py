@@ -183,6 +183,8 @@ def test_write_run_figures_writes_every_picture(run_dir):
         assert image[..., :3].std() > 0.05, f"{path.name} is blank"
     manifold = png(run_dir / "latent_manifold.png")
     assert manifold.shape[:2] == (700, 700)  # 7 × 7 inches at 100 dpi
+    # a path names the folder as well as a RunFolder does
+    assert write_run_figures(str(run_dir)) == written
 
 
 def test_no_manifold_above_two_latent_dimensions(tmp_path, data):

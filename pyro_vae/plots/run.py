@@ -23,14 +23,15 @@ from pyro_vae.runs import RunFolder
 __all__ = ["evaluation_figures", "write_run_figures"]
 
 
-def write_run_figures(run: RunFolder, *, vae=None, data: PreparedData | None = None,
-                      label: str | None = None) -> list[Path]:
+def write_run_figures(run: RunFolder | str | Path, *, vae=None,
+                      data: PreparedData | None = None, label: str | None = None) -> list[Path]:
     """Write every picture that applies into the run folder and return their paths.
 
     :param vae: the trained VAE; default: rebuilt from the run's checkpoint.
     :param data: whose test images and labels are shown; default: the run's test set,
         prepared as in training.
     """
+    run = RunFolder.of(run)
     metrics = run.read_metrics()
     written = [plot_learning_curves([(label or run.path.name, metrics)],
                                     run.picture("learning_curves"))]
@@ -60,9 +61,10 @@ def write_run_figures(run: RunFolder, *, vae=None, data: PreparedData | None = N
     return written + evaluation_figures(run)
 
 
-def evaluation_figures(run: RunFolder) -> list[Path]:
+def evaluation_figures(run: RunFolder | str | Path) -> list[Path]:
     """Pictures of the run's ``evaluation.json``: the log p(x) estimate against K and the
     Pareto k̂ histogram; nothing when the run has not been evaluated."""
+    run = RunFolder.of(run)
     evaluation = run.read_evaluation()
     if evaluation is None:
         return []

@@ -80,6 +80,13 @@ class RunFolder:
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
 
+    @classmethod
+    def of(cls, run: RunFolder | str | os.PathLike) -> RunFolder:
+        """``run`` if it is a :class:`RunFolder`, else the one at the path ``run``."""
+        if isinstance(run, cls):
+            return run
+        return cls(checks.instance("run", run, (cls, str, os.PathLike)))
+
     @property
     def checkpoint(self) -> Path:
         return self.path / "checkpoint.pt"
