@@ -19,13 +19,14 @@ import numbers
 import reprlib
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from pyro_vae.errors import ConfigError, ConfigTypeError, DataError, DataTypeError
 
 __all__ = ["MAX_SEED", "choice", "context", "describe_range", "instance", "integer", "is_int",
-           "is_number", "is_plain_batch", "modules", "number", "seed", "size_or_sizes", "sizes",
-           "sizes_per_layer", "tensor", "validated"]
+           "is_number", "is_plain_batch", "modules", "number", "real_numbers", "seed",
+           "size_or_sizes", "sizes", "sizes_per_layer", "tensor", "validated"]
 
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed also seeds NumPy's legacy generator: [0, 2³²)
 
@@ -236,3 +237,20 @@ def context(value, context_dim: int, beside: torch.Tensor, name: str = "x"):
         raise DataError(f"context has shape {tuple(value.shape)} and {name} "
                         f"{tuple(beside.shape)}: one row of context for each of {name}")
     return value
+
+
+def real_numbers(name: str, values) -> torch.Tensor:
+    """``values`` (a tensor, an array or nested lists) as a tensor of real numbers or bools."""
+    try:
+        values = values if isinstance(values, torch.Tensor) else np.asarray(values)
+    except ValueError:  # rows of different lengths
+        raise DataError(f"{name}: not an array (its rows differ in length)") from None
+    kind = values.dtype.kind if isinstance(values, np.ndarray) else (
+        "c" if values.is_complex() else "f")
+    if kind not in "biuf":
+        raise DataError(f"{name}: expected numbers (uint8 grey levels, or floats in [0, 1]), "
+                        f"found dtype {values.dtype}")
+    values = torch.as_tensor(values)
+    # torch reduces no unsigned type but uint8 (min, max): the others as int64
+    wide = values.dtype in (torch.uint16, torch.uint32, torch.uint64)
+    return values.long() if wide else values

@@ -123,6 +123,7 @@ def load_dataset(name: str = "mnist", data_dir=None, *, download: bool = False) 
         folders looked at).
     :raises DataError: if a file is corrupt, has the wrong checksum, or disagrees with its labels.
     """
+    checks.instance("data_dir", data_dir, (str, os.PathLike), optional=True)
     if check_dataset_name(name).endswith(".npz"):
         return load_npz(name)
     source = DATASETS[name]
@@ -153,7 +154,7 @@ def load_dataset(name: str = "mnist", data_dir=None, *, download: bool = False) 
 
 def load_npz(path: str | os.PathLike) -> Dataset:
     """A data set of one's own from an ``.npz`` file (the module docstring), checked."""
-    path = Path(path)
+    path = Path(checks.instance("path", path, (str, os.PathLike)))
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
@@ -179,7 +180,7 @@ def from_arrays(train, test, *, train_labels=None, test_labels=None, name: str =
     is a one-line :class:`DataError` naming the array."""
     splits = []
     for split, images in (("train", train), ("test", test)):
-        images = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
+        images = checks.real_numbers(f"{source}: {split}", images)
         if images.dim() not in (2, 3):
             raise DataError(f"{source}: {split} must be images (N, H, W) or (N, D), found "
                             f"shape {tuple(images.shape)}")
@@ -216,7 +217,7 @@ def _pixels(images: torch.Tensor, where: str) -> torch.Tensor:
 def _labels(labels, n: int, where: str) -> torch.Tensor | None:
     if labels is None:
         return None
-    labels = torch.as_tensor(np.asarray(labels))
+    labels = checks.real_numbers(where, labels)
     if labels.shape != (n,) or labels.is_floating_point() or labels.dtype == torch.bool:
         raise DataError(f"{where}: expected {n} integer labels, found dtype {labels.dtype}, "
                         f"shape {tuple(labels.shape)}")
@@ -299,32 +300,29 @@ def binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> 
     Salakhutdinov & Murray 2008); ``images`` are uint8, or floats in [0, 1].
 
     :raises DataError: for another dtype or floats outside [0, 1] (e.g. 0-255 as floats)."""
-    checks.tensor("binarize: images", images, nonempty=False, finite=False, floating=False)
+    _check_pixels(images, "binarize")
     checks.instance("generator", generator, torch.Generator, optional=True)
-    if images.dtype == torch.uint8:
-        return torch.bernoulli(images.float() / 255.0, generator=generator)
-    if not images.is_floating_point():
-        raise DataError(f"binarize: expected uint8 pixels or float grey levels in [0, 1], "
-                        f"found dtype {images.dtype}")
-    if images.numel() and not (images.min() >= 0 and images.max() <= 1):
-        raise DataError(f"binarize: expected grey levels in [0, 1], found values in "
-                        f"[{float(images.min()):.4g}, {float(images.max()):.4g}]; divide 0-255 "
-                        "pixels by 255 (pyro_vae.data.preprocess)")
-    return torch.bernoulli(images, generator=generator)
+    probs = images.float() / 255.0 if images.dtype == torch.uint8 else images
+    return torch.bernoulli(probs, generator=generator)
 
 
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """Grey levels → float32 in [0, 1]: uint8 pixels divided by 255, floats as they are."""
-    checks.tensor("preprocess: images", images, nonempty=False, finite=False, floating=False)
-    if images.is_floating_point():
-        if images.numel() and not (images.min() >= 0 and images.max() <= 1):  # NaN fails too
-            raise DataError(f"preprocess: float grey levels must lie in [0, 1], found values in "
-                            f"[{float(images.min()):.4g}, {float(images.max()):.4g}]")
-        return images.float()
-    if images.dtype != torch.uint8:
-        raise DataTypeError(f"preprocess: expected uint8 pixels or float grey levels, found "
-                            f"dtype {images.dtype}")
-    return images.float() / 255.0
+    _check_pixels(images, "preprocess")
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
+def _check_pixels(images, where: str) -> None:
+    """uint8 pixels, or float grey levels in [0, 1] (NaN is refused too)."""
+    checks.tensor(f"{where}: images", images, nonempty=False, finite=False, floating=False)
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise DataTypeError(f"{where}: expected uint8 pixels or float grey levels in [0, 1], "
+                            f"found dtype {images.dtype}")
+    if images.is_floating_point() and images.numel() and not (images.min() >= 0
+                                                              and images.max() <= 1):
+        raise DataError(f"{where}: expected grey levels in [0, 1], found values in "
+                        f"[{float(images.min()):.4g}, {float(images.max()):.4g}]; divide 0-255 "
+                        "pixels by 255 (pyro_vae.data.preprocess)")
 
 
 def check_grey_levels(x: torch.Tensor, *, where: str = "data") -> None:

@@ -195,7 +195,8 @@ def make_template(folder: Path) -> Path:
 
 def _write_npz_data_sets(folder: Path) -> None:
     """Data sets of one's own: ``own.npz`` (MNIST's first images, uint8, (N, 28, 28)),
-    ``tiny.npz`` (images of one row of 5 pixels) and ``bad.npz`` (no test array)."""
+    ``tiny.npz`` (images of one row of 5 pixels), ``bad.npz`` (no test array) and one
+    ``{kind}.npz`` whose images are not numbers for each kind of :data:`NOT_NUMBERS`."""
     import numpy as np
 
     from pyro_vae.data import load_dataset
@@ -205,6 +206,11 @@ def _write_npz_data_sets(folder: Path) -> None:
              test=mnist.test_images[:16].reshape(-1, 28, 28).numpy())
     np.savez(folder / "tiny.npz", train=np.full((8, 5), 0.5), test=np.full((4, 5), 0.5))
     np.savez(folder / "bad.npz", train=np.zeros((8, 5)))
+    for kind, dtype in NOT_NUMBERS.items():
+        np.savez(folder / f"{kind}.npz", train=np.zeros((8, 5), dtype), test=np.zeros((4, 5)))
+
+
+NOT_NUMBERS = {"strings": "<U1", "complex": "complex128", "dates": "datetime64[s]"}
 
 
 # --- the catalogue -----------------------------------------------------------------------
@@ -381,6 +387,8 @@ def argument_faults() -> list[Fault]:
          "file"),
         (["train", "--dataset", "data/bad.npz", "--out", "new"], "train --dataset without a test "
          "array"),
+        *[(["train", "--dataset", f"data/{kind}.npz", "--out", "new"], f"train --dataset of "
+           f"{kind}") for kind in NOT_NUMBERS],
     ):
         faults.append(_cli("argument", name, argv))
     faults += [

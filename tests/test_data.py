@@ -4,6 +4,7 @@ data-set loading, downloads (offline, through ``file://`` URLs), and the grey-le
 import gzip
 import hashlib
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pyro_vae.data import (
     Dataset,
     check_grey_levels,
     download,
+    from_arrays,
     load_dataset,
     parse_idx,
     prepare_data,
@@ -483,3 +485,28 @@ def test_a_header_declaring_an_impossible_size_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"the IDX header declares shape \(2147483648, 65536, "
                                         r"28\) = .* bytes, more than the 2147483648 bytes"):
         read_idx(path)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "uint64", "int64", "bool",
+                                   "float16", "float64"])
+def test_from_arrays_reads_every_kind_of_real_number(dtype):
+    """Integers as uint8 grey levels (the same values), bools and floats as float32."""
+    images = np.array([[0, 1, 0], [1, 1, 0]], dtype=dtype)
+    train = from_arrays(images, images).train_images
+    assert train.dtype == (torch.uint8 if images.dtype.kind in "iu" else torch.float32)
+    assert torch.equal(train.float(), torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 0.0]]))
+
+
+@pytest.mark.parametrize("values, found", [
+    (np.array([["a", "b"]]), "dtype <U1"), (np.zeros((2, 3), complex), "dtype complex128"),
+    (torch.zeros(2, 3, dtype=torch.complex64), "dtype torch.complex64"),
+    (np.zeros((2, 3), "datetime64[s]"), "dtype datetime64[s]"), (None, "dtype object")])
+def test_from_arrays_refuses_what_is_not_numbers_in_one_line(values, found):
+    with pytest.raises(DataError, match=rf"^arrays: train: expected numbers \(uint8 grey "
+                       rf"levels, or floats in \[0, 1\]\), found {re.escape(found)}$"):
+        from_arrays(values, np.zeros((2, 3)))
+    with pytest.raises(DataError, match=r"^arrays: train: not an array \(its rows differ"):
+        from_arrays([[1, 2], [3]], np.zeros((2, 3)))
+    with pytest.raises(DataError, match=r"^arrays: train: integer pixels must lie in 0\.\.255, "
+                       r"found 300\.\.300$"):
+        from_arrays(np.full((2, 3), 300, np.uint16), np.zeros((2, 3)))

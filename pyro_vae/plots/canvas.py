@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pyro_vae import checks
 from pyro_vae.files import atomic_write_bytes
 
 _DPI = 100
@@ -65,7 +67,7 @@ def fit_ylim(ax, values: list[float]) -> None:
 def save(fig: Figure, path) -> Path:
     """Write ``fig`` as a PNG at ``path``, atomically (a crash leaves the old picture or the
     new one, whole)."""
-    path = Path(path)
+    path = Path(checks.instance("path", path, (str, os.PathLike)))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     atomic_write_bytes(path, buffer.getvalue())
