@@ -14,6 +14,7 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.data import PreparedData, load_dataset, prepare_data
 from pyro_vae.errors import ConfigError
 from pyro_vae.models import LIKELIHOODS, VAE, make_likelihood
+from pyro_vae.models.interface import missing_members
 from pyro_vae.objectives import get_estimator
 from pyro_vae.resources import (
     check_fits,
@@ -24,11 +25,6 @@ from pyro_vae.resources import (
 )
 
 __all__ = ["build_vae", "check_device", "check_training_memory", "load_data"]
-
-# What a model of one's own must offer (pyro_vae.models.interface.VAEModel).
-_INTERFACE = ("model", "guide", "capabilities", "check_data", "encode", "decode",
-              "bytes_per_row", "parameters", "x_dim", "latent_dim", "beta", "likelihood")
-
 
 def check_device(device: str | torch.device) -> torch.device:
     """The torch device ``device``; :class:`ConfigError` if it is unknown or not available."""
@@ -92,7 +88,7 @@ def _own_model(config: TrainConfig, x_dim: int, image_shape, likelihood):
                           "folder or $PYTHONPATH)") from None
     model = factory(x_dim=x_dim, image_shape=image_shape, likelihood=likelihood,
                     beta=config.beta)
-    missing = [name for name in _INTERFACE if not hasattr(model, name)]
+    missing = missing_members(model)
     if missing:
         raise ConfigError(f"model {config.model!r} returned a {type(model).__name__} without "
                           f"{', '.join(missing)} (see pyro_vae.models.interface.VAEModel)")

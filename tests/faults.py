@@ -780,6 +780,7 @@ def api_faults() -> list[Fault]:
         plot_elbo_decomposition,
         plot_latent_embedding,
         plot_posterior_vs_guide,
+        sample_prior,
         write_run_figures,
     )
     from pyro_vae.runs import RunFolder, load_checkpoint
@@ -806,6 +807,12 @@ def api_faults() -> list[Fault]:
         import pyro
 
         return pyro.poutine.trace(v.model).get_trace(x, **kwargs)
+
+    def own_model():
+        from tests.own_model import build
+
+        return build(x_dim=784, image_shape=(28, 28), beta=1.0,
+                     likelihood=make_likelihood("bernoulli", x_dim=784))
 
     def with_context(*contexts):
         v = vae(context_dim=3)
@@ -921,6 +928,9 @@ def api_faults() -> list[Fault]:
         "a VAE with a context: report given x alone": lambda: report(
             vae(context_dim=3), ones, estimate_log_px(vae(context_dim=3), (ones, torch.zeros(
                 3, 3)), num_samples=2)),
+        "sample_prior(nn.Linear)": lambda: sample_prior(torch.nn.Linear(784, 2), 4),
+        "plot_posterior_vs_guide of a model of one's own (not layered)": lambda: (
+            plot_posterior_vs_guide(own_model(), ones, "posterior.png")),
         "make_objective('analytic') of a VAE with a context": lambda: make_objective(
             "analytic", vae(context_dim=3)),
         "estimate_log_px(memory_mb=0)": lambda: estimate_log_px(

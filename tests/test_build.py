@@ -116,7 +116,9 @@ def test_a_model_of_ones_own_is_built_by_its_function_and_checked():
     assert isinstance(vae, VAE) and vae.latent_dims == (2,) and vae.x_dim == 30
     assert vae.beta == 0.5
     with pytest.raises(ConfigError, match=rf"^model '{__name__}:not_a_vae' returned a Linear "
-                                          r"without model, guide, capabilities, "):
+                                          r"without x_dim, latent_dim, beta, likelihood, "
+                                          r"capabilities, model, guide, check_data, encode, "
+                                          r"decode, bytes_per_row \(see "):
         build_vae(TrainConfig(model=f"{__name__}:not_a_vae").validate(), 30)
     with pytest.raises(ConfigError, match=r"^model 'no_such_module_here:f': cannot import it "
                                           r"\(ModuleNotFoundError: "):

@@ -21,9 +21,13 @@ from pyro_vae import (
     VAEModel,
     make_likelihood,
     make_objective,
+    plots,
 )
 from pyro_vae.build import build_vae
 from pyro_vae.config import TrainConfig
+from pyro_vae.errors import ConfigTypeError
+from pyro_vae.evaluation import active_units, elbo_per_datapoint
+from pyro_vae.models.interface import missing_members
 from pyro_vae.objectives import check_compatible
 from tests.conftest import binary_batch
 
@@ -200,3 +204,50 @@ def test_a_vae_reports_its_layers_flow_and_context():
     assert {"guide_path", "log_prior", "pull_back", "latent_dims", "capabilities"} <= wanted
     assert all(hasattr(vae, n) for n in wanted), sorted(n for n in wanted if not hasattr(vae, n))
 
+
+
+def test_the_interfaces_members_are_read_from_the_protocols():
+    layered_only = ["latent_dims", "guide_path", "log_prior", "log_likelihood", "sample_prior",
+                    "sample_x", "pull_back"]
+    assert missing_members(VAE(12, latent_dim=2, hidden_sizes=(4,)), LayeredModel) == []
+    assert missing_members(OwnModel()) == []
+    assert missing_members(OwnModel(), LayeredModel) == layered_only
+    assert missing_members(3) == ["x_dim", "latent_dim", "beta", "likelihood", "capabilities",
+                                  "model", "guide", "check_data", "encode", "decode",
+                                  "bytes_per_row", "parameters"]
+
+
+CONSUMERS = {  # each asks for the interface first, whatever else it is given
+    "sample_prior": (lambda m: plots.sample_prior(m, 2), False),
+    "plot_reconstructions": (lambda m: plots.plot_reconstructions(m, X, (3, 4), "r.png"), False),
+    "plot_prior_samples": (lambda m: plots.plot_prior_samples(m, (3, 4), "p.png"), False),
+    "plot_latent_manifold": (lambda m: plots.plot_latent_manifold(m, (3, 4), "m.png"), False),
+    "plot_latent_embedding": (lambda m: plots.plot_latent_embedding(m, X, None, "e.png"), False),
+    "the posterior on a grid": (lambda m: plots.plot_posterior_vs_guide(m, X, "g.png"), True),
+    "active units and the KL per dimension": (lambda m: active_units(m, X), False),
+    "elbo_per_datapoint": (lambda m: elbo_per_datapoint(m, X), True),
+}
+X = binary_batch(4, 12)
+
+
+@pytest.mark.parametrize("consumer", list(CONSUMERS))
+@pytest.mark.parametrize("model", ["not a model", "nn.Linear", "own"])
+def test_what_needs_a_model_names_the_interface_it_lacks(consumer, model, tmp_path,
+                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    call, layered = CONSUMERS[consumer]
+    given = {"not a model": 3, "nn.Linear": nn.Linear(12, 2), "own": OwnModel()}[model]
+    if model == "own" and not layered:  # a model of one's own offers everything these ask
+        if consumer == "plot_latent_manifold":  # ... but three latent dimensions
+            with pytest.raises(ConfigError, match="drawn for 1 or 2 latent dimensions"):
+                call(given)
+        else:
+            call(given)
+        return
+    protocol = "LayeredModel" if layered else "VAEModel"
+    with pytest.raises(ConfigTypeError) as refused:
+        call(given)
+    message = str(refused.value)
+    assert message.startswith(f"{consumer} needs a model that implements pyro_vae.models."
+                              f"{protocol} (pyro_vae.VAE does); got a {type(given).__name__}, "
+                              "without ") and "\n" not in message

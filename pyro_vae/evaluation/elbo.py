@@ -25,6 +25,7 @@ from pyro_vae.evaluation.program import (
     site_log_prob,
 )
 from pyro_vae.evaluation.runner import Execution, as_data, run_blocks, slice_data, split_data
+from pyro_vae.models.interface import check_model
 
 __all__ = ["elbo_per_datapoint", "elbo_terms", "mean_elbo"]
 
@@ -33,7 +34,7 @@ def elbo_per_datapoint(model, x: torch.Tensor, context=None, *, generator=None) 
     """The ELBO of each datapoint ``(B,)`` nats at one draw of the layered ``model``'s guide
     (from ``generator``), with the top layer's KL in closed form where it is the ELBO's term;
     without the KL weight β."""
-    model.check_data(x, where="x")
+    check_model(model, "elbo_per_datapoint", layered=True).check_data(x, where="x")
     return _elbo_per_datapoint(model, x, context, generator)
 
 

@@ -19,6 +19,7 @@ from pyro_vae.evaluation.gaps import GapsResult
 from pyro_vae.evaluation.importance import ISResult
 from pyro_vae.evaluation.psis import MIN_PSIS_SAMPLES, pareto_k_summary
 from pyro_vae.evaluation.runner import Execution, as_data, split_data
+from pyro_vae.models.interface import check_model
 
 __all__ = ["ReliabilityWarning", "active_units", "bdmc_section", "gaps_section", "report"]
 
@@ -31,6 +32,7 @@ class ReliabilityWarning(UserWarning):
 def _encoded(model, data, batch_size: int):
     """``model.encode``'s Gaussian of the top layer on ``data`` (x, or (x, context)), block
     by block: the (loc, scale) of each block."""
+    check_model(model, "active units and the KL per dimension")
     x, context = split_data(model, as_data(data, model))
     for s in range(0, x.shape[0], batch_size):
         yield model.encode(x[s : s + batch_size],

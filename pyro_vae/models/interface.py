@@ -7,14 +7,17 @@ Consumers ask a model what it offers (:attr:`VAEModel.capabilities`), never what
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple, Protocol
 
 import torch
 from torch.distributions import Distribution
 
+from pyro_vae.errors import ConfigTypeError
 from pyro_vae.models.likelihoods import Likelihood
 
-__all__ = ["Capabilities", "GuidePath", "LayeredModel", "VAEModel"]
+__all__ = ["Capabilities", "GuidePath", "LayeredModel", "VAEModel", "check_model",
+           "missing_members"]
 
 
 class Capabilities(NamedTuple):
@@ -116,3 +119,27 @@ class LayeredModel(VAEModel, Protocol):
 
     def pull_back(self, x: torch.Tensor, zs: list[torch.Tensor], context=None) -> torch.Tensor:
         """The base draws u that :meth:`guide_path` maps to ``zs`` (the flows' inverses)."""
+
+
+def missing_members(model, protocol: type = VAEModel) -> list[str]:
+    """What ``model`` lacks of ``protocol`` (:class:`VAEModel` or :class:`LayeredModel`): the
+    attributes and methods it declares, and ``parameters`` (a model is an ``nn.Module``)."""
+    declared = [name for cls in reversed(protocol.__mro__) if cls.__module__ == __name__
+                for name in (*inspect.get_annotations(cls), *cls.__dict__)
+                if not name.startswith("_")]
+    return [name for name in dict.fromkeys((*declared, "parameters"))
+            if not hasattr(model, name)]
+
+
+def check_model(model, needed_by: str, *, layered: bool = False):
+    """``model`` if it offers :class:`VAEModel` (with ``layered``, :class:`LayeredModel`);
+    a one-line :class:`~pyro_vae.errors.ConfigTypeError` naming ``needed_by`` and what the
+    model lacks otherwise."""
+    protocol = LayeredModel if layered else VAEModel
+    missing = missing_members(model, protocol)
+    if missing:
+        more = " and more" if len(missing) > 4 else ""
+        raise ConfigTypeError(f"{needed_by} needs a model that implements pyro_vae.models."
+                              f"{protocol.__name__} (pyro_vae.VAE does); got a "
+                              f"{type(model).__name__}, without {', '.join(missing[:4])}{more}")
+    return model

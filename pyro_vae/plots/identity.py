@@ -19,6 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.models.interface import check_model
 from pyro_vae.plots.canvas import figure, numpy_of, save
 
 __all__ = ["plot_ais_diagnostics", "plot_elbo_decomposition", "plot_posterior_vs_guide",
@@ -93,6 +94,7 @@ def posterior_and_guide_on_grid(model, x: torch.Tensor, *, steps: int = 120):
     latent layer: axes ``a``, ``b`` (``(steps,)``) over the region where the guide and the
     posterior have their mass, and on the grid they span (``(steps, steps)``, rows along
     ``b``) log p(z|x) and log q(z|x), each normalized to sum to one over the grid, in nats."""
+    check_model(model, "the posterior on a grid", layered=True)
     if model.capabilities.layers != 1 or model.latent_dim != 2:
         raise ConfigError(f"the posterior on a grid needs one two-dimensional latent layer; this "
                           f"model has {model.capabilities.layers} of size {model.latent_dim} "

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.models.interface import check_model
 from pyro_vae.plots.canvas import (
     colormap,
     device_of,
@@ -117,6 +118,7 @@ def sample_prior(vae, num_samples: int, *, temperature: float = 1.0,
     >>> s.z.shape, s.mean.shape, bool((s.z == 0).all())
     (torch.Size([5, 2]), torch.Size([5, 6]), True)
     """
+    check_model(vae, "sample_prior")
     if not (temperature >= 0 and math.isfinite(temperature)):
         raise ConfigError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if not isinstance(num_samples, int) or num_samples <= 0:
@@ -204,6 +206,7 @@ def plot_reconstructions(vae, x: torch.Tensor, image_shape: Sequence[int], path,
     """Save the first ``num_images`` rows of ``x`` beside their reconstructions: the decoder's
     mean at the posterior mean, E[x | z = E_q[z|x]]. Each reconstruction sits at the same
     place in the right panel as its input in the left one."""
+    check_model(vae, "plot_reconstructions")
     x = x[:num_images]
     loc, _ = vae.encode(x)
     reconstruction = decoder_mean(vae, loc)
@@ -220,6 +223,7 @@ def plot_reconstructions(vae, x: torch.Tensor, image_shape: Sequence[int], path,
 def plot_prior_samples(vae, image_shape: Sequence[int], path, *, num_samples: int = 64,
                        temperature: float = 1.0, seed: int = 0) -> Path:
     """Save decoder means of ``num_samples`` draws z ~ N(0, T² I) (see :func:`sample_prior`)."""
+    check_model(vae, "plot_prior_samples")
     generator = torch.Generator(device=device_of(vae)).manual_seed(seed)
     sample = sample_prior(vae, num_samples, temperature=temperature, generator=generator)
     what = "the prior N(0, I)" if temperature == 1 else f"N(0, {temperature:g}² I)"
@@ -231,6 +235,7 @@ def plot_prior_samples(vae, image_shape: Sequence[int], path, *, num_samples: in
 def plot_latent_manifold(vae, image_shape: Sequence[int], path, *, steps: int = 15) -> Path:
     """Save the decoded manifold: decoder means over ``steps`` N(0, 1) quantiles per latent
     dimension (:func:`normal_quantile_grid`); for a VAE with 1 or 2 latent dimensions."""
+    check_model(vae, "plot_latent_manifold")
     if vae.latent_dim > 2:
         raise ConfigError(f"the latent manifold is drawn for 1 or 2 latent dimensions; this "
                           f"VAE has {vae.latent_dim} (see plot_latent_embedding)")
@@ -261,6 +266,7 @@ def plot_latent_embedding(vae, x: torch.Tensor, labels: torch.Tensor | None, pat
     """Save a scatter plot of the posterior means E_q[z|x] of the first ``max_points`` rows
     of ``x``, coloured by ``labels``: the latent coordinates themselves for 1 or 2 latent
     dimensions, their first two principal components (:func:`pca_2d`) for more."""
+    check_model(vae, "plot_latent_embedding")
     if labels is not None and len(labels) != x.shape[0]:
         raise DataError(f"labels has {len(labels)} values for {x.shape[0]} rows of x")
     x = x[:max_points]
