@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+from pyro_vae import checks
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import PreparedData, load_dataset, prepare_data
 from pyro_vae.errors import ConfigError
@@ -24,24 +25,7 @@ from pyro_vae.resources import (
     training_bytes,
 )
 
-__all__ = ["build_vae", "check_device", "check_training_memory", "load_data"]
-
-def check_device(device: str | torch.device) -> torch.device:
-    """The torch device ``device``; :class:`ConfigError` if it is unknown or not available."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but no CUDA GPU is available; use "
-                          "--device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
-                          "CUDA GPU(s)")
-    return dev
-
+__all__ = ["build_vae", "check_training_memory", "load_data"]
 
 def build_vae(config: TrainConfig, x_dim: int, image_shape=None):
     """The model that ``config`` describes for data of ``x_dim`` features (images of
@@ -131,4 +115,4 @@ def load_data(config: TrainConfig, *, train: bool = True, dataset=None) -> Prepa
     dataset = dataset or load_dataset(config.dataset, config.data_dir)
     return prepare_data(dataset, train_size=config.train_size, test_size=config.test_size,
                         binarize_test=LIKELIHOODS[config.likelihood].needs_binary_data,
-                        device=check_device(config.device), train=train)
+                        device=checks.device(config.device), train=train)

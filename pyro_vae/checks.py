@@ -24,8 +24,8 @@ import torch
 
 from pyro_vae.errors import ConfigError, ConfigTypeError, DataError, DataTypeError
 
-__all__ = ["MAX_SEED", "choice", "context", "describe_range", "instance", "integer", "is_int",
-           "is_number", "is_plain_batch", "modules", "number", "real_numbers", "seed",
+__all__ = ["MAX_SEED", "choice", "context", "describe_range", "device", "instance", "integer",
+           "is_int", "is_number", "is_plain_batch", "modules", "number", "real_numbers", "seed",
            "size_or_sizes", "sizes", "sizes_per_layer", "tensor", "validated"]
 
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed also seeds NumPy's legacy generator: [0, 2³²)
@@ -70,8 +70,11 @@ def _shown(value) -> str:
         or isinstance(value, bool) else shown
 
 
-def integer(name: str, value, *, low: int | None = 1, high: int | None = None) -> int:
-    """``value`` if it is an integer in [low, high]."""
+def integer(name: str, value, *, low: int | None = 1, high: int | None = None,
+            optional: bool = False) -> int | None:
+    """``value`` if it is an integer in [low, high] (or, when ``optional``, ``None``)."""
+    if value is None and optional:
+        return None
     what = describe_range(low, high, integer=True)
     if not is_int(value):
         raise ConfigTypeError(f"{name} must be {what}, got {_shown(value)}")
@@ -254,3 +257,21 @@ def real_numbers(name: str, values) -> torch.Tensor:
     # torch reduces no unsigned type but uint8 (min, max): the others as int64
     wide = values.dtype in (torch.uint16, torch.uint32, torch.uint64)
     return values.long() if wide else values
+
+
+def device(value: str | torch.device) -> torch.device:
+    """The torch device ``value``, ``cpu`` or ``cuda[:N]``; :class:`ConfigError` if it is
+    unknown, or not on this machine."""
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {value!r}; use 'cpu' or 'cuda'") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {value!r}; use 'cpu' or 'cuda'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {value!r} requested but no CUDA GPU is available; use "
+                          "--device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {value!r}: this machine has {torch.cuda.device_count()} "
+                          "CUDA GPU(s)")
+    return dev

@@ -60,12 +60,11 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` naming the field for any invalid value or type. The device
         is checked for its form only (a run trained on a GPU loads anywhere):
-        :func:`pyro_vae.build.check_device` asks whether this machine has it."""
+        :func:`pyro_vae.checks.device` asks whether this machine has it."""
         _check_types(self)
         for name in ("epochs", "batch_size", "eval_batch_size", "latent_dim", "num_particles",
                      "train_size", "test_size", "flow_layers"):
-            if getattr(self, name) is not None:
-                checks.integer(name, getattr(self, name))
+            checks.integer(name, getattr(self, name), optional=True)
         checks.number("lr", self.lr, low=0, open_low=True)
         checks.number("beta", self.beta, low=0)
         checks.integer("beta_warmup_epochs", self.beta_warmup_epochs, low=0)

@@ -271,10 +271,7 @@ def _load_from(name: str, source: _Source, folder: Path) -> Dataset:
 
 def fetch(name: str, folder: str | os.PathLike) -> Path:
     """Download the four files of data set ``name`` into ``folder`` (see :func:`download`)."""
-    try:
-        source = DATASETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}") from None
+    source = DATASETS[checks.choice("data set", name, DATASETS)]  # an IDX one: no .npz
     folder = Path(folder)
     for stem, md5 in source.md5.items():
         if _find_file(folder, stem):
@@ -380,6 +377,10 @@ def prepare_data(
 
     :raises DataError: if a requested split is empty.
     """
+    checks.instance("dataset", dataset, Dataset)
+    checks.integer("train_size", train_size, optional=True)
+    checks.integer("test_size", test_size, optional=True)
+    device = checks.device(device)
     test = dataset.test_images[:test_size]
     train_images = dataset.train_images[:train_size] if train else None
     if test.shape[0] == 0 or (train_images is not None and train_images.shape[0] == 0):

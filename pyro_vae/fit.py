@@ -31,7 +31,7 @@ import pyro
 import torch
 
 from pyro_vae import checks
-from pyro_vae.build import build_vae, check_device, check_training_memory, load_data
+from pyro_vae.build import build_vae, check_training_memory, load_data
 from pyro_vae.config import TrainConfig, resumed_config
 from pyro_vae.data import PreparedData, binarize, check_grey_levels
 from pyro_vae.distributed import World, barrier
@@ -183,7 +183,7 @@ def _config_for(config: TrainConfig | None, checkpoint: Checkpoint | None) -> Tr
 def _start(config: TrainConfig, data: PreparedData, checkpoint, world, log) -> _State:
     """The model (initialized from the seed, or restored), its trainer and the data
     generator."""
-    device = check_device(config.device)
+    device = checks.device(config.device)
     source = data.dataset.source
     check_grey_levels(data.train, where=f"{source} training set")
     if config.likelihood != "bernoulli":  # else binarized, and checked binary by the model

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pyro_vae import checks
 from pyro_vae.distributed import World, collective_error, derive_seed, shard
 from pyro_vae.errors import CheckpointError
+from pyro_vae.objectives.base import Objective
 
 __all__ = ["LossModule", "Trainer"]
 
@@ -59,6 +60,7 @@ class Trainer:
     """
 
     def __init__(self, objective, lr: float, *, world: World | None = None, seed: int = 0):
+        checks.instance("objective", objective, Objective)
         lr = checks.number("lr", lr, low=0, open_low=True)
         self.objective, self.world, self.seed = objective, world, checks.seed("seed", seed)
         self.steps = 0
@@ -105,6 +107,7 @@ class Trainer:
         return float(total), loss * world.world_size
 
     def set_lr(self, lr: float) -> None:
+        lr = checks.number("lr", lr, low=0, open_low=True)
         for group in self.optim.param_groups:
             group["lr"] = lr
 

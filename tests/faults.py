@@ -756,7 +756,14 @@ def run_folder_faults() -> list[Fault]:
 def api_faults() -> list[Fault]:
     from pyro_vae import VAE, make_objective
     from pyro_vae.config import TrainConfig
-    from pyro_vae.data import binarize, check_grey_levels, from_arrays, preprocess
+    from pyro_vae.data import (
+        binarize,
+        check_grey_levels,
+        from_arrays,
+        load_dataset,
+        prepare_data,
+        preprocess,
+    )
     from pyro_vae.evaluation import (
         AISSettings,
         Execution,
@@ -784,6 +791,7 @@ def api_faults() -> list[Fault]:
         write_run_figures,
     )
     from pyro_vae.runs import RunFolder, load_checkpoint
+    from pyro_vae.schedules import beta_at, learning_rate
     from pyro_vae.threads import set_threads
     from pyro_vae.trainer import Trainer
 
@@ -929,6 +937,17 @@ def api_faults() -> list[Fault]:
             vae(context_dim=3), ones, estimate_log_px(vae(context_dim=3), (ones, torch.zeros(
                 3, 3)), num_samples=2)),
         "sample_prior(nn.Linear)": lambda: sample_prior(torch.nn.Linear(784, 2), 4),
+        "Trainer(3, lr)": lambda: Trainer(3, 1e-3),
+        "Trainer.set_lr(-1)": lambda: Trainer(make_objective("meanfield", vae()), 1e-3).set_lr(-1),
+        "objective.scaled_loss(x, nan)": lambda: make_objective("iwae", vae()).scaled_loss(
+            ones, math.nan),
+        "learning_rate(3, 1)": lambda: learning_rate(3, 1),
+        "beta_at(config, epoch=0)": lambda: beta_at(TrainConfig(beta_warmup_epochs=2), 0),
+        "prepare_data(3)": lambda: prepare_data(3),
+        "prepare_data(test_size=-5) (the last 5 left out, silently)": lambda: prepare_data(
+            load_dataset("mnist"), train_size=5, test_size=-5),
+        "prepare_data(device='gpu')": lambda: prepare_data(load_dataset("mnist"), train_size=5,
+                                                           test_size=5, device="gpu"),
         "plot_posterior_vs_guide of a model of one's own (not layered)": lambda: (
             plot_posterior_vs_guide(own_model(), ones, "posterior.png")),
         "make_objective('analytic') of a VAE with a context": lambda: make_objective(

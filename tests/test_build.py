@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pyro_vae import VAE, ConfigError
-from pyro_vae.build import build_vae, check_device, check_training_memory, load_data
+from pyro_vae.build import build_vae, check_training_memory, load_data
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import load_dataset
 from pyro_vae.resources import format_bytes, training_bytes
@@ -18,40 +18,6 @@ SMALL = dict(train_size=100, test_size=50)
 @pytest.fixture(scope="module")
 def mnist():
     return load_dataset("mnist")
-
-
-# --- check_device -------------------------------------------------------------------------
-def test_the_cpu_is_always_there():
-    assert check_device("cpu") == torch.device("cpu")
-    assert check_device(torch.device("cpu")) == torch.device("cpu")
-
-
-def test_cuda_without_a_gpu_is_refused():
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    for device in ("cuda", "cuda:0"):
-        with pytest.raises(ConfigError, match=rf"^device '{device}' requested but no CUDA GPU "
-                                              r"is available; use --device cpu$"):
-            check_device(device)
-
-
-def test_a_gpu_this_machine_lacks_is_refused():
-    if not torch.cuda.is_available():
-        pytest.skip("no GPU")
-    count = torch.cuda.device_count()
-    assert check_device("cuda:0") == torch.device("cuda:0")
-    with pytest.raises(ConfigError, match=rf"this machine has {count} CUDA GPU\(s\)"):
-        check_device(f"cuda:{count}")
-
-
-@pytest.mark.parametrize("device, message", [
-    ("tpu", "unknown device 'tpu'; use 'cpu' or 'cuda'"),
-    ("meta", "unsupported device 'meta'; use 'cpu' or 'cuda'"),
-    ("mps", "unsupported device 'mps'; use 'cpu' or 'cuda'"),
-])
-def test_a_device_that_is_no_cpu_or_gpu_is_refused(device, message):
-    with pytest.raises(ConfigError, match=f"^{message}$"):
-        check_device(device)
 
 
 # --- build_vae ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pyro_vae import VAE, ConfigError, cli, make_likelihood, make_objective
-from pyro_vae.build import check_device
+from pyro_vae.checks import device as check_device
 from pyro_vae.config import TrainConfig
 from pyro_vae.files import save_torch_file
 from pyro_vae.fit import fit

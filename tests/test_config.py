@@ -46,7 +46,7 @@ def test_the_seed_range_is_what_pyro_set_rng_seed_accepts():
 def test_validate_checks_the_form_of_the_device_not_this_machine(device):
     """A run trained on a GPU has device "cuda" in its saved configuration, and must load on
     a machine without one: whether this machine has the device is asked where a run starts
-    (pyro_vae.build.check_device, tests/test_build.py)."""
+    (pyro_vae.checks.device, tests/test_build.py)."""
     assert TrainConfig(device=device).validate().device == device
     assert TrainConfig.from_dict(TrainConfig(device=device).to_dict()).device == device
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.build import check_device, load_data
+from pyro_vae import checks
+from pyro_vae.build import load_data
 from pyro_vae.commands.options import (
     existing_path,
     positive_float,
@@ -163,7 +164,7 @@ def run(args) -> int:
     busy = set_threads(args.threads)
     if busy and "RANK" not in os.environ:
         print(busy, file=sys.stderr)
-    device = check_device(args.device)
+    device = checks.device(args.device)
     with process_group(device=str(device), timeout=args.dist_timeout) as world:
         return _run(args, device, world)
 

@@ -52,10 +52,8 @@ class Execution(NamedTuple):
     def validate(self) -> Execution:
         checks.seed("seed", self.seed)
         checks.number("memory_mb", self.memory_mb, low=0, open_low=True)
-        if self.block_size is not None:
-            checks.integer("block_size", self.block_size)
-        if self.workers is not None:
-            checks.integer("workers", self.workers)
+        checks.integer("block_size", self.block_size, optional=True)
+        checks.integer("workers", self.workers, optional=True)
         checks.choice("progress", self.progress, PROGRESS_MODES)
         return self
 

@@ -24,6 +24,7 @@ import pyro
 import torch
 from pyro import poutine
 
+from pyro_vae import checks
 from pyro_vae.models.handlers import modules_unregistered
 
 __all__ = ["Objective", "PyroObjective", "TorchObjective"]
@@ -57,6 +58,7 @@ class Objective(abc.ABC):
     def scaled_loss(self, x: torch.Tensor, scale: float) -> torch.Tensor:
         """``scale`` × the loss of a shard ``x`` of a larger minibatch (data-parallel training),
         as ``num_data`` would scale it in one process."""
+        checks.number("scale", scale, low=0, open_low=True)
         loss = self.differentiable_loss(x)
         return loss if scale == 1.0 else scale * loss
 
@@ -106,6 +108,7 @@ class PyroObjective(Objective):
         inside IWAE's log-mean-exp); JIT-compiled ELBOs, whose traces are fixed, multiply."""
         if scale == 1.0 or self.jit:
             return super().scaled_loss(x, scale)
+        checks.number("scale", scale, low=0, open_low=True)
         with poutine.scale(scale=scale):
             return self.differentiable_loss(x)
 

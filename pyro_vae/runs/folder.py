@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae import checks
-from pyro_vae.build import build_vae, check_device
+from pyro_vae.build import build_vae
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import CheckpointError, ConfigTypeError, DataError, RunFolderError
 from pyro_vae.files import atomic_write_json, read_torch_file, save_torch_file
@@ -361,7 +361,7 @@ def vae_from_checkpoint(checkpoint: Checkpoint | str | os.PathLike, *, device="c
             raise ConfigTypeError(f"checkpoint must be a Checkpoint or a path; got "
                                   f"{type(checkpoint).__name__}")
         checkpoint = load_checkpoint(checkpoint)
-    device = check_device(device)
+    device = checks.device(device)
     with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten anyway
         vae = build_vae(checkpoint.config, checkpoint.x_dim, checkpoint.image_shape)
     vae.load_state_dict(checkpoint.model_state)
