@@ -1007,6 +1007,13 @@ def api_faults() -> list[Fault]:
         "preprocess(floats up to 300)": lambda: preprocess(torch.full((2, 2), 300.0)),
         "load_checkpoint(5)": lambda: load_checkpoint(5),
         "RunFolder(5)": lambda: RunFolder(5),
+        "RunFolder.write_evaluation({}) (a file no reader takes)": lambda: RunFolder(
+            "run").write_evaluation({}),
+        "RunFolder.write_metrics(config, epochs=3) (a file no reader takes)": lambda: RunFolder(
+            "run").write_metrics(TrainConfig(), 3, {}),
+        "RunFolder.save_checkpoint(3)": lambda: RunFolder("run").save_checkpoint(3),
+        "RunFolder.prepare_new(overwrite='no') (taken as yes: the run deleted)": lambda: (
+            RunFolder("run").prepare_new(overwrite="no", log=lambda m: None)),
         "set_threads(0)": lambda: set_threads(0),
         "set_threads('a')": lambda: set_threads("a"),
         "set_threads(100000) (libgomp cannot start them)": lambda: set_threads(100_000),

@@ -198,6 +198,7 @@ class RunFolder:
     def prepare_new(self, *, overwrite: bool = False, log: Callable = print) -> None:
         """Make the folder ready for a new run (under :meth:`lock`): refuse one that holds a
         run unless ``overwrite``, which removes that run's files and says so."""
+        checks.instance("overwrite", overwrite, bool)
         self._check_folder()
         if not self.holds_run():
             return
@@ -216,6 +217,7 @@ class RunFolder:
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Write ``checkpoint.pt`` atomically, keeping the one it replaces as
         ``checkpoint.prev.pt``: at every moment both files are whole."""
+        checks.instance("checkpoint", checkpoint, Checkpoint)
         if self.checkpoint.exists():
             _keep_previous(self.checkpoint, self.previous_checkpoint)
         save_torch_file(self.checkpoint, {"format": CHECKPOINT_FORMAT,
@@ -246,7 +248,9 @@ class RunFolder:
 
     # --- metrics.json and evaluation.json ---------------------------------------------
     def write_metrics(self, config: TrainConfig, history: list, data_info: dict) -> None:
-        atomic_write_json(self.metrics, {
+        """Write ``metrics.json`` atomically, checked as :meth:`read_metrics` checks it."""
+        checks.instance("config", config, TrainConfig)
+        atomic_write_json(self.metrics, check_metrics({
             "schema": METRICS_SCHEMA,
             "version": METRICS_VERSION,
             "units": "nats per datapoint; test_elbo is a lower bound on log p(x), "
@@ -255,7 +259,7 @@ class RunFolder:
             "config": config.to_dict(),
             "data": data_info,
             "epochs": history,
-        })
+        }, self.metrics))
 
     def read_metrics(self) -> dict:
         """``metrics.json``, checked (and migrated from version 1)."""
@@ -268,8 +272,9 @@ class RunFolder:
         """Write ``report`` (from :func:`pyro_vae.evaluation.evaluate`, with the command's
         fields) as ``evaluation.json``, or to ``path``."""
         path = Path(path) if path is not None else self.output_folder / "evaluation.json"
-        atomic_write_json(path, {"schema": EVALUATION_SCHEMA, "version": EVALUATION_VERSION,
-                                 **report})
+        checks.instance("report", report, dict)
+        atomic_write_json(path, check_evaluation({"schema": EVALUATION_SCHEMA,
+                                                  "version": EVALUATION_VERSION, **report}, path))
         return path
 
     def read_evaluation(self) -> dict | None:
