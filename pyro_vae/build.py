@@ -32,6 +32,7 @@ def build_vae(config: TrainConfig, x_dim: int, image_shape=None):
     ``image_shape``, for a convolutional preset), on torch's default device: a
     :class:`~pyro_vae.VAE` from its preset or the model of ``config.model``, refused if it
     cannot fit in memory."""
+    checks.instance("config", config, TrainConfig)
     likelihood = _likelihood(config, x_dim)
     if config.model is not None:
         return _own_model(config, x_dim, image_shape, likelihood)
@@ -97,7 +98,7 @@ def check_training_memory(config: TrainConfig, model, device="cpu") -> None:
     """Raise :class:`ConfigError` if training ``model`` as ``config`` says needs more memory
     than ``device`` has free (:func:`~pyro_vae.resources.training_bytes`), naming the sizes
     and the options that reduce them."""
-    estimator = get_estimator(config.estimator)
+    estimator = get_estimator(checks.instance("config", config, TrainConfig).estimator)
     k = estimator.samples(config.num_particles, config.estimator_options)
     multiplied = k != estimator.resolve(config.num_particles, config.estimator_options)[0]
     samples = f"{k} samples per datapoint" if multiplied else f"K = {k}"
@@ -112,6 +113,7 @@ def load_data(config: TrainConfig, *, train: bool = True, dataset=None) -> Prepa
     """The data ``config`` names (:func:`pyro_vae.data.prepare_data`), on its device; the test
     set is binarized once when the likelihood needs binary data. ``train=False`` prepares only
     the test set."""
+    checks.instance("config", config, TrainConfig)
     dataset = dataset or load_dataset(config.dataset, config.data_dir)
     return prepare_data(dataset, train_size=config.train_size, test_size=config.test_size,
                         binarize_test=LIKELIHOODS[config.likelihood].needs_binary_data,

@@ -219,6 +219,8 @@ def resumed_config(saved: TrainConfig, changes: dict, *, names: dict | None = No
     """``saved`` with ``changes`` (field → value) applied, for resuming a run; a change to a
     field not in :data:`RESUMABLE_FIELDS` raises :class:`ConfigError`, listing each with its
     saved value under its name in ``names`` (e.g. ``--batch-size``)."""
+    checks.instance("saved", saved, TrainConfig)
+    checks.instance("changes", changes, dict)
     names = names or {}
     saved_values = saved.to_dict()
     normalized = TrainConfig(**{**saved_values, **changes}).to_dict()

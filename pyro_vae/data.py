@@ -332,6 +332,7 @@ def check_grey_levels(x: torch.Tensor, *, where: str = "data") -> None:
         ...
     pyro_vae.errors.DataError: my data: expected grey levels in [0, 1], found values in [0.5, 1.5]
     """
+    checks.instance(where, x, torch.Tensor)
     if x.dim() != 2:
         raise DataError(f"{where}: expected a 2-D tensor (N, D), found shape {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[1] == 0:

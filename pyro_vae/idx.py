@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pyro_vae import checks
 from pyro_vae.errors import DataError, DataTypeError
 
 __all__ = ["MAX_IDX_BYTES", "check_md5", "download", "parse_idx", "read_idx", "read_idx_bytes"]
@@ -157,7 +158,7 @@ def read_idx(
     :raises DataError: if the file is missing, unreadable, a corrupt gzip, malformed (see
         :func:`parse_idx`) or has another checksum; the message names the file.
     """
-    path = Path(path)
+    path = Path(checks.instance("path", path, (str, os.PathLike)))
     raw = read_idx_bytes(path)
     array = parse_idx(raw, name=str(path), ndim=ndim)
     if md5 is not None:
@@ -177,7 +178,8 @@ def download(url: str, destination: str | os.PathLike, *, md5: str, timeout: flo
     :raises DataError: if the download fails or the file is not the expected one; the message
         names the URL.
     """
-    destination = Path(destination)
+    destination = Path(checks.instance("destination", destination, (str, os.PathLike)))
+    checks.instance("url", url, str)
     destination.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
         dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"

@@ -755,7 +755,8 @@ def run_folder_faults() -> list[Fault]:
 
 def api_faults() -> list[Fault]:
     from pyro_vae import VAE, make_objective
-    from pyro_vae.config import TrainConfig
+    from pyro_vae.build import build_vae, load_data
+    from pyro_vae.config import TrainConfig, resumed_config
     from pyro_vae.data import (
         binarize,
         check_grey_levels,
@@ -768,21 +769,30 @@ def api_faults() -> list[Fault]:
         AISSettings,
         Execution,
         Program,
+        ProgramTarget,
         active_units,
         ais,
         annealing_schedule,
         bdmc,
+        bdmc_section,
         elbo_per_datapoint,
         estimate_log_px,
+        gaps_section,
         inference_gaps,
         pareto_k_hat,
+        pareto_k_summary,
         report,
     )
     from pyro_vae.evaluation.elbo import elbo_terms
     from pyro_vae.fit import fit
-    from pyro_vae.idx import parse_idx
+    from pyro_vae.idx import download, parse_idx, read_idx
     from pyro_vae.models import make_likelihood
-    from pyro_vae.models.linear_gaussian import PPCAParams, log_marginal, sample_model
+    from pyro_vae.models.linear_gaussian import (
+        PPCAParams,
+        log_marginal,
+        max_likelihood,
+        sample_model,
+    )
     from pyro_vae.plots import (
         plot_elbo_decomposition,
         plot_latent_embedding,
@@ -938,6 +948,12 @@ def api_faults() -> list[Fault]:
                 3, 3)), num_samples=2)),
         "sample_prior(nn.Linear)": lambda: sample_prior(torch.nn.Linear(784, 2), 4),
         "Trainer(3, lr)": lambda: Trainer(3, 1e-3),
+        **{f"{f.__name__}(3, ...)": (lambda f=f, n=n: f(*[3] * n)) for f, n in (
+            (pareto_k_hat, 1), (pareto_k_summary, 1), (bdmc_section, 1), (ProgramTarget, 1),
+            (build_vae, 2), (load_data, 1), (resumed_config, 2), (check_grey_levels, 1),
+            (read_idx, 1), (max_likelihood, 2))},
+        "gaps_section(3, log_px_from=...)": lambda: gaps_section(3, log_px_from="AIS"),
+        "download(3, ...)": lambda: download("http://localhost/x.gz", 3, md5="0"),
         "Trainer.set_lr(-1)": lambda: Trainer(make_objective("meanfield", vae()), 1e-3).set_lr(-1),
         "objective.scaled_loss(x, nan)": lambda: make_objective("iwae", vae()).scaled_loss(
             ones, math.nan),

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import torch
 
+from pyro_vae import checks
 from pyro_vae.errors import ConfigError, DataError
 
 __all__ = ["MIN_PSIS_SAMPLES", "PARETO_K_THRESHOLDS", "pareto_k_hat", "pareto_k_summary"]
@@ -43,6 +44,9 @@ def pareto_k_hat(log_weights) -> torch.Tensor:
     """
     lw = log_weights.detach().cpu().double().numpy() if torch.is_tensor(log_weights) else (
         np.asarray(log_weights, dtype=np.float64))
+    if lw.ndim == 0:
+        raise DataError("pareto_k_hat: log-weights need their samples on the last axis, found "
+                        "one number")
     num_samples = lw.shape[-1]
     if num_samples < MIN_PSIS_SAMPLES:
         raise ConfigError(
@@ -73,7 +77,7 @@ def _finite_or_none(value):
 def pareto_k_summary(k: torch.Tensor) -> dict:
     """Quantiles of per-datapoint k̂, the fraction above each threshold, and the values
     (``None`` where k̂ is −∞: bounded weights), ready for JSON."""
-    k = k.double()
+    k = checks.tensor("pareto_k_summary: k", k, shape=(None,), finite=False).double()
     summary = {
         "meaning": "Pareto shape of each datapoint's largest importance weights (PSIS; "
         "Vehtari et al. 2024, Yao et al. 2018): < 0.5 finite variance, the standard error is "

@@ -213,7 +213,7 @@ def _check_pareto(out: dict, estimate, is_sampling: bool) -> None:
 
 def bdmc_section(result: BDMCResult, *, seed: int = 0) -> dict:
     """BDMC bounds (:func:`~.bdmc.bdmc`) as a JSON-ready dict, nats per datapoint."""
-    n = result.lower.numel()
+    n = checks.instance("result", result, BDMCResult).lower.numel()
     return {
         "what": "BDMC (Grosse et al. 2015) on datapoints simulated from the model: forward "
         "AIS is a stochastic lower bound on log p(x), reverse AIS from the exact posterior "
@@ -238,6 +238,7 @@ def bdmc_section(result: BDMCResult, *, seed: int = 0) -> dict:
 def gaps_section(result: GapsResult, *, log_px_from: str) -> dict:
     """The inference gaps (:func:`~.gaps.inference_gaps`) as a JSON-ready dict, nats per
     datapoint; ``log_px_from`` says which estimate of log p(x) they rest on."""
+    checks.instance("result", result, GapsResult)
     names = ("log_px", "encoder_elbo", "fitted_elbo", "amortization", "approximation")
     return {
         "what": "log p(x) - ELBO(encoder) = amortization gap (ELBO of a diagonal Gaussian "

@@ -195,6 +195,7 @@ class ProgramTarget:
     closed_form_start = False  # ∇ log s_u comes from autograd
 
     def __init__(self, program: Program, *, start: str = "guide"):
+        checks.instance("program", program, Program)
         self.model, self.guide, self.data_plate = program.model, program.guide, program.data_plate
         self.start = checks.choice("AIS start", start, START_DISTRIBUTIONS)
         self.start_guide = program.start_guide or program.guide

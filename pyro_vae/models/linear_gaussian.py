@@ -61,7 +61,7 @@ class LinearDecoder(nn.Module):
         super().__init__()
         # pyro.module would register (and SVI step) a contiguous copy of a strided W
         for name, value in (("W", W), ("mu", mu)):
-            value = value.clone().contiguous()
+            value = checks.tensor(name, value, min_dims=1).clone().contiguous()
             if trainable:
                 setattr(self, name, nn.Parameter(value))
             else:
@@ -258,7 +258,7 @@ def sample_model(params, n: int, generator: torch.Generator | None = None) -> to
 def max_likelihood(X: torch.Tensor, latent_dim: int) -> LayerParams:
     """Maximum-likelihood pPCA (Tipping & Bishop 1999, eqs. 7-8): μ = mean, σ² = mean of the
     D − L smallest eigenvalues of the sample covariance, W = U_L (Λ_L − σ² I)^½."""
-    N, D = X.shape
+    N, D = checks.tensor("X", X, shape=(None, None)).shape
     if not 0 < latent_dim < D:
         raise ConfigError(f"latent_dim must be in 1..{D - 1}, got {latent_dim}")
     mu = X.mean(0)
@@ -273,6 +273,7 @@ def max_likelihood(X: torch.Tensor, latent_dim: int) -> LayerParams:
 def guide_joint(vae: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``(B, Σd)`` and covariance ``(Σd, Σd)`` of the guide's q(z_1, ..., z_L|x), for
     :class:`LinearGaussian` encoders without flows."""
+    checks.instance("vae", vae, VAE)
     steps = [(e.A.detach(), e.c.detach(), e.log_scale.detach().exp()) for e in vae.encoders]
     mean, T = _gaussian_chain(x, steps)
     return mean, T @ T.T
