@@ -38,6 +38,7 @@ from pyro_vae.distributed import World, barrier
 from pyro_vae.errors import (
     CheckpointError,
     ConfigError,
+    ConfigTypeError,
     DataError,
     PyroVAEError,
     TrainingDivergedError,
@@ -110,7 +111,7 @@ def fit(
         checkpoint is left as it was.
     """
     run = None if run is None else RunFolder.of(run)
-    checks.instance("data", data, PreparedData, optional=True)
+    _check_arguments(data=data, resume=resume, world=world, progress=progress, log=log)
     main = world is None or world.is_main
     log = log if main else _silent
     board = open_log(tensorboard) if tensorboard is not None and main else None
@@ -134,6 +135,15 @@ def fit(
                 board.log_epoch(record, state.vae, data.test, data.dataset.image_shape)
     barrier(world)  # under torchrun, every rank returns once rank 0 has written its files
     return FitResult(state.vae, state.history, run)
+
+
+def _check_arguments(*, data, resume, world, progress, log) -> None:
+    checks.instance("data", data, PreparedData, optional=True)
+    checks.instance("resume", resume, (bool, Checkpoint))
+    checks.instance("world", world, World, optional=True)
+    checks.instance("progress", progress, bool, optional=True)
+    if not callable(log):
+        raise ConfigTypeError(f"log must be a function of a message, got {log!r}")
 
 
 def _epoch_line(record: dict, epochs: int) -> str:

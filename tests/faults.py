@@ -924,6 +924,9 @@ def api_faults() -> list[Fault]:
         "TrainConfig.from_dict([])": lambda: TrainConfig.from_dict([]),
         "fit(None) without a run to resume": lambda: fit(None),
         "fit(config, run=3)": lambda: fit(TrainConfig(), 3),
+        **{f"fit({name}={value!r})": (lambda name=name, value=value: fit(TrainConfig(
+            epochs=1, train_size=48, test_size=16, hidden_sizes=(8,)), **{name: value}))
+           for name, value in (("resume", 3), ("world", 3), ("progress", "yes"), ("log", 3))},
         "write_run_figures(3)": lambda: write_run_figures(3),
         "fit(resume=True) without a folder": lambda: fit(TrainConfig(), resume=True),
         "SVI step, empty batch": lambda: svi_step(ones[:0]),
