@@ -6,6 +6,7 @@ verified. What a checkpoint's entries mean is :mod:`pyro_vae.runs`'s business.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -20,7 +21,8 @@ import torch
 
 from pyro_vae.errors import CheckpointError
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "read_torch_file", "save_torch_file"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "check_writable", "read_torch_file",
+           "save_torch_file"]
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 
@@ -74,6 +76,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
                           "version of the file, if any, is unchanged") from None
         raise
     _fsync_folder(path.parent)
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """``path`` if a file can be written there: not a folder, in a folder that can be made and
+    written (a temporary file is made there and removed); ``OSError`` naming it otherwise.
+    For work that would otherwise fail only at its end."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "it is a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot write {path}: a file is in the way "
+                                 "of its folder") from None
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+    return path
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:

@@ -319,6 +319,9 @@ def argument_faults() -> list[Fault]:
     faults.append(_cli("argument", "train --seed 4294967295 (valid: 2^32 - 1)",
                        ["train", "--seed", "4294967295", "--epochs", "1", "--out", "new", *TINY],
                        succeeds=True))
+    faults += [_cli("argument", f"evaluate -o {where} (refused before the work)",
+                    ["evaluate", "run", "-K", "10", "-o", where])
+               for where in ("data", "run/checkpoint.pt/evaluation.json")]
     faults += [_cli("argument", f"{command} --threads 100000 (libgomp cannot start them)",
                     [command, *where, "--threads", "100000"])
                for command, where in (("train", ["--out", "new", *TINY]), ("evaluate", ["run"]))]

@@ -23,7 +23,13 @@ from hypothesis import strategies as st
 
 from pyro_vae import files as files_module
 from pyro_vae.errors import CheckpointError
-from pyro_vae.files import atomic_write_bytes, atomic_write_json, read_torch_file, save_torch_file
+from pyro_vae.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_writable,
+    read_torch_file,
+    save_torch_file,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -324,3 +330,16 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch)
         atomic_write_json(path, {"epochs": [1, 2]})
     monkeypatch.setattr(files_module.os, "fsync", real_fsync)
     assert json.loads(path.read_text()) == {"epochs": [1]} and temporaries(tmp_path) == []
+
+
+def test_check_writable_says_before_the_work_what_would_fail_at_its_end(tmp_path):
+    target = tmp_path / "new" / "folder" / "evaluation.json"
+    assert check_writable(target) == target and target.parent.is_dir()
+    assert list(target.parent.iterdir()) == []  # the trial file is gone
+    with pytest.raises(OSError, match=rf"^\[Errno 21\] cannot write {re.escape(str(tmp_path))}: "
+                       "it is a folder$"):
+        check_writable(tmp_path)
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(OSError, match=r"cannot write .*a file/x\.json: a file is in the way of "
+                       r"its folder$"):
+        check_writable(tmp_path / "a file" / "x.json")

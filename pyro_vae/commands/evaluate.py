@@ -56,6 +56,7 @@ from pyro_vae.evaluation import (
     report,
 )
 from pyro_vae.evaluation.elbo import elbo_terms
+from pyro_vae.files import check_writable
 from pyro_vae.runs import RunFolder, load_checkpoint, vae_from_checkpoint
 from pyro_vae.threads import set_threads
 
@@ -197,6 +198,8 @@ def _resolve_options(args) -> None:
 def _run(args, device, world) -> int:
     main = world is None or world.is_main
     checkpoint = load_checkpoint(args.checkpoint)
+    if main:  # before the work, not after it
+        check_writable(RunFolder(checkpoint.path.parent).evaluation_path(args.output))
     vae, _ = vae_from_checkpoint(checkpoint, device=device)
     config = dataclasses.replace(checkpoint.config, device=str(device))
     if args.data_dir is not None:

@@ -268,10 +268,15 @@ class RunFolder:
             document = migrate_metrics_v1(document)
         return check_metrics(document, self.metrics)
 
+    def evaluation_path(self, path: str | os.PathLike | None = None) -> Path:
+        """Where :meth:`write_evaluation` writes: ``path``, else ``evaluation.json`` in
+        :attr:`output_folder`."""
+        return Path(path) if path is not None else self.output_folder / "evaluation.json"
+
     def write_evaluation(self, report: dict, path: str | os.PathLike | None = None) -> Path:
         """Write ``report`` (from :func:`pyro_vae.evaluation.evaluate`, with the command's
-        fields) as ``evaluation.json``, or to ``path``."""
-        path = Path(path) if path is not None else self.output_folder / "evaluation.json"
+        fields) to :meth:`evaluation_path`."""
+        path = self.evaluation_path(path)
         checks.instance("report", report, dict)
         atomic_write_json(path, check_evaluation({"schema": EVALUATION_SCHEMA,
                                                   "version": EVALUATION_VERSION, **report}, path))
