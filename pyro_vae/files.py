@@ -21,8 +21,8 @@ import torch
 
 from pyro_vae.errors import CheckpointError
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "check_writable", "read_torch_file",
-           "save_torch_file"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "check_writable", "probe_folder",
+           "read_torch_file", "save_torch_file"]
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 
@@ -78,6 +78,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     _fsync_folder(path.parent)
 
 
+def probe_folder(folder: Path) -> None:
+    """Make ``folder`` if need be and a temporary file in it, removed at once: what writing
+    there will meet, raised now as the ``OSError`` it is."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
 def check_writable(path: str | os.PathLike) -> Path:
     """``path`` if a file can be written there: not a folder, in a folder that can be made and
     written (a temporary file is made there and removed); ``OSError`` naming it otherwise.
@@ -86,9 +94,7 @@ def check_writable(path: str | os.PathLike) -> Path:
     try:
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "it is a folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
+        probe_folder(path.parent)
     except (FileExistsError, NotADirectoryError):
         raise NotADirectoryError(errno.ENOTDIR, f"cannot write {path}: a file is in the way "
                                  "of its folder") from None

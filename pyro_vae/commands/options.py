@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from pyro_vae.checks import MAX_SEED, describe_range
 from pyro_vae.data import check_dataset_name
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.files import probe_folder
 from pyro_vae.threads import max_threads
 
 __all__ = ["MAX_SEED", "Parser", "existing_path", "non_negative_float", "non_negative_int",
@@ -99,9 +99,7 @@ def output_folder(parser: argparse.ArgumentParser, path: Path, option: str = "--
     that a run cannot end, after its work, unable to write: ``parser``'s one-line error if it
     cannot be created or written."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        probe_folder(path)
     except OSError as e:
         parser.error(f"{option} {path}: cannot write there ({e.strerror or e})")
     return path

@@ -47,18 +47,19 @@ def active_units(model, data, *, threshold: float = 0.01, batch_size: int = 1000
 
     :returns: ``(count, variances)``, an int and the ``(L,)`` tensor of A_d.
     """
-    loc = torch.cat([loc for loc, _ in _encoded(model, data, batch_size)]).double()
+    return _units_and_kl(list(_encoded(model, data, batch_size)), threshold)[:2]
+
+
+def _units_and_kl(encoded: list, threshold: float):
+    """Active units (count, variances) and KL(q(z_L|x) ‖ N(0, I)) per latent dimension of
+    ``model.encode``'s Gaussian, closed form, averaged over the data, ``(L,)``: from the
+    encoder's blocks, one pass for both."""
+    loc = torch.cat([loc for loc, _ in encoded]).double()
     variances = loc.var(0) if loc.shape[0] > 1 else torch.zeros_like(loc[0])
-    return int((variances > threshold).sum()), variances
-
-
-@torch.no_grad()
-def _kl_to_prior(model, data, batch_size: int = 1000) -> torch.Tensor:
-    """KL(q(z_L|x) ‖ N(0, I)) per latent dimension of ``model.encode``'s Gaussian, closed
-    form, averaged over the data: ``(L,)``."""
     kls = [kl_divergence(Normal(loc, scale), Normal(0.0, 1.0)).double()
-           for loc, scale in _encoded(model, data, batch_size)]
-    return sum(kl.sum(0) for kl in kls) / sum(kl.shape[0] for kl in kls)
+           for loc, scale in encoded]
+    kl = sum(k.sum(0) for k in kls) / sum(k.shape[0] for k in kls)
+    return int((variances > threshold).sum()), variances, kl
 
 
 def _finite(value) -> float | None:
@@ -101,8 +102,9 @@ def report(model, data, estimate: ISResult | AISResult, *,
     ``warnings``) when more than 1 % of the datapoints have k̂ > 0.7."""
     checks.instance("estimate", estimate, (ISResult, AISResult))
     n, se = estimate.log_px.numel(), estimate.log_px_mc_stderr
-    count, variances = active_units(model, data, threshold=active_threshold)
-    kl = _kl_to_prior(model, data)
+    with torch.no_grad():
+        count, variances, kl = _units_and_kl(list(_encoded(model, data, 1000)),
+                                             active_threshold)
     is_sampling = isinstance(estimate, ISResult)
     out = {
         "units": "nats per datapoint",

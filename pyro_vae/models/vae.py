@@ -234,7 +234,8 @@ class VAE(nn.Module):
         if ref is None or ref() is not x or version != x._version:
             self._check_x(x, "x", min_dims=None if plate else 2)
             self.__dict__["_checked"] = (weakref.ref(x), x._version)  # past nn.Module.__setattr__
-        checks.context(context, self.context_dim, x)
+        if context is not None or self.context_dim:  # a call less on every step without one
+            checks.context(context, self.context_dim, x)
 
     def _reference_parameter(self) -> nn.Parameter | None:
         """The first parameter, whose dtype and device x must share, read by name from its

@@ -58,9 +58,12 @@ class Objective(abc.ABC):
     def scaled_loss(self, x: torch.Tensor, scale: float) -> torch.Tensor:
         """``scale`` × the loss of a shard ``x`` of a larger minibatch (data-parallel training),
         as ``num_data`` would scale it in one process."""
-        checks.number("scale", scale, low=0, open_low=True)
-        loss = self.differentiable_loss(x)
-        return loss if scale == 1.0 else scale * loss
+        if scale == 1.0:  # every step of one process: no check, no scaling
+            return self.differentiable_loss(x)
+        return self._scaled(x, checks.number("scale", scale, low=0, open_low=True))
+
+    def _scaled(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+        return scale * self.differentiable_loss(x)
 
 
 class PyroObjective(Objective):
@@ -103,12 +106,11 @@ class PyroObjective(Objective):
         with torch.no_grad():
             return float(self.elbo.loss(self.model, self.guide, *args, **kwargs))
 
-    def scaled_loss(self, x, scale: float) -> torch.Tensor:
+    def _scaled(self, x, scale: float) -> torch.Tensor:
         """Under :func:`pyro.poutine.scale`, as ``num_data`` scales every log-density (also
         inside IWAE's log-mean-exp); JIT-compiled ELBOs, whose traces are fixed, multiply."""
-        if scale == 1.0 or self.jit:
-            return super().scaled_loss(x, scale)
-        checks.number("scale", scale, low=0, open_low=True)
+        if self.jit:
+            return super()._scaled(x, scale)
         with poutine.scale(scale=scale):
             return self.differentiable_loss(x)
 
